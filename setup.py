@@ -1,0 +1,39 @@
+"""Installs the ESC-Net Detectron2 plugin (package ``esc_net``)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="esc_net",
+    version="0.1.0",
+    description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, "
+    "as a Detectron2 plugin",
+    packages=find_packages(include=["esc_net", "esc_net.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "open_clip_torch>=2.20",
+        "segment-anything>=1.0",
+        "timm>=0.9",
+        "safetensors",
+        "opencv-python-headless>=4.5,<5",
+        "pycocotools",
+        "scipy",
+        "tqdm",
+        "Pillow",
+        # detectron2's runtime requirements (our setup script installs detectron2's files without them)
+        "numpy<2",
+        "fvcore<0.1.6",
+        "iopath<0.1.10",
+        "omegaconf>=2.1,<2.4",
+        "hydra-core>=1.1",
+        "yacs>=0.1.8",
+        "termcolor>=1.1",
+        "tabulate",
+        "cloudpickle",
+        "tensorboard",
+        "black",
+        "packaging",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+)
