@@ -18,11 +18,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# This machine's pip may list local package indexes; their "location is ignored" warnings are noise.
+filter_pip_noise() { grep -v "is neither a file nor a directory" || true; }
 
 # PyTorch first: torchvision must match it exactly, and detectron2 imports both.
 if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   log "installing torch and torchvision (a few minutes)"
-  "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
+  "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1" 2>&1 | filter_pip_noise
 fi
 
 # detectron2's authors do not publish it on PyPI. sal-detectron2 is a snapshot of upstream main
@@ -35,7 +37,7 @@ if ! "$PY" -c "import detectron2" >/dev/null 2>&1; then
   D2_DIR="$VENV/detectron2-wheel"
   rm -rf "$D2_DIR"
   "$PY" -m pip install --disable-pip-version-check -q --no-deps --only-binary=:all: \
-    --python-version 3.10 --target "$D2_DIR" "sal-detectron2==0.7.2"
+    --python-version 3.10 --target "$D2_DIR" "sal-detectron2==0.7.2" 2>&1 | filter_pip_noise
   echo "$D2_DIR" > "$SITE/detectron2-wheel.pth"
 fi
 
@@ -45,7 +47,7 @@ STAMP="$VENV/.esc_net_setup_stamp"
 WANT="$(cat "$ROOT/setup.py" "$ROOT/scripts/setup_env.sh" | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   log "installing esc_net and its requirements"
-  "${PIP[@]}" -e "$ROOT[test]"
+  "${PIP[@]}" -e "$ROOT[test]" 2>&1 | filter_pip_noise
   echo "$WANT" > "$STAMP"
 fi
 "$PY" -c "import detectron2, open_clip, segment_anything, timm, esc_net" \

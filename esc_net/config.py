@@ -1,0 +1,87 @@
+"""Config options of ESC-Net (``cfg.MODEL.ESC_NET``) and of its trainer.
+
+Every hyper-parameter of DESIGN.md section 2 is a config value here. Defaults are the paper's where it states
+them (N_o = 5 points, N = 4 ESC-Blocks, LR multiplier 0.01 for CLIP and SAM) and the documented choices of this
+codebase elsewhere; the comments say which is which.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_esc_net_config(cfg: CN) -> None:
+    """Adds ESC-Net's options to a Detectron2 config, in place."""
+    cfg.MODEL.ESC_NET = CN()
+    m = cfg.MODEL.ESC_NET
+
+    # --- CLIP (open_clip) ---------------------------------------------------------------------------------
+    m.CLIP_MODEL_NAME = "ViT-B-16"
+    # An open_clip pretrained tag ("openai"), a local weights file (.bin/.pt/.safetensors) or "none".
+    m.CLIP_PRETRAINED = "openai"
+    # An open_clip model config (embed_dim, vision_cfg, text_cfg) that replaces the named model; empty = unused.
+    # Lets a config define a small CLIP of its own (see configs/esc_net_tiny.yaml).
+    m.CLIP_MODEL_CFG = CN(new_allowed=True)
+    # Square CLIP input size; the grid is CLIP_IMAGE_SIZE / patch size (384 / 16 = 24 for ViT-B/16).
+    m.CLIP_IMAGE_SIZE = 384
+    # "attention": only the q and v projections of CLIP's attention layers train (the paper fine-tunes
+    # attention; we keep k frozen); "full" or "frozen" otherwise.
+    m.CLIP_FINETUNE = "attention"
+    # 0-based indices of CLIP image blocks whose outputs feed the decoder's skip connections.
+    m.CLIP_SKIP_LAYERS = [3, 7]
+    m.PROMPT_TEMPLATES = ["A photo of a {} in the scene."]
+    # How a class name holding synonyms ("sofa, couch") becomes a prompt: "first" or "average".
+    m.SYNONYM_MODE = "first"
+
+    # --- Pseudo Prompt Generator ------------------------------------------------------------------------------
+    m.NUM_POINTS = 5  # N_o, the paper's value
+    # Kept pixels have a spatial-softmax probability above THRESHOLD_FACTOR / (h * w), i.e. "above uniform".
+    m.PPG_THRESHOLD_FACTOR = 1.0
+    m.KMEANS_ITERS = 7
+
+    # --- SAM block (segment_anything's PromptEncoder + TwoWayTransformer) -------------------------------------
+    # Path of an official SAM checkpoint (e.g. sam_vit_b_01ec64.pth); empty = random init with a warning.
+    m.SAM_CHECKPOINT = ""
+    m.SAM_EMBED_DIM = 256  # SAM ViT-B mask decoder sizes, so that its weights load
+    m.SAM_DEPTH = 2
+    m.SAM_MLP_DIM = 2048
+    m.SAM_NUM_HEADS = 8
+
+    # --- ESC-Blocks and the Vision-Language Fusion block -------------------------------------------------------
+    m.NUM_BLOCKS = 4  # the paper's N
+    m.HIDDEN_DIM = 128
+    m.NUM_HEADS = 4
+    m.WINDOW_SIZE = 12
+    m.TEXT_GUIDANCE_DIM = 128
+
+    # --- decoder and loss ---------------------------------------------------------------------------------------
+    # Channels after the first and second 2x upsampling (24 -> 48 -> 96 for a 24x24 grid).
+    m.DECODER_DIMS = [64, 32]
+    # Channels the CLIP skip features are projected to before they join the decoder.
+    m.DECODER_GUIDANCE_DIMS = [32, 16]
+    # "bce": per-pixel binary cross-entropy on one-hot targets; "ce": softmax cross-entropy over classes.
+    m.LOSS = "bce"
+    m.IGNORE_VALUE = 255
+
+    # --- inference ------------------------------------------------------------------------------------------
+    # "sliding": resize to SLIDING_RESIZE, CLIP_IMAGE_SIZE windows overlapping by SLIDING_OVERLAP, plus one global
+    # view, sigmoid scores averaged; "whole": one global view.
+    m.INFERENCE_MODE = "sliding"
+    m.SLIDING_RESIZE = 640
+    m.SLIDING_OVERLAP = 1.0 / 3.0
+    # Classes refined per view at most (top-K by correlation); the others keep their plain CLIP correlation
+    # score. 0 = no cap. Bounds memory for very large vocabularies such as A-847.
+    m.MAX_CLASSES_PER_VIEW = 0
+
+    # --- solver ---------------------------------------------------------------------------------------------
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # LR multipliers of the pre-trained parts (the paper: 2e-6 against 2e-4 for new modules).
+    cfg.SOLVER.CLIP_MULTIPLIER = 0.01
+    cfg.SOLVER.SAM_MULTIPLIER = 0.01
+    # Detectron2's CLIP_TYPE gains "full_model": one norm over all parameters, clipped to CLIP_VALUE.
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+    # --- data -----------------------------------------------------------------------------------------------
+    cfg.INPUT.COLOR_AUG_SSD = True
+    # Pad training crops to this size with the ignore value (images smaller than the crop).
+    cfg.INPUT.SIZE_DIVISIBILITY = 384

@@ -1,0 +1,90 @@
+"""U-Net-like upsampling decoder: correlation embedding + CLIP skip features -> one logit map per class."""
+from typing import List, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # Groups of 16 channels where the width allows it; works for the tiny widths of test configs too.
+    return nn.GroupNorm(channels // 16 if channels % 16 == 0 else 1, channels)
+
+
+class SkipProjection(nn.Sequential):
+    """Projects CLIP features [B, C_clip, h, w] to [B, G, s*h, s*w] with a transposed conv (stride s)."""
+
+    def __init__(self, clip_width: int, out_dim: int, scale: int):
+        super().__init__(nn.ConvTranspose2d(clip_width, out_dim, kernel_size=scale, stride=scale), nn.GELU())
+
+
+class UpsampleStage(nn.Module):
+    """2x bilinear upsampling, fusion with a skip feature shared by all classes, two 3x3 convs.
+
+    The first conv runs over [x ; skip]. It is split into a conv of x (per class) plus a conv of the skip
+    (once per image, broadcast over classes), which is the same function as the conv of the concatenation
+    without materialising N copies of the skip feature.
+    """
+
+    def __init__(self, in_dim: int, skip_dim: int, out_dim: int):
+        super().__init__()
+        self.conv_x = nn.Conv2d(in_dim, out_dim, 3, padding=1)
+        self.conv_skip = nn.Conv2d(skip_dim, out_dim, 3, padding=1, bias=False)
+        self.norm1 = _group_norm(out_dim)
+        self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1)
+        self.norm2 = _group_norm(out_dim)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C_in, H, W]; skip: [B, G, 2H, 2W]. Returns [B, N, C_out, 2H, 2W]."""
+        B, N = x.shape[:2]
+        x = F.interpolate(x.flatten(0, 1), scale_factor=2, mode="bilinear", align_corners=False)
+        y = self.conv_x(x).unflatten(0, (B, N)) + self.conv_skip(skip).unsqueeze(1)
+        y = F.gelu(self.norm1(y.flatten(0, 1)))
+        y = F.gelu(self.norm2(self.conv2(y)))
+        return y.unflatten(0, (B, N))
+
+
+class CorrelationDecoder(nn.Module):
+    """Upsamples the correlation embedding by 2 per stage, one CLIP skip feature per stage (deepest first).
+
+    With skip layers [3, 7] and a 24x24 grid: stage 1 fuses block 7's features at 48x48, stage 2 block 3's at
+    96x96; a 3x3 conv then gives the logits [B, N, 96, 96].
+    """
+
+    def __init__(self, hidden_dim: int, clip_width: int, decoder_dims: Sequence[int], guidance_dims: Sequence[int]):
+        super().__init__()
+        if len(decoder_dims) != len(guidance_dims):
+            raise ValueError(
+                f"DECODER_DIMS {list(decoder_dims)} and DECODER_GUIDANCE_DIMS {list(guidance_dims)} must have "
+                "one entry per decoder stage (and CLIP_SKIP_LAYERS one layer per stage)"
+            )
+        self.skip_projections = nn.ModuleList(
+            SkipProjection(clip_width, g, 2 ** (i + 1)) for i, g in enumerate(guidance_dims)
+        )
+        in_dims = [hidden_dim, *decoder_dims[:-1]]
+        self.stages = nn.ModuleList(
+            UpsampleStage(i, g, o) for i, g, o in zip(in_dims, guidance_dims, decoder_dims)
+        )
+        self.head = nn.Conv2d(decoder_dims[-1], 1, 3, padding=1)
+
+    @property
+    def upscale(self) -> int:
+        """Output resolution / grid resolution."""
+        return 2 ** len(self.stages)
+
+    def forward(self, corr_embed: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+        """
+        Args:
+            corr_embed: [B, N, C, h, w].
+            skips: CLIP features [B, C_clip, h, w], one per stage, shallowest first (the order of
+                ``CLIP_SKIP_LAYERS``).
+        Returns:
+            logits: [B, N, upscale*h, upscale*w].
+        """
+        if len(skips) != len(self.stages):
+            raise ValueError(f"the decoder has {len(self.stages)} stages but got {len(skips)} skip features")
+        x = corr_embed
+        for stage, project, skip in zip(self.stages, self.skip_projections, reversed(skips)):
+            x = stage(x, project(skip))
+        B, N = x.shape[:2]
+        return self.head(x.flatten(0, 1)).view(B, N, *x.shape[-2:])

@@ -1,0 +1,294 @@
+"""The ESC-Net meta-architecture, registered in Detectron2's ``META_ARCH_REGISTRY`` as ``"ESCNet"``.
+
+Notation: B images, N classes, S x S the CLIP input size, h x w = S/patch the CLIP grid, D the CLIP joint
+embedding width, C the correlation-embedding width.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList
+from torch import nn
+from torch.nn import functional as F
+
+from ..data.vocabulary import check_vocabulary, get_dataset_vocabulary
+from .clip import CLIPEncoder
+from .criterion import segmentation_loss
+from .decoder import CorrelationDecoder
+from .esc_block import ESCBlock
+from .sam_block import load_sam_weights
+from .sliding_window import SlidingWindow
+
+logger = logging.getLogger(__name__)
+
+
+def _plain_dict(node) -> dict:
+    """A config node as nested plain dicts (open_clip's config dataclasses take plain values)."""
+    return {k: _plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
+
+
+def _dataset_vocabulary(dataset_names: Sequence[str], role: str) -> Optional[List[str]]:
+    """The one vocabulary shared by ``dataset_names`` (None for no dataset)."""
+    vocabularies = {tuple(get_dataset_vocabulary(name)) for name in dataset_names}
+    if len(vocabularies) > 1:
+        raise ValueError(
+            f"the {role} datasets {list(dataset_names)} have different vocabularies; ESC-Net trains on one "
+            "vocabulary at a time"
+        )
+    return list(vocabularies.pop()) if vocabularies else None
+
+
+@META_ARCH_REGISTRY.register()
+class ESCNet(nn.Module):
+    """ESC-Net: CLIP correlation refined by N ESC-Blocks (pseudo prompts, SAM block, VLF) and an upsampling
+    decoder.
+
+    Input: the list of dicts that Detectron2 mappers produce, each with ``"image"`` ([3, H, W], channels in
+    ``INPUT.FORMAT``), ``"height"``/``"width"`` (the size to predict at) and, in training, ``"sem_seg"``
+    ([H, W] class ids). An input may carry ``"vocabulary"`` (a list of class names) to override the model's
+    vocabulary for that call; all inputs of a batch must then carry the same one.
+
+    Output: in training a dict of losses; in inference ``[{"sem_seg": Tensor[N, height, width]}]``, per-class
+    scores in [0, 1] for the N names of the vocabulary.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip: CLIPEncoder,
+        blocks: Sequence[ESCBlock],
+        decoder: CorrelationDecoder,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        train_vocabulary: Optional[Sequence[str]],
+        test_vocabulary: Optional[Sequence[str]],
+        loss: str = "bce",
+        ignore_value: int = 255,
+        inference_mode: str = "sliding",
+        sliding_resize: int = 640,
+        sliding_overlap: float = 1.0 / 3.0,
+        max_classes_per_view: int = 0,
+    ):
+        """
+        Args:
+            clip: the CLIP image and text encoders.
+            blocks: the ESC-Blocks, applied in order.
+            decoder: the upsampling decoder.
+            pixel_mean, pixel_std: per-channel normalisation of the input images (0-255 scale).
+            train_vocabulary: class names of the training data (None: the model cannot train).
+            test_vocabulary: default class names at inference (``set_vocabulary`` changes them).
+            loss: "bce" or "ce" (see :func:`segmentation_loss`).
+            ignore_value: label value of pixels without ground truth.
+            inference_mode: "sliding" or "whole".
+            sliding_resize: side of the square image the sliding windows are cut from.
+            sliding_overlap: minimum overlap of neighbouring windows, as a fraction of a window.
+            max_classes_per_view: refine at most this many classes per view (top-K by CLIP correlation); the
+                others are scored by their plain correlation below every refined class. 0 = no cap.
+        """
+        super().__init__()
+        if inference_mode not in ("sliding", "whole"):
+            raise ValueError(f"INFERENCE_MODE must be 'sliding' or 'whole', got {inference_mode!r}")
+        self.clip = clip
+        self.blocks = nn.ModuleList(blocks)
+        self.decoder = decoder
+        # The first correlation embedding: a 7x7 conv gives each class's map local context before the blocks.
+        self.corr_embed = nn.Conv2d(1, blocks[0].hidden_dim, kernel_size=7, padding=3)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.train_vocabulary = list(train_vocabulary) if train_vocabulary else None
+        self.test_vocabulary = list(test_vocabulary) if test_vocabulary else None
+        self.loss = loss
+        self.ignore_value = ignore_value
+        self.inference_mode = inference_mode
+        self.max_classes_per_view = max_classes_per_view
+        image_size = clip.grid_size[0] * clip.patch_size
+        out_size = clip.grid_size[0] * decoder.upscale
+        self.image_size = image_size
+        self.sliding_window = SlidingWindow(sliding_resize, image_size, out_size, sliding_overlap)
+
+    @classmethod
+    def from_config(cls, cfg):
+        m = cfg.MODEL.ESC_NET
+        clip = CLIPEncoder(
+            model_name=m.CLIP_MODEL_NAME,
+            pretrained=m.CLIP_PRETRAINED,
+            model_cfg=_plain_dict(m.CLIP_MODEL_CFG) or None,
+            image_size=m.CLIP_IMAGE_SIZE,
+            finetune=m.CLIP_FINETUNE,
+            skip_layers=m.CLIP_SKIP_LAYERS,
+            templates=m.PROMPT_TEMPLATES,
+            synonym_mode=m.SYNONYM_MODE,
+        )
+        blocks = [
+            ESCBlock(
+                clip_dim=clip.embed_dim,
+                hidden_dim=m.HIDDEN_DIM,
+                grid_size=clip.grid_size,
+                num_points=m.NUM_POINTS,
+                threshold_factor=m.PPG_THRESHOLD_FACTOR,
+                kmeans_iters=m.KMEANS_ITERS,
+                sam_embed_dim=m.SAM_EMBED_DIM,
+                sam_depth=m.SAM_DEPTH,
+                sam_mlp_dim=m.SAM_MLP_DIM,
+                sam_num_heads=m.SAM_NUM_HEADS,
+                num_heads=m.NUM_HEADS,
+                window_size=m.WINDOW_SIZE,
+                text_guidance_dim=m.TEXT_GUIDANCE_DIM,
+            )
+            for _ in range(m.NUM_BLOCKS)
+        ]
+        if m.SAM_CHECKPOINT:
+            for block in blocks:
+                load_sam_weights(block.sam, m.SAM_CHECKPOINT)
+        else:
+            logger.warning(
+                "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM prompt encoders and transformers start from "
+                "random weights (give the official sam_vit_b_01ec64.pth to start from SAM)"
+            )
+        decoder = CorrelationDecoder(m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS)
+        return {
+            "clip": clip,
+            "blocks": blocks,
+            "decoder": decoder,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "train_vocabulary": _dataset_vocabulary(cfg.DATASETS.TRAIN, "training"),
+            "test_vocabulary": _dataset_vocabulary(cfg.DATASETS.TEST[:1], "test"),
+            "loss": m.LOSS,
+            "ignore_value": m.IGNORE_VALUE,
+            "inference_mode": m.INFERENCE_MODE,
+            "sliding_resize": m.SLIDING_RESIZE,
+            "sliding_overlap": m.SLIDING_OVERLAP,
+            "max_classes_per_view": m.MAX_CLASSES_PER_VIEW,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Sets the class names scored at inference. Names may hold synonyms: "sofa, couch"."""
+        self.test_vocabulary = check_vocabulary(class_names)
+
+    # ------------------------------------------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict]):
+        vocabulary = self._vocabulary(batched_inputs)
+        if self.training:
+            return self._forward_train(batched_inputs, vocabulary)
+        return self._forward_inference(batched_inputs, vocabulary)
+
+    def _vocabulary(self, batched_inputs: List[Dict]) -> List[str]:
+        given = {tuple(x["vocabulary"]) for x in batched_inputs if "vocabulary" in x}
+        if len(given) > 1:
+            raise ValueError("the inputs of one batch carry different vocabularies")
+        if given:
+            return check_vocabulary(given.pop())
+        vocabulary = self.train_vocabulary if self.training else self.test_vocabulary
+        if vocabulary is None:
+            raise ValueError(
+                "ESC-Net has no vocabulary: give DATASETS.TRAIN / DATASETS.TEST, call model.set_vocabulary(names), "
+                "or pass 'vocabulary' in the inputs"
+            )
+        return vocabulary
+
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+
+    def _forward_train(self, batched_inputs: List[Dict], vocabulary: List[str]) -> Dict[str, torch.Tensor]:
+        images = ImageList.from_tensors([self._normalize(x["image"]) for x in batched_inputs]).tensor
+        targets = ImageList.from_tensors(
+            [x["sem_seg"].to(self.device) for x in batched_inputs], pad_value=self.ignore_value
+        ).tensor.long()
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        text = self.clip.encode_text(vocabulary)
+        dense, skips = self.clip.encode_image(images)
+        corr = self.correlation(dense, text)
+        logits = self.refine(corr, dense, skips, text.expand(len(images), -1, -1))
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        return {"loss_sem_seg": segmentation_loss(logits, targets, self.ignore_value, self.loss)}
+
+    @torch.no_grad()
+    def _forward_inference(self, batched_inputs: List[Dict], vocabulary: List[str]) -> List[Dict]:
+        text = self.clip.encode_text(vocabulary)
+        if self.inference_mode == "whole":
+            size = (self.image_size,) * 2
+        else:
+            size = (self.sliding_window.size,) * 2
+        images = torch.cat(
+            [
+                F.interpolate(self._normalize(x["image"])[None], size=size, mode="bilinear", align_corners=False)
+                for x in batched_inputs
+            ]
+        )
+        if self.inference_mode == "whole":
+            scores = self.score_views(images, text)
+        else:
+            scores = self.sliding_window.merge(self.score_views(self.sliding_window.views(images), text))
+        results = []
+        for x, score in zip(batched_inputs, scores):
+            height, width = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
+            score = F.interpolate(score[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            results.append({"sem_seg": score})
+        return results
+
+    # ------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def correlation(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every pixel with every class (eq. 1).
+
+        Args:
+            dense: [B, D, h, w] CLIP patch embeddings.
+            text: [N, D] or [B, N, D] unit-norm class embeddings.
+        Returns:
+            [B, N, h, w].
+        """
+        dense = F.normalize(dense, dim=1)
+        if text.dim() == 2:
+            return torch.einsum("bdhw,nd->bnhw", dense, text)
+        return torch.einsum("bdhw,bnd->bnhw", dense, text)
+
+    def refine(
+        self, corr: torch.Tensor, dense: torch.Tensor, skips: List[torch.Tensor], text: torch.Tensor
+    ) -> torch.Tensor:
+        """The ESC-Blocks and the decoder.
+
+        Args:
+            corr: [B, N, h, w] CLIP correlation; dense: [B, D, h, w]; skips: list of [B, C_clip, h, w];
+            text: [B, N, D].
+        Returns:
+            logits: [B, N, 4h, 4w] (the decoder's upscale).
+        """
+        B, N, h, w = corr.shape
+        corr_embed = self.corr_embed(corr.reshape(B * N, 1, h, w)).view(B, N, -1, h, w)
+        corr_map = corr
+        for block in self.blocks:
+            corr_embed, corr_map = block(corr_embed, corr_map, dense, text)
+        return self.decoder(corr_embed, skips)
+
+    def score_views(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Per-class scores of a batch of normalised views.
+
+        Args:
+            views: [V, 3, S, S]; text: [N, D].
+        Returns:
+            [V, N, 4h, 4w] scores in [0, 1].
+        """
+        dense, skips = self.clip.encode_image(views)
+        corr = self.correlation(dense, text)
+        V, N = corr.shape[:2]
+        K = self.max_classes_per_view
+        if not K or N <= K:
+            return self.refine(corr, dense, skips, text.expand(V, -1, -1)).sigmoid()
+        # Refine only the K classes most correlated with each view; the others keep their plain correlation,
+        # rescaled below the lowest refined score at each pixel so that they never outrank a refined class.
+        top = corr.flatten(2).amax(dim=2).topk(K, dim=1).indices  # [V, K]
+        h, w = corr.shape[-2:]
+        top_corr = corr.gather(1, top[:, :, None, None].expand(-1, -1, h, w))
+        refined = self.refine(top_corr, dense, skips, text[top]).sigmoid()  # [V, K, 4h, 4w]
+        plain = F.interpolate(corr, size=refined.shape[-2:], mode="bilinear", align_corners=False)
+        scores = (plain + 1) / 2 * refined.amin(dim=1, keepdim=True)
+        return scores.scatter(1, top[:, :, None, None].expand_as(refined), refined)

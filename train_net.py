@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Trains and evaluates ESC-Net with Detectron2.
+
+    python train_net.py --config-file configs/esc_net_vitb_384.yaml --num-gpus 4
+    python train_net.py --config-file configs/esc_net_vitb_384.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/esc_net_tiny.yaml MODEL.DEVICE cpu
+
+``--eval-only`` evaluates every dataset of ``DATASETS.TEST`` in this one process, switching the model's
+vocabulary per dataset, then prints one table (benchmark x mIoU) and writes it as JSON and CSV in OUTPUT_DIR.
+"""
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import esc_net
+from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
+from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
+from esc_net.solver import build_optimizer
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's trainer with ESC-Net's data mapper, optimizer and multi-benchmark evaluation."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=SemanticSegmentationMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return OpenVocabSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluates every dataset of ``DATASETS.TEST`` with its own vocabulary; returns {dataset: results}."""
+        logger = logging.getLogger("detectron2")
+        net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        previous_vocabulary = net.test_vocabulary
+        results = OrderedDict()
+        try:
+            for i, dataset_name in enumerate(cfg.DATASETS.TEST):
+                net.set_vocabulary(get_dataset_vocabulary(dataset_name))
+                evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
+                data_loader = cls.build_test_loader(cfg, dataset_name)
+                results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+                if comm.is_main_process():
+                    logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                    print_csv_format(results[dataset_name])
+        finally:
+            net.test_vocabulary = previous_vocabulary
+        if comm.is_main_process():
+            logger.info("\n" + summarize_benchmarks(results, cfg.OUTPUT_DIR))
+        return results
+
+
+def setup(args):
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="esc_net")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
