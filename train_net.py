@@ -25,6 +25,7 @@ import esc_net
 from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from esc_net.solver import build_optimizer
+from esc_net.utils.checkpoint import load_model_weights
 
 
 class Trainer(DefaultTrainer):
@@ -85,7 +86,12 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+        if weights:
+            load_model_weights(model, weights)
+        else:
+            logging.getLogger("detectron2").warning("evaluating without MODEL.WEIGHTS: the new modules are random")
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

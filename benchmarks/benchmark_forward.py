@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Per-stage inference time and peak memory of the real-size ESC-Net (random weights).
+
+Builds the model of a config (default: ViT-B/16 at 384x384, SAM ViT-B sizes, 4 ESC-Blocks) with random weights
+and times a single 384x384 view for several vocabulary sizes. Stages are timed with forward hooks inside the
+real forward pass: CLIP image encoder, text encoder (a fresh vocabulary each repeat, so no cache hit), PPG, SAM
+blocks, VLF blocks, decoder; "other" is the rest (correlation, merges, heads). Prints medians over the repeats,
+peak memory, and the ratio total / CLIP image encoder that the project steers by.
+
+    .venv/bin/python benchmarks/benchmark_forward.py --classes 20 150 847 --repeats 3 [--device cuda] [--amp]
+"""
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import esc_net  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+STAGES = ["clip_image", "clip_text", "ppg", "sam", "vlf", "decoder"]
+
+
+class StageTimer:
+    """Accumulates wall time spent inside modules, via forward pre/post hooks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals = defaultdict(float)
+        self._starts = {}
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def watch(self, module: torch.nn.Module, stage: str):
+        def pre(mod, args):
+            self._sync()
+            self._starts[id(mod)] = time.perf_counter()
+
+        def post(mod, args, out):
+            self._sync()
+            self.totals[stage] += time.perf_counter() - self._starts.pop(id(mod))
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    @contextlib.contextmanager
+    def span(self, stage: str):
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.totals[stage] += time.perf_counter() - start
+
+
+def build(config_file: str, device: str):
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(
+        ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+    )
+    model = build_model(cfg).eval()
+    return model, cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux reports KiB)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                              "esc_net_vitb_384.yaml"))
+    parser.add_argument("--classes", type=int, nargs="+", default=[20, 150, 847])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (GPU)")
+    args = parser.parse_args()
+
+    model, size = build(args.config_file, args.device)
+    device = model.device
+    timer = StageTimer(device)
+    for block in model.blocks:
+        timer.watch(block.prompt_generator, "ppg")
+        timer.watch(block.sam, "sam")
+        timer.watch(block.vlf, "vlf")
+    timer.watch(model.decoder, "decoder")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
+
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, '
+          f'{torch.get_num_threads()} threads'}); config: {os.path.basename(args.config_file)}; view {size}x{size}; "
+          f"amp: {args.amp}")
+    header = f"{'N':>5} " + " ".join(f"{s:>10}" for s in STAGES) + f" {'other':>8} {'total':>8} {'total/img':>9} {'peak MB':>9}"
+    print(header)
+    image = torch.randn(1, 3, size, size, device=device)
+    for num_classes in args.classes:
+        runs = defaultdict(list)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for repeat in range(args.repeats + 1):  # the first run warms up and is not counted
+            names = [f"class {i} version {repeat}" for i in range(num_classes)]
+            timer.totals.clear()
+            with torch.no_grad(), autocast:
+                with timer.span("total"):
+                    with timer.span("clip_text"):
+                        text = model.clip.encode_text(names)
+                    with timer.span("clip_image"):
+                        dense, skips = model.clip.encode_image(image)
+                    corr = model.correlation(dense, text)
+                    model.refine(corr, dense, skips, text.expand(1, -1, -1))
+            if repeat:
+                for stage in STAGES + ["total"]:
+                    runs[stage].append(timer.totals[stage])
+        med = {k: statistics.median(v) * 1000 for k, v in runs.items()}
+        other = med["total"] - sum(med[s] for s in STAGES)
+        print(f"{num_classes:>5} " + " ".join(f"{med[s]:>8.1f}ms" for s in STAGES)
+              + f" {other:>6.1f}ms {med['total']:>6.1f}ms {med['total'] / med['clip_image']:>9.2f} "
+              f"{peak_memory_mb(device):>9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Strict loading of ESC-Net weights for evaluation and inference."""
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+
+def load_model_weights(model: torch.nn.Module, path: str) -> None:
+    """Loads a Detectron2 checkpoint (``model_final.pth``) into ``model`` and insists that it fits.
+
+    Training resumes with Detectron2's lenient ``resume_or_load``; evaluation and the demo use this instead,
+    because a checkpoint that misses weights would silently score with random ones.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the checkpoint does not fit; the message lists the missing, unexpected and mis-shaped keys.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model weights not found: {path}")
+    checkpointer = DetectionCheckpointer(model)
+    checkpoint = checkpointer._load_file(path)
+    incompatible = checkpointer._load_model(checkpoint)
+    problems = []
+    if incompatible.missing_keys:
+        problems.append(f"missing keys: {sorted(incompatible.missing_keys)}")
+    if incompatible.unexpected_keys:
+        problems.append(f"unexpected keys: {sorted(incompatible.unexpected_keys)}")
+    if incompatible.incorrect_shapes:
+        shapes = [f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes]
+        problems.append(f"keys with other shapes: {shapes}")
+    if problems:
+        raise ValueError(f"the weights in {path} do not fit this model's config; " + "; ".join(problems))
