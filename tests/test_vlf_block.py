@@ -1,0 +1,167 @@
+"""Vision-Language Fusion block: shapes, class-order equivariance, batch independence, locality, gradients."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from esc_net.modeling.vlf_block import ClassLinearAttention, VisionLanguageFusion
+
+HIDDEN, GUIDANCE, TEXT = 16, 16, 32
+
+
+def make_vlf(grid=(8, 8), window=12):
+    torch.manual_seed(0)
+    return VisionLanguageFusion(
+        hidden_dim=HIDDEN,
+        guidance_dim=GUIDANCE,
+        text_dim=TEXT,
+        grid_size=grid,
+        num_heads=4,
+        window_size=window,
+        text_guidance_dim=16,
+    ).eval()
+
+
+def make_inputs(B, N, grid=(8, 8), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    corr = torch.randn(B, N, HIDDEN, *grid, generator=g)
+    guidance = torch.randn(B, N, GUIDANCE, *grid, generator=g)
+    text = F.normalize(torch.randn(B, N, TEXT, generator=g), dim=-1)
+    return corr, guidance, text
+
+
+@pytest.fixture(scope="module")
+def vlf24():
+    return make_vlf(grid=(24, 24), window=12)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 300])
+def test_output_shape_for_any_number_of_classes(num_classes):
+    vlf = make_vlf()
+    inputs = make_inputs(2, num_classes)
+    with torch.no_grad():
+        out = vlf(*inputs)
+    assert out.shape == (2, num_classes, HIDDEN, 8, 8)
+    assert out.is_contiguous()
+    assert torch.isfinite(out).all()
+
+
+def test_window_configuration(vlf24):
+    regular, shifted = vlf24.image_guidance.blocks
+    assert regular.window_size == (12, 12) and regular.shift_size == (0, 0)
+    assert shifted.window_size == (12, 12) and shifted.shift_size == (6, 6)
+    # A window larger than the grid is shrunk to the grid by timm, and the shift then dropped.
+    small_regular, small_shifted = make_vlf(grid=(8, 8), window=12).image_guidance.blocks
+    assert small_regular.window_size == small_shifted.window_size == (8, 8)
+    assert small_shifted.shift_size == (0, 0)
+    with torch.no_grad():
+        assert vlf24(*make_inputs(2, 2, grid=(24, 24))).shape == (2, 2, HIDDEN, 24, 24)
+
+
+def test_class_order_equivariance(vlf24):
+    corr, guidance, text = make_inputs(2, 5, grid=(24, 24))
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    with torch.no_grad():
+        out = vlf24(corr, guidance, text)
+        out_perm = vlf24(corr[:, perm], guidance[:, perm], text[:, perm])
+    torch.testing.assert_close(out_perm, out[:, perm], atol=1e-5, rtol=0)
+
+
+def test_images_are_independent():
+    vlf = make_vlf()
+    corr, guidance, text = make_inputs(2, 3)
+    other_corr, other_guidance, other_text = make_inputs(2, 3, seed=7)
+    corr2, guidance2, text2 = corr.clone(), guidance.clone(), text.clone()
+    corr2[1], guidance2[1], text2[1] = other_corr[1], other_guidance[1], other_text[1]
+    with torch.no_grad():
+        out = vlf(corr, guidance, text)
+        out2 = vlf(corr2, guidance2, text2)
+    torch.testing.assert_close(out2[0], out[0], atol=1e-6, rtol=0)
+    assert not torch.allclose(out2[1], out[1], atol=1e-3)
+
+
+def test_text_guidance_mixes_classes():
+    vlf = make_vlf()
+    corr, guidance, text = make_inputs(2, 3)
+    with torch.no_grad():
+        out = vlf(corr, guidance, text)
+        # Changing only class 2's text changes class 2 and, through the attention across classes, class 0.
+        text2 = text.clone()
+        text2[:, 2] = F.normalize(torch.randn(2, TEXT), dim=-1)
+        out_text = vlf(corr, guidance, text2)
+        # Changing only class 2's correlation embedding changes the other classes too.
+        corr2 = corr.clone()
+        corr2[:, 2] += 1.0
+        out_corr = vlf(corr2, guidance, text)
+    for changed in (out_text, out_corr):
+        assert (changed[:, 0] - out[:, 0]).abs().max() > 1e-4
+        assert (changed[:, 2] - out[:, 2]).abs().max() > 1e-4
+
+
+def test_spatial_mixing_is_windowed(vlf24):
+    corr, guidance, text = make_inputs(1, 2, grid=(24, 24))
+    corr2 = corr.clone()
+    corr2[0, 0, :, 0, 0] += 3.0
+    with torch.no_grad():
+        diff = (vlf24(corr2, guidance, text) - vlf24(corr, guidance, text)).abs().amax(dim=(0, 1, 2))  # [h, w]
+    # Same regular window as (0, 0), and reached through the shifted window.
+    assert diff[5, 7] > 1e-4
+    assert diff[11, 11] > 1e-4
+    assert diff[15, 15] > 1e-4
+    # Rows/columns 18..23 share neither the regular window of (0, 0) nor, after the cyclic shift and its mask, a
+    # shifted window with any pixel the regular window reached: window attention, not global attention.
+    assert diff[18:, :].max() < 1e-6 and diff[:, 18:].max() < 1e-6
+
+
+def test_small_grid_attends_globally():
+    vlf = make_vlf(grid=(8, 8), window=12)
+    corr, guidance, text = make_inputs(1, 1)
+    corr2 = corr.clone()
+    corr2[0, 0, :, 0, 0] += 3.0
+    with torch.no_grad():
+        diff = (vlf(corr2, guidance, text) - vlf(corr, guidance, text)).abs()
+    assert diff[0, 0, :, 7, 7].max() > 1e-4
+
+
+def test_linear_attention_matches_explicit_formula():
+    torch.manual_seed(0)
+    attn = ClassLinearAttention(dim=8, text_guidance_dim=4, num_heads=2)
+    B, N, P = 2, 5, 3
+    x = torch.randn(B, N, P, 8)
+    text = torch.randn(B, N, 1, 4)
+    out = attn(x, text)
+    # Reference: an explicit N x N matrix of non-negative scores phi(q_n) . phi(k_m), rows normalised.
+    qk = attn.qk(x, text)
+    q, k = (F.elu(t) + 1 for t in qk.unflatten(-1, (2, 2, 4)).unbind(-3))  # [B, N, P, H, d]
+    v = attn.v(x).unflatten(-1, (2, 4))
+    scores = torch.einsum("bnphd,bmphd->bphnm", q, k)
+    weights = scores / scores.sum(-1, keepdim=True)
+    ref = attn.proj(torch.einsum("bphnm,bmphd->bnphd", weights, v).flatten(-2))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    vlf = make_vlf(grid=(24, 24), window=12).train()
+    corr, guidance, text = make_inputs(2, 3, grid=(24, 24))
+    corr.requires_grad_(True)
+    out = vlf(corr, guidance, text)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in vlf.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+    assert corr.grad.abs().sum() > 0
+
+
+def test_bad_inputs_raise_clear_errors():
+    vlf = make_vlf()
+    corr, guidance, text = make_inputs(1, 2)
+    with pytest.raises(ValueError, match="image_guidance must have shape"):
+        vlf(corr, guidance[:, :, :8], text)
+    with pytest.raises(ValueError, match="text_embeds must have shape"):
+        vlf(corr, guidance, text[:, :1])
+    with pytest.raises(ValueError, match=r"grid_size=\(8, 8\)"):
+        vlf(*make_inputs(1, 2, grid=(6, 6)))
+    with pytest.raises(ValueError, match=r"corr_embed must be \[B, N, C, h, w\]"):
+        vlf(corr[0], guidance, text)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        VisionLanguageFusion(hidden_dim=18, num_heads=4)
