@@ -1,4 +1,5 @@
 """Shared test set-up: offline, few threads, and the tiny model sizes every test builds from."""
+import copy
 import os
 
 # Tests never reach the network: a hub download must fail at once instead of timing out.
@@ -7,20 +8,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 torch.set_num_threads(2)
 
-# A CLIP of a few million parameters in open_clip's own config format (open_clip.CLIP(**TINY_CLIP_CFG)).
-# The text tower keeps open_clip's tokenizer vocabulary so that the real tokenizer is used.
-TINY_CLIP_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny.yaml")
+
+with open(TINY_CONFIG) as f:
+    # A CLIP of a few million parameters in open_clip's own config format (open_clip.CLIP(**TINY_CLIP_CFG)),
+    # the one configs/esc_net_tiny.yaml defines. Its text tower keeps open_clip's tokenizer vocabulary.
+    TINY_CLIP_CFG = yaml.safe_load(f)["MODEL"]["ESC_NET"]["CLIP_MODEL_CFG"]
 
 
 @pytest.fixture
 def tiny_clip_cfg():
-    import copy
-
     return copy.deepcopy(TINY_CLIP_CFG)
+
+
+def tiny_cfg(*opts):
+    """The tiny ESC-Net config with no datasets, plus ``opts`` (key, value, ...)."""
+    from detectron2.config import get_cfg
+
+    import esc_net
+
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    cfg.merge_from_file(TINY_CONFIG)
+    cfg.merge_from_list(["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *opts])
+    return cfg

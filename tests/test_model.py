@@ -1,0 +1,177 @@
+"""The ESCNet meta-architecture on the tiny config: shapes, vocabularies, gradients, class cap, optimizer."""
+import pytest
+import torch
+from conftest import tiny_cfg
+from detectron2.modeling import build_model
+
+from esc_net.solver import build_optimizer
+
+# SAM prompt embeddings that ESC-Net's prompts never use: negative points (label 0), box corners (2, 3) and the
+# "no mask" embedding (a mask prompt is always given). They stay trainable so that SAM checkpoints load whole.
+UNUSED_SAM_PARAMETERS = (
+    "prompt_encoder.point_embeddings.0.",
+    "prompt_encoder.point_embeddings.2.",
+    "prompt_encoder.point_embeddings.3.",
+    "prompt_encoder.no_mask_embed.",
+)
+
+
+def _image(h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg()).eval()
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 300])
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_inference_shapes(model, num_classes, mode):
+    model.inference_mode = mode
+    model.set_vocabulary([f"thing {i}" for i in range(num_classes)])
+    inputs = [{"image": _image(50, 70), "height": 50, "width": 70}, {"image": _image(64, 64, 1), "height": 32, "width": 40}]
+    outputs = model(inputs)
+    assert [o["sem_seg"].shape for o in outputs] == [(num_classes, 50, 70), (num_classes, 32, 40)]
+    for o in outputs:
+        assert torch.isfinite(o["sem_seg"]).all()
+        assert o["sem_seg"].min() >= 0 and o["sem_seg"].max() <= 1
+    model.inference_mode = "whole"
+
+
+def test_vocabulary_errors_and_overrides(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.set_vocabulary([])
+    with pytest.raises(TypeError):
+        model.set_vocabulary("cat, dog")
+    model.test_vocabulary = None
+    with pytest.raises(ValueError, match="no vocabulary"):
+        model([{"image": _image(32, 32)}])
+    out = model([{"image": _image(32, 32), "vocabulary": ["cat", "dog", "sofa, couch"]}])
+    assert out[0]["sem_seg"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        model([{"image": _image(32, 32), "vocabulary": ["cat"]}, {"image": _image(32, 32), "vocabulary": ["dog"]}])
+
+
+def test_vocabulary_order_permutes_scores(model):
+    """Nothing in ESC-Net depends on the order of the classes (no positional embedding across classes)."""
+    model.inference_mode = "whole"
+    names = ["red circle", "blue square", "grass", "sky", "road"]
+    inputs = [{"image": _image(64, 64, 3)}]
+    model.set_vocabulary(names)
+    a = model(inputs)[0]["sem_seg"]
+    perm = [3, 0, 4, 1, 2]
+    model.set_vocabulary([names[i] for i in perm])
+    b = model(inputs)[0]["sem_seg"]
+    torch.testing.assert_close(b, a[perm], atol=1e-4, rtol=1e-4)
+
+
+def test_class_cap_refines_top_classes_only(model):
+    """With MAX_CLASSES_PER_VIEW, classes outside each view's top-K never outrank a refined class."""
+    names = [f"category number {i}" for i in range(40)]
+    model.set_vocabulary(names)
+    model.max_classes_per_view = 5
+    try:
+        view = torch.randn(2, 3, 64, 64)
+        text = model.clip.encode_text(names)
+        with torch.no_grad():
+            scores = model.score_views(view, text)
+            dense, _ = model.clip.encode_image(view)
+            corr = model.correlation(dense, text)
+        assert scores.shape == (2, 40, 32, 32)
+        top = corr.flatten(2).amax(2).topk(5, dim=1).indices
+        for v in range(2):
+            refined = scores[v, top[v]]
+            rest = torch.ones(40, dtype=torch.bool)
+            rest[top[v]] = False
+            assert (scores[v, rest] <= refined.amin(0, keepdim=True) + 1e-6).all()
+        model.eval()
+        out = model([{"image": _image(48, 48)}])[0]["sem_seg"]
+        assert out.shape == (40, 48, 48)
+    finally:
+        model.max_classes_per_view = 0
+
+
+def _train_batch(num_classes=4):
+    inputs = []
+    for i in range(2):
+        sem_seg = torch.randint(0, num_classes, (64, 64))
+        sem_seg[:4] = 255
+        inputs.append({"image": _image(64, 64, i), "sem_seg": sem_seg})
+    return inputs
+
+
+def test_training_loss_and_gradients_reach_every_trainable_module():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
+    losses = model(_train_batch())
+    assert set(losses) == {"loss_sem_seg"}
+    assert losses["loss_sem_seg"].ndim == 0 and torch.isfinite(losses["loss_sem_seg"])
+    losses["loss_sem_seg"].backward()
+    no_grad = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+        and not any(part in name for part in UNUSED_SAM_PARAMETERS)
+    ]
+    assert no_grad == []
+    # every ESC-Block's SAM transformer, VLF and PPG-driven prompt encoder is reached
+    for block in model.blocks:
+        assert block.sam.transformer.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+        assert block.sam.prompt_encoder.point_embeddings[1].weight.grad.abs().sum() > 0
+
+
+def test_training_label_outside_vocabulary_is_reported():
+    model = build_model(tiny_cfg()).train()
+    model.train_vocabulary = ["cat", "dog"]
+    with pytest.raises(ValueError, match="outside"):
+        model(_train_batch(num_classes=4))
+
+
+def test_optimizer_multipliers_clipping_and_frozen_clip_weights():
+    cfg = tiny_cfg(
+        "MODEL.ESC_NET.CLIP_FINETUNE", "attention", "SOLVER.CLIP_MULTIPLIER", 0.01, "SOLVER.SAM_MULTIPLIER", 0.1,
+        "SOLVER.WEIGHT_DECAY", 0.1, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.01,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
+    optimizer = build_optimizer(cfg, model)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    base = cfg.SOLVER.BASE_LR
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if not p.requires_grad:
+            assert id(p) not in lr_of
+            continue
+        if name.startswith("clip."):
+            expected = base * 0.01
+        elif ".sam.prompt_encoder." in name or ".sam.transformer." in name:
+            expected = base * 0.1
+        else:
+            expected = base
+        assert lr_of[id(p)] == pytest.approx(expected), name
+    frozen_before = {n: p.detach().clone() for n, p in model.clip.state_dict().items()}
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(_train_batch())["loss_sem_seg"].backward()
+        optimizer.step()
+        total_norm = torch.norm(torch.stack([p.grad.norm() for p in params.values() if p.grad is not None]))
+        assert total_norm <= 0.01 * (1 + 1e-4)  # clipped over the full model
+    after = model.clip.state_dict()
+    changed = {n for n, t in after.items() if not torch.equal(t, frozen_before[n])}
+    assert changed, "q and v should train"
+    # only the packed q/k/v projections change, and within them only the q and v thirds (k is frozen)
+    assert all(n.endswith(("attn.in_proj_weight", "attn.in_proj_bias")) for n in changed), sorted(changed)
+    for n in changed:
+        width = after[n].shape[0] // 3
+        assert torch.equal(after[n][width : 2 * width], frozen_before[n][width : 2 * width]), n
+
+
+def test_missing_sam_checkpoint_is_reported(tmp_path):
+    missing = str(tmp_path / "sam_vit_b_01ec64.pth")
+    with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64.pth"):
+        build_model(tiny_cfg("MODEL.ESC_NET.SAM_CHECKPOINT", missing))

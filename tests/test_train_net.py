@@ -1,0 +1,128 @@
+"""End to end: train_net.py trains the tiny config on a generated dataset, checkpoints, resumes and evaluates."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from PIL import Image
+
+sys.path.insert(0, REPO_ROOT)
+import train_net  # noqa: E402
+
+CLASSES = ["red square", "blue background", "green stripe"]
+
+
+def _make_dataset(root, count, seed):
+    """Images of a blue background with a red square and a green stripe; labels 0/1/2, a 255 border."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    dicts = []
+    for i in range(count):
+        h, w = rng.integers(56, 90, size=2)
+        image = np.zeros((h, w, 3), np.uint8)
+        image[..., 2] = 200
+        label = np.ones((h, w), np.uint8)
+        y, x = rng.integers(0, h - 24), rng.integers(0, w - 24)
+        image[y : y + 24, x : x + 24] = (220, 30, 30)
+        label[y : y + 24, x : x + 24] = 0
+        c = rng.integers(0, w - 8)
+        image[:, c : c + 8] = (30, 200, 30)
+        label[:, c : c + 8] = 2
+        label[0] = 255
+        image = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(os.path.join(root, f"{i}.jpg"))
+        Image.fromarray(label).save(os.path.join(root, f"{i}.png"))
+        dicts.append(
+            {"file_name": os.path.join(root, f"{i}.jpg"), "sem_seg_file_name": os.path.join(root, f"{i}.png"),
+             "height": int(h), "width": int(w)}
+        )
+    return dicts
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    for split, count, seed in (("train", 12, 0), ("val", 3, 1)):
+        name = f"e2e_toy_{split}"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        dicts = _make_dataset(str(root / split), count, seed)
+        DatasetCatalog.register(name, lambda d=dicts: d)
+        MetadataCatalog.get(name).set(
+            stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg", benchmark=f"Toy-{split}"
+        )
+    return ("e2e_toy_train",), ("e2e_toy_val",)
+
+
+def _args(config_opts, eval_only=False, resume=False):
+    parser = train_net.default_argument_parser()
+    argv = ["--config-file", os.path.join(REPO_ROOT, "configs", "esc_net_tiny.yaml")]
+    argv += ["--eval-only"] if eval_only else []
+    argv += ["--resume"] if resume else []
+    return parser.parse_args(argv + [str(x) for x in config_opts])
+
+
+def _losses(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(r["iteration"], r["total_loss"]) for r in rows if "total_loss" in r]
+
+
+class _ShapeRecorder(DatasetEvaluator):
+    def reset(self):
+        self.shapes = []
+
+    def process(self, inputs, outputs):
+        self.shapes += [(x["file_name"], tuple(o["sem_seg"].shape)) for x, o in zip(inputs, outputs)]
+
+    def evaluate(self):
+        return {}
+
+
+def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
+    train, test = datasets
+    out = str(tmp_path / "run")
+    common = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", out,
+              "SOLVER.CHECKPOINT_PERIOD", 30, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.002]
+    torch.manual_seed(0)
+    train_net.main(_args(common + ["SOLVER.MAX_ITER", 60]))
+    losses = _losses(out)
+    assert [it for it, _ in losses][-1] == 59
+    assert losses[-1][1] < 0.8 * losses[0][1], f"loss did not decrease: {losses}"
+    assert os.path.isfile(os.path.join(out, "model_0000029.pth"))
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    # evaluation at the end of training wrote the benchmark table files
+    assert os.path.isfile(os.path.join(out, "benchmark_results.json"))
+
+    # resume: continues from the last checkpoint (iteration 60) to 70 instead of starting again
+    train_net.main(_args(common + ["SOLVER.MAX_ITER", 70], resume=True))
+    iterations = [it for it, _ in _losses(out)]
+    assert iterations[-1] == 69 and 0 not in iterations[iterations.index(59) + 1 :]
+
+    # eval-only with the trained weights: one result per test dataset, predictions at each image's size
+    results = train_net.main(_args(common + ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], eval_only=True))
+    assert set(results) == {"e2e_toy_val"}
+    assert 0 <= results["e2e_toy_val"]["sem_seg"]["mIoU"] <= 100
+    cfg = train_net.setup(_args(common))
+    model = train_net.Trainer.build_model(cfg)
+    recorder = _ShapeRecorder()
+    train_net.Trainer.test(cfg, model, evaluators=[recorder])
+    expected = [(d["file_name"], (len(CLASSES), d["height"], d["width"])) for d in DatasetCatalog.get(test[0])]
+    assert sorted(recorder.shapes) == sorted(expected)
+
+
+def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
+    train, test = datasets
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": {"decoder.head.weight": torch.zeros(1), "not.a.layer": torch.zeros(1)}}, bad)
+    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path / "eval"),
+            "MODEL.WEIGHTS", str(bad)]
+    with pytest.raises(ValueError, match="not.a.layer") as err:
+        train_net.main(_args(opts, eval_only=True))
+    assert "missing keys" in str(err.value) and "decoder.head.weight" in str(err.value)
