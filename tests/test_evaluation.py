@@ -1,0 +1,274 @@
+"""OpenVocabSemSegEvaluator and the benchmark report, on small label maps written to disk."""
+
+import csv
+import json
+import math
+import re
+import uuid
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils import comm
+
+from esc_net.evaluation import OpenVocabSemSegEvaluator, segmentation_metrics, summarize_benchmarks
+
+SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+def _register(name, records, stuff_classes, ignore_label=255, **extra_metadata):
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=list(stuff_classes), ignore_label=ignore_label, **extra_metadata)
+
+
+@pytest.fixture
+def register():
+    """Registers tiny datasets under unique names and removes them after the test."""
+    names = []
+
+    def _do(records, stuff_classes, **kwargs):
+        name = f"eval_test_{uuid.uuid4().hex[:8]}"
+        _register(name, records, stuff_classes, **kwargs)
+        names.append(name)
+        return name
+
+    yield _do
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _write_labels(path, labels):
+    """Writes a label map: uint8 -> PNG, uint16 -> 16-bit TIFF (PIL mode "I;16")."""
+    Image.fromarray(labels).save(path)
+    return str(path)
+
+
+def _one_hot_scores(pred, num_names, dtype=torch.float32):
+    """[H, W] vocabulary indices -> [num_names, H, W] scores whose argmax is ``pred``."""
+    return torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.long), num_names).permute(2, 0, 1).to(dtype)
+
+
+def _records(tmp_path, label_maps):
+    records = []
+    for i, labels in enumerate(label_maps):
+        ext = "tif" if labels.dtype == np.uint16 else "png"
+        records.append(
+            {
+                "file_name": str(tmp_path / f"img_{i}.jpg"),
+                "sem_seg_file_name": _write_labels(tmp_path / f"label_{i}.{ext}", labels),
+                "height": labels.shape[0],
+                "width": labels.shape[1],
+            }
+        )
+    return records
+
+
+def _process(evaluator, records, scores):
+    evaluator.reset()
+    for record, s in zip(records, scores):
+        evaluator.process([record], [{"sem_seg": s}])
+
+
+def _run(evaluator, records, scores):
+    _process(evaluator, records, scores)
+    return evaluator.evaluate()["sem_seg"]
+
+
+def test_metrics_match_hand_computation(tmp_path, register):
+    classes = ["a", "b", "c", "d"]
+    gts = [np.array([[0, 0, 1], [1, 255, 2]], np.uint8), np.array([[0, 0, 1], [2, 2, 255]], np.uint8)]
+    preds = [np.array([[0, 1, 1], [1, 0, 0]]), np.array([[0, 0, 1], [2, 3, 2]])]
+    records = _records(tmp_path, gts)
+    name = register(records, classes)
+    res = _run(OpenVocabSemSegEvaluator(name, distributed=False), records, [_one_hot_scores(p, 4) for p in preds])
+
+    # Labelled pixels (gt -> pred), the two ignored pixels left out:
+    #   image 0: a->a, a->b, b->b, b->b, c->a      image 1: a->a, a->a, b->b, c->c, c->d
+    # per class: ground-truth pixels a 4, b 3, c 3, d 0 (10 in all); predicted a 4, b 4, c 1, d 1; correct a 3,
+    # b 3, c 1. IoU = tp / (gt + pred - tp): a 3/5, b 3/4, c 1/3; d never occurs in the ground truth, so its IoU
+    # is NaN and it is left out of the means although it was predicted once (as in Detectron2).
+    iou = {"a": 3 / 5, "b": 3 / 4, "c": 1 / 3}
+    acc = {"a": 3 / 4, "b": 3 / 3, "c": 1 / 3}
+    assert res["mIoU"] == pytest.approx(100 * (3 / 5 + 3 / 4 + 1 / 3) / 3)
+    assert res["fwIoU"] == pytest.approx(100 * (4 / 10 * 3 / 5 + 3 / 10 * 3 / 4 + 3 / 10 * 1 / 3))
+    assert res["mACC"] == pytest.approx(100 * (3 / 4 + 1 + 1 / 3) / 3)
+    assert res["pACC"] == pytest.approx(100 * 7 / 10)
+    for c in "abc":
+        assert res[f"IoU-{c}"] == pytest.approx(100 * iou[c])
+        assert res[f"ACC-{c}"] == pytest.approx(100 * acc[c])
+    assert math.isnan(res["IoU-d"]) and math.isnan(res["ACC-d"])
+
+
+def _random_dataset(tmp_path, num_images=4, num_classes=5, seed=0):
+    """Label maps of varying sizes using classes 0..num_classes-2 and ignore pixels, plus random scores."""
+    rng = np.random.default_rng(seed)
+    gts, scores = [], []
+    for i in range(num_images):
+        h, w = 20 + 3 * i, 31 - 2 * i
+        gt = rng.integers(0, num_classes - 1, size=(h, w)).astype(np.uint8)  # the last class is never labelled
+        gt[rng.random((h, w)) < 0.1] = 255
+        gts.append(gt)
+        scores.append(torch.from_numpy(rng.normal(size=(num_classes, h, w)).astype(np.float32)))
+    return _records(tmp_path, gts), scores
+
+
+def test_agrees_with_detectron2_semseg_evaluator(tmp_path, register):
+    records, scores = _random_dataset(tmp_path)
+    classes = [f"class {i}" for i in range(5)]
+    name = register(records, classes)
+    # Detectron2's test-time inputs: no sem_seg_file_name (the evaluator finds it through the dataset).
+    inputs = [{k: r[k] for k in ("file_name", "height", "width")} for r in records]
+
+    ours = _run(OpenVocabSemSegEvaluator(name, distributed=False), inputs, scores)
+    reference = _run(SemSegEvaluator(name, distributed=False), inputs, scores)
+
+    assert math.isnan(ours["IoU-class 4"])  # predicted but never labelled
+    assert list(ours) == [k for k in reference if k in ours]
+    assert set(ours) == set(SUMMARY) | {f"{m}-{c}" for m in ("IoU", "ACC") for c in classes}
+    for key, value in ours.items():
+        np.testing.assert_allclose(value, reference[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_uint16_tiff_with_847_classes_and_prediction_files(tmp_path, register):
+    gt = np.array([[846] * 4, [500] * 4, [65535] * 4, [0] * 4], np.uint16)
+    pred = gt.astype(np.int64)
+    pred[1, 3] = 846
+    pred[2] = 3  # predictions on ignored pixels do not count
+    records = _records(tmp_path, [gt])
+    assert Image.open(records[0]["sem_seg_file_name"]).mode == "I;16"
+    classes = [f"c{i}" for i in range(847)]
+    name = register(records, classes, ignore_label=65535)
+    out_dir = str(tmp_path / "out")
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False, output_dir=out_dir, write_predictions=True)
+    res = _run(evaluator, records, [_one_hot_scores(pred, 847, torch.float16)])
+
+    # c846: 4 correct, 4 labelled, 5 predicted -> IoU 4/5; c500: 3 correct of 4, 3 predicted -> 3/4; c0: 1.
+    assert res["IoU-c846"] == pytest.approx(80.0)
+    assert res["IoU-c500"] == pytest.approx(75.0)
+    assert res["IoU-c0"] == pytest.approx(100.0)
+    assert res["mIoU"] == pytest.approx(100 * (0.8 + 0.75 + 1) / 3)
+    assert res["pACC"] == pytest.approx(100 * 11 / 12)
+    assert sum(not math.isnan(res[f"IoU-{c}"]) for c in classes) == 3
+
+    written = Image.open(tmp_path / "out" / "sem_seg_predictions" / name / "img_0.png")
+    assert np.asarray(written).dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(written), pred)
+
+
+def test_pas20b_background_rule(tmp_path, register):
+    classes = ["cat", "dog", "car", "background"]
+    vocabulary = ["cat", "dog", "car", "wall", "sky", "grass"]
+    gt = np.array([[0, 1, 2, 3], [3, 3, 255, 0]], np.uint8)
+    pred = np.array([[0, 1, 5, 4], [3, 1, 2, 0]])  # vocabulary indices; 3, 4, 5 are not VOC classes
+    records = _records(tmp_path, [gt])
+    name = register(records, classes, vocabulary=vocabulary, background_index=3)
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False, output_dir=str(tmp_path), write_predictions=True)
+    res = _run(evaluator, records, [_one_hot_scores(pred, 6)])
+
+    # After the rule the prediction is [[0, 1, 3, 3], [3, 1, 2, 0]]; labelled pixels (gt -> pred):
+    #   cat->cat, dog->dog, car->bg, bg->bg ("sky"), bg->bg ("wall"), bg->dog, cat->cat (7 pixels)
+    # IoU: cat 2/(2+2-2) = 1, dog 1/(1+2-1) = 1/2, car 0/1 = 0, background 2/(3+3-2) = 1/2.
+    assert res["IoU-background"] == pytest.approx(50.0)
+    assert res["mIoU"] == pytest.approx(100 * (1 + 0.5 + 0 + 0.5) / 4)
+    assert res["fwIoU"] == pytest.approx(100 * (2 * 1 + 1 * 0.5 + 1 * 0 + 3 * 0.5) / 7)
+    assert res["mACC"] == pytest.approx(100 * (1 + 1 + 0 + 2 / 3) / 4)
+    assert res["pACC"] == pytest.approx(100 * 5 / 7)
+    written = np.asarray(Image.open(tmp_path / "sem_seg_predictions" / name / "img_0.png"))
+    np.testing.assert_array_equal(written, [[0, 1, 3, 3], [3, 1, 2, 0]])
+
+    with pytest.raises(ValueError, match=r"expected scores of shape \[6, H, W\]"):
+        evaluator.process([records[0]], [{"sem_seg": _one_hot_scores(pred.clip(max=3), 4)}])
+
+
+def _distributed_worker(rank, init_file, records, classes, scores, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", world_size=2, rank=rank)
+    comm.create_local_process_group(2)  # what detectron2.engine.launch sets up besides the process group
+    _register("eval_test_two_processes", records, classes)
+    evaluator = OpenVocabSemSegEvaluator("eval_test_two_processes", distributed=True)
+    _process(evaluator, records[rank::2], scores[rank::2])
+    torch.save(evaluator.evaluate(), f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_processes_give_the_single_process_numbers(tmp_path, register):
+    records, scores = _random_dataset(tmp_path, num_images=4)
+    classes = [f"class {i}" for i in range(5)]
+    single = _run(OpenVocabSemSegEvaluator(register(records, classes), distributed=False), records, scores)
+
+    result_file = tmp_path / "result"
+    worker_args = (str(tmp_path / "pg_init"), records, classes, scores, str(result_file))
+    mp.spawn(_distributed_worker, args=worker_args, nprocs=2)
+
+    main = torch.load(f"{result_file}.0", weights_only=False)["sem_seg"]
+    assert torch.load(f"{result_file}.1", weights_only=False) is None  # only the main process reports
+    assert main.keys() == single.keys()
+    for key in single:
+        np.testing.assert_allclose(main[key], single[key], rtol=0, atol=1e-9, err_msg=key)
+
+
+def test_bad_label_maps_raise_errors_naming_the_file(tmp_path, register):
+    records = _records(tmp_path, [np.zeros((4, 5), np.uint8), np.array([[0, 1], [7, 255]], np.uint8)])
+    name = register(records, ["a", "b", "c"])
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False)
+
+    with pytest.raises(ValueError, match=re.escape(records[0]["sem_seg_file_name"]) + r".*\(4, 5\).*\(4, 6\)"):
+        evaluator.process([records[0]], [{"sem_seg": torch.zeros(3, 4, 6)}])
+    with pytest.raises(ValueError, match=re.escape(records[1]["sem_seg_file_name"]) + r" contains values \[7\]"):
+        evaluator.process([records[1]], [{"sem_seg": torch.zeros(3, 2, 2)}])
+
+
+def test_ignore_label_that_is_a_class_id_is_rejected(register):
+    name = register([], ["a", "b"], ignore_label=1)
+    with pytest.raises(ValueError, match="ignore_label 1 is also a class id"):
+        OpenVocabSemSegEvaluator(name)
+
+
+def _result(conf, classes):
+    return {"sem_seg": segmentation_metrics(np.asarray(conf, dtype=np.int64), classes)}
+
+
+def test_benchmark_report_table_and_files(tmp_path, register):
+    pas = register([], ["cat", "background"], benchmark="PAS-20b")
+    ade = register([], ["wall", "floor", "tree"], benchmark="A-150")
+    results = {  # given out of the paper's order, with a dataset outside the paper
+        "my_custom_set": _result([[5, 1], [1, 3]], ["x", "y"]),
+        pas: _result([[3, 1], [0, 4]], ["cat", "background"]),
+        ade: _result([[6, 0, 0], [2, 2, 0], [0, 0, 0]], ["wall", "floor", "tree"]),
+    }
+    table = summarize_benchmarks(results, str(tmp_path))
+
+    header, _, row = table.splitlines()
+    assert [c.strip() for c in header.split("|")[2:-1]] == ["A-150", "PAS-20b", "my_custom_set"]
+    # A-150: wall 6/8, floor 2/4, tree absent -> 62.5; PAS-20b: cat 3/4, background 4/5 -> 77.5;
+    # custom: x 5/7, y 3/5 -> 65.71
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["mIoU", "62.5", "77.5", "65.7"]
+
+    summary = json.loads((tmp_path / "benchmark_results.json").read_text())
+    assert summary["benchmarks"] == ["A-150", "PAS-20b", "my_custom_set"]
+    assert summary["results"][ade]["mIoU"] == pytest.approx(62.5)
+    assert summary["results"][ade]["IoU"] == {"wall": 75.0, "floor": 50.0, "tree": None}
+    assert summary["results"][pas]["ACC"]["background"] == pytest.approx(100.0)
+
+    with open(tmp_path / "benchmark_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["benchmark"]) for r in rows] == [(ade, "A-150"), (pas, "PAS-20b"), ("my_custom_set",) * 2]
+    assert float(rows[1]["mIoU"]) == pytest.approx(77.5) and float(rows[1]["pACC"]) == pytest.approx(87.5)
+
+    with open(tmp_path / "per_class_iou.csv") as f:
+        per_class = {(r["dataset"], r["class"]): r for r in csv.DictReader(f)}
+    assert len(per_class) == 7
+    assert float(per_class[(pas, "cat")]["IoU"]) == pytest.approx(75.0)
+    assert float(per_class[("my_custom_set", "y")]["IoU"]) == pytest.approx(60.0)
+    assert per_class[(ade, "tree")]["IoU"] == ""
+
+
+def test_benchmark_report_rejects_malformed_results():
+    with pytest.raises(ValueError, match="'broken' lack \\['mIoU', 'fwIoU', 'mACC', 'pACC'\\]"):
+        summarize_benchmarks({"broken": {"mIoU": 40.0}})
