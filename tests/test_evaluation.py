@@ -224,9 +224,17 @@ def test_bad_label_maps_raise_errors_naming_the_file(tmp_path, register):
         evaluator.process([records[1]], [{"sem_seg": torch.zeros(3, 2, 2)}])
 
 
-def test_ignore_label_that_is_a_class_id_is_rejected(register):
-    name = register([], ["a", "b"], ignore_label=1)
-    with pytest.raises(ValueError, match="ignore_label 1 is also a class id"):
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"ignore_label": 1}, "ignore_label 1 is also a class id"),
+        ({"vocabulary": ["a", "b", "wall"]}, "scores 3 vocabulary names for 2 evaluated classes"),
+        ({"vocabulary": ["a", "b", "wall"], "background_index": 2}, "background_index 2 is not an evaluated class"),
+    ],
+)
+def test_inconsistent_metadata_is_rejected(register, metadata, message):
+    name = register([], ["a", "b"], **metadata)
+    with pytest.raises(ValueError, match=message):
         OpenVocabSemSegEvaluator(name)
 
 

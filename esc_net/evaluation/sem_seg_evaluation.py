@@ -127,9 +127,10 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
             )
         if write_predictions and not output_dir:
             raise ValueError("write_predictions=True needs an output_dir")
-        self._prediction_dir = (
-            os.path.join(output_dir, "sem_seg_predictions", dataset_name) if write_predictions else None
-        )
+        self._prediction_dir = None
+        if write_predictions:
+            self._prediction_dir = os.path.join(output_dir, "sem_seg_predictions", dataset_name)
+            PathManager.mkdirs(self._prediction_dir)
         self._gt_file_by_image = None  # built on first need: dataset dicts can be expensive to load
         self.reset()
 
@@ -226,7 +227,6 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
 
     def _write_prediction(self, pred: np.ndarray, file_name: str):
         dtype = np.uint8 if self._num_classes <= 256 else np.uint16
-        PathManager.mkdirs(self._prediction_dir)
         stem = os.path.splitext(os.path.basename(file_name))[0]
         with PathManager.open(os.path.join(self._prediction_dir, stem + ".png"), "wb") as f:
             Image.fromarray(pred.astype(dtype)).save(f, format="PNG")
