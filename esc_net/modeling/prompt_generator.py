@@ -1,0 +1,226 @@
+"""Pseudo Prompt Generator (PPG): per-class correlation maps -> SAM point and mask prompts.
+
+Notation: B images, N classes, M = B*N class maps (image-major: row b*N + n is image b, class n), h x w the grid,
+P = h*w grid positions, K = N_o pseudo points per class map.
+
+Everything is computed for all M maps at once; the only Python loops run over the K - 1 initialisation steps and
+the fixed number of K-means iterations.
+"""
+from typing import NamedTuple, Tuple
+
+import torch
+from torch import nn
+
+
+class PseudoPrompts(NamedTuple):
+    """SAM prompts for every class map of a batch.
+
+    Attributes:
+        points: [B*N, K, 2] float32. (x, y) = (column, row) index of a grid cell, integer-valued. SAM's
+            PromptEncoder built with ``input_image_size=(h, w)`` adds the half-cell shift to the cell centre.
+            Real points come first, by decreasing probability with ties in raster order (so ``points[:, 0]`` is
+            the map's global argmax); padding entries are (0, 0).
+        labels: [B*N, K] int64. 1 for a pseudo point, -1 for padding (SAM's "not a point" label).
+        masks: [B*N, 1, h, w] float32 in [0, 1]. The filtered probability map, divided by its maximum so that the
+            peak is exactly 1; zero outside the kept pixels.
+    """
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+
+
+class PseudoPromptGenerator(nn.Module):
+    """Turns each class's correlation map into N_o pseudo points and a pseudo mask. It has no parameters.
+
+    For every class map independently:
+
+    1. ``p = softmax`` over the h*w positions of the map (temperature 1 on the given values).
+    2. Kept pixels: ``p > threshold_factor / (h*w)``; with the default factor 1 these are the pixels above the
+       uniform distribution. A map with no kept pixel (e.g. a perfectly uniform one) keeps its single most
+       probable pixel instead, so it yields one real point there, padding for the rest, and a mask that is 1 at
+       that pixel and 0 elsewhere.
+    3. K-means with K = ``num_points`` on the (x, y) coordinates of the kept pixels:
+
+       - initialisation by farthest-point sampling among the kept pixels, starting at the most probable pixel:
+         each next centre is the kept pixel farthest from the centres chosen so far. Separated blobs therefore
+         get separate centres, and the result needs no random seed. A map with fewer than K kept pixels gets one
+         centre per kept pixel and K - (number of kept pixels) inactive clusters.
+       - ``kmeans_iters`` Lloyd iterations (assign each kept pixel to its nearest active centre, move each centre
+         to the mean of its pixels; a centre that lost all its pixels stays where it was). The means are not
+         weighted by p: every sum is then a sum of integers, computed exactly, so the clustering of a map is
+         bit-identical whatever else is in the batch; the probability still decides which pixels take part and
+         which pixel of a cluster becomes its point.
+       - ties (equal distances or probabilities) go to the lowest cluster index / lowest raster position.
+
+    4. Per non-empty cluster, the pseudo point is the cluster's most probable pixel. Clusters left empty and
+       inactive clusters give padding (label -1, point (0, 0)). Each pixel belongs to one cluster, so real points
+       of a map are always distinct.
+    5. The mask is ``p * (pixel belongs to a cluster)`` divided by its maximum. The clusters together cover exactly
+       the kept pixels, so this is p restricted to the kept pixels, normalised to a peak of 1.
+
+    The forward pass runs without autograd (the outputs are detached prompts), computes in float32 whatever the
+    input dtype (float16 and bfloat16 included), and gives bit-identical outputs for identical inputs on a given
+    device. Memory is O(B*N*h*w*K).
+
+    Args:
+        num_points: K = N_o, the number of pseudo points (and K-means clusters) per class map.
+        threshold_factor: pixels with probability above ``threshold_factor / (h*w)`` are kept.
+        kmeans_iters: number of Lloyd iterations after the initialisation.
+    """
+
+    def __init__(self, num_points: int = 5, threshold_factor: float = 1.0, kmeans_iters: int = 7):
+        super().__init__()
+        if num_points < 1:
+            raise ValueError(f"PseudoPromptGenerator: num_points must be >= 1, got {num_points}")
+        if threshold_factor < 0:
+            raise ValueError(f"PseudoPromptGenerator: threshold_factor must be >= 0, got {threshold_factor}")
+        if kmeans_iters < 0:
+            raise ValueError(f"PseudoPromptGenerator: kmeans_iters must be >= 0, got {kmeans_iters}")
+        self.num_points = int(num_points)
+        self.threshold_factor = float(threshold_factor)
+        self.kmeans_iters = int(kmeans_iters)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_points={self.num_points}, threshold_factor={self.threshold_factor}, "
+            f"kmeans_iters={self.kmeans_iters}"
+        )
+
+    @torch.no_grad()
+    def forward(self, corr: torch.Tensor) -> PseudoPrompts:
+        """
+        Args:
+            corr: [B, N, h, w] correlation (or logit) maps, any floating dtype.
+
+        Returns:
+            PseudoPrompts with points [B*N, K, 2], labels [B*N, K] and masks [B*N, 1, h, w].
+        """
+        if corr.dim() != 4 or not corr.is_floating_point():
+            raise ValueError(
+                "PseudoPromptGenerator expects a floating-point [B, N, h, w] correlation map, got "
+                f"dtype {corr.dtype} and shape {tuple(corr.shape)}"
+            )
+        B, N, h, w = corr.shape
+        if h == 0 or w == 0:
+            raise ValueError(f"PseudoPromptGenerator: empty grid in correlation map of shape {tuple(corr.shape)}")
+        num_pixels = h * w
+        prob = corr.detach().reshape(B * N, num_pixels).float().softmax(dim=1)  # [M, P]
+        top = prob.argmax(dim=1)  # [M], first index among ties
+
+        kept = prob > self.threshold_factor / num_pixels  # [M, P]
+        # The most probable pixel is kept whenever any pixel is, so forcing it in only changes maps with no kept
+        # pixel: they fall back to that single pixel.
+        kept.scatter_(1, top[:, None], True)
+
+        # (x, y) = (column, row) of every grid position in raster order: [P, 2] int64.
+        pos = torch.arange(num_pixels, device=corr.device)
+        coords = torch.stack((pos % w, pos // w), dim=1)
+
+        centres = self._farthest_point_init(coords, kept, top, (h, w))
+        assign = self._kmeans(coords, kept, centres, (h, w))
+        points, labels = self._cluster_peaks(coords, prob, kept, assign)
+
+        masks = prob * kept
+        masks = masks / masks.amax(dim=1, keepdim=True)  # the peak (kept, > 0) divides itself: exactly 1
+        return PseudoPrompts(points, labels, masks.view(B * N, 1, h, w))
+
+    def _farthest_point_init(
+        self, coords: torch.Tensor, kept: torch.Tensor, top: torch.Tensor, grid: Tuple[int, int]
+    ) -> torch.Tensor:
+        """Farthest-point sampling among the kept pixels, starting at the most probable one.
+
+        Args:
+            coords: [P, 2] int64 pixel coordinates.
+            kept: [M, P] bool, at least one kept pixel per map.
+            top: [M] index of the most probable pixel (kept).
+            grid: (h, w).
+
+        Returns:
+            centres: [M, K, 2] float32 initial centres; inactive ones (beyond the number of kept pixels) are +inf,
+            which puts them out of reach of every pixel.
+        """
+        chosen = [top]
+        inactive = [torch.zeros_like(kept[:, 0])]
+        # Squared distances between integer coordinates are exact in float32, so ties resolve identically
+        # everywhere.
+        coords = coords.float()
+        min_dist = _squared_distance(coords[top, None], grid)[:, 0]  # [M, P]
+        outside = ~kept
+        for _ in range(self.num_points - 1):
+            far_dist, far = min_dist.masked_fill(outside, -1).max(dim=1)
+            # Distance 0 means every kept pixel already is a centre: the map has fewer kept pixels than K.
+            inactive.append(far_dist == 0)
+            chosen.append(far)
+            min_dist = torch.minimum(min_dist, _squared_distance(coords[far, None], grid)[:, 0])
+        centres = coords[torch.stack(chosen, dim=1)]
+        return centres.masked_fill(torch.stack(inactive, dim=1)[..., None], float("inf"))
+
+    def _kmeans(
+        self, coords: torch.Tensor, kept: torch.Tensor, centres: torch.Tensor, grid: Tuple[int, int]
+    ) -> torch.Tensor:
+        """Lloyd iterations on the kept pixels' coordinates.
+
+        Args:
+            coords: [P, 2] int64 pixel coordinates.
+            kept: [M, P] bool.
+            centres: [M, K, 2] float32 initial centres, +inf for inactive ones.
+            grid: (h, w).
+
+        Returns:
+            [M, P] int64 cluster index of every pixel (meaningful for kept pixels only).
+        """
+        M, K, _ = centres.shape
+        # (x, y, 1) of every kept pixel and zeros elsewhere: one scatter-add gives per-cluster sums and counts.
+        xy1 = torch.cat((coords, torch.ones_like(coords[:, :1])), dim=1)
+        kept_xy1 = xy1 * kept[..., None]  # [M, P, 3] int64
+        for _ in range(self.kmeans_iters):
+            assign = _nearest_centre(centres, grid)
+            # Integer scatter-adds are exact and order-independent, hence deterministic on CPU and CUDA and
+            # independent of the rest of the batch.
+            sums = kept_xy1.new_zeros(M, K, 3).scatter_add_(1, assign[..., None].expand(-1, -1, 3), kept_xy1)
+            counts = sums[..., 2:]
+            means = (sums[..., :2].double() / counts.clamp(min=1)).float()
+            # Inactive centres (+inf) never get pixels and stay out of reach; emptied centres stay where they were.
+            centres = torch.where(counts > 0, means, centres)
+        return _nearest_centre(centres, grid)
+
+    def _cluster_peaks(self, coords: torch.Tensor, prob: torch.Tensor, kept: torch.Tensor, assign: torch.Tensor):
+        """The most probable pixel of every non-empty cluster, real points first by decreasing probability.
+
+        Args:
+            coords: [P, 2] int64; prob: [M, P] float32; kept: [M, P] bool; assign: [M, P] int64.
+
+        Returns:
+            points: [M, K, 2] float32 (padding (0, 0)); labels: [M, K] int64 (1 real, -1 padding).
+        """
+        clusters = torch.arange(self.num_points, device=assign.device)
+        member = (assign[:, None] == clusters[:, None]) & kept[:, None]  # [M, K, P]
+        # Kept pixels have p > 0, so -1 only wins in empty clusters; the first index wins among equal ones.
+        peak_prob, peak = torch.where(member, prob[:, None], -1.0).max(dim=2)  # [M, K]
+        # Canonical order, independent of the cluster numbering: by decreasing probability, ties in raster order,
+        # padding last (two stable sorts, the primary key last).
+        order = peak.argsort(dim=1, stable=True)
+        peak, peak_prob = peak.gather(1, order), peak_prob.gather(1, order)
+        order = peak_prob.argsort(dim=1, descending=True, stable=True)
+        peak, real = peak.gather(1, order), peak_prob.gather(1, order) >= 0
+        points = torch.where(real[..., None], coords[peak], 0).float()
+        labels = torch.where(real, 1, -1)
+        return points, labels
+
+
+def _squared_distance(centres: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """[M, K, 2] float32 (x, y) centres -> [M, K, h*w] squared distances to every grid position (raster
+    order). Separable: the per-column and per-row terms are computed once and added on the grid."""
+    h, w = grid
+    cols = torch.arange(w, device=centres.device, dtype=centres.dtype)
+    rows = torch.arange(h, device=centres.device, dtype=centres.dtype)
+    dx2 = (cols - centres[..., 0, None]).square_()  # [M, K, w]
+    dy2 = (rows - centres[..., 1, None]).square_()  # [M, K, h]
+    return (dy2[..., :, None] + dx2[..., None, :]).flatten(2)
+
+
+def _nearest_centre(centres: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """[M, K, 2] centres -> [M, P] index of the nearest centre, the lowest index among equally near ones."""
+    # min(dim).indices rather than argmin: same result, much faster on CPU for a non-innermost dim.
+    return _squared_distance(centres, grid).min(dim=1).indices

@@ -1,0 +1,268 @@
+"""Pseudo Prompt Generator on constructed correlation maps."""
+import pytest
+import torch
+
+from esc_net.modeling.prompt_generator import PseudoPromptGenerator, PseudoPrompts
+
+
+def blobs(grid, centres, amplitudes, sigmas):
+    """[h, w] map: a sum of isotropic Gaussians with the given (x, y) centres, peak values and widths."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    out = torch.zeros(h, w)
+    for (cx, cy), amp, sigma in zip(centres, amplitudes, sigmas):
+        out += amp * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+    return out
+
+
+def spikes(grid, cells, values):
+    """[h, w] map, zero except the given (x, y) cells."""
+    out = torch.zeros(grid)
+    for (x, y), v in zip(cells, values):
+        out[y, x] = v
+    return out
+
+
+def real_points(prompts, i):
+    """The real (label 1) points of map i as a list of (x, y) integer tuples."""
+    keep = prompts.labels[i] == 1
+    return [tuple(int(v) for v in p) for p in prompts.points[i][keep]]
+
+
+def check_invariants(prompts, corr, num_points, threshold_factor=1.0):
+    """Properties every output must have, checked for all maps at once."""
+    B, N, h, w = corr.shape
+    M, K = B * N, num_points
+    assert isinstance(prompts, PseudoPrompts)
+    assert prompts.points.shape == (M, K, 2) and prompts.points.dtype == torch.float32
+    assert prompts.labels.shape == (M, K) and prompts.labels.dtype == torch.int64
+    assert prompts.masks.shape == (M, 1, h, w) and prompts.masks.dtype == torch.float32
+    for t in prompts:
+        assert not t.requires_grad
+
+    points, labels = prompts.points, prompts.labels
+    real = labels == 1
+    assert ((labels == 1) | (labels == -1)).all()
+    # Real points first (sorted by probability), so the label row is 1...1 -1...-1, and never without a point.
+    assert (real[:, :-1] >= real[:, 1:]).all() and real[:, 0].all()
+    assert (points == points.round()).all()
+    assert (points[~real] == 0).all()
+    x, y = points[..., 0].long(), points[..., 1].long()
+    assert ((x >= 0) & (x < w) & (y >= 0) & (y < h)).all()
+
+    prob = corr.float().reshape(M, h * w).softmax(dim=1)
+    kept = prob > threshold_factor / (h * w)
+    kept[torch.arange(M), prob.argmax(dim=1)] = True
+    index = (y * w + x).clamp(max=h * w - 1)
+    # Real points are kept pixels, distinct within a map, and the first one is the map's most probable cell.
+    assert kept.gather(1, index)[real].all()
+    same = (index[:, :, None] == index[:, None, :]) & real[:, :, None] & real[:, None, :]
+    assert (same.sum(dim=2) == real.long()).all()
+    assert (index[:, 0] == prob.argmax(dim=1)).all()
+    assert (real.sum(dim=1) <= kept.sum(dim=1).clamp(max=K)).all()
+    # Points of a map come by decreasing probability, equal ones in raster order.
+    point_prob = prob.gather(1, index).masked_fill(~real, -1)
+    assert (point_prob[:, :-1] >= point_prob[:, 1:]).all()
+    tie = (point_prob[:, :-1] == point_prob[:, 1:]) & real[:, 1:]
+    assert (index[:, :-1] < index[:, 1:])[tie].all()
+
+    masks = prompts.masks.reshape(M, h * w)
+    assert ((masks >= 0) & (masks <= 1)).all()
+    assert (masks.amax(dim=1) == 1).all()
+    assert (masks[~kept] == 0).all()
+    expected = prob * kept
+    torch.testing.assert_close(masks, expected / expected.amax(dim=1, keepdim=True), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(24, 24), (12, 20)])
+@pytest.mark.parametrize("num_classes", [1, 2, 300])
+def test_shapes_dtypes_and_invariants_on_random_maps(grid, num_classes):
+    torch.manual_seed(num_classes)
+    corr = 3 * torch.randn(2, num_classes, *grid)
+    ppg = PseudoPromptGenerator(num_points=5)
+    prompts = ppg(corr)
+    check_invariants(prompts, corr, 5)
+    # Random maps at this scale keep far more than 5 pixels: nearly every map gets all 5 points.
+    assert (prompts.labels == 1).sum(dim=1).float().mean() > 4.5
+
+
+def test_single_blob_points_lie_in_the_blob():
+    centre, sigma = (15, 8), 2.5
+    corr = blobs((24, 24), [centre], [8.0], [sigma])[None, None]
+    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    check_invariants(prompts, corr, 5)
+    pts = real_points(prompts, 0)
+    assert len(pts) == 5
+    assert pts[0] == centre
+    for x, y in pts:
+        assert (x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= (2 * sigma) ** 2
+
+
+@pytest.mark.parametrize("kmeans_iters", [0, 7])  # the initialisation alone already separates the blobs
+@pytest.mark.parametrize(
+    "centres, amplitudes, sigmas",
+    [
+        ([(3, 3), (20, 4), (10, 20)], [8.0, 6.0, 4.0], [1.5, 1.5, 1.5]),
+        # A wide, strong blob and a small, weaker one: the small one still gets its own point.
+        ([(6, 6), (20, 19)], [8.0, 5.0], [3.0, 0.7]),
+        ([(2, 12), (21, 12)], [6.0, 6.0], [1.5, 1.5]),
+    ],
+)
+def test_separated_blobs_each_get_a_point(centres, amplitudes, sigmas, kmeans_iters):
+    corr = blobs((24, 24), centres, amplitudes, sigmas)[None, None]
+    prompts = PseudoPromptGenerator(num_points=5, kmeans_iters=kmeans_iters)(corr)
+    check_invariants(prompts, corr, 5)
+    pts = real_points(prompts, 0)
+
+    def near(p, c, s):
+        return (p[0] - c[0]) ** 2 + (p[1] - c[1]) ** 2 <= (3 * s + 1) ** 2
+
+    for c, s in zip(centres, sigmas):
+        assert any(near(p, c, s) for p in pts), f"no point near blob {c}: {pts}"
+    for p in pts:
+        assert any(near(p, c, s) for c, s in zip(centres, sigmas)), f"point {p} outside every blob"
+
+
+def test_kmeans_spreads_points_along_an_elongated_region():
+    corr = torch.zeros(1, 1, 24, 24)
+    corr[0, 0, 10:12, 2:22] = 5.0  # a 2 x 20 bar of equal values
+    prompts = PseudoPromptGenerator(num_points=5, kmeans_iters=7)(corr)
+    check_invariants(prompts, corr, 5)
+    xs = sorted(x for x, _ in real_points(prompts, 0))
+    assert len(xs) == 5
+    # Five clusters of a 20-long bar are ~4 long each: their points are spread, one per segment.
+    assert all(b - a >= 3 for a, b in zip(xs, xs[1:])), xs
+    assert xs[0] <= 5 and xs[-1] >= 17, xs
+
+
+def test_lloyd_iterations_balance_the_clusters():
+    # Two clusters on one round blob. The initialisation puts the second centre on the rim, so its cluster is a
+    # small cap whose best pixel lies away from the peak; K-means turns the split into two halves, whose second
+    # half's best pixel is next to the peak.
+    corr = blobs((24, 24), [(15, 8)], [8.0], [2.5])[None, None]
+    init_only = real_points(PseudoPromptGenerator(num_points=2, kmeans_iters=0)(corr), 0)
+    lloyd = real_points(PseudoPromptGenerator(num_points=2, kmeans_iters=7)(corr), 0)
+    assert init_only[0] == lloyd[0] == (15, 8)
+    assert abs(lloyd[1][0] - 15) + abs(lloyd[1][1] - 8) == 1
+    assert abs(init_only[1][0] - 15) + abs(init_only[1][1] - 8) > 1
+
+
+def test_uniform_map_falls_back_to_the_global_argmax():
+    ppg = PseudoPromptGenerator(num_points=5)
+    prompts = ppg(torch.zeros(1, 1, 24, 24))
+    assert prompts.labels.tolist() == [[1, -1, -1, -1, -1]]
+    assert (prompts.points == 0).all()  # first cell among the tied maxima
+    expected = torch.zeros(1, 1, 24, 24)
+    expected[..., 0, 0] = 1
+    assert torch.equal(prompts.masks, expected)
+
+    # No pixel passes a very high threshold: the single most probable cell is the point and the mask.
+    corr = blobs((24, 24), [(7, 17)], [8.0], [2.0])[None, None]
+    prompts = PseudoPromptGenerator(num_points=5, threshold_factor=1e6)(corr)
+    check_invariants(prompts, corr, 5, threshold_factor=1e6)
+    assert prompts.labels.tolist() == [[1, -1, -1, -1, -1]]
+    assert real_points(prompts, 0) == [(7, 17)]
+    assert prompts.masks.sum() == 1 and prompts.masks[0, 0, 17, 7] == 1
+
+
+def test_fewer_kept_pixels_than_points_gives_padding_without_duplicates():
+    cells = [(4, 20), (5, 20), (18, 2)]  # two neighbours and a far one
+    corr = spikes((24, 24), cells, [10.0, 12.0, 11.0])[None, None]
+    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    check_invariants(prompts, corr, 5)
+    assert prompts.labels.tolist() == [[1, 1, 1, -1, -1]]
+    assert real_points(prompts, 0) == [(5, 20), (18, 2), (4, 20)]  # by decreasing probability
+    assert (prompts.points[0, 3:] == 0).all()
+    assert (prompts.masks[0, 0] > 0).sum() == 3
+
+    # A grid with fewer cells than points.
+    torch.manual_seed(0)
+    corr = torch.randn(2, 3, 2, 2)
+    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    check_invariants(prompts, corr, 5)
+    assert ((prompts.labels == 1).sum(dim=1) <= 4).all()
+    assert (prompts.labels[:, 4] == -1).all()
+
+
+def test_maps_do_not_interfere_and_batching_does_not_change_results():
+    grid = (24, 24)
+    maps = [
+        blobs(grid, [(15, 8)], [8.0], [2.5]),
+        blobs(grid, [(3, 3), (20, 4), (10, 20)], [8.0, 6.0, 4.0], [1.5, 1.5, 1.5]),
+        torch.zeros(grid),
+        blobs(grid, [(6, 6), (20, 19)], [8.0, 5.0], [3.0, 0.7]),
+        spikes(grid, [(4, 20), (5, 20), (18, 2)], [10.0, 12.0, 11.0]),
+        3 * torch.randn(grid, generator=torch.Generator().manual_seed(1)),
+    ]
+    corr = torch.stack(maps).view(2, 3, *grid)
+    ppg = PseudoPromptGenerator(num_points=5)
+    batched = ppg(corr)
+    check_invariants(batched, corr, 5)
+    for i, m in enumerate(maps):
+        alone = ppg(m[None, None])
+        for got, want in zip(batched, alone):
+            assert torch.equal(got[i], want[0]), f"map {i} differs when computed inside the batch"
+
+    # The same inside a large random batch.
+    torch.manual_seed(2)
+    corr = 3 * torch.randn(2, 300, *grid)
+    batched = ppg(corr)
+    for b, n in [(0, 0), (0, 137), (1, 299)]:
+        alone = ppg(corr[b : b + 1, n : n + 1])
+        for got, want in zip(batched, alone):
+            assert torch.equal(got[b * 300 + n], want[0])
+
+
+def test_deterministic():
+    torch.manual_seed(3)
+    corr = 3 * torch.randn(2, 200, 24, 24)
+    ppg = PseudoPromptGenerator(num_points=5)
+    first, second = ppg(corr), ppg(corr)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_is_processed_in_float32(dtype):
+    torch.manual_seed(4)
+    corr = (3 * torch.randn(2, 50, 12, 20)).to(dtype).requires_grad_()
+    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    check_invariants(prompts, corr.detach(), 5)
+    reference = PseudoPromptGenerator(num_points=5)(corr.detach().float())
+    for a, b in zip(prompts, reference):
+        assert torch.equal(a, b)
+
+
+def test_bad_input_raises_clear_errors():
+    ppg = PseudoPromptGenerator()
+    with pytest.raises(ValueError, match=r"\[B, N, h, w\].*shape \(3, 24, 24\)"):
+        ppg(torch.randn(3, 24, 24))
+    with pytest.raises(ValueError, match="floating-point"):
+        ppg(torch.zeros(1, 2, 24, 24, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty grid"):
+        ppg(torch.zeros(1, 2, 0, 24))
+    with pytest.raises(ValueError, match="num_points"):
+        PseudoPromptGenerator(num_points=0)
+    with pytest.raises(ValueError, match="kmeans_iters"):
+        PseudoPromptGenerator(kmeans_iters=-1)
+    with pytest.raises(ValueError, match="threshold_factor"):
+        PseudoPromptGenerator(threshold_factor=-0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_matches_cpu(dtype):
+    # Integer-valued maps: no probability lies within rounding distance of the threshold, so CPU and CUDA
+    # (whose softmax rounds differently) must keep the same pixels and give the same prompts.
+    torch.manual_seed(5)
+    corr = torch.randint(-3, 4, (4, 847, 24, 24)).to(dtype)
+    ppg = PseudoPromptGenerator(num_points=5)
+    cpu = ppg(corr)
+    cuda = ppg(corr.cuda())
+    check_invariants(PseudoPrompts(*(t.cpu() for t in cuda)), corr, 5)
+    assert torch.equal(cuda.points.cpu(), cpu.points)
+    assert torch.equal(cuda.labels.cpu(), cpu.labels)
+    torch.testing.assert_close(cuda.masks.cpu(), cpu.masks, rtol=1e-5, atol=1e-6)
+    again = ppg(corr.cuda())
+    for a, b in zip(cuda, again):
+        assert torch.equal(a, b)
