@@ -1,0 +1,15 @@
+"""CLIP image and text encoders (open_clip) with q/v-only attention fine-tuning."""
+
+from .encoder import FINETUNE_MODES, CLIPEncoder
+from .qv_attention import SplitQKVAttention, split_qkv_attention
+from .text_prompts import SYNONYM_MODES, build_prompts, pool_prompt_embeddings
+
+__all__ = [
+    "CLIPEncoder",
+    "FINETUNE_MODES",
+    "SYNONYM_MODES",
+    "SplitQKVAttention",
+    "build_prompts",
+    "pool_prompt_embeddings",
+    "split_qkv_attention",
+]

@@ -1,0 +1,97 @@
+"""Builds an open_clip CLIP at a chosen input size and loads its weights (pretrained tag, local file, or none)."""
+
+import copy
+import logging
+import os
+from dataclasses import asdict
+from typing import Callable, Optional, Tuple
+
+import open_clip
+from open_clip.transform import PreprocessCfg
+from torch import nn
+
+__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "load_weights_file"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
+_NO_WEIGHTS = ("", "none")
+
+
+def _is_weights_path(pretrained: str) -> bool:
+    return pretrained.lower().endswith(WEIGHT_FILE_SUFFIXES) or os.sep in pretrained or os.path.isfile(pretrained)
+
+
+def load_weights_file(model: nn.Module, path: str, label: str) -> None:
+    """Loads an open_clip state dict file (.safetensors, or a torch-saved .bin/.pt/.pth) into ``model`` through
+    open_clip's ``load_checkpoint`` (which also interpolates the positional embeddings to the model's grid and
+    context length). Raises ValueError naming the file and every missing / unexpected key when it does not fit."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    try:
+        incompatible = open_clip.load_checkpoint(model, path, strict=False)
+    except RuntimeError as error:  # shape mismatches: torch raises even with strict=False
+        raise ValueError(f"CLIP weights file {path} does not fit the open_clip model {label!r}: {error}") from error
+    if incompatible.missing_keys or incompatible.unexpected_keys:
+        raise ValueError(
+            f"CLIP weights file {path} does not fit the open_clip model {label!r} (an open_clip CLIP state dict is "
+            f"expected). Missing keys: {sorted(incompatible.missing_keys)}. "
+            f"Unexpected keys: {sorted(incompatible.unexpected_keys)}."
+        )
+    logger.info("Loaded CLIP weights for %s from %s", label, path)
+
+
+def build_open_clip(
+    model_name: str, pretrained: Optional[str], model_cfg: Optional[dict], image_size: int
+) -> Tuple[nn.Module, Callable, dict]:
+    """Creates the open_clip model for ``image_size`` x ``image_size`` inputs.
+
+    Args:
+        model_name: an open_clip model name (used when ``model_cfg`` is empty), otherwise a label for messages.
+        pretrained: an open_clip pretrained tag, a weights file path, or "none" / "" / None for random weights.
+        model_cfg: an open_clip model config (embed_dim, vision_cfg, text_cfg) built with ``open_clip.CLIP``.
+        image_size: square input size; the model is built for it and loaded positional embeddings are interpolated
+            to its grid by open_clip. Patch dropout is disabled, since dense prediction needs every patch token.
+    Returns:
+        (model, tokenizer, preprocess config dict with "mean" / "std" in the 0-1 scale).
+    """
+    pretrained = (pretrained or "").strip()
+    from_file = pretrained.lower() not in _NO_WEIGHTS and _is_weights_path(pretrained)
+    if model_cfg:
+        if pretrained.lower() not in _NO_WEIGHTS and not from_file:
+            raise ValueError(
+                f"CLIP pretrained={pretrained!r} looks like an open_clip pretrained tag, but tags need a named model "
+                "and an explicit model config was given; use a local weights file path or 'none'"
+            )
+        cfg = copy.deepcopy(dict(model_cfg))
+        missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in cfg]
+        if missing:
+            raise ValueError(f"CLIP model config {model_name!r} lacks the keys {missing}; got {sorted(cfg)}")
+        cfg["vision_cfg"] = {**cfg["vision_cfg"], "image_size": image_size, "patch_dropout": 0.0}
+        model = open_clip.CLIP(**cfg)
+        tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
+        preprocess = asdict(PreprocessCfg())
+    else:
+        use_tag = pretrained.lower() not in _NO_WEIGHTS and not from_file
+        try:
+            model = open_clip.create_model(
+                model_name,
+                pretrained=pretrained if use_tag else None,
+                force_image_size=image_size,
+                force_patch_dropout=0.0,
+                pretrained_text=False,
+            )
+        except RuntimeError as error:
+            if not use_tag:
+                raise
+            raise RuntimeError(
+                f"Could not get the open_clip weights {model_name!r} / {pretrained!r}: {error}. Without network "
+                "access, download them elsewhere and give the local file path as the pretrained value."
+            ) from error
+        tokenizer = open_clip.get_tokenizer(model_name)
+        preprocess = model.visual.preprocess_cfg
+    if from_file:
+        load_weights_file(model, pretrained, model_name)
+    elif not pretrained or pretrained.lower() == "none":
+        logger.warning("CLIP %s is randomly initialised (pretrained=%r)", model_name, pretrained)
+    return model, tokenizer, preprocess

@@ -1,0 +1,238 @@
+"""CLIP image and text encoders of ESC-Net, on top of open_clip."""
+
+import logging
+from collections import OrderedDict
+from itertools import chain
+from typing import Hashable, List, Optional, Sequence, Tuple
+
+import torch
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
+
+from .build import build_open_clip
+from .qv_attention import split_qkv_attention
+from .text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
+
+__all__ = ["CLIPEncoder", "FINETUNE_MODES"]
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_MODES = ("attention", "full", "frozen")
+# CLIP tensors outside both towers; they take no part in encode_text.
+_NON_TEXT_TENSORS = ("logit_scale", "logit_bias")
+
+
+class _LRUCache:
+    """A few recent results, the least recently used one dropped first."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._entries: "OrderedDict[Hashable, Tensor]" = OrderedDict()
+
+    def get(self, key: Hashable) -> Optional[Tensor]:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Tensor) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class CLIPEncoder(nn.Module):
+    """Dense CLIP image features and class text embeddings, from any open_clip ViT CLIP.
+
+    Fine-tuning modes (``finetune``):
+        "attention": only the query and value projections (weights and biases) of every attention layer of the image
+            and text towers are trainable. The key projections are buffers (see :class:`SplitQKVAttention`) and
+            every other tensor has ``requires_grad=False``, so they stay bit-identical under any optimizer.
+        "full": every CLIP tensor is trainable. "frozen": none is.
+    The state dict is open_clip's CLIP state dict under the prefix ``clip.`` in every mode.
+
+    Attributes:
+        clip: the open_clip ``CLIP`` model.
+        embed_dim: D, the joint image-text embedding size.
+        width: C_clip, the width of the image transformer.
+        patch_size: the (square) patch size in pixels.
+        grid_size: (h, w) = (image_size // patch_size,) * 2.
+        pixel_mean, pixel_std: 3-tuples in the 0-255 RGB scale (open_clip's preprocessing of the model).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-16",
+        pretrained: str = "openai",
+        model_cfg: Optional[dict] = None,
+        image_size: int = 384,
+        finetune: str = "attention",
+        skip_layers: Sequence[int] = (3, 7),
+        templates: Sequence[str] = ("A photo of a {} in the scene.",),
+        synonym_mode: str = "first",
+        text_batch_size: int = 512,
+        text_cache_size: int = 4,
+    ):
+        """
+        Args:
+            model_name: an open_clip model name (used when ``model_cfg`` is empty, otherwise only a label).
+            pretrained: an open_clip pretrained tag (needs the network or open_clip's cache), a local open_clip
+                state dict file (.bin / .pt / .pth / .safetensors), or "none" / "" for random weights.
+            model_cfg: an open_clip model config dict (embed_dim, vision_cfg, text_cfg), built with
+                ``open_clip.CLIP``; the text uses open_clip's SimpleTokenizer with the config's context length.
+            image_size: square input size; positional embeddings are interpolated to image_size // patch_size.
+            finetune: one of "attention", "full", "frozen" (see the class docstring).
+            skip_layers: 0-based indices of image transformer blocks whose patch tokens feed the decoder.
+            templates: prompt templates with one "{}"; several templates are ensembled.
+            synonym_mode: "first" or "average" (see :mod:`esc_net.modeling.clip.text_prompts`).
+            text_batch_size: prompts per text-tower forward; larger vocabularies are encoded in chunks.
+            text_cache_size: how many vocabularies' text embeddings are kept (see :meth:`encode_text`).
+        """
+        super().__init__()
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        if synonym_mode not in SYNONYM_MODES:
+            raise ValueError(f"synonym_mode must be one of {SYNONYM_MODES}, got {synonym_mode!r}")
+        if text_batch_size < 1:
+            raise ValueError(f"text_batch_size must be positive, got {text_batch_size}")
+        self.model_name = model_name
+        self.templates = check_templates(templates)
+        self.synonym_mode = synonym_mode
+        self.text_batch_size = text_batch_size
+        self.finetune = finetune
+
+        clip, self.tokenizer, preprocess = build_open_clip(model_name, pretrained, model_cfg, image_size)
+        visual = clip.visual
+        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+            raise ValueError(
+                f"CLIP {model_name!r}: dense features need open_clip's VisionTransformer image tower without "
+                f"attentional pooling; got {type(visual).__name__}"
+            )
+        patch_h, patch_w = visual.patch_size
+        if patch_h != patch_w or image_size % patch_h != 0:
+            raise ValueError(
+                f"CLIP {model_name!r}: image_size {image_size} must be a multiple of the square patch size "
+                f"{visual.patch_size}"
+            )
+        num_layers = len(visual.transformer.resblocks)
+        self.skip_layers = tuple(int(index) for index in skip_layers)
+        bad = [index for index in self.skip_layers if not 0 <= index < num_layers]
+        if bad:
+            raise ValueError(
+                f"CLIP {model_name!r} has image blocks 0..{num_layers - 1}; skip_layers {bad} are out of range"
+            )
+        # Blocks whose tokens encode_image takes: the skip layers and the last one, in block order.
+        self._taken_layers = sorted(set(self.skip_layers) | {num_layers - 1})
+        self._skip_positions = [self._taken_layers.index(index) for index in self.skip_layers]
+
+        attention = split_qkv_attention(clip, trainable_k=finetune == "full")
+        packed_left = [name for name, _ in clip.named_parameters() if name.endswith("in_proj_weight")]
+        if packed_left:
+            raise ValueError(
+                f"CLIP {model_name!r} has attention layers that are not nn.MultiheadAttention ({packed_left}); "
+                "only open_clip's standard residual attention blocks are supported"
+            )
+        clip.requires_grad_(finetune == "full")
+        if finetune == "attention":
+            for module in attention:
+                for parameter in module.qv_parameters():
+                    parameter.requires_grad_(True)
+        self.clip = clip
+
+        self.image_size = image_size
+        self.patch_size = patch_h
+        self.grid_size = (image_size // patch_h, image_size // patch_h)
+        self.embed_dim = visual.proj.shape[1]
+        self.width = visual.transformer.width
+        self.pixel_mean = tuple(255.0 * value for value in preprocess["mean"])
+        self.pixel_std = tuple(255.0 * value for value in preprocess["std"])
+        self._text_cache = _LRUCache(text_cache_size)
+        trainable = sum(p.numel() for p in clip.parameters() if p.requires_grad)
+        logger.info(
+            "CLIP %s at %dx%d (grid %s), fine-tuning %r: %d trainable parameters",
+            model_name,
+            image_size,
+            image_size,
+            self.grid_size,
+            finetune,
+            trainable,
+        )
+
+    def _to_map(self, tokens: Tensor) -> Tensor:
+        """[B, h*w, C] patch tokens -> [B, C, h, w]."""
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid_size)
+
+    def encode_image(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """
+        Args:
+            images: [B, 3, image_size, image_size], normalised with pixel_mean / pixel_std.
+        Returns:
+            dense: [B, D, h, w], last-block patch tokens through ln_post and the projection (not L2-normalised).
+            skips: one [B, C_clip, h, w] per skip layer (that block's output patch tokens), in skip_layers order.
+        """
+        expected = (3, self.image_size, self.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"CLIPEncoder.encode_image expects images of shape [B, {', '.join(map(str, expected))}], "
+                f"got {list(images.shape)}"
+            )
+        visual = self.clip.visual
+        tokens = visual.forward_intermediates(
+            images, indices=self._taken_layers, intermediates_only=True, output_fmt="NLC"
+        )[
+            "image_intermediates"
+        ]  # [B, h*w, C_clip] per taken block, class token removed
+        dense = visual.ln_post(tokens[-1]) @ visual.proj
+        return self._to_map(dense), [self._to_map(tokens[position]) for position in self._skip_positions]
+
+    def _text_tensors(self) -> List[Tensor]:
+        """Every parameter and buffer the text tower's output depends on."""
+        named = chain(self.clip.named_parameters(), self.clip.named_buffers())
+        return [t for name, t in named if not name.startswith("visual.") and name not in _NON_TEXT_TENSORS]
+
+    def _compute_text(self, class_names: Sequence[str]) -> Tensor:
+        prompts, synonym_to_class = build_prompts(class_names, self.templates, self.synonym_mode)
+        device = self.clip.token_embedding.weight.device
+        tokens = self.tokenizer(prompts).to(device)  # [S * T, context_length]
+        embeddings = torch.cat([self.clip.encode_text(chunk) for chunk in tokens.split(self.text_batch_size)])
+        return pool_prompt_embeddings(embeddings, synonym_to_class, len(class_names), len(self.templates))
+
+    def encode_text(self, class_names: Sequence[str]) -> Tensor:
+        """
+        Args:
+            class_names: N names; "a, b" lists synonyms (handled per ``synonym_mode``).
+        Returns:
+            [N, D] L2-normalised class embeddings (template ensembles averaged, see ``text_prompts``).
+
+        When no gradient can flow into the text tower (grad mode off, or no text parameter trainable), results are
+        cached, keyed by the names, templates, synonym mode, autocast state and the version and storage of every
+        text-tower tensor, so that any in-place update (optimizer step, load_state_dict) or vocabulary change gives
+        fresh results. A fresh copy of the cached tensor is returned.
+        """
+        tensors = self._text_tensors()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self._compute_text(class_names)
+        names = tuple(class_names)
+        fingerprint = tuple((t.data_ptr(), t._version) for t in tensors)
+        device_type = tensors[0].device.type
+        # Under autocast the text tower computes in another precision; such results are kept apart.
+        autocast = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type)
+        key = (names, self.templates, self.synonym_mode, autocast, fingerprint)
+        embeddings = self._text_cache.get(key)
+        if embeddings is None:
+            with torch.no_grad():
+                embeddings = self._compute_text(names)
+            self._text_cache.put(key, embeddings)
+        # A copy, so that the caller cannot alter the cache in place; made outside inference mode it is also an
+        # ordinary tensor that autograd may save.
+        return embeddings.clone()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() / .cuda() replace every tensor; a later allocation could reuse an old address with the
+        # same version counter, so the cache is dropped rather than trusted to miss.
+        self._text_cache.clear()
+        return super()._apply(fn, *args, **kwargs)

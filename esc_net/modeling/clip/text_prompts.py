@@ -1,0 +1,85 @@
+"""Class names -> text prompts, and prompt embeddings -> one embedding per class.
+
+A class name may list synonyms separated by commas ("sofa, couch"). Every name used is put in every template. The
+class embedding is built in two averaging steps, each over L2-normalised vectors and followed by re-normalisation:
+
+    synonym embedding  s = normalize(mean_t normalize(text(template_t(synonym))))
+    class embedding      = s of the first synonym                      (synonym_mode "first")
+                           normalize(mean over the class's synonyms s)  (synonym_mode "average")
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["SYNONYM_MODES", "check_templates", "split_synonyms", "build_prompts", "pool_prompt_embeddings"]
+
+SYNONYM_MODES = ("first", "average")
+
+
+def check_templates(templates: Sequence[str]) -> Tuple[str, ...]:
+    """Returns the templates as a tuple; raises ValueError unless there is at least one and each holds one "{}"."""
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError("At least one prompt template is needed, e.g. 'A photo of a {} in the scene.'")
+    for template in templates:
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise ValueError(
+                f"A prompt template must be a string with exactly one '{{}}' for the class name: {template!r}"
+            )
+    return templates
+
+
+def split_synonyms(name: str) -> List[str]:
+    """ "sofa, couch" -> ["sofa", "couch"]. Raises ValueError for a name without any non-empty synonym."""
+    if not isinstance(name, str):
+        raise TypeError(f"A class name must be a string, got {type(name).__name__}: {name!r}")
+    synonyms = [part.strip() for part in name.split(",") if part.strip()]
+    if not synonyms:
+        raise ValueError(f"Class name {name!r} is empty")
+    return synonyms
+
+
+def build_prompts(class_names: Sequence[str], templates: Sequence[str], synonym_mode: str) -> Tuple[List[str], Tensor]:
+    """Expands N class names into prompts.
+
+    Returns:
+        prompts: S * T strings, synonym-major: prompt ``s * T + t`` is template t filled with used synonym s
+            (S = N in mode "first"; S = total number of synonyms in mode "average").
+        synonym_to_class: [S] int64, the class index of each used synonym.
+    """
+    if synonym_mode not in SYNONYM_MODES:
+        raise ValueError(f"synonym_mode must be one of {SYNONYM_MODES}, got {synonym_mode!r}")
+    if len(class_names) == 0:
+        raise ValueError("encode_text needs at least one class name, got an empty list")
+    templates = check_templates(templates)
+    synonyms, owners = [], []
+    for index, name in enumerate(class_names):
+        used = split_synonyms(name)
+        if synonym_mode == "first":
+            used = used[:1]
+        synonyms.extend(used)
+        owners.extend([index] * len(used))
+    prompts = [template.format(synonym) for synonym in synonyms for template in templates]
+    return prompts, torch.tensor(owners, dtype=torch.long)
+
+
+def pool_prompt_embeddings(
+    prompt_embeddings: Tensor, synonym_to_class: Tensor, num_classes: int, num_templates: int
+) -> Tensor:
+    """Averages prompt embeddings into class embeddings (the two steps of the module docstring).
+
+    Args:
+        prompt_embeddings: [S * T, D], in the order of :func:`build_prompts`, not necessarily normalised.
+        synonym_to_class: [S] int64 class index of each synonym.
+    Returns:
+        [num_classes, D], L2-normalised.
+    """
+    dim = prompt_embeddings.shape[-1]
+    per_template = F.normalize(prompt_embeddings, dim=-1).view(-1, num_templates, dim)
+    synonyms = F.normalize(per_template.mean(dim=1), dim=-1)  # [S, D]
+    # normalize(mean) == normalize(sum): the per-class synonym count is a positive factor that normalisation removes.
+    summed = synonyms.new_zeros(num_classes, dim).index_add(0, synonym_to_class.to(synonyms.device), synonyms)
+    return F.normalize(summed, dim=-1)
