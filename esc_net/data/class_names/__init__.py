@@ -8,6 +8,7 @@ Where the official download encodes classes with its own ids (COCO category ids 
 index for A-847), ``<benchmark>_source_ids.txt`` gives, line by line, the raw id of the same class. The
 preparation scripts build their lookup tables from these files and check them against the download.
 """
+
 import functools
 from importlib import resources
 from typing import List, Tuple
@@ -32,9 +33,7 @@ def _read_lines(file_name: str) -> Tuple[str, ...]:
 
 def _check_benchmark(benchmark: str) -> int:
     if benchmark not in BENCHMARK_CLASS_FILES:
-        raise KeyError(
-            f"unknown benchmark {benchmark!r}; class-name lists exist for {sorted(BENCHMARK_CLASS_FILES)}"
-        )
+        raise KeyError(f"unknown benchmark {benchmark!r}; class-name lists exist for {sorted(BENCHMARK_CLASS_FILES)}")
     return BENCHMARK_CLASS_FILES[benchmark]
 
 

@@ -1,0 +1,257 @@
+"""Shared helpers of the dataset preparation scripts in ``datasets/prepare_*.py``.
+
+The scripts convert official downloads into single-channel label maps whose value is the contiguous class id
+(DESIGN.md section 4). What they share lives here: the dataset root, clear errors for missing inputs, lookup
+tables from raw annotation values to class ids, atomic (hence idempotent) writes, the check that a download's
+class names agree with ours, and the progress-bar loop that skips finished outputs.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+__all__ = [
+    "ConversionJob",
+    "ConversionStats",
+    "LabelMapping",
+    "check_class_names",
+    "copy_file",
+    "dataset_root",
+    "read_label_image",
+    "read_split_list",
+    "require_dir",
+    "require_file",
+    "require_files",
+    "run_conversion",
+    "write_label_png",
+    "write_label_tiff16",
+    "write_rgb_jpeg",
+    "prepare_parser",
+]
+
+logger = logging.getLogger(__name__)
+
+README_HINT = "see datasets/README.md"
+# How many missing paths an error message lists before it summarises the rest.
+_MAX_LISTED = 10
+
+
+def dataset_root(root: Optional[str] = None) -> Path:
+    """``root`` if given, else ``$DETECTRON2_DATASETS``, else ``./datasets`` (Detectron2's convention)."""
+    return Path(root if root else os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+def _missing_message(what: str, paths: Sequence[Path], download: str) -> str:
+    listed = "\n  ".join(str(p) for p in paths[:_MAX_LISTED])
+    more = f"\n  ... and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
+    return f"missing {what}:\n  {listed}{more}\nIt comes from {download}; {README_HINT}."
+
+
+def require_dir(path: Path, what: str, download: str) -> Path:
+    """Returns ``path`` if it is a folder, else raises FileNotFoundError naming it and its download."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(_missing_message(f"{what} (a folder)", [Path(path)], download))
+    return Path(path)
+
+
+def require_file(path: Path, what: str, download: str) -> Path:
+    """Returns ``path`` if it is a file, else raises FileNotFoundError naming it and its download."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(_missing_message(what, [Path(path)], download))
+    return Path(path)
+
+
+def require_files(paths: Iterable[Path], what: str, download: str) -> None:
+    """Raises FileNotFoundError listing every path of ``paths`` that is not a file."""
+    missing = [Path(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(_missing_message(f"{len(missing)} {what}", missing, download))
+
+
+def read_split_list(path: Path, download: str) -> List[str]:
+    """The image ids of a split file (one id per line, blank lines ignored), in file order."""
+    ids = [line.strip() for line in require_file(path, "split list", download).read_text().splitlines()]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise ValueError(f"split list {path} is empty; it should hold one image id per line")
+    return ids
+
+
+def check_class_names(found: Sequence[str], expected: Sequence[str], source: str, ours: str) -> None:
+    """Raises ValueError unless the names a download ships (``found``) equal our class list, entry by entry.
+
+    Args:
+        found: names read from the download, in label order.
+        expected: our names (``esc_net/data/class_names``), in the same order.
+        source: the download's file, for the message.
+        ours: our data file, for the message.
+    """
+    diffs = [
+        f"  class {i}: download has {a!r}, {ours} has {b!r}" for i, (a, b) in enumerate(zip(found, expected)) if a != b
+    ]
+    if len(found) != len(expected):
+        diffs.insert(0, f"  the download lists {len(found)} classes, {ours} lists {len(expected)}")
+    if diffs:
+        more = f"\n  ... {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else ""
+        shown = "\n".join(diffs[:_MAX_LISTED]) + more
+        raise ValueError(
+            f"the class names of {source} disagree with {ours}:\n{shown}\n"
+            "Is this the official download named in datasets/README.md?"
+        )
+
+
+class LabelMapping:
+    """Lookup table from the raw values of an annotation format to contiguous class ids.
+
+    Raw value ``class_raw_values[i]`` becomes class ``i``; every other raw value the format allows becomes
+    ``ignore_label``. Raw values the format does not allow (outside ``[0, num_raw_values)`` or listed in
+    ``invalid_raw_values``) raise an error naming the file: they mean the input is not what we think it is.
+    """
+
+    def __init__(
+        self,
+        num_raw_values: int,
+        class_raw_values: Sequence[int],
+        ignore_label: int,
+        dtype=np.uint8,
+        invalid_raw_values: Sequence[int] = (),
+    ):
+        """
+        Args:
+            num_raw_values: size of the raw value range [0, num_raw_values).
+            class_raw_values: the raw value of each class, in class order (distinct, within the range).
+            ignore_label: output value of every allowed raw value that is not a class.
+            dtype: output dtype (np.uint8 for <= 255 classes, np.uint16 otherwise).
+            invalid_raw_values: values inside the range that no valid annotation contains.
+        """
+        raw = np.asarray(class_raw_values, dtype=np.int64)
+        if len(np.unique(raw)) != len(raw) or raw.min() < 0 or raw.max() >= num_raw_values:
+            raise ValueError(f"class raw values must be distinct and within [0, {num_raw_values})")
+        if len(raw) > np.iinfo(dtype).max or ignore_label < len(raw):
+            raise ValueError(f"{len(raw)} classes and ignore label {ignore_label} do not fit {np.dtype(dtype)}")
+        self.lut = np.full(num_raw_values, ignore_label, dtype=dtype)
+        self.lut[raw] = np.arange(len(raw), dtype=dtype)
+        self.valid = np.ones(num_raw_values, dtype=bool)
+        self.valid[np.asarray(invalid_raw_values, dtype=np.int64)] = False
+
+    def __call__(self, raw: np.ndarray, source: Path) -> np.ndarray:
+        """Maps a raw label array (any integer dtype, any shape) to class ids; ``source`` names it in errors."""
+        raw = np.asarray(raw)
+        if raw.size and (raw.min() < 0 or raw.max() >= len(self.lut)):
+            raise ValueError(
+                f"{source}: raw label values span [{raw.min()}, {raw.max()}], outside the expected range "
+                f"[0, {len(self.lut)})"
+            )
+        bad = ~self.valid[raw]
+        if bad.any():
+            raise ValueError(f"{source}: unexpected raw label values {np.unique(raw[bad])[:_MAX_LISTED].tolist()}")
+        return self.lut[raw]
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    """A single-channel label image as an integer array [H, W] (palette PNGs give their indices)."""
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "I;16", "I"):
+            raise ValueError(f"{path}: expected a single-channel label image, got PIL mode {img.mode!r}")
+        return np.asarray(img)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Writes through a temporary file in the same folder and renames it, so ``path`` is never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The process id keeps parallel workers apart; a leftover from a killed run is simply overwritten.
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_label_png(path: Path, labels: np.ndarray) -> None:
+    """Writes a uint8 label map [H, W] as a single-channel PNG."""
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ValueError(f"a PNG label map is a 2-D uint8 array, got {labels.dtype} of shape {labels.shape}")
+    _atomic_write(path, lambda tmp: Image.fromarray(labels).save(tmp, format="PNG"))
+
+
+def write_label_tiff16(path: Path, labels: np.ndarray) -> None:
+    """Writes a uint16 label map [H, W] as a single-channel 16-bit TIFF (PIL mode "I;16", deflate)."""
+    if labels.dtype != np.uint16 or labels.ndim != 2:
+        raise ValueError(f"a 16-bit label map is a 2-D uint16 array, got {labels.dtype} of shape {labels.shape}")
+    # Deflate keeps the files small (most maps have few distinct values); PIL reads them back as uint16.
+    _atomic_write(path, lambda tmp: Image.fromarray(labels).save(tmp, format="TIFF", compression="tiff_adobe_deflate"))
+
+
+def write_rgb_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:
+    """Writes an RGB uint8 image [H, W, 3] as a JPEG."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"an RGB image is a uint8 array [H, W, 3], got {image.dtype} of shape {image.shape}")
+    _atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=quality))
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copies ``src`` to ``dst`` atomically."""
+    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+class ConversionJob(NamedTuple):
+    """One unit of conversion: the files it reads, the files ``convert`` writes, and what ``convert`` needs."""
+
+    inputs: Tuple[Path, ...]
+    outputs: Tuple[Path, ...]
+    payload: object
+
+
+class ConversionStats(NamedTuple):
+    written: int
+    skipped: int
+
+
+def run_conversion(
+    jobs: Sequence[ConversionJob],
+    convert: Callable[[ConversionJob], None],
+    desc: str,
+    download: str,
+    workers: int = 1,
+) -> ConversionStats:
+    """Runs ``convert`` on every job whose outputs are not all present, with a tqdm progress bar.
+
+    Outputs are written atomically (see the ``write_*`` helpers), so one that exists is complete and a second
+    run skips it. Before converting, the inputs of the remaining jobs must all exist (else FileNotFoundError
+    naming them and ``download``). ``workers > 1`` converts in that many processes (``convert`` must then be a
+    module-level function).
+    """
+    todo = [job for job in jobs if not all(Path(p).is_file() for p in job.outputs)]
+    skipped = len(jobs) - len(todo)
+    if skipped:
+        logger.info(f"{desc}: {skipped} of {len(jobs)} outputs already exist and are skipped")
+    require_files([p for job in todo for p in job.inputs], f"input files of {desc}", download)
+    if workers > 1 and len(todo) > 1:
+        with Pool(workers) as pool:
+            for _ in tqdm(pool.imap_unordered(convert, todo, chunksize=16), total=len(todo), desc=desc):
+                pass
+    else:
+        for job in tqdm(todo, desc=desc):
+            convert(job)
+    logger.info(f"{desc}: wrote {len(todo)}, skipped {skipped}")
+    return ConversionStats(written=len(todo), skipped=skipped)
+
+
+def prepare_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with ``--root`` (the dataset root) and ``--workers`` (conversion processes)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)")
+    parser.add_argument("--workers", type=int, default=1, help="conversion processes (default 1)")
+    return parser
