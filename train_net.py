@@ -67,7 +67,7 @@ class Trainer(DefaultTrainer):
         finally:
             net.test_vocabulary = previous_vocabulary
         if comm.is_main_process():
-            logger.info("\n" + summarize_benchmarks(results, cfg.OUTPUT_DIR))
+            summarize_benchmarks(results, cfg.OUTPUT_DIR)  # logs the table, writes JSON and CSV
         return results
 
 

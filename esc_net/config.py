@@ -58,6 +58,10 @@ def add_esc_net_config(cfg: CN) -> None:
     m.DECODER_GUIDANCE_DIMS = [32, 16]
     # "bce": per-pixel binary cross-entropy on one-hot targets; "ce": softmax cross-entropy over classes.
     m.LOSS = "bce"
+    # Weight of the same loss on every ESC-Block's refined correlation map (deep supervision, computed at the
+    # decoder's output resolution). The next block's pseudo prompts come from that map and prompt generation is
+    # not differentiable, so this is what teaches it; the paper does not say how it is trained.
+    m.BLOCK_LOSS_WEIGHT = 0.4
     m.IGNORE_VALUE = 255
 
     # --- inference ------------------------------------------------------------------------------------------
@@ -83,5 +87,7 @@ def add_esc_net_config(cfg: CN) -> None:
 
     # --- data -----------------------------------------------------------------------------------------------
     cfg.INPUT.COLOR_AUG_SSD = True
+    # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     # Pad training crops to this size with the ignore value (images smaller than the crop).
     cfg.INPUT.SIZE_DIVISIBILITY = 384

@@ -6,16 +6,6 @@ from detectron2.modeling import build_model
 
 from esc_net.solver import build_optimizer
 
-# SAM prompt embeddings that ESC-Net's prompts never use: negative points (label 0), box corners (2, 3) and the
-# "no mask" embedding (a mask prompt is always given). They stay trainable so that SAM checkpoints load whole.
-UNUSED_SAM_PARAMETERS = (
-    "prompt_encoder.point_embeddings.0.",
-    "prompt_encoder.point_embeddings.2.",
-    "prompt_encoder.point_embeddings.3.",
-    "prompt_encoder.no_mask_embed.",
-)
-
-
 def _image(h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
@@ -108,14 +98,13 @@ def test_training_loss_and_gradients_reach_every_trainable_module():
     model = build_model(tiny_cfg()).train()
     model.train_vocabulary = ["cat", "dog", "grass", "sky"]
     losses = model(_train_batch())
-    assert set(losses) == {"loss_sem_seg"}
-    assert losses["loss_sem_seg"].ndim == 0 and torch.isfinite(losses["loss_sem_seg"])
-    losses["loss_sem_seg"].backward()
+    # the final prediction's loss plus one deep-supervision loss per ESC-Block (2 in the tiny config)
+    assert set(losses) == {"loss_sem_seg", "loss_block0", "loss_block1"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    # (the SAM parts that ESC-Net's prompts never use, e.g. box-corner embeddings, are frozen by SAMBlock)
     no_grad = [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
-        and not any(part in name for part in UNUSED_SAM_PARAMETERS)
+        name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
     ]
     assert no_grad == []
     # every ESC-Block's SAM transformer, VLF and PPG-driven prompt encoder is reached
@@ -157,7 +146,7 @@ def test_optimizer_multipliers_clipping_and_frozen_clip_weights():
     frozen_before = {n: p.detach().clone() for n, p in model.clip.state_dict().items()}
     for _ in range(2):
         optimizer.zero_grad()
-        model(_train_batch())["loss_sem_seg"].backward()
+        sum(model(_train_batch()).values()).backward()
         optimizer.step()
         total_norm = torch.norm(torch.stack([p.grad.norm() for p in params.values() if p.grad is not None]))
         assert total_norm <= 0.01 * (1 + 1e-4)  # clipped over the full model

@@ -90,7 +90,7 @@ class SemanticSegmentationMapper:
         if label_file is None:
             raise KeyError(f"training image {file_name} has no 'sem_seg_file_name'")
         try:
-            sem_seg = utils.read_image(label_file).astype(np.int64)
+            sem_seg = utils.read_image(label_file)
         except Exception as e:
             raise IOError(f"cannot read label map {label_file}: {e}") from e
         if sem_seg.ndim != 2:
@@ -100,6 +100,10 @@ class SemanticSegmentationMapper:
                 f"label map {label_file} is {sem_seg.shape[1]}x{sem_seg.shape[0]} but its image {file_name} is "
                 f"{image.shape[1]}x{image.shape[0]} (width x height)"
             )
+        if sem_seg.dtype != np.uint8:
+            # Detectron2 resizes non-uint8 label maps with torch, which has no nearest resize for integer types;
+            # float32 holds every id up to 65535 exactly.
+            sem_seg = sem_seg.astype(np.float32)
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg

@@ -4,7 +4,7 @@ Notation: B images, N classes, S x S the CLIP input size, h x w = S/patch the CL
 embedding width, C the correlation-embedding width.
 """
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -18,7 +18,7 @@ from .clip import CLIPEncoder
 from .criterion import segmentation_loss
 from .decoder import CorrelationDecoder
 from .esc_block import ESCBlock
-from .sam_block import load_sam_weights
+from .sam_block import load_sam_state, sam_checkpoint_state
 from .sliding_window import SlidingWindow
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class ESCNet(nn.Module):
         train_vocabulary: Optional[Sequence[str]],
         test_vocabulary: Optional[Sequence[str]],
         loss: str = "bce",
+        block_loss_weight: float = 0.0,
         ignore_value: int = 255,
         inference_mode: str = "sliding",
         sliding_resize: int = 640,
@@ -81,6 +82,7 @@ class ESCNet(nn.Module):
             train_vocabulary: class names of the training data (None: the model cannot train).
             test_vocabulary: default class names at inference (``set_vocabulary`` changes them).
             loss: "bce" or "ce" (see :func:`segmentation_loss`).
+            block_loss_weight: weight of the loss on each ESC-Block's refined correlation map (0 = none).
             ignore_value: label value of pixels without ground truth.
             inference_mode: "sliding" or "whole".
             sliding_resize: side of the square image the sliding windows are cut from.
@@ -101,6 +103,7 @@ class ESCNet(nn.Module):
         self.train_vocabulary = list(train_vocabulary) if train_vocabulary else None
         self.test_vocabulary = list(test_vocabulary) if test_vocabulary else None
         self.loss = loss
+        self.block_loss_weight = block_loss_weight
         self.ignore_value = ignore_value
         self.inference_mode = inference_mode
         self.max_classes_per_view = max_classes_per_view
@@ -141,8 +144,9 @@ class ESCNet(nn.Module):
             for _ in range(m.NUM_BLOCKS)
         ]
         if m.SAM_CHECKPOINT:
+            sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
             for block in blocks:
-                load_sam_weights(block.sam, m.SAM_CHECKPOINT)
+                load_sam_state(block.sam, sam_state, m.SAM_CHECKPOINT)
         else:
             logger.warning(
                 "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM prompt encoders and transformers start from "
@@ -158,6 +162,7 @@ class ESCNet(nn.Module):
             "train_vocabulary": _dataset_vocabulary(cfg.DATASETS.TRAIN, "training"),
             "test_vocabulary": _dataset_vocabulary(cfg.DATASETS.TEST[:1], "test"),
             "loss": m.LOSS,
+            "block_loss_weight": m.BLOCK_LOSS_WEIGHT,
             "ignore_value": m.IGNORE_VALUE,
             "inference_mode": m.INFERENCE_MODE,
             "sliding_resize": m.SLIDING_RESIZE,
@@ -207,9 +212,21 @@ class ESCNet(nn.Module):
         text = self.clip.encode_text(vocabulary)
         dense, skips = self.clip.encode_image(images)
         corr = self.correlation(dense, text)
-        logits = self.refine(corr, dense, skips, text.expand(len(images), -1, -1))
-        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        return {"loss_sem_seg": segmentation_loss(logits, targets, self.ignore_value, self.loss)}
+        logits, block_maps = self.refine(corr, dense, skips, text.expand(len(images), -1, -1))
+        full_size = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        losses = {"loss_sem_seg": segmentation_loss(full_size, targets, self.ignore_value, self.loss)}
+        if self.block_loss_weight > 0:
+            # Deep supervision of every block's correlation map: the next block's pseudo prompts are drawn from
+            # it, and prompt generation is not differentiable, so without this the map would never learn.
+            # Computed at the decoder's output resolution to keep its memory small.
+            size = logits.shape[-2:]
+            small_targets = F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            for i, block_map in enumerate(block_maps):
+                block_map = F.interpolate(block_map, size=size, mode="bilinear", align_corners=False)
+                losses[f"loss_block{i}"] = self.block_loss_weight * segmentation_loss(
+                    block_map, small_targets, self.ignore_value, self.loss
+                )
+        return losses
 
     @torch.no_grad()
     def _forward_inference(self, batched_inputs: List[Dict], vocabulary: List[str]) -> List[Dict]:
@@ -253,7 +270,7 @@ class ESCNet(nn.Module):
 
     def refine(
         self, corr: torch.Tensor, dense: torch.Tensor, skips: List[torch.Tensor], text: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """The ESC-Blocks and the decoder.
 
         Args:
@@ -261,13 +278,16 @@ class ESCNet(nn.Module):
             text: [B, N, D].
         Returns:
             logits: [B, N, 4h, 4w] (the decoder's upscale).
+            block_maps: every block's refined correlation map, [B, N, h, w] each.
         """
         B, N, h, w = corr.shape
         corr_embed = self.corr_embed(corr.reshape(B * N, 1, h, w)).view(B, N, -1, h, w)
         corr_map = corr
+        block_maps = []
         for block in self.blocks:
             corr_embed, corr_map = block(corr_embed, corr_map, dense, text)
-        return self.decoder(corr_embed, skips)
+            block_maps.append(corr_map)
+        return self.decoder(corr_embed, skips), block_maps
 
     def score_views(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Per-class scores of a batch of normalised views.
@@ -282,13 +302,13 @@ class ESCNet(nn.Module):
         V, N = corr.shape[:2]
         K = self.max_classes_per_view
         if not K or N <= K:
-            return self.refine(corr, dense, skips, text.expand(V, -1, -1)).sigmoid()
+            return self.refine(corr, dense, skips, text.expand(V, -1, -1))[0].sigmoid()
         # Refine only the K classes most correlated with each view; the others keep their plain correlation,
         # rescaled below the lowest refined score at each pixel so that they never outrank a refined class.
         top = corr.flatten(2).amax(dim=2).topk(K, dim=1).indices  # [V, K]
         h, w = corr.shape[-2:]
         top_corr = corr.gather(1, top[:, :, None, None].expand(-1, -1, h, w))
-        refined = self.refine(top_corr, dense, skips, text[top]).sigmoid()  # [V, K, 4h, 4w]
+        refined = self.refine(top_corr, dense, skips, text[top])[0].sigmoid()  # [V, K, 4h, 4w]
         plain = F.interpolate(corr, size=refined.shape[-2:], mode="bilinear", align_corners=False)
         scores = (plain + 1) / 2 * refined.amin(dim=1, keepdim=True)
         return scores.scatter(1, top[:, :, None, None].expand_as(refined), refined)

@@ -137,6 +137,11 @@ class CLIPEncoder(nn.Module):
                 "only open_clip's standard residual attention blocks are supported"
             )
         clip.requires_grad_(finetune == "full")
+        # The contrastive logit scale/bias take no part in dense prediction; frozen, so that no parameter goes
+        # without a gradient (DistributedDataParallel requires that).
+        for name in _NON_TEXT_TENSORS:
+            if getattr(clip, name, None) is not None:
+                getattr(clip, name).requires_grad_(False)
         if finetune == "attention":
             for module in attention:
                 for parameter in module.qv_parameters():
