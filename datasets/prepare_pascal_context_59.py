@@ -99,8 +99,8 @@ def paint_class_map(height: int, width: int, category_ids: Sequence[int], rles: 
 
 
 def convert_one(job: ConversionJob) -> None:
-    (image_path,), (dst,), (height, width, category_ids, rles, mapping) = job
-    write_label_png(dst, mapping(paint_class_map(height, width, category_ids, rles), image_path))
+    _, (dst,), (source, height, width, category_ids, rles, mapping) = job
+    write_label_png(dst, mapping(paint_class_map(height, width, category_ids, rles), source))
 
 
 def prepare_pascal_context_59(root: Optional[str] = None, workers: int = 1) -> ConversionStats:
@@ -124,6 +124,7 @@ def prepare_pascal_context_59(root: Optional[str] = None, workers: int = 1) -> C
     for img in val_images:
         anns = annotations[img["image_id"]]
         payload = (
+            f"{json_path} (annotations of {img['file_name']})",
             img["height"],
             img["width"],
             [a["category_id"] for a in anns],

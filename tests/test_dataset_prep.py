@@ -9,6 +9,7 @@ inconsistent inputs must fail with messages that name the file and where it come
 import importlib.util
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ def load_script(name: str):
     """Imports ``datasets/<name>.py`` (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "datasets" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that --workers can pickle its functions
     spec.loader.exec_module(module)
     return module
 
@@ -422,11 +424,11 @@ def make_voc(root: Path, label_dir: str = "SegmentationClassAug") -> dict:
     }
 
 
-@pytest.mark.parametrize("label_dir", ["SegmentationClassAug", "SegmentationClass"])
-def test_voc(root, label_dir):
+@pytest.mark.parametrize("label_dir,workers", [("SegmentationClassAug", 1), ("SegmentationClass", 2)])
+def test_voc(root, label_dir, workers):
     expected = make_voc(root, label_dir)
     script = load_script("prepare_voc")
-    assert script.main([]).written == 2
+    assert script.main(["--workers", str(workers)]).written == 2
     for dataset_name, maps in expected.items():
         labels = loaded_labels(dataset_name)
         assert labels.keys() == maps.keys()
