@@ -7,7 +7,7 @@ setup(
     description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, "
     "as a Detectron2 plugin",
     packages=find_packages(include=["esc_net", "esc_net.*"]),
-    package_data={"esc_net": ["data/class_names/*.txt"]},
+    package_data={"esc_net.data.class_names": ["*.txt"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",

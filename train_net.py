@@ -66,8 +66,9 @@ class Trainer(DefaultTrainer):
                     print_csv_format(results[dataset_name])
         finally:
             net.test_vocabulary = previous_vocabulary
-        if comm.is_main_process():
-            summarize_benchmarks(results, cfg.OUTPUT_DIR)  # logs the table, writes JSON and CSV
+        sem_seg_results = {name: r for name, r in results.items() if r and "sem_seg" in r}
+        if comm.is_main_process() and sem_seg_results:
+            summarize_benchmarks(sem_seg_results, cfg.OUTPUT_DIR)  # logs the table, writes JSON and CSV
         return results
 
 

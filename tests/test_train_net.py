@@ -89,21 +89,21 @@ def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
     train, test = datasets
     out = str(tmp_path / "run")
     common = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", out,
-              "SOLVER.CHECKPOINT_PERIOD", 30, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.002]
+              "SOLVER.CHECKPOINT_PERIOD", 20, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.002]
     torch.manual_seed(0)
-    train_net.main(_args(common + ["SOLVER.MAX_ITER", 60]))
+    train_net.main(_args(common + ["SOLVER.MAX_ITER", 40]))
     losses = _losses(out)
-    assert [it for it, _ in losses][-1] == 59
+    assert [it for it, _ in losses][-1] == 39
     assert losses[-1][1] < 0.8 * losses[0][1], f"loss did not decrease: {losses}"
-    assert os.path.isfile(os.path.join(out, "model_0000029.pth"))
+    assert os.path.isfile(os.path.join(out, "model_0000019.pth"))
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     # evaluation at the end of training wrote the benchmark table files
     assert os.path.isfile(os.path.join(out, "benchmark_results.json"))
 
-    # resume: continues from the last checkpoint (iteration 60) to 70 instead of starting again
-    train_net.main(_args(common + ["SOLVER.MAX_ITER", 70], resume=True))
+    # resume: continues from the last checkpoint (iteration 40) to 50 instead of starting again
+    train_net.main(_args(common + ["SOLVER.MAX_ITER", 50], resume=True))
     iterations = [it for it, _ in _losses(out)]
-    assert iterations[-1] == 69 and 0 not in iterations[iterations.index(59) + 1 :]
+    assert iterations[-1] == 49 and 19 not in iterations[iterations.index(39) + 1 :]
 
     # eval-only with the trained weights: one result per test dataset, predictions at each image's size
     results = train_net.main(_args(common + ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], eval_only=True))

@@ -5,6 +5,14 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, remembering which keys did not fit (it only logs them)."""
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
 def load_model_weights(model: torch.nn.Module, path: str) -> None:
     """Loads a Detectron2 checkpoint (``model_final.pth``) into ``model`` and insists that it fits.
 
@@ -17,9 +25,9 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model weights not found: {path}")
-    checkpointer = DetectionCheckpointer(model)
-    checkpoint = checkpointer._load_file(path)
-    incompatible = checkpointer._load_model(checkpoint)
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(path, checkpointables=[])
+    incompatible = checkpointer.incompatible
     problems = []
     if incompatible.missing_keys:
         problems.append(f"missing keys: {sorted(incompatible.missing_keys)}")
