@@ -1,0 +1,158 @@
+"""A one-image predictor for ESC-Net (in the style of Detectron2's ``DefaultPredictor``) and the metadata to
+visualise its output with Detectron2's ``Visualizer``."""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+from matplotlib.colors import hsv_to_rgb
+
+from .utils.checkpoint import load_model_weights
+
+__all__ = ["ESCNetPredictor", "display_name", "distinct_colors", "vocabulary_metadata"]
+
+logger = logging.getLogger(__name__)
+
+_GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+
+
+class ESCNetPredictor:
+    """Builds ESC-Net from a config, loads its weights, and segments one BGR image at a time into the classes of
+    an open vocabulary.
+
+    Compared with calling the model directly, it (1) loads ``cfg.MODEL.WEIGHTS`` strictly (a checkpoint that
+    does not fit raises, listing the keys); (2) takes the image as OpenCV gives it (BGR, HWC, uint8) and converts
+    it to ``cfg.INPUT.FORMAT``; (3) runs without gradients. The model resizes the image itself (sliding window
+    or whole-image view, as configured) and returns scores at the input's size.
+
+    Example::
+
+        import cv2, esc_net
+        from detectron2.config import get_cfg
+
+        cfg = get_cfg()
+        esc_net.add_esc_net_config(cfg)
+        cfg.merge_from_file("configs/esc_net_tiny_shapes.yaml")
+        cfg.MODEL.WEIGHTS = "output/esc_net_tiny_shapes/model_final.pth"
+        predictor = esc_net.ESCNetPredictor(cfg)
+        predictor.set_vocabulary(["background", "red circle", "sofa, couch"])  # synonyms after commas
+        scores = predictor(cv2.imread("image.png"))["sem_seg"]  # [3, H, W] in [0, 1]
+        labels = scores.argmax(dim=0)                             # [H, W] indices into predictor.vocabulary
+
+    Attributes:
+        cfg: a frozen copy of the config.
+        model: the ESC-Net model, in eval mode, on ``cfg.MODEL.DEVICE``.
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg: a Detectron2 config with ``add_esc_net_config`` applied. Its vocabulary at start is that of
+                ``DATASETS.TEST[0]`` (none if ``DATASETS.TEST`` is empty: call :meth:`set_vocabulary`).
+
+        Raises:
+            FileNotFoundError, ValueError: ``cfg.MODEL.WEIGHTS`` is missing or does not fit the model.
+            ValueError: ``cfg.INPUT.FORMAT`` is neither "RGB" nor "BGR".
+        """
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
+        if self.cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.cfg.INPUT.FORMAT!r}")
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if self.cfg.MODEL.WEIGHTS:
+            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised ESC-Net modules")
+
+    @property
+    def vocabulary(self) -> Optional[List[str]]:
+        """The class names scored, in output order (None until set, if the config names no test dataset)."""
+        names = self.model.test_vocabulary
+        return list(names) if names is not None else None
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Sets the class names to score: a non-empty list; a name may hold synonyms, "sofa, couch".
+
+        Raises:
+            ValueError: the list is empty or holds an empty name.
+            TypeError: a single string was given instead of a list.
+        """
+        self.model.set_vocabulary(class_names)
+
+    def __call__(self, image_bgr: np.ndarray) -> Dict[str, torch.Tensor]:
+        """Segments one image.
+
+        Args:
+            image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it.
+
+        Returns:
+            ``{"sem_seg": Tensor[N, H, W]}``: per-class scores in [0, 1] for the N names of :attr:`vocabulary`,
+            on the model's device.
+
+        Raises:
+            ValueError: the image is not an [H, W, 3] uint8 array, or no vocabulary is set.
+        """
+        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+            shape = getattr(image_bgr, "shape", None)
+            raise ValueError(f"expected a BGR image as an [H, W, 3] numpy array, got {type(image_bgr).__name__} "
+                             f"of shape {shape}")
+        if image_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image (0-255, as cv2.imread gives), got dtype {image_bgr.dtype}")
+        height, width = image_bgr.shape[:2]
+        image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
+        image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        with torch.no_grad():
+            return self.model([{"image": image, "height": height, "width": width}])[0]
+
+    @property
+    def metadata(self) -> Metadata:
+        """Detectron2 metadata of the current vocabulary, for ``Visualizer`` (see :func:`vocabulary_metadata`)."""
+        if self.vocabulary is None:
+            raise ValueError("the predictor has no vocabulary yet: call set_vocabulary(names)")
+        return vocabulary_metadata(self.vocabulary)
+
+
+def display_name(class_name: str) -> str:
+    """The name shown for a class: its first synonym ("sofa, couch" -> "sofa")."""
+    return class_name.split(",")[0].strip()
+
+
+def distinct_colors(n: int) -> List[List[int]]:
+    """``n`` RGB colours (0-255) that differ from their neighbours in the list.
+
+    Hues follow the golden-ratio sequence, which keeps any run of consecutive classes well spread around the
+    colour wheel for any ``n``; brightness and saturation cycle through three levels so that classes with
+    nearby hues still differ.
+    """
+    index = np.arange(n)
+    hsv = np.stack(
+        [
+            (index * _GOLDEN_RATIO_CONJUGATE) % 1.0,
+            np.array([0.85, 0.6, 0.95])[index % 3],
+            np.array([0.95, 0.8, 0.65])[(index // 3) % 3],
+        ],
+        axis=1,
+    )
+    return np.round(hsv_to_rgb(hsv) * 255).astype(int).tolist()
+
+
+def vocabulary_metadata(class_names: Sequence[str], colors: Optional[Sequence[Sequence[int]]] = None) -> Metadata:
+    """Metadata for ``Visualizer.draw_sem_seg`` on a label map over ``class_names``.
+
+    Args:
+        class_names: the vocabulary, in label order; synonyms are shown by their first name.
+        colors: one RGB colour (0-255) per class; default :func:`distinct_colors`.
+
+    Returns:
+        A ``Metadata`` (not registered in the ``MetadataCatalog``) with ``stuff_classes`` and ``stuff_colors``.
+    """
+    if colors is None:
+        colors = distinct_colors(len(class_names))
+    elif len(colors) != len(class_names):
+        raise ValueError(f"got {len(colors)} colours for {len(class_names)} classes")
+    return Metadata(name="esc_net_vocabulary").set(
+        stuff_classes=[display_name(n) for n in class_names], stuff_colors=[list(c) for c in colors]
+    )

@@ -1,0 +1,158 @@
+"""demo/demo.py: inputs (folder, glob), vocabularies, the files written, and the documented errors."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_CONFIG, tiny_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+
+from esc_net.predictor import ESCNetPredictor
+
+_spec = importlib.util.spec_from_file_location("esc_net_demo", os.path.join(REPO_ROOT, "demo", "demo.py"))
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+
+NO_DATASETS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+SIZES = {"a.png": (48, 64), "b.png": (70, 40), "c.jpg": (64, 64)}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of three images of different sizes, and a stray text file the folder listing must skip."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in SIZES.items():
+        assert cv2.imwrite(str(folder / name), rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    DetectionCheckpointer(build_model(tiny_cfg()), save_dir=str(folder)).save("model")
+    return str(folder / "model.pth")
+
+
+def _run(*args, opts=()):
+    return demo.main(["--config-file", TINY_CONFIG, *map(str, args), "--opts", *NO_DATASETS, *map(str, opts)])
+
+
+def _error(*args, opts=()):
+    with pytest.raises(SystemExit) as info:
+        _run(*args, opts=opts)
+    assert isinstance(info.value.code, str), "the demo must exit with the error text"
+    assert info.value.code.startswith("demo.py: error: ")
+    return info.value.code
+
+
+def test_folder_input_writes_overlay_labels_and_scores(images, weights, tmp_path):
+    out = tmp_path / "out"
+    overlays = _run("--input", images, "--output", out, "--vocabulary", "red circle; blue square; sofa, couch",
+                    "--save-labels", "--save-scores", opts=["MODEL.WEIGHTS", weights])
+    assert sorted(os.path.basename(p) for p in overlays) == ["a_overlay.png", "b_overlay.png", "c_overlay.png"]
+    assert (out / "vocabulary.txt").read_text() == "0\tred circle\n1\tblue square\n2\tsofa, couch\n"
+
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor.set_vocabulary(["red circle", "blue square", "sofa, couch"])
+    for name, (h, w) in SIZES.items():
+        stem = os.path.splitext(name)[0]
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"), cv2.IMREAD_UNCHANGED)
+        # Small images are drawn enlarged (longer side 512) with the aspect ratio kept.
+        assert overlay.dtype == np.uint8 and overlay.shape[2] == 3
+        assert max(overlay.shape[:2]) == demo.MIN_OVERLAY_SIDE
+        assert abs(overlay.shape[0] / overlay.shape[1] - h / w) < 0.05
+        labels = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint8 and labels.shape == (h, w) and labels.max() < 3
+        scores = np.load(out / f"{stem}_scores.npy")
+        assert scores.dtype == np.float16 and scores.shape == (3, h, w)
+        assert scores.min() >= 0 and scores.max() <= 1
+        # The demo used the given weights: its scores are the predictor's (up to float16 rounding).
+        expected = predictor(cv2.imread(str(images / name)))["sem_seg"].numpy()
+        np.testing.assert_allclose(scores.astype(np.float32), expected, atol=2e-3)
+        np.testing.assert_array_equal(labels, expected.argmax(axis=0))
+
+
+def test_glob_input_and_vocabulary_file(images, tmp_path):
+    vocabulary = tmp_path / "classes.txt"
+    vocabulary.write_text("# shapes\nred circle\n\n  green triangle \nsky, heaven\n")
+    out = tmp_path / "out"
+    _run("--input", str(images / "*.png"), "--output", out, "--vocabulary-file", vocabulary)
+    assert sorted(os.listdir(out)) == ["a_overlay.png", "b_overlay.png", "vocabulary.txt"]
+    assert (out / "vocabulary.txt").read_text() == "0\tred circle\n1\tgreen triangle\n2\tsky, heaven\n"
+
+
+def test_dataset_vocabulary_and_repeated_vocabulary_options(images, tmp_path):
+    name = "demo_test_dataset"
+    MetadataCatalog.get(name).set(stuff_classes=["sky", "grass"], stuff_colors=[[0, 0, 255], [0, 255, 0]])
+    _run("--input", images / "a.png", "--output", tmp_path / "d", "--dataset-vocabulary", name)
+    assert (tmp_path / "d" / "vocabulary.txt").read_text() == "0\tsky\n1\tgrass\n"
+    _run("--input", images / "a.png", "--output", tmp_path / "v", "--vocabulary", "cat; dog",
+         "--vocabulary", "sofa, couch;")
+    assert (tmp_path / "v" / "vocabulary.txt").read_text() == "0\tcat\n1\tdog\n2\tsofa, couch\n"
+
+
+def test_labels_are_uint16_above_255_classes(images, tmp_path):
+    vocabulary = tmp_path / "many.txt"
+    vocabulary.write_text("".join(f"class {i}\n" for i in range(300)))
+    out = tmp_path / "out"
+    _run("--input", images / "a.png", "--output", out, "--vocabulary-file", vocabulary, "--save-labels")
+    labels = cv2.imread(str(out / "a_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint16 and labels.shape == SIZES["a.png"] and labels.max() < 300
+
+
+def test_input_errors_name_the_file(images, tmp_path):
+    missing = tmp_path / "missing.png"
+    assert f"input image not found: {missing}" in _error("--input", missing, "--output", tmp_path, "--vocabulary", "a")
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    assert "holds no image file" in _error("--input", empty, "--output", tmp_path, "--vocabulary", "a")
+    assert "matches no file" in _error("--input", str(images / "*.gif"), "--output", tmp_path, "--vocabulary", "a")
+    broken = tmp_path / "broken.png"
+    broken.write_text("this is not a PNG")
+    message = _error("--input", broken, "--output", tmp_path / "out", "--vocabulary", "a")
+    assert f"cannot read the image {broken}" in message
+
+
+def test_vocabulary_errors(images, tmp_path):
+    args = ("--input", images / "a.png", "--output", tmp_path)
+    assert "the vocabulary is empty" in _error(*args, "--vocabulary", " ; ")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n# only a comment\n")
+    assert f"{blank} holds no class name" in _error(*args, "--vocabulary-file", blank)
+    assert "no_such_dataset" in _error(*args, "--dataset-vocabulary", "no_such_dataset")
+    # Neither an option nor a DATASETS.TEST to take the vocabulary from.
+    assert "no vocabulary" in _error(*args)
+
+
+def test_weights_and_config_errors(images, weights, tmp_path):
+    args = ("--input", images / "a.png", "--output", tmp_path, "--vocabulary", "a; b")
+    # A checkpoint of a model with another config: the message lists the mis-shaped keys.
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(tiny_cfg("MODEL.ESC_NET.HIDDEN_DIM", 16)), save_dir=str(other)).save("m")
+    message = _error(*args, opts=["MODEL.WEIGHTS", other / "m.pth"])
+    assert "do not fit" in message and "corr_embed.weight" in message
+    assert "model weights not found" in _error(*args, opts=["MODEL.WEIGHTS", tmp_path / "none.pth"])
+    assert "Non-existent key: MODEL.NO_SUCH_KEY" in _error(*args, opts=["MODEL.NO_SUCH_KEY", 1])
+
+
+def test_cli_exits_with_message_and_no_traceback(tmp_path):
+    missing = tmp_path / "missing.png"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "demo", "demo.py"), "--config-file", TINY_CONFIG,
+         "--input", str(missing), "--output", str(tmp_path), "--vocabulary", "cat"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 1
+    assert f"demo.py: error: input image not found: {missing}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,115 @@
+"""ESCNetPredictor: BGR input at any size -> per-class scores at that size, strict weights, checked vocabulary."""
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from esc_net.predictor import ESCNetPredictor, display_name, distinct_colors, vocabulary_metadata
+
+VOCABULARY = ["red circle", "blue square", "sofa, couch"]
+
+
+def _image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny model (seed 0) and its checkpoint, saved by Detectron2's checkpointer as model.pth."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    model.set_vocabulary(VOCABULARY)
+    folder = tmp_path_factory.mktemp("weights")
+    DetectionCheckpointer(model, save_dir=str(folder)).save("model")
+    return model, str(folder / "model.pth")
+
+
+@pytest.fixture(scope="module")
+def predictor(saved_model):
+    torch.manual_seed(1)  # another init than the saved model's: only loading can make them agree
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", saved_model[1]))
+    predictor.set_vocabulary(VOCABULARY)
+    return predictor
+
+
+def test_scores_at_input_size_with_labels_in_range(predictor):
+    image = _image(50, 70)
+    scores = predictor(image)["sem_seg"]
+    assert scores.shape == (3, 50, 70)
+    assert scores.dtype == torch.float32
+    assert 0.0 <= scores.min() and scores.max() <= 1.0
+    labels = scores.argmax(dim=0)
+    assert labels.min() >= 0 and labels.max() < len(VOCABULARY)
+    assert predictor.vocabulary == VOCABULARY
+    assert not predictor.model.training
+
+
+def test_loaded_weights_and_rgb_conversion_match_the_saved_model(predictor, saved_model):
+    model = saved_model[0]
+    image_bgr = _image(40, 64, seed=3)
+    rgb = torch.as_tensor(np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1)))
+    bgr = torch.as_tensor(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
+    with torch.no_grad():
+        expected = model([{"image": rgb, "height": 40, "width": 64}])[0]["sem_seg"]
+        unconverted = model([{"image": bgr, "height": 40, "width": 64}])[0]["sem_seg"]
+    got = predictor(image_bgr)["sem_seg"]
+    torch.testing.assert_close(got, expected)
+    # The channel order matters to the model, so the equality above shows that the predictor converted it.
+    assert not torch.allclose(got, unconverted)
+
+
+def test_bgr_config_feeds_the_image_unchanged(saved_model):
+    model = saved_model[0]
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", saved_model[1], "INPUT.FORMAT", "BGR"))
+    predictor.set_vocabulary(VOCABULARY)
+    image_bgr = _image(33, 45, seed=4)
+    with torch.no_grad():
+        expected = model([{"image": torch.as_tensor(image_bgr.transpose(2, 0, 1).copy())}])[0]["sem_seg"]
+    torch.testing.assert_close(predictor(image_bgr)["sem_seg"], expected)
+
+
+def test_weights_that_do_not_fit_raise_listing_keys(saved_model, tmp_path):
+    state = torch.load(saved_model[1], map_location="cpu", weights_only=False)
+    removed = sorted(state["model"])[0]
+    del state["model"][removed]
+    state["model"]["not_a_module.weight"] = torch.zeros(2)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="do not fit") as info:
+        ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(path)))
+    assert removed in str(info.value) and "not_a_module.weight" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
+
+
+def test_vocabulary_is_checked(predictor):
+    with pytest.raises(ValueError, match="empty"):
+        predictor.set_vocabulary([])
+    with pytest.raises(TypeError, match="not one string"):
+        predictor.set_vocabulary("cat, dog")
+    assert predictor.vocabulary == VOCABULARY  # a refused vocabulary leaves the previous one
+
+
+def test_no_vocabulary_and_bad_images_are_refused(predictor):
+    bare = ESCNetPredictor(tiny_cfg())  # DATASETS.TEST is empty: no vocabulary yet
+    assert bare.vocabulary is None
+    with pytest.raises(ValueError, match="no vocabulary"):
+        bare(_image(32, 32))
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        predictor(_image(32, 32)[:, :, 0])
+    with pytest.raises(ValueError, match="uint8"):
+        predictor(_image(32, 32).astype(np.float32))
+
+
+def test_visualisation_metadata():
+    meta = vocabulary_metadata(["sofa, couch", "cat"])
+    assert meta.stuff_classes == ["sofa", "cat"]
+    assert display_name(" grass , lawn") == "grass"
+    colors = distinct_colors(847)
+    assert len({tuple(c) for c in colors}) == 847
+    assert all(0 <= v <= 255 for c in colors for v in c)
+    assert vocabulary_metadata(["a", "b"], colors=[[1, 2, 3], [4, 5, 6]]).stuff_colors == [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(ValueError, match="2 colours for 3 classes"):
+        vocabulary_metadata(["a", "b", "c"], colors=[[1, 2, 3], [4, 5, 6]])
