@@ -99,9 +99,11 @@ def main():
     timer.watch(model.decoder, "decoder")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
 
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, '
-          f'{torch.get_num_threads()} threads'}); config: {os.path.basename(args.config_file)}; view {size}x{size}; "
-          f"amp: {args.amp}")
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device_name}; config: {os.path.basename(args.config_file)}; view {size}x{size}; amp: {args.amp}")
     header = f"{'N':>5} " + " ".join(f"{s:>10}" for s in STAGES) + f" {'other':>8} {'total':>8} {'total/img':>9} {'peak MB':>9}"
     print(header)
     image = torch.randn(1, 3, size, size, device=device)

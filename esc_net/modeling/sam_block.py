@@ -125,9 +125,25 @@ class SAMBlock(nn.Module):
         # The projected CLIP features are broadcast over classes rather than repeated before the addition.
         image = (self.image_proj(image_feats).unsqueeze(1) + dense.view(B, N, E, h, w)).flatten(0, 1)
         tokens = torch.cat([self.text_proj(text_embeds).reshape(B * N, 1, E), sparse], dim=1)
-        # The [1, E, h, w] positional encoding broadcasts over the B*N batch inside the transformer.
-        _, keys = self.transformer(image, self.prompt_encoder.get_dense_pe(), tokens)
+        keys = self._transform_image(image, self.prompt_encoder.get_dense_pe(), tokens)
         return keys.transpose(1, 2).reshape(B * N, E, h, w)
+
+    def _transform_image(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The image-side output of SAM's TwoWayTransformer: its two-way blocks, as TwoWayTransformer.forward runs
+        them, without the final token-to-image attention, which only updates the tokens that ESC-Net discards
+        (a fifth of the per-pixel projections saved).
+
+        Args:
+            image: [M, E, h, w]; image_pe: [1, E, h, w] (broadcast over M); tokens: [M, T, E].
+        Returns:
+            [M, h*w, E] the refined image tokens ("keys").
+        """
+        keys = image.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = tokens
+        for layer in self.transformer.layers:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
+        return keys
 
     def mask_logits(self, masks: torch.Tensor) -> torch.Tensor:
         """Turns pseudo-mask probabilities into the mask logits SAM's mask encoder expects.
