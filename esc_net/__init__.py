@@ -4,5 +4,6 @@ Importing the package registers the ``ESCNet`` meta-architecture and the benchma
 """
 from . import data, modeling  # noqa: F401  (registrations)
 from .config import add_esc_net_config
+from .predictor import ESCNetPredictor
 
-__all__ = ["add_esc_net_config"]
+__all__ = ["ESCNetPredictor", "add_esc_net_config"]

@@ -9,6 +9,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
+from .modeling.clip.text_prompts import split_synonyms
 from .utils.checkpoint import load_model_weights
 
 __all__ = ["ESCNetPredictor", "display_name", "distinct_colors", "vocabulary_metadata"]
@@ -117,7 +118,7 @@ class ESCNetPredictor:
 
 def display_name(class_name: str) -> str:
     """The name shown for a class: its first synonym ("sofa, couch" -> "sofa")."""
-    return class_name.split(",")[0].strip()
+    return split_synonyms(class_name)[0]
 
 
 def distinct_colors(n: int) -> List[List[int]]:
