@@ -8,7 +8,7 @@ blocks, VLF blocks, decoder; "other" is the rest (correlation, merges, heads). P
 peak memory, and the ratio total / CLIP image encoder that the project steers by ("cached/img": the same
 without the text encoder, whose output is cached per vocabulary at inference).
 
-    .venv/bin/python benchmarks/benchmark_forward.py --classes 20 150 847 --repeats 3 [--device cuda] [--amp]
+    .venv/bin/python benchmarks/benchmark_forward.py --classes 20 150 847 --repeats 3 [--device cuda] [--amp] [--full]
 """
 import argparse
 import contextlib
@@ -64,14 +64,20 @@ class StageTimer:
 
 
 def build(config_file: str, device: str):
+    """The model of ``config_file`` with random weights, in eval mode, and its config."""
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(
         ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
     )
-    model = build_model(cfg).eval()
-    return model, cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
+    return build_model(cfg).eval(), cfg
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -88,9 +94,24 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument("--full", action="store_true", help="also time the whole inference of one image")
+    parser.add_argument("--max-classes-per-view", type=int, default=0, help="MAX_CLASSES_PER_VIEW for --full")
     args = parser.parse_args()
 
-    model, size = build(args.config_file, args.device)
+    model, cfg = build(args.config_file, args.device)
+    size = cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
+    device = model.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
+
+    print(f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; view {size}x{size}; amp: {args.amp}")
+    stage_table(model, size, args.classes, args.repeats, autocast)
+    if args.full:
+        model.max_classes_per_view = args.max_classes_per_view
+        full_inference_table(model, args.classes, args.repeats, autocast)
+
+
+def stage_table(model, size: int, class_counts, repeats: int, autocast):
+    """Per-stage medians for one view, with a fresh vocabulary each repeat."""
     device = model.device
     timer = StageTimer(device)
     for block in model.blocks:
@@ -98,22 +119,14 @@ def main():
         timer.watch(block.sam, "sam")
         timer.watch(block.vlf, "vlf")
     timer.watch(model.decoder, "decoder")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
-
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device_name}; config: {os.path.basename(args.config_file)}; view {size}x{size}; amp: {args.amp}")
     columns = " ".join(f"{s:>10}" for s in STAGES)
-    header = f"{'N':>5} {columns} {'other':>8} {'total':>8} {'total/img':>9} {'cached/img':>10} {'peak MB':>9}"
-    print(header)
+    print(f"{'N':>5} {columns} {'other':>8} {'total':>8} {'total/img':>9} {'cached/img':>10} {'peak MB':>9}")
     image = torch.randn(1, 3, size, size, device=device)
-    for num_classes in args.classes:
+    for num_classes in class_counts:
         runs = defaultdict(list)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for repeat in range(args.repeats + 1):  # the first run warms up and is not counted
+        for repeat in range(repeats + 1):  # the first run warms up and is not counted
             names = [f"class {i} version {repeat}" for i in range(num_classes)]
             timer.totals.clear()
             with torch.no_grad(), autocast:
@@ -133,6 +146,28 @@ def main():
               + f" {other:>6.1f}ms {med['total']:>6.1f}ms {med['total'] / med['clip_image']:>9.2f} "
               f"{(med['total'] - med['clip_text']) / med['clip_image']:>10.2f} {peak_memory_mb(device):>9.0f}")
 
+
+def full_inference_table(model, class_counts, repeats: int, autocast):
+    """The whole inference of one 512x683 image as evaluation runs it (the config's mode, sliding windows by
+    default; the vocabulary's text embeddings cached after the warm-up)."""
+    device = model.device
+    image = torch.randint(0, 256, (3, 512, 683), dtype=torch.uint8)
+    views = model.sliding_window.num_views if model.inference_mode == "sliding" else 1
+    print(f"full inference of a 512x683 image: mode {model.inference_mode} ({views} views), "
+          f"MAX_CLASSES_PER_VIEW {model.max_classes_per_view}")
+    print(f"{'N':>5} {'ms/image':>9} {'peak MB':>9}")
+    for num_classes in class_counts:
+        model.set_vocabulary([f"class {i}" for i in range(num_classes)])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for repeat in range(repeats + 1):
+            timer = StageTimer(device)
+            with autocast, timer.span("total"):
+                model([{"image": image, "height": 512, "width": 683}])
+            if repeat:
+                times.append(timer.totals["total"])
+        print(f"{num_classes:>5} {statistics.median(times) * 1000:>7.1f}ms {peak_memory_mb(device):>9.0f}")
 
 if __name__ == "__main__":
     main()

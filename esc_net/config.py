@@ -63,6 +63,10 @@ def add_esc_net_config(cfg: CN) -> None:
     # not differentiable, so this is what teaches it; the paper does not say how it is trained.
     m.BLOCK_LOSS_WEIGHT = 0.4
     m.IGNORE_VALUE = 255
+    # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
+    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades about
+    # a third more compute for a large cut in peak memory (benchmarks/benchmark_train_step.py measures both).
+    m.ACTIVATION_CHECKPOINTING = False
 
     # --- inference ------------------------------------------------------------------------------------------
     # "sliding": resize to SLIDING_RESIZE, CLIP_IMAGE_SIZE windows overlapping by SLIDING_OVERLAP, plus one global
@@ -73,6 +77,10 @@ def add_esc_net_config(cfg: CN) -> None:
     # Classes refined per view at most (top-K by correlation); the others keep their plain CLIP correlation
     # score. 0 = no cap. Bounds memory for very large vocabularies such as A-847.
     m.MAX_CLASSES_PER_VIEW = 0
+    # Views (sliding windows, global view, images of a batch) are refined in passes of at most
+    # max(1, VIEW_CLASSES_PER_PASS // N) views. Activation memory grows with views x classes; the passes bound it
+    # without changing any score (views are independent). 0 = all views in one pass.
+    m.VIEW_CLASSES_PER_PASS = 1024
 
     # --- solver ---------------------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"

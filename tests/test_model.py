@@ -84,6 +84,23 @@ def test_class_cap_refines_top_classes_only(model):
         model.max_classes_per_view = 0
 
 
+def test_views_in_passes_give_the_same_scores(model):
+    """VIEW_CLASSES_PER_PASS splits the views of a batch into passes; it bounds memory, never changes a score."""
+    model.inference_mode = "sliding"
+    model.set_vocabulary([f"thing {i}" for i in range(30)])
+    inputs = [{"image": _image(50, 70)}, {"image": _image(64, 64, 1)}]
+    outputs = {}
+    try:
+        for per_pass in (0, 30, 100):  # all views at once; one view per pass; three views per pass
+            model.view_classes_per_pass = per_pass
+            outputs[per_pass] = [o["sem_seg"] for o in model(inputs)]
+    finally:
+        model.view_classes_per_pass, model.inference_mode = 0, "whole"
+    for per_pass in (30, 100):
+        for a, b in zip(outputs[0], outputs[per_pass]):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
 def _train_batch(num_classes=4):
     inputs = []
     for i in range(2):
@@ -111,6 +128,26 @@ def test_training_loss_and_gradients_reach_every_trainable_module():
     for block in model.blocks:
         assert block.sam.transformer.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
         assert block.sam.prompt_encoder.point_embeddings[1].weight.grad.abs().sum() > 0
+
+
+def test_activation_checkpointing_gives_the_same_losses_and_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
+    batch = _train_batch()
+    runs = []
+    for checkpointing in (False, True):
+        model.activation_checkpointing = checkpointing
+        model.zero_grad()
+        losses = model(batch)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (plain_losses, plain_grads), (ckpt_losses, ckpt_grads) = runs
+    torch.testing.assert_close(ckpt_losses, plain_losses)
+    assert ckpt_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_training_label_outside_vocabulary_is_reported():

@@ -12,6 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..data.vocabulary import check_vocabulary, get_dataset_vocabulary
 from .clip import CLIPEncoder
@@ -72,6 +73,8 @@ class ESCNet(nn.Module):
         sliding_resize: int = 640,
         sliding_overlap: float = 1.0 / 3.0,
         max_classes_per_view: int = 0,
+        view_classes_per_pass: int = 0,
+        activation_checkpointing: bool = False,
     ):
         """
         Args:
@@ -89,6 +92,10 @@ class ESCNet(nn.Module):
             sliding_overlap: minimum overlap of neighbouring windows, as a fraction of a window.
             max_classes_per_view: refine at most this many classes per view (top-K by CLIP correlation); the
                 others are scored by their plain correlation below every refined class. 0 = no cap.
+            view_classes_per_pass: views are refined in passes of at most max(1, this // N) views, which bounds
+                inference memory without changing the scores. 0 = one pass.
+            activation_checkpointing: in training, recompute the blocks' and the decoder's activations in the
+                backward pass instead of storing them.
         """
         super().__init__()
         if inference_mode not in ("sliding", "whole"):
@@ -107,6 +114,8 @@ class ESCNet(nn.Module):
         self.ignore_value = ignore_value
         self.inference_mode = inference_mode
         self.max_classes_per_view = max_classes_per_view
+        self.view_classes_per_pass = view_classes_per_pass
+        self.activation_checkpointing = activation_checkpointing
         image_size = clip.grid_size[0] * clip.patch_size
         out_size = clip.grid_size[0] * decoder.upscale
         self.image_size = image_size
@@ -168,6 +177,8 @@ class ESCNet(nn.Module):
             "sliding_resize": m.SLIDING_RESIZE,
             "sliding_overlap": m.SLIDING_OVERLAP,
             "max_classes_per_view": m.MAX_CLASSES_PER_VIEW,
+            "view_classes_per_pass": m.VIEW_CLASSES_PER_PASS,
+            "activation_checkpointing": m.ACTIVATION_CHECKPOINTING,
         }
 
     @property
@@ -242,9 +253,9 @@ class ESCNet(nn.Module):
             ]
         )
         if self.inference_mode == "whole":
-            scores = self.score_views(images, text)
+            scores = self._score_in_passes(images, text)
         else:
-            scores = self.sliding_window.merge(self.score_views(self.sliding_window.views(images), text))
+            scores = self.sliding_window.merge(self._score_in_passes(self.sliding_window.views(images), text))
         results = []
         for x, score in zip(batched_inputs, scores):
             height, width = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
@@ -285,9 +296,22 @@ class ESCNet(nn.Module):
         corr_map = corr
         block_maps = []
         for block in self.blocks:
-            corr_embed, corr_map = block(corr_embed, corr_map, dense, text)
+            corr_embed, corr_map = self._run(block, corr_embed, corr_map, dense, text)
             block_maps.append(corr_map)
-        return self.decoder(corr_embed, skips), block_maps
+        return self._run(self.decoder, corr_embed, skips), block_maps
+
+    def _run(self, module: nn.Module, *args):
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # The pseudo-prompt K-means is deterministic, so the recomputation draws the same prompts.
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def _score_in_passes(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_views` over groups of views sized by ``view_classes_per_pass``."""
+        if not self.view_classes_per_pass:
+            return self.score_views(views, text)
+        per_pass = max(1, self.view_classes_per_pass // len(text))
+        return torch.cat([self.score_views(group, text) for group in views.split(per_pass)])
 
     def score_views(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Per-class scores of a batch of normalised views.
@@ -311,4 +335,4 @@ class ESCNet(nn.Module):
         refined = self.refine(top_corr, dense, skips, text[top])[0].sigmoid()  # [V, K, 4h, 4w]
         plain = F.interpolate(corr, size=refined.shape[-2:], mode="bilinear", align_corners=False)
         scores = (plain + 1) / 2 * refined.amin(dim=1, keepdim=True)
-        return scores.scatter(1, top[:, :, None, None].expand_as(refined), refined)
+        return scores.scatter(1, top[:, :, None, None].expand_as(refined), refined.to(scores.dtype))
