@@ -64,8 +64,8 @@ def add_esc_net_config(cfg: CN) -> None:
     m.BLOCK_LOSS_WEIGHT = 0.4
     m.IGNORE_VALUE = 255
     # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
-    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades about
-    # a third more compute for a large cut in peak memory (benchmarks/benchmark_train_step.py measures both).
+    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; on an H100 this cut
+    # peak memory 2.6-3.6x for 1.3-1.8x the time (benchmarks/benchmark_train_step.py measures both).
     m.ACTIVATION_CHECKPOINTING = False
 
     # --- inference ------------------------------------------------------------------------------------------
@@ -78,8 +78,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # score. 0 = no cap. Bounds memory for very large vocabularies such as A-847.
     m.MAX_CLASSES_PER_VIEW = 0
     # Views (sliding windows, global view, images of a batch) are refined in passes of at most
-    # max(1, VIEW_CLASSES_PER_PASS // N) views. Activation memory grows with views x classes; the passes bound it
-    # without changing any score (views are independent). 0 = all views in one pass.
+    # max(1, VIEW_CLASSES_PER_PASS // N) views (N capped by MAX_CLASSES_PER_VIEW). Activation memory grows with
+    # views x classes; the passes bound it without changing any score (views are independent). 0 = one pass.
     m.VIEW_CLASSES_PER_PASS = 1024
 
     # --- solver ---------------------------------------------------------------------------------------------

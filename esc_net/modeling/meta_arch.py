@@ -92,7 +92,8 @@ class ESCNet(nn.Module):
             sliding_overlap: minimum overlap of neighbouring windows, as a fraction of a window.
             max_classes_per_view: refine at most this many classes per view (top-K by CLIP correlation); the
                 others are scored by their plain correlation below every refined class. 0 = no cap.
-            view_classes_per_pass: views are refined in passes of at most max(1, this // N) views, which bounds
+            view_classes_per_pass: views are refined in passes of at most max(1, this // N) views (N capped by
+                ``max_classes_per_view``), which bounds
                 inference memory without changing the scores. 0 = one pass.
             activation_checkpointing: in training, recompute the blocks' and the decoder's activations in the
                 backward pass instead of storing them.
@@ -310,7 +311,8 @@ class ESCNet(nn.Module):
         """:meth:`score_views` over groups of views sized by ``view_classes_per_pass``."""
         if not self.view_classes_per_pass:
             return self.score_views(views, text)
-        per_pass = max(1, self.view_classes_per_pass // len(text))
+        refined_classes = min(len(text), self.max_classes_per_view or len(text))  # what a view's memory scales with
+        per_pass = max(1, self.view_classes_per_pass // refined_classes)
         return torch.cat([self.score_views(group, text) for group in views.split(per_pass)])
 
     def score_views(self, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
