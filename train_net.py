@@ -28,8 +28,20 @@ from esc_net.solver import build_optimizer
 from esc_net.utils.checkpoint import load_model_weights
 
 
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class Trainer(DefaultTrainer):
-    """Detectron2's trainer with ESC-Net's data mapper, optimizer and multi-benchmark evaluation."""
+    """Detectron2's trainer with ESC-Net's data mapper, optimizer, AMP precision and multi-benchmark evaluation."""
+
+    def __init__(self, cfg):
+        if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
+            raise ValueError(
+                f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_PRECISIONS)}, got {cfg.SOLVER.AMP.PRECISION!r}"
+            )
+        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer.precision = AMP_PRECISIONS[cfg.SOLVER.AMP.PRECISION]  # DefaultTrainer built an AMPTrainer
 
     @classmethod
     def build_train_loader(cls, cfg):

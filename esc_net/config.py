@@ -93,6 +93,10 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
+    # Detectron2's SOLVER.AMP.ENABLED trains under autocast in float16 with a gradient scaler; "bfloat16" has
+    # float32's range (no overflow) and is the usual choice on A100/H100 GPUs.
+    cfg.SOLVER.AMP.PRECISION = "float16"
+
     # --- data -----------------------------------------------------------------------------------------------
     cfg.INPUT.COLOR_AUG_SSD = True
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.

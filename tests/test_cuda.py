@@ -101,13 +101,13 @@ def test_bfloat16_autocast_training_step():
     optimizer.step()
 
 
-def _train(trainer_cls, steps=30):
+def _train(make_trainer, steps=30):
     """Loss on a fixed batch before and after ``steps`` steps of ``trainer_cls`` from the same initial weights."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg("MODEL.DEVICE", "cuda")).train()
     model.train_vocabulary = VOCABULARY
     batch = _inputs(count=4, labels=True, seed=2)
-    trainer = trainer_cls(model, [batch] * steps, build_optimizer(tiny_cfg(), model))
+    trainer = make_trainer(model, [batch] * steps, build_optimizer(tiny_cfg(), model))
 
     def loss():
         with torch.no_grad():
@@ -121,11 +121,12 @@ def _train(trainer_cls, steps=30):
     return first, loss()
 
 
-def test_detectron2_amp_trainer_trains_like_float32():
-    """SOLVER.AMP.ENABLED makes DefaultTrainer use AMPTrainer (float16 with a gradient scaler). The full-model
-    gradient clipping inside our optimizer must see unscaled gradients, or AMP would train differently."""
+@pytest.mark.parametrize("precision", [torch.float16, torch.bfloat16])
+def test_detectron2_amp_trainer_trains_like_float32(precision):
+    """SOLVER.AMP.ENABLED makes DefaultTrainer use AMPTrainer (SOLVER.AMP.PRECISION, with a gradient scaler). The
+    full-model gradient clipping inside our optimizer must see unscaled gradients, or AMP would train differently."""
     fp32_first, fp32_last = _train(SimpleTrainer)
-    amp_first, amp_last = _train(AMPTrainer)
+    amp_first, amp_last = _train(lambda *args: AMPTrainer(*args, precision=precision))
     assert amp_first == pytest.approx(fp32_first, rel=1e-3)
     assert fp32_last < 0.95 * fp32_first and amp_last < 0.95 * amp_first
     assert amp_last == pytest.approx(fp32_last, rel=0.1)

@@ -126,3 +126,20 @@ def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
     with pytest.raises(ValueError, match="not.a.layer") as err:
         train_net.main(_args(opts, eval_only=True))
     assert "missing keys" in str(err.value) and "decoder.head.weight" in str(err.value)
+
+
+@pytest.mark.parametrize("precision, dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
+def test_amp_precision_reaches_detectron2_amp_trainer(datasets, tmp_path, precision, dtype):
+    train, test = datasets
+    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
+            "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision]
+    trainer = train_net.Trainer(train_net.setup(_args(opts)))
+    assert type(trainer._trainer).__name__ == "AMPTrainer" and trainer._trainer.precision == dtype
+
+
+def test_unknown_amp_precision_is_refused(datasets, tmp_path):
+    train, test = datasets
+    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
+            "SOLVER.AMP.PRECISION", "float8"]
+    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION must be one of"):
+        train_net.Trainer(train_net.setup(_args(opts)))
