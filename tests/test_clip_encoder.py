@@ -367,6 +367,31 @@ def test_split_attention_matches_multihead_attention():
         split.load_state_dict(bad)
 
 
+@pytest.mark.parametrize("trainable_k", [False, True])
+def test_split_attention_loads_with_assign_onto_meta_module(trainable_k):
+    # load_state_dict(assign=True) is how a model built on the meta device gets its weights without a copy.
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(16, 2, batch_first=True)
+    with torch.device("meta"):
+        split = SplitQKVAttention(nn.MultiheadAttention(16, 2, batch_first=True), trainable_k=trainable_k)
+    split.load_state_dict(reference.state_dict(), assign=True)
+
+    assert all(t.device.type == "cpu" for t in [*split.parameters(), *split.buffers()])
+    assert isinstance(split.q_weight, nn.Parameter) and split.q_weight.requires_grad
+    assert isinstance(split.k_weight, nn.Parameter) == trainable_k
+    assert ("k_weight" in dict(split.named_buffers())) == (not trainable_k)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        assert torch.allclose(split(x, x, x)[0], reference(x, x, x)[0], atol=1e-6)
+    for (key, ours), (ref_key, ref) in zip(split.state_dict().items(), reference.state_dict().items()):
+        assert key == ref_key and torch.equal(ours, ref)
+
+    bad = reference.state_dict()
+    bad["in_proj_bias"] = torch.zeros(8)
+    with pytest.raises(RuntimeError, match="size mismatch for in_proj_bias"):
+        split.load_state_dict(bad, assign=True)
+
+
 # ------------------------------------------------------------------------------------------------------- cache
 
 

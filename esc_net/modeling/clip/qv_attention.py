@@ -122,10 +122,7 @@ class SplitQKVAttention(nn.Module):
     ):
         for hook in self._load_state_dict_pre_hooks.values():
             hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if local_metadata.get("assign_to_params_buffers", False):
-            raise NotImplementedError(
-                f"{type(self).__name__} ({prefix!r}) does not support load_state_dict(assign=True); load with copying"
-            )
+        assign = local_metadata.get("assign_to_params_buffers", False)
         width = self.embed_dim
         for kind, shape in zip(_KINDS, ((3 * width, width), (3 * width,))):
             key = f"{prefix}in_proj_{kind}"
@@ -142,6 +139,9 @@ class SplitQKVAttention(nn.Module):
                     f"size mismatch for {key}: copying a param with shape {tuple(packed.shape)} from checkpoint, "
                     f"the shape in current model is {shape}."
                 )
+            elif assign:
+                for name, part in zip(_PROJECTIONS, packed.detach().chunk(3)):
+                    self._assign(f"{name}_{kind}", part)
             else:
                 with torch.no_grad():
                     for name, part in zip(_PROJECTIONS, packed.chunk(3)):
@@ -153,6 +153,15 @@ class SplitQKVAttention(nn.Module):
                     head = key[len(prefix) :].split(".", 1)[0]
                     if head not in own and head not in self._modules:
                         unexpected_keys.append(key)
+
+    def _assign(self, attr: str, tensor: Tensor) -> None:
+        """``load_state_dict(assign=True)`` for one projection: the module takes ``tensor`` itself (its device and
+        dtype, e.g. to materialise a model built on the meta device), as PyTorch does for ordinary parameters. A
+        parameter stays a parameter with its ``requires_grad``; a frozen k stays a buffer."""
+        current = getattr(self, attr)
+        if isinstance(current, nn.Parameter):
+            tensor = nn.Parameter(tensor, requires_grad=current.requires_grad)
+        setattr(self, attr, tensor)
 
 
 def split_qkv_attention(model: nn.Module, trainable_k: bool) -> List[SplitQKVAttention]:
