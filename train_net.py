@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 import esc_net
 from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
+from esc_net.modeling.sam_block import check_sam_source
 from esc_net.solver import build_optimizer
 from esc_net.utils.checkpoint import load_model_weights
 
@@ -35,6 +36,7 @@ class Trainer(DefaultTrainer):
     """Detectron2's trainer with ESC-Net's data mapper, optimizer, AMP precision and multi-benchmark evaluation."""
 
     def __init__(self, cfg):
+        check_sam_source(cfg)
         if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
             raise ValueError(
                 f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_PRECISIONS)}, got {cfg.SOLVER.AMP.PRECISION!r}"

@@ -37,8 +37,18 @@ def add_esc_net_config(cfg: CN) -> None:
     m.KMEANS_ITERS = 7
 
     # --- SAM block (segment_anything's PromptEncoder + TwoWayTransformer) -------------------------------------
-    # Path of an official SAM checkpoint (e.g. sam_vit_b_01ec64.pth); empty = random init with a warning.
+    # Path of an official SAM checkpoint (e.g. sam_vit_b_01ec64.pth). Training refuses to start without one (the
+    # paper's ablation shows that pre-trained SAM is essential) unless ALLOW_RANDOM_SAM is set or MODEL.WEIGHTS
+    # provides the SAM weights; inference takes them from MODEL.WEIGHTS and needs no SAM file.
     m.SAM_CHECKPOINT = ""
+    # Train with randomly initialised SAM blocks: the tiny test configs, and the "random SAM" ablation.
+    m.ALLOW_RANDOM_SAM = False
+    # Ablation: False drops the pseudo prompts and the SAM block; the VLF block is then guided by the plain CLIP
+    # features (the paper's "w/o SAM" row).
+    m.USE_SAM_BLOCK = True
+    # Ablation: what SAM is prompted with, a non-empty subset of "points", "boxes" (the box around the kept
+    # pixels) and "mask" (the filtered probability map). The paper's choice is points + mask; boxes hurt there.
+    m.PROMPT_TYPES = ["points", "mask"]
     m.SAM_EMBED_DIM = 256  # SAM ViT-B mask decoder sizes, so that its weights load
     m.SAM_DEPTH = 2
     m.SAM_MLP_DIM = 2048
@@ -73,6 +83,10 @@ def add_esc_net_config(cfg: CN) -> None:
     # view, sigmoid scores averaged; "whole": one global view.
     m.INFERENCE_MODE = "sliding"
     m.SLIDING_RESIZE = 640
+    # Window side in pixels of the resized image (0 = CLIP_IMAGE_SIZE). Every window is resized to the CLIP
+    # input, so the ViT-L/14 config (384 here) reads the same five views of a 640 image as ViT-B/16 at 384, the
+    # protocol of CAT-Seg's evaluation.
+    m.SLIDING_WINDOW = 0
     m.SLIDING_OVERLAP = 1.0 / 3.0
     # Classes refined per view at most (top-K by correlation); the others keep their plain CLIP correlation
     # score. 0 = no cap. Bounds memory for very large vocabularies such as A-847.
@@ -103,3 +117,4 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     # Pad training crops to this size with the ignore value (images smaller than the crop).
     cfg.INPUT.SIZE_DIVISIBILITY = 384
+

@@ -37,8 +37,9 @@ def check_invariants(prompts, corr, num_points, threshold_factor=1.0):
     assert prompts.points.shape == (M, K, 2) and prompts.points.dtype == torch.float32
     assert prompts.labels.shape == (M, K) and prompts.labels.dtype == torch.int64
     assert prompts.masks.shape == (M, 1, h, w) and prompts.masks.dtype == torch.float32
-    for t in prompts:
-        assert not t.requires_grad
+    assert not prompts.points.requires_grad and not prompts.labels.requires_grad
+    assert prompts.masks.requires_grad == corr.requires_grad
+    assert prompts.boxes is None
 
     points, labels = prompts.points, prompts.labels
     real = labels == 1
@@ -50,7 +51,7 @@ def check_invariants(prompts, corr, num_points, threshold_factor=1.0):
     x, y = points[..., 0].long(), points[..., 1].long()
     assert ((x >= 0) & (x < w) & (y >= 0) & (y < h)).all()
 
-    prob = corr.float().reshape(M, h * w).softmax(dim=1)
+    prob = corr.detach().float().reshape(M, h * w).softmax(dim=1)
     kept = prob > threshold_factor / (h * w)
     kept[torch.arange(M), prob.argmax(dim=1)] = True
     index = (y * w + x).clamp(max=h * w - 1)
@@ -66,7 +67,7 @@ def check_invariants(prompts, corr, num_points, threshold_factor=1.0):
     tie = (point_prob[:, :-1] == point_prob[:, 1:]) & real[:, 1:]
     assert (index[:, :-1] < index[:, 1:])[tie].all()
 
-    masks = prompts.masks.reshape(M, h * w)
+    masks = prompts.masks.detach().reshape(M, h * w)
     assert ((masks >= 0) & (masks <= 1)).all()
     assert (masks.amax(dim=1) == 1).all()
     assert (masks[~kept] == 0).all()
@@ -195,9 +196,9 @@ def test_maps_do_not_interfere_and_batching_does_not_change_results():
         3 * torch.randn(grid, generator=torch.Generator().manual_seed(1)),
     ]
     corr = torch.stack(maps).view(2, 3, *grid)
-    ppg = PseudoPromptGenerator(num_points=5)
+    check_invariants(PseudoPromptGenerator(num_points=5)(corr), corr, 5)
+    ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
     batched = ppg(corr)
-    check_invariants(batched, corr, 5)
     for i, m in enumerate(maps):
         alone = ppg(m[None, None])
         for got, want in zip(batched, alone):
@@ -216,7 +217,7 @@ def test_maps_do_not_interfere_and_batching_does_not_change_results():
 def test_deterministic():
     torch.manual_seed(3)
     corr = 3 * torch.randn(2, 200, 24, 24)
-    ppg = PseudoPromptGenerator(num_points=5)
+    ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
     first, second = ppg(corr), ppg(corr)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
@@ -227,10 +228,10 @@ def test_half_precision_input_is_processed_in_float32(dtype):
     torch.manual_seed(4)
     corr = (3 * torch.randn(2, 50, 12, 20)).to(dtype).requires_grad_()
     prompts = PseudoPromptGenerator(num_points=5)(corr)
-    check_invariants(prompts, corr.detach(), 5)
-    reference = PseudoPromptGenerator(num_points=5)(corr.detach().float())
-    for a, b in zip(prompts, reference):
-        assert torch.equal(a, b)
+    check_invariants(prompts, corr, 5)
+    ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
+    for a, b in zip(ppg(corr), ppg(corr.detach().float())):
+        assert torch.equal(a.detach(), b)
 
 
 def test_bad_input_raises_clear_errors():
@@ -259,10 +260,39 @@ def test_cuda_matches_cpu(dtype):
     ppg = PseudoPromptGenerator(num_points=5)
     cpu = ppg(corr)
     cuda = ppg(corr.cuda())
-    check_invariants(PseudoPrompts(*(t.cpu() for t in cuda)), corr, 5)
+    check_invariants(PseudoPrompts(*(t.cpu() for t in cuda[:3]), None), corr, 5)
     assert torch.equal(cuda.points.cpu(), cpu.points)
     assert torch.equal(cuda.labels.cpu(), cpu.labels)
     torch.testing.assert_close(cuda.masks.cpu(), cpu.masks, rtol=1e-5, atol=1e-6)
     again = ppg(corr.cuda())
-    for a, b in zip(cuda, again):
+    for a, b in zip(cuda[:3], again[:3]):
         assert torch.equal(a, b)
+
+
+def test_mask_carries_gradients_to_the_map_and_points_do_not_depend_on_autograd():
+    """The pseudo mask stays in the autograd graph (the paper trains end to end); points, labels and the kept set
+    are the same whether or not the input requires gradients."""
+    torch.manual_seed(0)
+    corr = (torch.randn(2, 3, 12, 12) * 2).requires_grad_(True)
+    ppg = PseudoPromptGenerator(num_points=4)
+    prompts = ppg(corr)
+    check_invariants(prompts, corr, 4)
+    weights = torch.randn(prompts.masks.shape, generator=torch.Generator().manual_seed(1))
+    (prompts.masks * weights).sum().backward()
+    grad = corr.grad.reshape(6, -1)
+    kept = prompts.masks.detach().reshape(6, -1) > 0
+    assert (grad.abs().sum(dim=1) > 0).all()  # every map gets a gradient ...
+    assert (grad[kept].abs() > 0).float().mean() > 0.9  # ... at (almost) every kept pixel
+    plain = ppg(corr.detach())
+    assert torch.equal(plain.points, prompts.points) and torch.equal(plain.labels, prompts.labels)
+    torch.testing.assert_close(plain.masks, prompts.masks.detach(), rtol=0, atol=0)
+
+
+def test_boxes_bound_the_kept_pixels():
+    corr = torch.full((1, 2, 10, 12), -5.0)
+    corr[0, 0, 2:5, 3:9] = 5.0  # rows 2-4, columns 3-8
+    corr[0, 1, 7, 1] = 5.0
+    corr[0, 1, 0, 10] = 5.0
+    prompts = PseudoPromptGenerator(num_points=3, with_boxes=True)(corr)
+    assert prompts.boxes.dtype == torch.float32
+    torch.testing.assert_close(prompts.boxes, torch.tensor([[3.0, 2.0, 8.0, 4.0], [1.0, 0.0, 10.0, 7.0]]))

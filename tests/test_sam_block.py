@@ -113,7 +113,7 @@ def test_official_checkpoint_loads_prompt_encoder_and_transformer(
     prompts = dict(points=(x["points"], x["labels"]), boxes=None, masks=block.mask_logits(x["masks"]))
     with torch.no_grad():
         assert not torch.allclose(block.prompt_encoder(**prompts)[0], reference_prompt_encoder(**prompts)[0])
-    proj_before = block.image_proj.weight.clone()
+    proj_before = block.image_proj[0].weight.clone()
 
     with caplog.at_level(logging.INFO, logger="esc_net.modeling.sam_block"):
         load_sam_weights(block, str(sam_checkpoint))
@@ -133,7 +133,7 @@ def test_official_checkpoint_loads_prompt_encoder_and_transformer(
         for ours, theirs in zip(block.transformer(image, pe, tokens), sam.mask_decoder.transformer(image, pe, tokens)):
             assert torch.equal(ours, theirs)
     # The new projections are not part of SAM and keep their initialisation.
-    assert torch.equal(block.image_proj.weight, proj_before)
+    assert torch.equal(block.image_proj[0].weight, proj_before)
 
 
 def test_grid_points_are_encoded_where_sam_encodes_the_cell_centre(sam, loaded_block):
@@ -149,19 +149,29 @@ def test_grid_points_are_encoded_where_sam_encodes_the_cell_centre(sam, loaded_b
     assert torch.equal(ours[1], theirs[1])
 
 
-def test_forward_is_sam_decoder_transformer_on_clip_features(sam, loaded_block, reference_prompt_encoder):
-    """End to end against segment_anything's modules, with the image embedding and PE repeated per class as SAM's
-    mask decoder does, and the pseudo mask given as logits of its bilinearly upsampled probabilities."""
+@pytest.mark.parametrize("types", [("points", "mask"), ("points",), ("mask",), ("points", "boxes")])
+def test_forward_is_sam_decoder_transformer_on_clip_features(sam, sam_checkpoint, reference_prompt_encoder, types):
+    """End to end against segment_anything's modules (the plain composition that the block computes faster):
+    the image embedding and PE repeated per class as SAM's mask decoder does, the pseudo mask given as logits of
+    its bilinearly upsampled probabilities, SAM's own TwoWayTransformer."""
+    torch.manual_seed(1)
+    block = SAMBlock(clip_dim=32, text_dim=16, grid_size=SAM_GRID, prompt_types=types).eval()
+    load_sam_weights(block, str(sam_checkpoint))
     B, N = 2, 3
     x = make_inputs(B, N, 32, 16, SAM_GRID)
+    x["boxes"] = torch.tensor([[1.0, 2.0, 9.0, 7.0], [0.0, 0.0, 23.0, 23.0], [5.0, 5.0, 6.0, 8.0]]).repeat(B, 1)
     with torch.no_grad():
-        out = loaded_block(**x)
+        out = block(**x)
 
         mask_logits = torch.logit(F.interpolate(x["masks"], size=(96, 96), mode="bilinear"), eps=1e-4)
-        sparse, dense = reference_prompt_encoder(points=(x["points"], x["labels"]), boxes=None, masks=mask_logits)
-        image = torch.repeat_interleave(loaded_block.image_proj(x["image_feats"]), N, dim=0) + dense
+        sparse, dense = reference_prompt_encoder(
+            points=(x["points"], x["labels"]) if "points" in types else None,
+            boxes=x["boxes"] if "boxes" in types else None,
+            masks=mask_logits if "mask" in types else None,
+        )
+        image = torch.repeat_interleave(block.image_proj(x["image_feats"]), N, dim=0) + dense
         pe = torch.repeat_interleave(reference_prompt_encoder.get_dense_pe(), B * N, dim=0)
-        tokens = torch.cat([loaded_block.text_proj(x["text_embeds"]).reshape(B * N, 1, 256), sparse], dim=1)
+        tokens = torch.cat([block.text_proj(x["text_embeds"]).reshape(B * N, 1, 256), sparse.expand(B * N, -1, -1)], 1)
         _, keys = sam.mask_decoder.transformer(image, pe, tokens)
         expected = keys.permute(0, 2, 1).reshape(B * N, 256, 24, 24)
     assert out.shape == (B * N, 256, 24, 24)
@@ -246,3 +256,47 @@ def test_gradients_reach_every_trainable_part():
     )
     for name in ("image_feats", "text_embeds", "masks"):
         assert x[name].grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("feature_scale", [0.05, 1.0, 20.0])
+def test_inputs_to_sams_transformer_have_sams_scale_at_initialisation(loaded_block, feature_scale):
+    """With an official-format SAM checkpoint and freshly initialised projections, the image embedding and the
+    text token enter SAM's two-way transformer at the scale of what SAM feeds it: its image encoder ends in a
+    LayerNorm2d (RMS 1 against 0.71 for the dense positional encoding) and its point tokens have an RMS of about
+    1.2. Whatever the scale of the CLIP features and text embeddings."""
+    def rms(t):
+        return t.pow(2).mean().sqrt().item()
+
+    x = make_inputs(2, 3, 32, 16, SAM_GRID)
+    with torch.no_grad():
+        image = loaded_block.image_proj(x["image_feats"] * feature_scale)
+        dense_pe = loaded_block.prompt_encoder.get_dense_pe()
+        text = loaded_block.text_proj(torch.nn.functional.normalize(x["text_embeds"], dim=-1) * feature_scale)
+        sparse, _ = loaded_block.prompt_encoder(points=(x["points"], x["labels"]), boxes=None, masks=None)
+        point_tokens = sparse[:, :-1][x["labels"] == 1]  # the real points (the last one of each class pads)
+    assert 1.2 <= rms(image) / rms(dense_pe) <= 1.6
+    assert 0.6 <= rms(text) / rms(point_tokens) <= 1.2
+
+
+@pytest.mark.parametrize(
+    "types, reads",
+    [(("points", "mask"), {"points", "masks"}), (("points",), {"points"}), (("mask",), {"masks"}),
+     (("boxes",), {"boxes"})],
+)
+def test_prompt_types_decide_what_the_block_reads(types, reads):
+    """Each prompt kind changes the output exactly when it is among the block's prompt types."""
+    torch.manual_seed(0)
+    block = SAMBlock(grid_size=(6, 8), prompt_types=types, **SMALL).eval()
+    x = make_inputs(1, 2, SMALL["clip_dim"], SMALL["text_dim"], (6, 8))
+    x["boxes"] = torch.tensor([[0.0, 0.0, 3.0, 2.0], [1.0, 1.0, 7.0, 5.0]])
+    with torch.no_grad():
+        base = block(**x)
+        changed = {
+            "points": dict(x, points=x["points"].flip(0)),
+            "masks": dict(x, masks=x["masks"].flip(0)),
+            "boxes": dict(x, boxes=x["boxes"].flip(0)),
+        }
+        for name, inputs in changed.items():
+            assert (not torch.allclose(block(**inputs), base)) == (name in reads), name
+    with pytest.raises(ValueError, match="got no"):
+        block(**dict(x, **{name: None for name in reads}))

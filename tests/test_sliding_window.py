@@ -1,6 +1,7 @@
 """Sliding-window layout and merging."""
 import pytest
 import torch
+from torch.nn import functional as F
 
 from esc_net.modeling.sliding_window import SlidingWindow, window_starts
 
@@ -14,8 +15,8 @@ def test_window_starts_cover_the_image_with_the_requested_overlap():
     assert all(b - a <= 384 * 2 / 3 for a, b in zip(starts, starts[1:]))
 
 
-def test_vitl_layout_lands_on_output_cells():
-    """A 336 window with 96x96 scores (ViT-L/14): cells of 7 input pixels = 2 output cells; size rounds up."""
+def test_layout_lands_on_output_cells_for_other_window_sizes():
+    """A 336 window with 96x96 scores: cells of 7 input pixels = 2 output cells; the size rounds up."""
     sw = SlidingWindow(640, 336, 96, 1 / 3)
     assert sw.size == 644 and sw.size % 7 == 0
     assert all(y % 7 == 0 and x % 7 == 0 for y, x in sw.offsets)
@@ -48,3 +49,25 @@ def test_views_and_merge():
     assert merged[159, 159] == pytest.approx(0.5)  # only window 3 covers this corner
     assert merged[0, 0] == 0.0
     assert merged[80, 80] == pytest.approx(0.5 / 4)  # all four windows overlap in the centre
+
+
+def test_vitl_config_uses_the_vitb_protocol():
+    """ViT-L/14 at 336 evaluates the same five 384 windows of a 640 image as ViT-B/16 (and CAT-Seg), each resized
+    to the CLIP input, rather than ten 336 crops of a 644 image."""
+    from detectron2.config import get_cfg
+
+    import esc_net
+    from conftest import REPO_ROOT
+
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    cfg.merge_from_file(f"{REPO_ROOT}/configs/esc_net_vitl_336.yaml")
+    m = cfg.MODEL.ESC_NET
+    sw = SlidingWindow(m.SLIDING_RESIZE, m.SLIDING_WINDOW, 96, m.SLIDING_OVERLAP, view_size=m.CLIP_IMAGE_SIZE)
+    assert (sw.size, sw.window, sw.num_views) == (640, 384, 5)
+    images = torch.rand(1, 3, 640, 640)
+    views = sw.views(images)
+    assert views.shape == (5, 3, 336, 336)
+    expected = F.interpolate(images[:, :, 256:640, 0:384], size=(336, 336), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(views[2:3], expected)
+    assert sw.merge(torch.rand(5, 2, 96, 96)).shape == (1, 2, 160, 160)

@@ -143,3 +143,16 @@ def test_unknown_amp_precision_is_refused(datasets, tmp_path):
             "SOLVER.AMP.PRECISION", "float8"]
     with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION must be one of"):
         train_net.Trainer(train_net.setup(_args(opts)))
+
+
+def test_training_without_sam_weights_is_refused_unless_asked_for(datasets, tmp_path):
+    """Training from random SAM weights needs an explicit opt-out; evaluation from MODEL.WEIGHTS needs no SAM file."""
+    train, test = datasets
+    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
+            "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "False"]
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.SAM_CHECKPOINT.*sam_vit_b_01ec64\.pth.*ALLOW_RANDOM_SAM"):
+        train_net.Trainer(train_net.setup(_args(opts)))
+    assert not os.path.exists(os.path.join(tmp_path, "last_checkpoint"))
+    # the same config evaluates (and builds) without a SAM file: the weights would come from MODEL.WEIGHTS
+    model = train_net.Trainer.build_model(train_net.setup(_args(opts)))
+    assert all(block.sam is not None for block in model.blocks)

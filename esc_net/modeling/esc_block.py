@@ -3,7 +3,7 @@
 Notation: B images, N classes, h x w the CLIP grid, D the CLIP joint-embedding width, C the correlation-embedding
 width (``HIDDEN_DIM``), S the SAM transformer width.
 """
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +24,13 @@ class ESCBlock(nn.Module):
        a conv of F_v (once per image) and a conv of (F_v^n)' (per class), which is the same function without
        materialising N copies of the D-channel CLIP features.
     4. The VLF block refines the correlation embedding with F_v'^n (image guidance) and the text embeddings
-       (text guidance); a 1x1 conv reads the refined correlation map that the next block's prompts come from.
+       (text guidance); a 1x1 conv (``corr_head``) reads the refined correlation map that the next block's prompts
+       come from.
+
+    Ablation switches: ``use_sam=False`` skips steps 1-2 and guides the VLF block with the plain CLIP features
+    (F_v'^n = conv1x1(F_v) for every class); ``prompt_types`` chooses SAM's prompts (see :class:`SAMBlock`).
+    ``map_head=False`` builds no ``corr_head``: the last block's map is only needed for deep supervision, and a
+    head that nothing reads would get no gradient.
     """
 
     def __init__(
@@ -43,21 +49,29 @@ class ESCBlock(nn.Module):
         num_heads: int,
         window_size: int,
         text_guidance_dim: int,
+        use_sam: bool = True,
+        prompt_types: Sequence[str] = ("points", "mask"),
+        map_head: bool = True,
     ):
         super().__init__()
         self.hidden_dim = hidden_dim
-        self.prompt_generator = PseudoPromptGenerator(num_points, threshold_factor, kmeans_iters)
-        self.sam = SAMBlock(
-            clip_dim=clip_dim,
-            text_dim=clip_dim,
-            grid_size=grid_size,
-            embed_dim=sam_embed_dim,
-            depth=sam_depth,
-            mlp_dim=sam_mlp_dim,
-            num_heads=sam_num_heads,
-        )
+        self.use_sam = use_sam
+        if use_sam:
+            self.prompt_generator = PseudoPromptGenerator(
+                num_points, threshold_factor, kmeans_iters, with_boxes="boxes" in prompt_types
+            )
+            self.sam = SAMBlock(
+                clip_dim=clip_dim,
+                text_dim=clip_dim,
+                grid_size=grid_size,
+                embed_dim=sam_embed_dim,
+                depth=sam_depth,
+                mlp_dim=sam_mlp_dim,
+                num_heads=sam_num_heads,
+                prompt_types=prompt_types,
+            )
+            self.merge_sam = nn.Conv2d(sam_embed_dim, hidden_dim, kernel_size=1, bias=False)
         self.merge_clip = nn.Conv2d(clip_dim, hidden_dim, kernel_size=1)
-        self.merge_sam = nn.Conv2d(sam_embed_dim, hidden_dim, kernel_size=1, bias=False)
         self.vlf = VisionLanguageFusion(
             hidden_dim=hidden_dim,
             guidance_dim=hidden_dim,
@@ -67,26 +81,34 @@ class ESCBlock(nn.Module):
             window_size=window_size,
             text_guidance_dim=text_guidance_dim,
         )
-        self.corr_head = nn.Conv2d(hidden_dim, 1, kernel_size=1)
+        self.corr_head = nn.Conv2d(hidden_dim, 1, kernel_size=1) if map_head else None
 
     def forward(
-        self, corr_embed: torch.Tensor, corr_map: torch.Tensor, image_feats: torch.Tensor, text: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self,
+        corr_embed: torch.Tensor,
+        corr_map: Optional[torch.Tensor],
+        image_feats: torch.Tensor,
+        text: torch.Tensor,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
             corr_embed: [B, N, C, h, w] correlation embedding.
-            corr_map: [B, N, h, w] the current correlation (logit) map the pseudo prompts are drawn from.
+            corr_map: [B, N, h, w] the current correlation (logit) map the pseudo prompts are drawn from (unused,
+                and may be None, without the SAM block).
             image_feats: [B, D, h, w] dense CLIP features F_v.
             text: [B, N, D] class text embeddings.
 
         Returns:
             corr_embed: [B, N, C, h, w] refined correlation embedding.
-            corr_map: [B, N, h, w] refined correlation map.
+            corr_map: [B, N, h, w] refined correlation map, or None for a block built without ``map_head``.
         """
         B, N, C, h, w = corr_embed.shape
-        prompts = self.prompt_generator(corr_map)
-        sam_feats = self.sam(image_feats, text, prompts.points, prompts.labels, prompts.masks)  # [B*N, S, h, w]
-        guidance = self.merge_sam(sam_feats).view(B, N, C, h, w) + self.merge_clip(image_feats).unsqueeze(1)
-        corr_embed = self.vlf(corr_embed, F.gelu(guidance), text)
-        corr_map = self.corr_head(corr_embed.flatten(0, 1)).view(B, N, h, w)
-        return corr_embed, corr_map
+        guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w], shared by the classes
+        if self.use_sam:
+            prompts = self.prompt_generator(corr_map)
+            sam_feats = self.sam(image_feats, text, prompts.points, prompts.labels, prompts.masks, prompts.boxes)
+            guidance = guidance + self.merge_sam(sam_feats).view(B, N, C, h, w)  # [B*N, S, h, w] -> [B, N, C, h, w]
+        corr_embed = self.vlf(corr_embed, F.gelu(guidance).expand(B, N, C, h, w), text)
+        if self.corr_head is None:
+            return corr_embed, None
+        return corr_embed, self.corr_head(corr_embed.flatten(0, 1)).view(B, N, h, w)

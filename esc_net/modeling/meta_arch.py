@@ -75,6 +75,7 @@ class ESCNet(nn.Module):
         max_classes_per_view: int = 0,
         view_classes_per_pass: int = 0,
         activation_checkpointing: bool = False,
+        sliding_window: int = 0,
     ):
         """
         Args:
@@ -97,6 +98,9 @@ class ESCNet(nn.Module):
                 inference memory without changing the scores. 0 = one pass.
             activation_checkpointing: in training, recompute the blocks' and the decoder's activations in the
                 backward pass instead of storing them.
+            sliding_window: side of the sliding windows in pixels of the resized image (0: the CLIP input size).
+                Each window is resized to the CLIP input size, so a ViT-L/14 at 336 reads the same 384 windows
+                of a 640 image as a ViT-B/16 at 384.
         """
         super().__init__()
         if inference_mode not in ("sliding", "whole"):
@@ -106,6 +110,17 @@ class ESCNet(nn.Module):
         self.decoder = decoder
         # The first correlation embedding: a 7x7 conv gives each class's map local context before the blocks.
         self.corr_embed = nn.Conv2d(1, blocks[0].hidden_dim, kernel_size=7, padding=3)
+        # Block 1 draws its pseudo prompts from raw CLIP cosines (about 0.1-0.35). Their temperature-1 spatial
+        # softmax is almost uniform (max/min probability about 1.2 on a 24x24 map), so the "above uniform"
+        # threshold kept half the image for every class, present or not. CLIP itself turns cosines into logits
+        # with its logit scale (100 for OpenAI CLIP); block 1 does the same with a learnt scale that starts there
+        # (log-parametrised, so it stays positive). Later blocks read their own learnt logit maps.
+        if blocks[0].use_sam:
+            self.prompt_logit_scale = nn.Parameter(clip.clip.logit_scale.detach().clone().float())
+            # Only the (differentiable) pseudo mask carries a gradient back to the map the prompts come from.
+            self.prompt_logit_scale.requires_grad_("mask" in blocks[0].sam.prompt_types)
+        else:
+            self.prompt_logit_scale = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
         self.train_vocabulary = list(train_vocabulary) if train_vocabulary else None
@@ -120,11 +135,19 @@ class ESCNet(nn.Module):
         image_size = clip.grid_size[0] * clip.patch_size
         out_size = clip.grid_size[0] * decoder.upscale
         self.image_size = image_size
-        self.sliding_window = SlidingWindow(sliding_resize, image_size, out_size, sliding_overlap)
+        self.sliding_window = SlidingWindow(
+            sliding_resize, sliding_window or image_size, out_size, sliding_overlap, view_size=image_size
+        )
 
     @classmethod
     def from_config(cls, cfg):
         m = cfg.MODEL.ESC_NET
+        if m.USE_SAM_BLOCK and "mask" not in m.PROMPT_TYPES and m.NUM_BLOCKS > 1 and m.BLOCK_LOSS_WEIGHT <= 0:
+            raise ValueError(
+                f"MODEL.ESC_NET.PROMPT_TYPES {list(m.PROMPT_TYPES)} without 'mask' needs "
+                "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and boxes are not differentiable, so only deep "
+                "supervision can train the map heads that later blocks draw their prompts from"
+            )
         clip = CLIPEncoder(
             model_name=m.CLIP_MODEL_NAME,
             pretrained=m.CLIP_PRETRAINED,
@@ -150,17 +173,21 @@ class ESCNet(nn.Module):
                 num_heads=m.NUM_HEADS,
                 window_size=m.WINDOW_SIZE,
                 text_guidance_dim=m.TEXT_GUIDANCE_DIM,
+                use_sam=m.USE_SAM_BLOCK,
+                prompt_types=m.PROMPT_TYPES,
+                # A block's refined map is read by the next block's prompt generator and by deep supervision.
+                map_head=m.BLOCK_LOSS_WEIGHT > 0 or (m.USE_SAM_BLOCK and i < m.NUM_BLOCKS - 1),
             )
-            for _ in range(m.NUM_BLOCKS)
+            for i in range(m.NUM_BLOCKS)
         ]
-        if m.SAM_CHECKPOINT:
+        if m.USE_SAM_BLOCK and m.SAM_CHECKPOINT:
             sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
             for block in blocks:
                 load_sam_state(block.sam, sam_state, m.SAM_CHECKPOINT)
-        else:
-            logger.warning(
-                "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM prompt encoders and transformers start from "
-                "random weights (give the official sam_vit_b_01ec64.pth to start from SAM)"
+        elif m.USE_SAM_BLOCK and not m.ALLOW_RANDOM_SAM:
+            logger.info(
+                "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM blocks keep random weights unless MODEL.WEIGHTS "
+                "provides them (training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
             )
         decoder = CorrelationDecoder(m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS)
         return {
@@ -180,6 +207,7 @@ class ESCNet(nn.Module):
             "max_classes_per_view": m.MAX_CLASSES_PER_VIEW,
             "view_classes_per_pass": m.VIEW_CLASSES_PER_PASS,
             "activation_checkpointing": m.ACTIVATION_CHECKPOINTING,
+            "sliding_window": m.SLIDING_WINDOW,
         }
 
     @property
@@ -290,16 +318,25 @@ class ESCNet(nn.Module):
             text: [B, N, D].
         Returns:
             logits: [B, N, 4h, 4w] (the decoder's upscale).
-            block_maps: every block's refined correlation map, [B, N, h, w] each.
+            block_maps: the refined correlation map of every block that has a map head, [B, N, h, w] each (all
+                blocks when deep supervision is on).
         """
         B, N, h, w = corr.shape
         corr_embed = self.corr_embed(corr.reshape(B * N, 1, h, w)).view(B, N, -1, h, w)
-        corr_map = corr
+        corr_map = self.first_prompt_map(corr)
         block_maps = []
         for block in self.blocks:
             corr_embed, corr_map = self._run(block, corr_embed, corr_map, dense, text)
-            block_maps.append(corr_map)
+            if corr_map is not None:
+                block_maps.append(corr_map)
         return self._run(self.decoder, corr_embed, skips), block_maps
+
+    def first_prompt_map(self, corr: torch.Tensor) -> Optional[torch.Tensor]:
+        """The logit map block 1 draws its pseudo prompts from: the CLIP cosines [B, N, h, w] times the learnt
+        logit scale (None without SAM blocks, which need no prompts)."""
+        if self.prompt_logit_scale is None:
+            return None
+        return corr * self.prompt_logit_scale.exp()
 
     def _run(self, module: nn.Module, *args):
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():

@@ -13,7 +13,7 @@ from torch import nn
 
 
 class PseudoPrompts(NamedTuple):
-    """SAM prompts for every class map of a batch.
+    """SAM prompts for every class map of a batch. Only ``masks`` carries gradients.
 
     Attributes:
         points: [B*N, K, 2] float32. (x, y) = (column, row) index of a grid cell, integer-valued. SAM's
@@ -22,12 +22,16 @@ class PseudoPrompts(NamedTuple):
             the map's global argmax); padding entries are (0, 0).
         labels: [B*N, K] int64. 1 for a pseudo point, -1 for padding (SAM's "not a point" label).
         masks: [B*N, 1, h, w] float32 in [0, 1]. The filtered probability map, divided by its maximum so that the
-            peak is exactly 1; zero outside the kept pixels.
+            peak is exactly 1; zero outside the kept pixels. Differentiable with respect to the input map.
+        boxes: [B*N, 4] float32 (x0, y0, x1, y1): the grid cells at the corners of the kept region's bounding box,
+            in the same cell-index convention as ``points``; None unless the generator was built ``with_boxes``
+            (the box-prompt ablation).
     """
 
     points: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor
+    boxes: torch.Tensor
 
 
 class PseudoPromptGenerator(nn.Module):
@@ -35,17 +39,21 @@ class PseudoPromptGenerator(nn.Module):
 
     For every class map independently:
 
-    1. ``p = softmax`` over the h*w positions of the map (temperature 1 on the given values).
+    1. ``p = softmax`` over the h*w positions of the map, on the values as given: the caller chooses the
+       temperature (ESC-Net scales block 1's raw CLIP cosines by a learnt logit scale; see ``ESCNet``).
     2. Kept pixels: ``p > threshold_factor / (h*w)``; with the default factor 1 these are the pixels above the
        uniform distribution. A map with no kept pixel (e.g. a perfectly uniform one) keeps its single most
        probable pixel instead, so it yields one real point there, padding for the rest, and a mask that is 1 at
        that pixel and 0 elsewhere.
     3. K-means with K = ``num_points`` on the (x, y) coordinates of the kept pixels:
 
-       - initialisation by farthest-point sampling among the kept pixels, starting at the most probable pixel:
-         each next centre is the kept pixel farthest from the centres chosen so far. Separated blobs therefore
-         get separate centres, and the result needs no random seed. A map with fewer than K kept pixels gets one
-         centre per kept pixel and K - (number of kept pixels) inactive clusters.
+       - initialisation by probability-weighted farthest-point sampling among the kept pixels, starting at the
+         most probable pixel: each next centre is the kept pixel with the largest p x (squared distance to the
+         nearest centre chosen so far). Separated blobs therefore get separate centres, while an isolated pixel
+         that only just passed the threshold (CLIP's cosines are noisy) does not win over a confident part of the
+         object: plain farthest-point sampling made such stray pixels clusters of their own and put points on
+         them. The result needs no random seed. A map with fewer than K kept pixels gets one centre per kept pixel
+         and K - (number of kept pixels) inactive clusters.
        - ``kmeans_iters`` Lloyd iterations (assign each kept pixel to its nearest active centre, move each centre
          to the mean of its pixels; a centre that lost all its pixels stays where it was). The means are not
          weighted by p: every sum is then a sum of integers, computed exactly, so the clustering of a map is
@@ -59,17 +67,22 @@ class PseudoPromptGenerator(nn.Module):
     5. The mask is ``p * (pixel belongs to a cluster)`` divided by its maximum. The clusters together cover exactly
        the kept pixels, so this is p restricted to the kept pixels, normalised to a peak of 1.
 
-    The forward pass runs without autograd (the outputs are detached prompts), computes in float32 whatever the
-    input dtype (float16 and bfloat16 included), and gives bit-identical outputs for identical inputs on a given
-    device. Memory is O(B*N*h*w*K).
+    Points, labels, boxes and the choice of kept pixels are discrete and carry no gradient. The mask is the
+    filtered probability map and stays in the autograd graph: the loss reaches the map the prompts are drawn from
+    (the previous block's correlation head, and block 1's temperature) through it, as the paper trains end to
+    end. Everything is computed in float32 whatever the input dtype (float16 and bfloat16 included), and outputs
+    are bit-identical for identical inputs on a given device. Memory is O(B*N*h*w*K).
 
     Args:
         num_points: K = N_o, the number of pseudo points (and K-means clusters) per class map.
         threshold_factor: pixels with probability above ``threshold_factor / (h*w)`` are kept.
         kmeans_iters: number of Lloyd iterations after the initialisation.
+        with_boxes: also return the bounding box of every map's kept pixels.
     """
 
-    def __init__(self, num_points: int = 5, threshold_factor: float = 1.0, kmeans_iters: int = 7):
+    def __init__(
+        self, num_points: int = 5, threshold_factor: float = 1.0, kmeans_iters: int = 7, with_boxes: bool = False
+    ):
         super().__init__()
         if num_points < 1:
             raise ValueError(f"PseudoPromptGenerator: num_points must be >= 1, got {num_points}")
@@ -80,21 +93,21 @@ class PseudoPromptGenerator(nn.Module):
         self.num_points = int(num_points)
         self.threshold_factor = float(threshold_factor)
         self.kmeans_iters = int(kmeans_iters)
+        self.with_boxes = bool(with_boxes)
 
     def extra_repr(self) -> str:
         return (
             f"num_points={self.num_points}, threshold_factor={self.threshold_factor}, "
-            f"kmeans_iters={self.kmeans_iters}"
+            f"kmeans_iters={self.kmeans_iters}, with_boxes={self.with_boxes}"
         )
 
-    @torch.no_grad()
     def forward(self, corr: torch.Tensor) -> PseudoPrompts:
         """
         Args:
             corr: [B, N, h, w] correlation (or logit) maps, any floating dtype.
 
         Returns:
-            PseudoPrompts with points [B*N, K, 2], labels [B*N, K] and masks [B*N, 1, h, w].
+            PseudoPrompts with points [B*N, K, 2], labels [B*N, K], masks [B*N, 1, h, w] and boxes [B*N, 4] (or None).
         """
         if corr.dim() != 4 or not corr.is_floating_point():
             raise ValueError(
@@ -105,7 +118,23 @@ class PseudoPromptGenerator(nn.Module):
         if h == 0 or w == 0:
             raise ValueError(f"PseudoPromptGenerator: empty grid in correlation map of shape {tuple(corr.shape)}")
         num_pixels = h * w
-        prob = corr.detach().reshape(B * N, num_pixels).float().softmax(dim=1)  # [M, P]
+        prob = corr.reshape(B * N, num_pixels).float().softmax(dim=1)  # [M, P]
+        with torch.no_grad():
+            points, labels, kept, boxes = self._discrete_prompts(prob.detach(), (h, w))
+        masks = prob * kept
+        masks = masks / masks.amax(dim=1, keepdim=True)  # the peak (kept, > 0) divides itself: exactly 1
+        return PseudoPrompts(points, labels, masks.view(B * N, 1, h, w), boxes)
+
+    def _discrete_prompts(self, prob: torch.Tensor, grid: Tuple[int, int]):
+        """Kept pixels, K-means points and the kept region's box of every map.
+
+        Args:
+            prob: [M, P] spatial probabilities; grid: (h, w).
+        Returns:
+            points [M, K, 2] float32, labels [M, K] int64, kept [M, P] bool, boxes [M, 4] float32 or None.
+        """
+        h, w = grid
+        num_pixels = h * w
         top = prob.argmax(dim=1)  # [M], first index among ties
 
         kept = prob > self.threshold_factor / num_pixels  # [M, P]
@@ -114,24 +143,30 @@ class PseudoPromptGenerator(nn.Module):
         kept.scatter_(1, top[:, None], True)
 
         # (x, y) = (column, row) of every grid position in raster order: [P, 2] int64.
-        pos = torch.arange(num_pixels, device=corr.device)
+        pos = torch.arange(num_pixels, device=prob.device)
         coords = torch.stack((pos % w, pos // w), dim=1)
 
-        centres = self._farthest_point_init(coords, kept, top, (h, w))
-        assign = self._kmeans(coords, kept, centres, (h, w))
+        centres = self._farthest_point_init(coords, prob, kept, top, grid)
+        assign = self._kmeans(coords, kept, centres, grid)
         points, labels = self._cluster_peaks(coords, prob, kept, assign)
-
-        masks = prob * kept
-        masks = masks / masks.amax(dim=1, keepdim=True)  # the peak (kept, > 0) divides itself: exactly 1
-        return PseudoPrompts(points, labels, masks.view(B * N, 1, h, w))
+        if not self.with_boxes:
+            return points, labels, kept, None
+        # Bounding box of the kept pixels: the smallest and largest kept column and row.
+        big = torch.iinfo(coords.dtype).max
+        kept_xy = coords.expand(len(kept), -1, -1)
+        low = torch.where(kept[..., None], kept_xy, big).amin(dim=1)
+        high = torch.where(kept[..., None], kept_xy, -1).amax(dim=1)
+        boxes = torch.cat((low, high), dim=1).float()
+        return points, labels, kept, boxes
 
     def _farthest_point_init(
-        self, coords: torch.Tensor, kept: torch.Tensor, top: torch.Tensor, grid: Tuple[int, int]
+        self, coords: torch.Tensor, prob: torch.Tensor, kept: torch.Tensor, top: torch.Tensor, grid: Tuple[int, int]
     ) -> torch.Tensor:
-        """Farthest-point sampling among the kept pixels, starting at the most probable one.
+        """Probability-weighted farthest-point sampling among the kept pixels, starting at the most probable one.
 
         Args:
             coords: [P, 2] int64 pixel coordinates.
+            prob: [M, P] float32 probabilities.
             kept: [M, P] bool, at least one kept pixel per map.
             top: [M] index of the most probable pixel (kept).
             grid: (h, w).
@@ -148,9 +183,9 @@ class PseudoPromptGenerator(nn.Module):
         min_dist = _squared_distance(coords[top, None], grid)[:, 0]  # [M, P]
         outside = ~kept
         for _ in range(self.num_points - 1):
-            far_dist, far = min_dist.masked_fill(outside, -1).max(dim=1)
+            far = (min_dist * prob).masked_fill(outside, -1).max(dim=1).indices
             # Distance 0 means every kept pixel already is a centre: the map has fewer kept pixels than K.
-            inactive.append(far_dist == 0)
+            inactive.append(min_dist.gather(1, far[:, None])[:, 0] == 0)
             chosen.append(far)
             min_dist = torch.minimum(min_dist, _squared_distance(coords[far, None], grid)[:, 0])
         centres = coords[torch.stack(chosen, dim=1)]

@@ -12,10 +12,11 @@ deserves a warning.
 """
 import logging
 import os
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,6 +29,9 @@ MASK_LOGIT_EPS = 1e-4
 # Official SAM state-dict prefix -> attribute of SAMBlock that takes those weights.
 SAM_CHECKPOINT_PARTS = {"prompt_encoder.": "prompt_encoder", "mask_decoder.transformer.": "transformer"}
 
+# Prompt kinds the SAM block can be given (the paper's ablation axis; points + mask is its choice).
+PROMPT_TYPES = ("points", "boxes", "mask")
+
 SAM_CHECKPOINT_SOURCE = (
     "the official SAM ViT-B checkpoint is sam_vit_b_01ec64.pth from "
     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth "
@@ -39,18 +43,30 @@ class SAMBlock(nn.Module):
     """Class-specific refinement of CLIP image features with SAM's prompt encoder and two-way transformer.
 
     Per class, SAM's image embedding is ``image_proj(F_v)`` plus the dense embedding of the class's pseudo mask;
-    the prompt tokens are the class's text embedding (projected to E) followed by SAM's point tokens. The
-    transformer's refined image tokens ("keys") are the output.
+    the prompt tokens are the class's text embedding (projected to E) followed by SAM's sparse tokens (points
+    and/or box corners). The transformer's refined image tokens ("keys") are the output.
+
+    Both projections end in a LayerNorm, so that what enters SAM's pre-trained transformer has the scale it was
+    trained on: SAM's image encoder ends in a LayerNorm2d (unit RMS per position, against 0.71 for its dense
+    positional encoding), and its point tokens have an RMS of about 1.2 (a unit-variance learnt embedding plus the
+    positional encoding). Without the norms a freshly initialised 1x1 conv of CLIP features has an RMS of about
+    0.26 and a projected CLIP text embedding (a unit vector) about 0.04: the pre-trained attention would see
+    nearly nothing but positional encodings.
 
     SAM's point and dense positional encodings are built for the h x w grid: a point (x, y) is a grid cell index
     and is encoded at the centre of that cell, the same place SAM encodes the pixel at the centre of that cell in
     its own 1024 x 1024 input. The pseudo mask is given to SAM's mask encoder at its input size 4h x 4w.
 
+    ``prompt_types`` chooses what SAM is prompted with (any non-empty subset of :data:`PROMPT_TYPES`): the pseudo
+    points, the box around the kept region, the pseudo mask. Without a mask SAM's learnt "no mask" embedding is
+    the dense prompt, as in SAM itself.
+
     Parameters that cannot influence the output are frozen (``requires_grad=False``) so that the optimizer skips
     them and DistributedDataParallel never waits for their gradients: the transformer's final token-to-image
-    attention and its norm (they only update the tokens, which are discarded), the negative-point and box-corner
-    embeddings (pseudo prompts are positive points only, never boxes) and the "no mask" embedding (a mask is always
-    given). They keep the values loaded from SAM.
+    attention and its norm (they only update the tokens, which are discarded), the negative-point embedding
+    (pseudo points are positive), the embeddings of the prompt kinds not in ``prompt_types``, and, with a mask as
+    the only prompt, the query and key projections of the attentions over the single (text) token. They keep the
+    values loaded from SAM.
     """
 
     def __init__(
@@ -62,6 +78,7 @@ class SAMBlock(nn.Module):
         depth: int = 2,
         mlp_dim: int = 2048,
         num_heads: int = 8,
+        prompt_types: Sequence[str] = ("points", "mask"),
     ):
         """
         Args:
@@ -70,8 +87,10 @@ class SAMBlock(nn.Module):
             grid_size: (h, w) of the CLIP feature grid.
             embed_dim, depth, mlp_dim, num_heads: SAM's mask-decoder transformer sizes (256, 2, 2048, 8 for the
                 official checkpoints, which all share the same decoder).
+            prompt_types: the prompt kinds to use, a non-empty subset of :data:`PROMPT_TYPES`.
         """
         super().__init__()
+        self.prompt_types = check_prompt_types(prompt_types)
         self.grid_size = tuple(grid_size)
         self.prompt_encoder = PromptEncoder(
             embed_dim=embed_dim,
@@ -82,26 +101,37 @@ class SAMBlock(nn.Module):
         self.transformer = TwoWayTransformer(
             depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim
         )
-        self.image_proj = nn.Conv2d(clip_dim, embed_dim, kernel_size=1)
-        self.text_proj = nn.Linear(text_dim, embed_dim)
+        self.image_proj = nn.Sequential(nn.Conv2d(clip_dim, embed_dim, kernel_size=1), LayerNorm2d(embed_dim))
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.LayerNorm(embed_dim))
 
-        for unused in (
-            self.transformer.final_attn_token_to_image,
-            self.transformer.norm_final_attn,
-            self.prompt_encoder.point_embeddings[0],
-            self.prompt_encoder.point_embeddings[2],
-            self.prompt_encoder.point_embeddings[3],
-            self.prompt_encoder.no_mask_embed,
-        ):
-            unused.requires_grad_(False)
+        encoder = self.prompt_encoder
+        unused = [self.transformer.final_attn_token_to_image, self.transformer.norm_final_attn]
+        unused.append(encoder.point_embeddings[0])  # negative points
+        if "points" not in self.prompt_types:
+            unused += [encoder.point_embeddings[1], encoder.not_a_point_embed]
+        if "boxes" not in self.prompt_types:
+            unused += [encoder.point_embeddings[2], encoder.point_embeddings[3]]
+        if "mask" in self.prompt_types:
+            unused.append(encoder.no_mask_embed)
+        else:
+            unused.append(encoder.mask_downscaling)
+        if self.prompt_types == ("mask",):
+            # The text embedding is then the only token, and attention over a single key is the identity on its
+            # value whatever the queries and keys: those projections cannot influence the output.
+            for layer in self.transformer.layers:
+                unused += [layer.self_attn.q_proj, layer.self_attn.k_proj]
+                unused += [layer.cross_attn_image_to_token.q_proj, layer.cross_attn_image_to_token.k_proj]
+        for module in unused:
+            module.requires_grad_(False)
 
     def forward(
         self,
         image_feats: torch.Tensor,
         text_embeds: torch.Tensor,
-        points: torch.Tensor,
-        labels: torch.Tensor,
-        masks: torch.Tensor,
+        points: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        masks: Optional[torch.Tensor] = None,
+        boxes: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -110,40 +140,55 @@ class SAMBlock(nn.Module):
             points: [B*N, N_o, 2] float (x, y) grid-cell indices of the pseudo points.
             labels: [B*N, N_o] SAM point labels: 1 for a point, -1 for padding.
             masks: [B*N, 1, h, w] pseudo masks, per-pixel probabilities in [0, 1].
+            boxes: [B*N, 4] (x0, y0, x1, y1) grid-cell indices of the corners of each class's box.
+            Only the prompts named in ``prompt_types`` are read, and those must be given.
 
         Returns:
             [B*N, E, h, w] class-specific refined image features.
         """
-        self._check_shapes(image_feats, text_embeds, points, labels, masks)
+        self._check_shapes(image_feats, text_embeds, points, labels, masks, boxes)
         B, _, h, w = image_feats.shape
         N = text_embeds.shape[1]
+        M, E = B * N, self.transformer.embedding_dim
 
-        # SAM always pads point-only prompts with one "not a point" token; keeping that gives the pre-trained
-        # transformer the token layout it was trained on: [text; N_o points; padding].
-        sparse, dense = self.prompt_encoder(points=(points, labels), boxes=None, masks=self.mask_logits(masks))
-        E = dense.shape[1]
-        # The projected CLIP features are broadcast over classes rather than repeated before the addition.
-        image = (self.image_proj(image_feats).unsqueeze(1) + dense.view(B, N, E, h, w)).flatten(0, 1)
-        tokens = torch.cat([self.text_proj(text_embeds).reshape(B * N, 1, E), sparse], dim=1)
-        keys = self._transform_image(image, self.prompt_encoder.get_dense_pe(), tokens)
-        return keys.transpose(1, 2).reshape(B * N, E, h, w)
+        # With points and no box, SAM pads the points with one "not a point" token; keeping that gives the
+        # pre-trained transformer the token layout it was trained on: [text; N_o points; padding].
+        sparse, _ = self.prompt_encoder(
+            points=(points, labels) if "points" in self.prompt_types else None,
+            boxes=boxes if "boxes" in self.prompt_types else None,
+            masks=None,
+        )
+        tokens = torch.cat([self.text_proj(text_embeds).reshape(M, 1, E), sparse.expand(M, -1, -1)], dim=1)
 
-    def _transform_image(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """The image-side output of SAM's TwoWayTransformer: its two-way blocks, as TwoWayTransformer.forward runs
-        them, without the final token-to-image attention, which only updates the tokens that ESC-Net discards
-        (a fifth of the per-pixel projections saved).
-
-        Args:
-            image: [M, E, h, w]; image_pe: [1, E, h, w] (broadcast over M); tokens: [M, T, E].
-        Returns:
-            [M, h*w, E] the refined image tokens ("keys").
-        """
-        keys = image.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # SAM's image embedding of class n of image b is image_b + dense_n: the projected CLIP features (once per
+        # image) plus the dense prompt, the mask encoder's last 1x1 conv of a 16-channel map (once per class).
+        image = self.image_proj(image_feats).flatten(2).transpose(1, 2)  # [B, P, E]
+        if "mask" in self.prompt_types:
+            mask_encoder = self.prompt_encoder.mask_downscaling
+            hidden = mask_encoder[:-1](self.mask_logits(masks)).flatten(2).transpose(1, 2)  # [M, P, 16]
+            mask_out = mask_encoder[-1]
+        else:  # SAM's learnt "no mask" embedding: the same dense prompt everywhere
+            image = image + self.prompt_encoder.no_mask_embed.weight
+            hidden = mask_out = None
+        key_pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # [1, P, E]
+        keys = _per_class(image, hidden, mask_out, N)  # [M, P, E]
+        # The first layer's image-side projections are linear in image_b + dense_n: project the per-image part
+        # once per image and the 16-channel per-class part through the folded weights (16 inputs, not E).
+        first = self.transformer.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        image_pe = image + key_pe
+        projections = (
+            _per_class(image_pe, hidden, mask_out, N, t2i.k_proj),
+            _per_class(image, hidden, mask_out, N, t2i.v_proj),
+            _per_class(image_pe, hidden, mask_out, N, i2t.q_proj),
+        )
+        # TwoWayTransformer.forward's two-way blocks; its final token-to-image attention only updates the tokens,
+        # which ESC-Net discards, so it is not run.
         queries = tokens
         for layer in self.transformer.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
-        return keys
+            queries, keys = _two_way_layer(layer, queries, tokens, keys, key_pe, projections)
+            projections = None
+        return keys.transpose(1, 2).reshape(M, E, h, w)
 
     def mask_logits(self, masks: torch.Tensor) -> torch.Tensor:
         """Turns pseudo-mask probabilities into the mask logits SAM's mask encoder expects.
@@ -161,7 +206,7 @@ class SAMBlock(nn.Module):
         masks = F.interpolate(masks, size=self.prompt_encoder.mask_input_size, mode="bilinear", align_corners=False)
         return torch.logit(masks, eps=MASK_LOGIT_EPS)
 
-    def _check_shapes(self, image_feats, text_embeds, points, labels, masks) -> None:
+    def _check_shapes(self, image_feats, text_embeds, points, labels, masks, boxes) -> None:
         if image_feats.dim() != 4 or tuple(image_feats.shape[2:]) != self.grid_size:
             raise ValueError(
                 f"SAMBlock was built for [B, C, h, w] image features on a {self.grid_size} grid, got "
@@ -171,12 +216,120 @@ class SAMBlock(nn.Module):
         if text_embeds.dim() != 3 or text_embeds.shape[0] != B:
             raise ValueError(f"text_embeds must be [B={B}, N, text_dim], got {tuple(text_embeds.shape)}")
         M = B * text_embeds.shape[1]
-        if points.dim() != 3 or points.shape[0] != M or points.shape[2] != 2:
-            raise ValueError(f"points must be [B*N={M}, N_o, 2], got {tuple(points.shape)}")
-        if tuple(labels.shape) != tuple(points.shape[:2]):
-            raise ValueError(f"labels must be [B*N={M}, N_o={points.shape[1]}], got {tuple(labels.shape)}")
-        if tuple(masks.shape) != (M, 1, h, w):
+        given = {"points": points is not None and labels is not None, "boxes": boxes is not None}
+        given["mask"] = masks is not None
+        missing = [kind for kind in self.prompt_types if not given[kind]]
+        if missing:
+            raise ValueError(f"SAMBlock was built for {list(self.prompt_types)} prompts but got no {missing}")
+        if "points" in self.prompt_types:
+            if points.dim() != 3 or points.shape[0] != M or points.shape[2] != 2:
+                raise ValueError(f"points must be [B*N={M}, N_o, 2], got {tuple(points.shape)}")
+            if tuple(labels.shape) != tuple(points.shape[:2]):
+                raise ValueError(f"labels must be [B*N={M}, N_o={points.shape[1]}], got {tuple(labels.shape)}")
+        if "mask" in self.prompt_types and tuple(masks.shape) != (M, 1, h, w):
             raise ValueError(f"masks must be [B*N={M}, 1, {h}, {w}], got {tuple(masks.shape)}")
+        if "boxes" in self.prompt_types and tuple(boxes.shape) != (M, 4):
+            raise ValueError(f"boxes must be [B*N={M}, 4], got {tuple(boxes.shape)}")
+
+
+def _per_class(
+    base: torch.Tensor, hidden: Optional[torch.Tensor], mask_out: Optional[nn.Conv2d], N: int,
+    linear: Optional[nn.Linear] = None,
+) -> torch.Tensor:
+    """``linear(base_b + mask_out(hidden_n))`` for every class n of every image b (identity without ``linear``).
+
+    Args:
+        base: [B, P, E] per-image term; hidden: [B*N, P, c] per-class input of the 1x1 conv ``mask_out`` (c -> E),
+            or None when the per-class term is absent; N: classes per image.
+    Returns:
+        [B*N, P, out]. With ``linear`` the per-class term goes through the composed map linear o mask_out (c
+        inputs instead of E), which is the same affine function.
+    """
+    B, P = base.shape[:2]
+    weight, bias = (linear.weight, linear.bias) if linear is not None else (None, None)
+    shared = F.linear(base, weight, bias) if linear is not None else base  # [B, P, out]
+    if hidden is None:
+        return shared.unsqueeze(1).expand(-1, N, -1, -1).reshape(B * N, P, -1)
+    conv_weight, conv_bias = mask_out.weight.flatten(1), mask_out.bias  # [E, c], [E]
+    if linear is not None:
+        conv_weight, conv_bias = weight @ conv_weight, weight @ conv_bias
+    per_class = F.linear(hidden, conv_weight, conv_bias).unflatten(0, (B, N))  # [B, N, P, out]
+    return (per_class + shared.unsqueeze(1)).flatten(0, 1)
+
+
+def _attend(attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """segment_anything's ``Attention`` on already projected q [M, L, d_in], k and v [M, S, d_in], with PyTorch's
+    fused scaled-dot-product attention (same softmax(q k^T / sqrt(d_head)) v, without the [M, heads, L, S]
+    matrix in memory), then its output projection."""
+    heads = attention.num_heads
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return attention.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _two_way_layer(layer, queries, query_pe, keys, key_pe, image_projections=None):
+    """One of SAM's ``TwoWayAttentionBlock`` s, computed as its forward does, with fused attention.
+
+    Args:
+        layer: the block (its weights are used as they are).
+        queries, query_pe: [M, T, E] tokens and their positional part; keys: [M, P, E] image tokens;
+            key_pe: [1, P, E].
+        image_projections: the image side's (token-to-image key, token-to-image value, image-to-token query)
+            projections [M, P, E'] when the caller has them already; computed from ``keys`` otherwise.
+    Returns:
+        (queries, keys) updated.
+    """
+    if layer.skip_first_layer_pe:
+        queries = _self_attention(layer.self_attn, queries, queries)
+    else:
+        queries = queries + _self_attention(layer.self_attn, queries + query_pe, queries)
+    queries = layer.norm1(queries)
+
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    if image_projections is None:
+        keys_pe = keys + key_pe
+        image_projections = (t2i.k_proj(keys_pe), t2i.v_proj(keys), i2t.q_proj(keys_pe))
+    image_k, image_v, image_q = image_projections
+    queries = layer.norm2(queries + _attend(t2i, t2i.q_proj(queries + query_pe), image_k, image_v))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    tokens_pe = queries + query_pe
+    keys = layer.norm4(keys + _attend(i2t, image_q, i2t.k_proj(tokens_pe), i2t.v_proj(queries)))
+    return queries, keys
+
+
+def _self_attention(attention, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _attend(attention, attention.q_proj(qk), attention.k_proj(qk), attention.v_proj(v))
+
+
+def check_prompt_types(prompt_types: Sequence[str]) -> Tuple[str, ...]:
+    """``prompt_types`` as a tuple, or a ValueError naming the allowed kinds."""
+    kinds = tuple(prompt_types)
+    if not kinds or any(k not in PROMPT_TYPES for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(
+            f"MODEL.ESC_NET.PROMPT_TYPES must be a non-empty list of distinct entries of {list(PROMPT_TYPES)}, "
+            f"got {list(kinds)}"
+        )
+    return kinds
+
+
+def check_sam_source(cfg) -> None:
+    """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
+
+    The SAM weights come from ``MODEL.ESC_NET.SAM_CHECKPOINT`` or, when fine-tuning or resuming, from
+    ``MODEL.WEIGHTS``; ``MODEL.ESC_NET.ALLOW_RANDOM_SAM`` opts out (tiny configs, the random-SAM ablation).
+
+    Raises:
+        ValueError: naming the key to set and where the official checkpoint comes from.
+    """
+    m = cfg.MODEL.ESC_NET
+    if not m.USE_SAM_BLOCK or m.SAM_CHECKPOINT or cfg.MODEL.WEIGHTS or m.ALLOW_RANDOM_SAM:
+        return
+    raise ValueError(
+        "MODEL.ESC_NET.SAM_CHECKPOINT is empty: training would start the SAM blocks from random weights, which "
+        "the paper's ablation shows to be far worse. Pass MODEL.ESC_NET.SAM_CHECKPOINT "
+        f"/path/to/sam_vit_b_01ec64.pth ({SAM_CHECKPOINT_SOURCE}), or set MODEL.ESC_NET.ALLOW_RANDOM_SAM True to "
+        "train from random SAM weights on purpose."
+    )
 
 
 def sam_checkpoint_state(checkpoint_path: str) -> Dict[str, torch.Tensor]:

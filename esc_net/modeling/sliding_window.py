@@ -29,16 +29,19 @@ class SlidingWindow:
 
     Args:
         size: side of the resized image; rounded up to a multiple of the input cell (see the module docstring).
-        window: side of a view, the model's input size.
+        window: side of a window cut from the resized image.
         out_window: side of the score map the model returns for one view.
         overlap: minimum overlap between neighbouring windows, as a fraction of the window.
+        view_size: side of the views handed to the model (its input size); windows of another size are resized
+            bilinearly. None: ``window``.
     """
 
-    def __init__(self, size: int, window: int, out_window: int, overlap: float):
+    def __init__(self, size: int, window: int, out_window: int, overlap: float, view_size: int = None):
         common = math.gcd(window, out_window)
         self.cell_in, self.cell_out = window // common, out_window // common
         self.size = math.ceil(size / self.cell_in) * self.cell_in
         self.window, self.out_window = window, out_window
+        self.view_size = view_size or window
         starts = window_starts(self.size, window, overlap, self.cell_in)
         self.offsets: List[Tuple[int, int]] = [(y, x) for y in starts for x in starts]
 
@@ -47,11 +50,14 @@ class SlidingWindow:
         return len(self.offsets) + 1
 
     def views(self, images: torch.Tensor) -> torch.Tensor:
-        """images: [B, 3, size, size] -> [B * num_views, 3, window, window] (windows, then the global view)."""
-        w = self.window
-        crops = [images[:, :, y : y + w, x : x + w] for y, x in self.offsets]
-        crops.append(F.interpolate(images, size=(w, w), mode="bilinear", align_corners=False))
-        return torch.stack(crops, dim=1).flatten(0, 1)
+        """images: [B, 3, size, size] -> [B * num_views, 3, view_size, view_size] (windows, then the global
+        view)."""
+        w, v = self.window, self.view_size
+        crops = torch.stack([images[:, :, y : y + w, x : x + w] for y, x in self.offsets], dim=1).flatten(0, 1)
+        if v != w:
+            crops = F.interpolate(crops, size=(v, v), mode="bilinear", align_corners=False)
+        whole = F.interpolate(images, size=(v, v), mode="bilinear", align_corners=False)
+        return torch.cat((crops.unflatten(0, (len(images), -1)), whole[:, None]), dim=1).flatten(0, 1)
 
     def merge(self, scores: torch.Tensor) -> torch.Tensor:
         """scores: [B * num_views, N, out_window, out_window] -> [B, N, S, S], S = size * out_window / window.
