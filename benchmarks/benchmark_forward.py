@@ -26,17 +26,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import esc_net  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from esc_net.utils.flops import STAGES as STAGES_FLOPS  # noqa: E402
+from esc_net.utils.flops import count_flops_per_stage  # noqa: E402
 
 STAGES = ["clip_image", "clip_text", "ppg", "sam", "vlf", "decoder"]
 
 
 class StageTimer:
-    """Accumulates wall time spent inside modules, via forward pre/post hooks."""
+    """Accumulates wall time spent inside modules, via forward pre/post hooks.
+
+    Watched modules may run inside each other (a VLF block asks for the SAM guidance of each chunk of classes):
+    time is exclusive, i.e. a stage's time stops while a nested watched module runs.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.totals = defaultdict(float)
-        self._starts = {}
+        self._active = []  # [stage, start of its current stretch], innermost last
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -45,11 +51,19 @@ class StageTimer:
     def watch(self, module: torch.nn.Module, stage: str):
         def pre(mod, args):
             self._sync()
-            self._starts[id(mod)] = time.perf_counter()
+            now = time.perf_counter()
+            if self._active:
+                outer = self._active[-1]
+                self.totals[outer[0]] += now - outer[1]
+            self._active.append([stage, now])
 
         def post(mod, args, out):
             self._sync()
-            self.totals[stage] += time.perf_counter() - self._starts.pop(id(mod))
+            now = time.perf_counter()
+            inner, start = self._active.pop()
+            self.totals[inner] += now - start
+            if self._active:
+                self._active[-1][1] = now
 
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
@@ -63,13 +77,14 @@ class StageTimer:
         self.totals[stage] += time.perf_counter() - start
 
 
-def build(config_file: str, device: str):
-    """The model of ``config_file`` with random weights, in eval mode, and its config."""
+def build(config_file: str, device: str, opts=()):
+    """The model of ``config_file`` (plus ``opts``) with random weights, in eval mode, and its config."""
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(
         ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+        + list(opts)
     )
     return build_model(cfg).eval(), cfg
 
@@ -96,15 +111,19 @@ def main():
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--full", action="store_true", help="also time the whole inference of one image")
     parser.add_argument("--max-classes-per-view", type=int, default=0, help="MAX_CLASSES_PER_VIEW for --full")
+    parser.add_argument("--flops", action="store_true", help="also count FLOPs per stage (fvcore, one view)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides (KEY VALUE ...)")
     args = parser.parse_args()
 
-    model, cfg = build(args.config_file, args.device)
+    model, cfg = build(args.config_file, args.device, args.opts)
     size = cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
     device = model.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
 
     print(f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; view {size}x{size}; amp: {args.amp}")
     stage_table(model, size, args.classes, args.repeats, autocast)
+    if args.flops:
+        flops_table(model, size, args.classes)
     if args.full:
         model.max_classes_per_view = args.max_classes_per_view
         full_inference_table(model, args.classes, args.repeats, autocast)
@@ -115,8 +134,9 @@ def stage_table(model, size: int, class_counts, repeats: int, autocast):
     device = model.device
     timer = StageTimer(device)
     for block in model.blocks:
-        timer.watch(block.prompt_generator, "ppg")
-        timer.watch(block.sam, "sam")
+        if block.use_sam:
+            timer.watch(block.prompt_generator, "ppg")
+            timer.watch(block.sam, "sam")
         timer.watch(block.vlf, "vlf")
     timer.watch(model.decoder, "decoder")
     columns = " ".join(f"{s:>10}" for s in STAGES)
@@ -145,6 +165,20 @@ def stage_table(model, size: int, class_counts, repeats: int, autocast):
         print(f"{num_classes:>5} " + " ".join(f"{med[s]:>8.1f}ms" for s in STAGES)
               + f" {other:>6.1f}ms {med['total']:>6.1f}ms {med['total'] / med['clip_image']:>9.2f} "
               f"{(med['total'] - med['clip_text']) / med['clip_image']:>10.2f} {peak_memory_mb(device):>9.0f}")
+
+
+def flops_table(model, size: int, class_counts):
+    """GFLOPs per stage of one view (fvcore's count, multiply-accumulates; see esc_net.utils.flops)."""
+    previous = model.inference_mode
+    model.inference_mode = "whole"
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, device=model.device)
+    print("GFLOPs of one view (fvcore, multiply-accumulates):")
+    print(f"{'N':>5} " + " ".join(f"{s:>10}" for s in STAGES_FLOPS) + f" {'total':>8}")
+    for num_classes in class_counts:
+        flops = count_flops_per_stage(model, image, [f"class {i}" for i in range(num_classes)])
+        print(f"{num_classes:>5} " + " ".join(f"{flops[s] / 1e9:>10.1f}" for s in STAGES_FLOPS)
+              + f" {flops['total'] / 1e9:>8.1f}")
+    model.inference_mode = previous
 
 
 def full_inference_table(model, class_counts, repeats: int, autocast):

@@ -64,14 +64,14 @@ def test_attention_is_counted(model):
     # every image block: softmax(Q K^T) V over all heads, width = heads x head width, for Q, K, V of one view
     expected = vision["layers"] * tokens * tokens * 2 * vision["width"]
     assert per_op["model.clip.clip.visual"]["scaled_dot_product_attention"] == expected
-    # The VLF image guidance's two Swin blocks (timm computes their window attention with matmul, which fvcore
-    # counts): every class map, window and head, Q K^T and the weights times V.
+    # The VLF image guidance's Swin blocks (window attention through SDPA): every class map, window and head,
+    # Q K^T and the weights times V.
     m = tiny_cfg().MODEL.ESC_NET
     window = m.WINDOW_SIZE
     grid = vision["image_size"] // vision["patch_size"]
     per_window = 2 * window**4 * m.HIDDEN_DIM  # both products, all heads (heads x head width = HIDDEN_DIM)
-    expected = 2 * len(VOCABULARY) * (grid // window) ** 2 * per_window
-    assert per_op["model.blocks.0.vlf.image_guidance"]["matmul"] == expected
+    expected = m.SWIN_DEPTH * len(VOCABULARY) * (grid // window) ** 2 * per_window
+    assert per_op["model.blocks.0.vlf.image_guidance"]["scaled_dot_product_attention"] == expected
 
 
 def test_counts_scale_with_the_vocabulary(model, stages):

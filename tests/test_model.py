@@ -284,8 +284,8 @@ def test_ablation_switches_change_the_forward_pass():
     model = build("MODEL.ESC_NET.NUM_BLOCKS", 3, "MODEL.ESC_NET.NUM_POINTS", 4)
     assert len(model.blocks) == 3 and model.blocks[0].prompt_generator.num_points == 4
     tokens = {}
-    model.blocks[0].sam.transformer.layers[0].register_forward_hook(
-        lambda module, args, kwargs, out: tokens.update(default=kwargs["queries"].shape), with_kwargs=True
+    model.blocks[0].sam.transformer.layers[0].norm1.register_forward_hook(
+        lambda module, args, out: tokens.update(default=out.shape)
     )
     model(inputs)
     assert tokens["default"] == (3, 1 + 4 + 1, 32)  # text token, 4 points, SAM's "not a point" padding
@@ -299,15 +299,16 @@ def test_ablation_switches_change_the_forward_pass():
         model = build("MODEL.ESC_NET.PROMPT_TYPES", types)
         sam = model.blocks[0].sam
         seen = {}
-        sam.transformer.layers[0].register_forward_hook(
-            lambda module, args, kwargs, out: seen.update(tokens=kwargs["queries"].shape[1]), with_kwargs=True
+        sam.transformer.layers[0].norm1.register_forward_hook(
+            lambda module, args, out: seen.update(tokens=out.shape[1])
         )
         sam.prompt_encoder.register_forward_hook(lambda module, args, kwargs, out: seen.update(kwargs), with_kwargs=True)
+        sam.prompt_encoder.mask_downscaling[0].register_forward_hook(lambda *_: seen.update(mask_encoded=True))
         model(inputs)
         assert seen["tokens"] == expected_tokens, types
         assert (seen["points"] is not None) == ("points" in types)
         assert (seen["boxes"] is not None) == ("boxes" in types)
-        assert (seen["masks"] is not None) == ("mask" in types)
+        assert seen.get("mask_encoded", False) == ("mask" in types)
     with pytest.raises(ValueError, match="PROMPT_TYPES"):
         build("MODEL.ESC_NET.PROMPT_TYPES", ["points", "scribbles"])
     with pytest.raises(ValueError, match="BLOCK_LOSS_WEIGHT > 0"):
@@ -318,3 +319,42 @@ def test_missing_sam_checkpoint_is_reported(tmp_path):
     missing = str(tmp_path / "sam_vit_b_01ec64.pth")
     with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64.pth"):
         build_model(tiny_cfg("MODEL.ESC_NET.SAM_CHECKPOINT", missing))
+
+
+def test_class_chunks_do_not_change_scores_and_swin_shifts_alternate():
+    """CLASS_CHUNK only bounds memory: the scores and the training gradients are those of all classes at once."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.ESC_NET.NUM_BLOCKS", 3, "MODEL.ESC_NET.CLASS_CHUNK", 0))
+    shifts = [block.vlf.image_guidance.blocks[0].shift_size for block in model.blocks]
+    assert shifts == [(0, 0), (2, 2), (0, 0)]  # window 4 on the tiny 8x8 grid: regular, shifted, regular
+    model.set_vocabulary([f"thing {i}" for i in range(7)])
+    inputs = [{"image": _image(64, 64), "height": 64, "width": 64}]
+    model.eval()
+    whole = model(inputs)[0]["sem_seg"]
+    model.train()
+    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
+    batch = _train_batch()
+    sum(model(batch).values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for chunk in (1, 3):
+        for module in model.modules():
+            if hasattr(module, "class_chunk"):
+                module.class_chunk = chunk
+        model.eval()
+        torch.testing.assert_close(model(inputs)[0]["sem_seg"], whole, atol=1e-5, rtol=1e-5)
+        model.train()
+        model.zero_grad()
+        sum(model(batch).values()).backward()
+        for name, grad in grads.items():
+            torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+
+
+def test_training_vocabulary_larger_than_the_class_cap_is_refused():
+    """The class-count protocol is the same in training and at inference: a training vocabulary that inference
+    would cut is refused, naming the key."""
+    model = build_model(tiny_cfg("MODEL.ESC_NET.MAX_CLASSES_PER_VIEW", 3)).train()
+    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
+    with pytest.raises(ValueError, match=r"4 classes, more than MODEL\.ESC_NET\.MAX_CLASSES_PER_VIEW \(3\)"):
+        model(_train_batch())
+    model.max_classes_per_view = 4
+    assert torch.isfinite(sum(model(_train_batch()).values()))

@@ -165,3 +165,57 @@ def test_bad_inputs_raise_clear_errors():
         vlf(corr[0], guidance, text)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         VisionLanguageFusion(hidden_dim=18, num_heads=4)
+
+
+def reference_vlf(vlf, corr, guidance, text):
+    """The straightforward computation the VLF block speeds up: all classes at once, timm's Swin blocks with their
+    explicit (non-fused) attention, the class attention as an explicit N x N matrix of linear-attention scores."""
+    import copy
+
+    B, N, C, h, w = corr.shape
+    image_guidance = copy.deepcopy(vlf.image_guidance)
+    for block in image_guidance.blocks:
+        block.attn.fused_attn = False
+    x = image_guidance(corr.permute(0, 1, 3, 4, 2).flatten(0, 1), guidance.permute(0, 1, 3, 4, 2).flatten(0, 1))
+    x = x.reshape(B, N, h * w, C)
+    tg = vlf.text_guidance
+    attn = tg.attn
+    heads = (attn.num_heads, C // attn.num_heads)
+    q, k = (F.elu(t) + 1 for t in attn.qk(tg.norm1(x), tg.text_proj(text).unsqueeze(2)).unflatten(-1, (2,) + heads).unbind(-3))
+    v = attn.v(tg.norm1(x)).unflatten(-1, heads)
+    scores = torch.einsum("bnphd,bmphd->bphnm", q, k)
+    out = attn.proj(torch.einsum("bphnm,bmphd->bnphd", scores / scores.sum(-1, keepdim=True), v).flatten(-2))
+    x = x + out
+    x = x + tg.mlp(tg.norm2(x))
+    return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3)
+
+
+@pytest.mark.parametrize("class_chunk", [0, 1, 2, 4])
+def test_chunked_fused_vlf_matches_the_straightforward_computation(vlf24, class_chunk):
+    """Chunks of classes, fused window attention and the two-pass class attention compute the same function as
+    timm's Swin blocks and an explicit class attention over all classes, to float32 tolerance; the guidance may be
+    computed per chunk by a function."""
+    corr, guidance, text = make_inputs(2, 5, grid=(24, 24))
+    vlf24.class_chunk = class_chunk
+    asked = []
+
+    def guidance_of(classes):
+        asked.append((classes.start, classes.stop))
+        return guidance[:, classes]
+
+    with torch.no_grad():
+        expected = reference_vlf(vlf24, corr, guidance, text)
+        out = vlf24(corr, guidance, text)
+        from_function = vlf24(corr, guidance_of, text)
+    vlf24.class_chunk = 0
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_function, out, atol=0, rtol=0)
+    step = class_chunk or 5
+    assert asked == [(s, min(s + step, 5)) for s in range(0, 5, step)]
+
+
+def test_swin_shifts_alternate_through_the_blocks():
+    vlf = VisionLanguageFusion(hidden_dim=16, guidance_dim=16, text_dim=8, grid_size=(24, 24), num_heads=4,
+                               window_size=12, swin_shifts=[None])
+    (block,) = vlf.image_guidance.blocks
+    assert block.shift_size == (6, 6) and block.attn.fused_attn

@@ -48,11 +48,20 @@ class CorrelationDecoder(nn.Module):
     """Upsamples the correlation embedding by 2 per stage, one CLIP skip feature per stage (deepest first).
 
     With skip layers [3, 7] and a 24x24 grid: stage 1 fuses block 7's features at 48x48, stage 2 block 3's at
-    96x96; a 3x3 conv then gives the logits [B, N, 96, 96].
+    96x96; a 3x3 conv then gives the logits [B, N, 96, 96]. Classes are independent here: they are decoded
+    ``class_chunk`` at a time (0: all at once), which keeps the high-resolution temporaries small.
     """
 
-    def __init__(self, hidden_dim: int, clip_width: int, decoder_dims: Sequence[int], guidance_dims: Sequence[int]):
+    def __init__(
+        self,
+        hidden_dim: int,
+        clip_width: int,
+        decoder_dims: Sequence[int],
+        guidance_dims: Sequence[int],
+        class_chunk: int = 0,
+    ):
         super().__init__()
+        self.class_chunk = class_chunk
         if len(decoder_dims) != len(guidance_dims):
             raise ValueError(
                 f"DECODER_DIMS {list(decoder_dims)} and DECODER_GUIDANCE_DIMS {list(guidance_dims)} must have "
@@ -83,8 +92,11 @@ class CorrelationDecoder(nn.Module):
         """
         if len(skips) != len(self.stages):
             raise ValueError(f"the decoder has {len(self.stages)} stages but got {len(skips)} skip features")
-        x = corr_embed
-        for stage, project, skip in zip(self.stages, self.skip_projections, reversed(skips)):
-            x = stage(x, project(skip))
-        B, N = x.shape[:2]
-        return self.head(x.flatten(0, 1)).view(B, N, *x.shape[-2:])
+        guidance = [project(skip) for project, skip in zip(self.skip_projections, reversed(skips))]
+        B, N = corr_embed.shape[:2]
+        logits = []
+        for x in corr_embed.split(self.class_chunk or N, dim=1):
+            for stage, skip in zip(self.stages, guidance):
+                x = stage(x, skip)
+            logits.append(self.head(x.flatten(0, 1)).unflatten(0, (B, -1)))
+        return torch.cat(logits, dim=1)[:, :, 0]

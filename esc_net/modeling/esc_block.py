@@ -52,6 +52,9 @@ class ESCBlock(nn.Module):
         use_sam: bool = True,
         prompt_types: Sequence[str] = ("points", "mask"),
         map_head: bool = True,
+        swin_depth: int = 2,
+        block_index: int = 0,
+        class_chunk: int = 0,
     ):
         super().__init__()
         self.hidden_dim = hidden_dim
@@ -80,6 +83,9 @@ class ESCBlock(nn.Module):
             num_heads=num_heads,
             window_size=window_size,
             text_guidance_dim=text_guidance_dim,
+            # Regular and shifted windows alternate through the whole stack of blocks.
+            swin_shifts=[0 if (block_index * swin_depth + j) % 2 == 0 else None for j in range(swin_depth)],
+            class_chunk=class_chunk,
         )
         self.corr_head = nn.Conv2d(hidden_dim, 1, kernel_size=1) if map_head else None
 
@@ -103,12 +109,20 @@ class ESCBlock(nn.Module):
             corr_map: [B, N, h, w] refined correlation map, or None for a block built without ``map_head``.
         """
         B, N, C, h, w = corr_embed.shape
-        guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w], shared by the classes
+        clip_guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w], shared by the classes
         if self.use_sam:
-            prompts = self.prompt_generator(corr_map)
-            sam_feats = self.sam(image_feats, text, prompts.points, prompts.labels, prompts.masks, prompts.boxes)
-            guidance = guidance + self.merge_sam(sam_feats).view(B, N, C, h, w)  # [B*N, S, h, w] -> [B, N, C, h, w]
-        corr_embed = self.vlf(corr_embed, F.gelu(guidance).expand(B, N, C, h, w), text)
+
+            def guidance(classes: slice) -> torch.Tensor:
+                """F_v'^n of a slice of classes, [B, n, C, h, w]: the VLF block asks for one chunk at a time."""
+                prompts = self.prompt_generator(corr_map[:, classes])
+                sam_feats = self.sam(
+                    image_feats, text[:, classes], prompts.points, prompts.labels, prompts.masks, prompts.boxes
+                )  # [B*n, S, h, w]
+                return F.gelu(self.merge_sam(sam_feats).unflatten(0, (B, -1)) + clip_guidance)
+
+        else:
+            guidance = F.gelu(clip_guidance).expand(B, N, C, h, w)
+        corr_embed = self.vlf(corr_embed, guidance, text)
         if self.corr_head is None:
             return corr_embed, None
         return corr_embed, self.corr_head(corr_embed.flatten(0, 1)).view(B, N, h, w)

@@ -177,6 +177,9 @@ class ESCNet(nn.Module):
                 prompt_types=m.PROMPT_TYPES,
                 # A block's refined map is read by the next block's prompt generator and by deep supervision.
                 map_head=m.BLOCK_LOSS_WEIGHT > 0 or (m.USE_SAM_BLOCK and i < m.NUM_BLOCKS - 1),
+                swin_depth=m.SWIN_DEPTH,
+                block_index=i,
+                class_chunk=m.CLASS_CHUNK,
             )
             for i in range(m.NUM_BLOCKS)
         ]
@@ -189,7 +192,9 @@ class ESCNet(nn.Module):
                 "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM blocks keep random weights unless MODEL.WEIGHTS "
                 "provides them (training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
             )
-        decoder = CorrelationDecoder(m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS)
+        decoder = CorrelationDecoder(
+            m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS, class_chunk=m.CLASS_CHUNK
+        )
         return {
             "clip": clip,
             "blocks": blocks,
@@ -243,6 +248,12 @@ class ESCNet(nn.Module):
         return (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
 
     def _forward_train(self, batched_inputs: List[Dict], vocabulary: List[str]) -> Dict[str, torch.Tensor]:
+        if self.max_classes_per_view and len(vocabulary) > self.max_classes_per_view:
+            raise ValueError(
+                f"the training vocabulary has {len(vocabulary)} classes, more than MODEL.ESC_NET."
+                f"MAX_CLASSES_PER_VIEW ({self.max_classes_per_view}), the most classes a view refines at inference; "
+                "raise the cap to at least the training vocabulary's size (0 = no cap)"
+            )
         images = ImageList.from_tensors([self._normalize(x["image"]) for x in batched_inputs]).tensor
         targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs], pad_value=self.ignore_value

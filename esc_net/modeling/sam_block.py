@@ -252,7 +252,7 @@ def _per_class(
         return shared.unsqueeze(1).expand(-1, N, -1, -1).reshape(B * N, P, -1)
     conv_weight, conv_bias = mask_out.weight.flatten(1), mask_out.bias  # [E, c], [E]
     if linear is not None:
-        conv_weight, conv_bias = weight @ conv_weight, weight @ conv_bias
+        conv_weight, conv_bias = weight @ conv_weight, torch.mv(weight, conv_bias)
     per_class = F.linear(hidden, conv_weight, conv_bias).unflatten(0, (B, N))  # [B, N, P, out]
     return (per_class + shared.unsqueeze(1)).flatten(0, 1)
 

@@ -5,9 +5,14 @@ Notation: B images, N classes, h x w the CLIP grid (P = h * w positions), C the 
 
 Both stages keep the correlation embedding channels-last, as [B, N, P, C] (a view of [B * N, h, w, C] for the
 spatial stage), so that every linear layer acts on the last dimension and the class axis is never moved.
+
+Classes are processed in chunks of ``class_chunk`` (all at once for 0): everything but the class attention's sums
+is per class, so a chunk's temporaries (attention matrices, MLP activations) stay small and their memory is
+reused from chunk to chunk instead of being mapped afresh for all N classes at once. The result does not depend
+on the chunk size beyond float rounding.
 """
 
-from typing import Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import Mlp
@@ -48,16 +53,25 @@ class ConcatLinear(nn.Module):
 class ImageGuidance(nn.Module):
     """Spatial refinement of every class map, guided by that class's image features.
 
-    The correlation embedding and the guidance are fused by a linear layer over their concatenation, then a
-    regular-window and a shifted-window Swin block (timm) attend over space, one map per (image, class), all
-    B * N maps in one batch. The result is added to the incoming correlation embedding.
+    The correlation embedding and the guidance are fused by a linear layer over their concatenation, then Swin
+    blocks (timm) attend over space within windows, one map per (image, class), all maps of a chunk in one batch.
+    The result is added to the incoming correlation embedding. ``shifts`` gives each block's shift: 0 for regular
+    windows, ``window_size // 2`` for shifted ones.
 
     timm shrinks a window larger than the grid to the grid and then drops the shift (a single window already
-    covers every position), so on a grid no larger than ``window_size`` both blocks attend globally.
+    covers every position), so on a grid no larger than ``window_size`` every block attends globally. timm
+    computes window attention explicitly by default; it is switched to PyTorch's fused attention here (same
+    function, no [windows, heads, area, area] matrix kept).
     """
 
     def __init__(
-        self, hidden_dim: int, guidance_dim: int, grid_size: Tuple[int, int], num_heads: int, window_size: int
+        self,
+        hidden_dim: int,
+        guidance_dim: int,
+        grid_size: Tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        shifts: Sequence[int] = (0, None),
     ):
         super().__init__()
         self.fuse = ConcatLinear((hidden_dim, guidance_dim), hidden_dim)
@@ -68,11 +82,13 @@ class ImageGuidance(nn.Module):
                     input_resolution=grid_size,
                     num_heads=num_heads,
                     window_size=window_size,
-                    shift_size=shift,
+                    shift_size=window_size // 2 if shift is None else shift,
                 )
-                for shift in (0, window_size // 2)
+                for shift in shifts
             )
         )
+        for block in self.blocks:
+            block.attn.fused_attn = True
 
     def forward(self, corr: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """
@@ -116,22 +132,37 @@ class ClassLinearAttention(nn.Module):
         Returns:
             [B, N, P, C] attention output.
         """
-        B, N, P, C = x.shape
-        heads = (self.num_heads, C // self.num_heads)
-        q, k = (F.elu(t) + 1 for t in self.qk(x, text).unflatten(-1, (2,) + heads).unbind(-3))  # [B,N,P,H,d]
-        v = self.v(x).unflatten(-1, heads)
-        # Averaging the keys over classes instead of summing leaves the ratio unchanged (the 1/N cancels) and keeps
-        # the class sums bounded for vocabularies of hundreds of classes under half precision.
-        k = k / N
-        kv = torch.einsum("bnphd,bnphe->bphde", k, v)  # [B, P, H, d, d]
-        k_sum = k.sum(dim=1)  # [B, P, H, d]
+        q, k, v = self.features(x, text)
+        return self.attend(q, *self.class_sums(k, v, x.shape[1]))
+
+    def features(self, x: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Feature-mapped queries and keys and the values of some classes: [B, n, P, H, d] each."""
+        heads = (self.num_heads, x.shape[-1] // self.num_heads)
+        q, k = (F.elu(t) + 1 for t in self.qk(x, text).unflatten(-1, (2,) + heads).unbind(-3))
+        return q, k, self.v(x).unflatten(-1, heads)
+
+    @staticmethod
+    def class_sums(k: torch.Tensor, v: torch.Tensor, num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """sum_m phi(k_m) v_m^T [B, P, H, d, d] and sum_m phi(k_m) [B, P, H, d] over the classes of ``k`` and ``v``,
+        divided by the vocabulary's class count. Sums over chunks of classes add up to those of the vocabulary.
+
+        Averaging instead of summing leaves the attention unchanged (the 1/N cancels) and keeps the sums bounded
+        for vocabularies of hundreds of classes under half precision.
+        """
+        k = k / num_classes
+        return torch.einsum("bnphd,bnphe->bphde", k, v), k.sum(dim=1)
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor, k_sum: torch.Tensor) -> torch.Tensor:
+        """The attention output [B, n, P, C] of the classes of ``q`` [B, n, P, H, d], given the class sums."""
         num = torch.einsum("bnphd,bphde->bnphe", q, kv)
         den = torch.einsum("bnphd,bphd->bnph", q, k_sum).unsqueeze(-1)
         return self.proj((num / (den + self.eps)).flatten(-2))
 
 
 class TextGuidance(nn.Module):
-    """A pre-norm transformer layer across classes: text-guided linear attention, then an MLP, each residual."""
+    """The weights of a pre-norm transformer layer across classes: text-guided linear attention, then an MLP,
+    each residual. :class:`VisionLanguageFusion` runs it over chunks of classes in two passes (the attention's
+    class sums first, then every class's output)."""
 
     def __init__(self, hidden_dim: int, text_dim: int, text_guidance_dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -143,30 +174,26 @@ class TextGuidance(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.mlp = Mlp(hidden_dim, int(hidden_dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x: [B, N, P, C] correlation embedding.
-            text_embeds: [B, N, T] class text embeddings.
 
-        Returns:
-            [B, N, P, C] refined correlation embedding.
-        """
-        text = self.text_proj(text_embeds).unsqueeze(2)  # [B, N, 1, T']
-        x = x + self.attn(self.norm1(x), text)
-        return x + self.mlp(self.norm2(x))
+# The class-specific image guidance of a slice of classes, [B, n, G, h, w]: a tensor for all classes, or a function
+# that computes it for the classes of a slice (so that it, too, is computed one chunk at a time).
+GuidanceSource = Union[torch.Tensor, Callable[[slice], torch.Tensor]]
 
 
 class VisionLanguageFusion(nn.Module):
     """Refines the correlation embedding of every class with image guidance (space) and text guidance (classes).
 
     1. Image guidance (:class:`ImageGuidance`): fuse the correlation embedding with the class-specific image
-       features F_v'^n, then regular- and shifted-window Swin attention over the h x w grid, residual.
+       features F_v'^n, then window attention (Swin) over the h x w grid, residual.
     2. Text guidance (:class:`TextGuidance`): at every (image, position), the N class tokens attend to each other
        with linear attention whose queries and keys are guided by the class text embeddings; then an MLP.
 
     There is no positional embedding over classes: the output is permuted exactly as the classes are, and any
-    number of classes (including one) works. Images never interact. Memory is O(B * N * h * w * hidden_dim).
+    number of classes (including one) works. Images never interact. Classes are processed ``class_chunk`` at a
+    time (see the module docstring); memory beyond the inputs and outputs is O(B * class_chunk * h * w * C).
+
+    Args:
+        swin_shifts: the shift of each Swin block of the image guidance (0: regular windows, None: half a window).
     """
 
     def __init__(
@@ -178,6 +205,8 @@ class VisionLanguageFusion(nn.Module):
         num_heads: int = 4,
         window_size: int = 12,
         text_guidance_dim: int = 128,
+        swin_shifts: Sequence[Optional[int]] = (0, None),
+        class_chunk: int = 0,
     ):
         super().__init__()
         if hidden_dim % num_heads != 0:
@@ -186,18 +215,18 @@ class VisionLanguageFusion(nn.Module):
         self.guidance_dim = guidance_dim
         self.text_dim = text_dim
         self.grid_size = tuple(grid_size)
-        self.image_guidance = ImageGuidance(hidden_dim, guidance_dim, self.grid_size, num_heads, window_size)
+        self.class_chunk = class_chunk
+        self.image_guidance = ImageGuidance(
+            hidden_dim, guidance_dim, self.grid_size, num_heads, window_size, swin_shifts
+        )
         self.text_guidance = TextGuidance(hidden_dim, text_dim, text_guidance_dim, num_heads)
 
-    def _check_inputs(self, corr_embed: torch.Tensor, image_guidance: torch.Tensor, text_embeds: torch.Tensor):
+    def _check_inputs(self, corr_embed: torch.Tensor, text_embeds: torch.Tensor):
         if corr_embed.dim() != 5:
             raise ValueError(f"corr_embed must be [B, N, C, h, w], got shape {tuple(corr_embed.shape)}")
         B, N, C, h, w = corr_embed.shape
-        expected = {
-            "corr_embed": ((B, N, self.hidden_dim) + self.grid_size, corr_embed),
-            "image_guidance": ((B, N, self.guidance_dim) + self.grid_size, image_guidance),
-            "text_embeds": ((B, N, self.text_dim), text_embeds),
-        }
+        expected = {"corr_embed": ((B, N, self.hidden_dim) + self.grid_size, corr_embed)}
+        expected["text_embeds"] = ((B, N, self.text_dim), text_embeds)
         for name, (shape, t) in expected.items():
             if tuple(t.shape) != shape:
                 raise ValueError(
@@ -206,23 +235,52 @@ class VisionLanguageFusion(nn.Module):
                     f"text_dim={self.text_dim}, grid_size={self.grid_size}), got {tuple(t.shape)}"
                 )
 
+    def _guidance(self, source: GuidanceSource, classes: slice, shape: Tuple[int, ...]) -> torch.Tensor:
+        guidance = source(classes) if callable(source) else source[:, classes]
+        if tuple(guidance.shape) != shape:
+            raise ValueError(
+                f"VisionLanguageFusion: image_guidance must have shape {shape} for classes {classes.start}:"
+                f"{classes.stop} (guidance_dim={self.guidance_dim}), got {tuple(guidance.shape)}"
+            )
+        return guidance
+
     def forward(
-        self, corr_embed: torch.Tensor, image_guidance: torch.Tensor, text_embeds: torch.Tensor
+        self, corr_embed: torch.Tensor, image_guidance: GuidanceSource, text_embeds: torch.Tensor
     ) -> torch.Tensor:
         """
         Args:
             corr_embed: [B, N, C, h, w] correlation embedding of every class.
-            image_guidance: [B, N, G, h, w] SAM-refined, class-specific image features F_v'^n.
+            image_guidance: SAM-refined, class-specific image features F_v'^n: [B, N, G, h, w], or a function
+                that returns them for a slice of classes.
             text_embeds: [B, N, T] class text embeddings.
 
         Returns:
             [B, N, C, h, w] refined correlation embedding.
         """
-        self._check_inputs(corr_embed, image_guidance, text_embeds)
+        self._check_inputs(corr_embed, text_embeds)
         B, N, C, h, w = corr_embed.shape
-        corr = corr_embed.permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*N, h, w, C]
-        guidance = image_guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*N, h, w, G]
-        x = self.image_guidance(corr, guidance).reshape(B, N, h * w, C)
-        x = self.text_guidance(x, text_embeds)
-        # Contiguous so that callers can .view() the result (the next block flattens B and N).
-        return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3).contiguous()
+        step = self.class_chunk or N
+        chunks = [slice(start, min(start + step, N)) for start in range(0, N, step)]
+        tg = self.text_guidance
+        text = tg.text_proj(text_embeds).unsqueeze(2)  # [B, N, 1, T']
+
+        # Pass 1: image guidance of every chunk, and the class attention's sums over all classes.
+        spatial: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        kv = k_sum = 0
+        for classes in chunks:
+            n = classes.stop - classes.start
+            guidance = self._guidance(image_guidance, classes, (B, n, self.guidance_dim, h, w))
+            corr = corr_embed[:, classes].permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*n, h, w, C]
+            x = self.image_guidance(corr, guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)).reshape(B, n, h * w, C)
+            q, k, v = tg.attn.features(tg.norm1(x), text[:, classes])
+            chunk_kv, chunk_k_sum = tg.attn.class_sums(k, v, N)
+            kv, k_sum = kv + chunk_kv, k_sum + chunk_k_sum
+            spatial.append((x, q))
+
+        # Pass 2: every class attends to the sums, then the MLP.
+        out = []
+        for x, q in spatial:
+            x = x + tg.attn.attend(q, kv, k_sum)
+            x = x + tg.mlp(tg.norm2(x))
+            out.append(x.unflatten(2, (h, w)).permute(0, 1, 4, 2, 3))
+        return torch.cat(out, dim=1)  # contiguous, so that callers can .view() it

@@ -25,7 +25,8 @@ clip_text       CLIP's text tower (``clip.clip`` without ``visual``); once per f
 ppg             every block's ``prompt_generator`` (zero, see above)
 sam             every block's ``sam`` (SAM's prompt encoder and two-way transformer, the CLIP projections)
 vlf_image       every block's ``vlf.image_guidance`` (the fusion layer and the Swin blocks)
-vlf_text        every block's ``vlf.text_guidance`` (linear attention across classes and its MLP)
+vlf_text        the rest of every block's ``vlf``: linear attention across classes (its projections, class sums
+                and outputs) and its MLP
 decoder         the upsampling decoder
 other           what runs outside those modules: the correlation, CLIP's output projections (run in
                 ``CLIPEncoder``'s methods), the first correlation embedding, the blocks' merges and heads, the
@@ -163,7 +164,9 @@ def split_by_stage(subtree: Mapping[str, float], num_blocks: int, root: str = ""
     stages["ppg"] = total(*(f"{b}.prompt_generator" for b in blocks))
     stages["sam"] = total(*(f"{b}.sam" for b in blocks))
     stages["vlf_image"] = total(*(f"{b}.vlf.image_guidance" for b in blocks))
-    stages["vlf_text"] = total(*(f"{b}.vlf.text_guidance" for b in blocks))
+    # The class attention's sums and outputs are einsums run by the VLF block itself (it runs the text guidance in
+    # two passes over chunks of classes): everything in a VLF block but its image guidance is text guidance.
+    stages["vlf_text"] = total(*(f"{b}.vlf" for b in blocks)) - stages["vlf_image"]
     stages["decoder"] = total("decoder")
     # fvcore's einsum count is a float holding a whole number; every figure is returned as an int
     stages = OrderedDict((name, int(round(value))) for name, value in stages.items())
