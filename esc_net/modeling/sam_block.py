@@ -254,7 +254,7 @@ def _per_class(
     if linear is not None:
         conv_weight, conv_bias = weight @ conv_weight, torch.mv(weight, conv_bias)
     per_class = F.linear(hidden, conv_weight, conv_bias).unflatten(0, (B, N))  # [B, N, P, out]
-    return (per_class + shared.unsqueeze(1)).flatten(0, 1)
+    return per_class.add_(shared.unsqueeze(1)).flatten(0, 1)
 
 
 def _attend(attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

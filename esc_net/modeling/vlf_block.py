@@ -44,9 +44,11 @@ class ConcatLinear(nn.Module):
         """
         if len(inputs) != len(self.projs):
             raise ValueError(f"ConcatLinear expects {len(self.projs)} inputs, got {len(inputs)}")
-        out = self.bias
-        for proj, x in zip(self.projs, inputs):
-            out = out + proj(x)
+        # The largest term first, the others added in place (broadcast): one full-size result, no temporaries.
+        terms = sorted((proj(x) for proj, x in zip(self.projs, inputs)), key=lambda t: t.numel(), reverse=True)
+        out = terms[0] + self.bias
+        for term in terms[1:]:
+            out += term
         return out
 
 
