@@ -236,8 +236,12 @@ class CLIPEncoder(nn.Module):
         # ordinary tensor that autograd may save.
         return embeddings.clone()
 
+    def clear_text_cache(self) -> None:
+        """Forgets every cached vocabulary, so that the next :meth:`encode_text` runs the text tower."""
+        self._text_cache.clear()
+
     def _apply(self, fn, *args, **kwargs):
         # .to() / .half() / .cuda() replace every tensor; a later allocation could reuse an old address with the
         # same version counter, so the cache is dropped rather than trusted to miss.
-        self._text_cache.clear()
+        self.clear_text_cache()
         return super()._apply(fn, *args, **kwargs)
