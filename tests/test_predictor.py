@@ -84,6 +84,19 @@ def test_weights_that_do_not_fit_raise_listing_keys(saved_model, tmp_path):
         ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
 
 
+def test_vocabulary_of_one_call(predictor):
+    image = _image(40, 40)
+    scores = predictor(image, ["sky", "red circle"])["sem_seg"]
+    assert scores.shape == (2, 40, 40)
+    assert predictor.vocabulary == VOCABULARY  # the predictor's own vocabulary is left as it was
+    # the call's vocabulary is the one scored: the predictor's own, given explicitly, scores as the default
+    torch.testing.assert_close(predictor(image, list(VOCABULARY))["sem_seg"], predictor(image)["sem_seg"])
+    reordered = predictor(image, VOCABULARY[::-1])["sem_seg"]
+    assert not torch.allclose(reordered, predictor(image)["sem_seg"])
+    with pytest.raises(ValueError, match="the vocabulary is empty"):
+        predictor(image, [])
+
+
 def test_vocabulary_is_checked(predictor):
     with pytest.raises(ValueError, match="empty"):
         predictor.set_vocabulary([])
