@@ -38,7 +38,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 import gradio as gr  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from demo import InputError, draw_overlay, label_map, parse_vocabulary_text, read_image, setup_cfg  # noqa: E402
+from demo import (  # noqa: E402
+    InputError,
+    dataset_colors,
+    draw_overlay,
+    label_map,
+    parse_vocabulary_text,
+    read_image,
+    setup_cfg,
+)
 from esc_net.data import check_vocabulary  # noqa: E402
 from esc_net.data.synthetic_shapes import render_sample, sample_rng  # noqa: E402
 from esc_net.predictor import ESCNetPredictor, display_name, vocabulary_metadata  # noqa: E402
@@ -104,9 +112,16 @@ class Segmenter:
     Errors the user can fix raise ``gr.Error`` with the reason, which the page shows as a message.
     """
 
-    def __init__(self, predictor: ESCNetPredictor, max_side: int):
+    def __init__(self, predictor: ESCNetPredictor, max_side: int, dataset: Optional[str] = None):
+        """
+        Args:
+            predictor: the model; its own vocabulary is the page's default.
+            max_side: longest image side accepted.
+            dataset: a registered dataset whose colours draw its own vocabulary (e.g. grey background).
+        """
         self.predictor = predictor
         self.max_side = max_side
+        self.dataset = dataset
         self._model_lock = threading.Lock()  # one image at a time through the model; the drawing runs in parallel
 
     def read(self, upload: Optional[dict]) -> np.ndarray:
@@ -160,7 +175,8 @@ class Segmenter:
         seconds = time.perf_counter() - start
         progress(0.8, desc="drawing")
         labels = label_map(scores)
-        metadata = vocabulary_metadata(vocabulary)
+        colors = dataset_colors(self.dataset, vocabulary) if self.dataset else None
+        metadata = vocabulary_metadata(vocabulary, colors)
         overlay = draw_overlay(image, labels, metadata)[:, :, ::-1]
         legend = legend_html(labels, metadata, seconds)
         score_map = None if score_index is None else draw_score_map(image, scores[score_index])
@@ -246,7 +262,8 @@ def create(args: argparse.Namespace) -> Tuple[gr.Blocks, dict]:
     default_vocabulary = "; ".join(predictor.vocabulary or [])
     examples = write_examples(os.path.join(tempfile.gettempdir(), "esc_net_web_demo_examples"))
     title = f"`{os.path.basename(args.config_file)}`, weights `{cfg.MODEL.WEIGHTS or 'random'}`"
-    app = build_app(Segmenter(predictor, args.max_side), examples, default_vocabulary, title)
+    dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    app = build_app(Segmenter(predictor, args.max_side, dataset), examples, default_vocabulary, title)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     launch = {
         "server_name": args.host,

@@ -155,7 +155,7 @@ def read_vocabulary_file(path: str) -> List[str]:
     return names
 
 
-def _dataset_colors(dataset_name: str, vocabulary: Sequence[str]) -> Optional[List[List[int]]]:
+def dataset_colors(dataset_name: str, vocabulary: Sequence[str]) -> Optional[List[List[int]]]:
     """The dataset's own ``stuff_colors`` when its ``stuff_classes`` are exactly ``vocabulary``, else None."""
     meta = MetadataCatalog.get(dataset_name)
     colors = meta.get("stuff_colors", None)
@@ -177,7 +177,7 @@ def resolve_vocabulary(args: argparse.Namespace, cfg) -> Tuple[List[str], Option
             "DATASETS.TEST to take one from)"
         )
     vocabulary = check_vocabulary(get_dataset_vocabulary(dataset))
-    return vocabulary, _dataset_colors(dataset, vocabulary)
+    return vocabulary, dataset_colors(dataset, vocabulary)
 
 
 def prompt_class_index(vocabulary: Sequence[str], name: str) -> int:
