@@ -127,14 +127,16 @@ def test_training_puts_one_picture_per_block_into_tensorboard(tmp_path):
     assert sorted(events.Tags()["images"]) == ["pseudo_prompts/block1", "pseudo_prompts/block2"]
 
 
-def test_training_without_vis_period_draws_nothing():
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg()).train()
+def test_training_without_vis_period_draws_nothing(model):
     label = torch.zeros(64, 64, dtype=torch.long)
-    with EventStorage(start_iter=0) as storage:
-        model([{"image": torch.as_tensor(_image().transpose(2, 0, 1).copy()), "sem_seg": label,
-                "vocabulary": VOCABULARY}])
-        assert storage._vis_data == []
+    model.train()
+    try:
+        with EventStorage(start_iter=0) as storage:
+            model([{"image": torch.as_tensor(_image().transpose(2, 0, 1).copy()), "sem_seg": label,
+                    "vocabulary": VOCABULARY}])
+            assert storage._vis_data == []
+    finally:
+        model.eval()
 
 
 def _demo():
