@@ -49,7 +49,7 @@ from demo import (  # noqa: E402
 )
 from esc_net.data import check_vocabulary  # noqa: E402
 from esc_net.data.synthetic_shapes import render_sample, sample_rng  # noqa: E402
-from esc_net.predictor import ESCNetPredictor, display_name, vocabulary_metadata  # noqa: E402
+from esc_net.predictor import ESCNetPredictor, class_index, display_name, vocabulary_metadata  # noqa: E402
 
 logger = logging.getLogger("esc_net.web_demo")
 
@@ -148,7 +148,8 @@ class Segmenter:
         try:
             return check_vocabulary(parse_vocabulary_text([text or ""]))
         except ValueError as e:
-            raise gr.Error("The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch').") from e
+            message = "The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch')."
+            raise gr.Error(message) from e
 
     def __call__(
         self, upload: Optional[dict], vocabulary_text: str, score_class: str, progress=gr.Progress()
@@ -187,11 +188,11 @@ class Segmenter:
         name = (name or "").strip()
         if not name:
             return None
-        for i, entry in enumerate(vocabulary):
-            if name in (entry, display_name(entry)):
-                return i
-        shown = ", ".join(display_name(v) for v in vocabulary)
-        raise gr.Error(f"'{name}' is not a class of the vocabulary ({shown}): clear 'score map of' or pick one.")
+        index = class_index(vocabulary, name)
+        if index is None:
+            shown = ", ".join(display_name(v) for v in vocabulary)
+            raise gr.Error(f"'{name}' is not a class of the vocabulary ({shown}): clear 'score map of' or pick one.")
+        return index
 
 
 def legend_html(labels: np.ndarray, metadata, seconds: float) -> str:

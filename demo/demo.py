@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from esc_net import add_esc_net_config
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
-from esc_net.predictor import ESCNetPredictor, display_name, vocabulary_metadata
+from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
 from esc_net.utils.prompt_vis import draw_image_prompts
 
 logger = logging.getLogger("esc_net.demo")
@@ -182,10 +182,10 @@ def resolve_vocabulary(args: argparse.Namespace, cfg) -> Tuple[List[str], Option
 
 def prompt_class_index(vocabulary: Sequence[str], name: str) -> int:
     """The index of the class ``name`` (a vocabulary entry, or its first synonym as shown)."""
-    for i, entry in enumerate(vocabulary):
-        if name.strip() in (entry, display_name(entry)):
-            return i
-    raise InputError(f"--show-prompts {name!r} is not a class of the vocabulary {list(vocabulary)}")
+    index = class_index(vocabulary, name)
+    if index is None:
+        raise InputError(f"--show-prompts {name!r} is not a class of the vocabulary {list(vocabulary)}")
+    return index
 
 
 def setup_cfg(args: argparse.Namespace):

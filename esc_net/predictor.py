@@ -12,7 +12,7 @@ from matplotlib.colors import hsv_to_rgb
 from .modeling.clip.text_prompts import split_synonyms
 from .utils.checkpoint import load_model_weights
 
-__all__ = ["ESCNetPredictor", "display_name", "distinct_colors", "vocabulary_metadata"]
+__all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,16 @@ class ESCNetPredictor:
 def display_name(class_name: str) -> str:
     """The name shown for a class: its first synonym ("sofa, couch" -> "sofa")."""
     return split_synonyms(class_name)[0]
+
+
+def class_index(vocabulary: Sequence[str], name: str) -> Optional[int]:
+    """The index of the class ``name`` in ``vocabulary``, given as the entry itself ("sofa, couch") or as shown,
+    its first synonym ("sofa"); None if it is neither."""
+    name = name.strip()
+    for i, entry in enumerate(vocabulary):
+        if name in (entry, display_name(entry)):
+            return i
+    return None
 
 
 def distinct_colors(n: int) -> List[List[int]]:

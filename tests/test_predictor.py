@@ -6,7 +6,7 @@ from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from esc_net.predictor import ESCNetPredictor, display_name, distinct_colors, vocabulary_metadata
+from esc_net.predictor import ESCNetPredictor, class_index, display_name, distinct_colors, vocabulary_metadata
 
 VOCABULARY = ["red circle", "blue square", "sofa, couch"]
 
@@ -126,3 +126,10 @@ def test_visualisation_metadata():
     assert vocabulary_metadata(["a", "b"], colors=[[1, 2, 3], [4, 5, 6]]).stuff_colors == [[1, 2, 3], [4, 5, 6]]
     with pytest.raises(ValueError, match="2 colours for 3 classes"):
         vocabulary_metadata(["a", "b", "c"], colors=[[1, 2, 3], [4, 5, 6]])
+
+
+def test_class_index_by_entry_or_first_synonym():
+    assert class_index(VOCABULARY, "sofa, couch") == 2
+    assert class_index(VOCABULARY, " sofa ") == 2
+    assert class_index(VOCABULARY, "couch") is None  # only the first synonym names the class on screen
+    assert class_index(VOCABULARY, "dog") is None
