@@ -3,8 +3,7 @@
 The count follows Detectron2's ``tools/analyze_model.py``: ``detectron2.utils.analysis.FlopCountAnalysis`` (fvcore's
 jit-trace counter with Detectron2's list-of-dicts inputs and its list of ignored element-wise ops) traces one call
 of the model, and one "flop" is one multiply-accumulate of a matrix product, convolution or einsum (plus fvcore's
-small counts for normalisations and bilinear resizing). Element-wise ops, softmax and reductions count zero. This
-is the convention of CAT-Seg's and ESC-Net's reported GFLOPs.
+small counts for normalisations and bilinear resizing). Element-wise ops, softmax and reductions count zero.
 
 What fvcore does not count by itself and this module adds:
 
