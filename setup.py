@@ -36,5 +36,10 @@ setup(
         "packaging",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        # the web demo (demo/app.py)
+        "web": ["gradio>=5"],
+        # the test suite; its browser test also needs Debian's chromium and chromium-driver (.ci/run installs them)
+        "test": ["pytest>=7", "pytest-timeout", "gradio>=5", "gradio_client", "httpx", "selenium>=4"],
+    },
 )

@@ -24,6 +24,9 @@ Outputs in --output, for each input image <stem>.<ext>:
   <stem>_labels.png   (--save-labels) the label map at the input's size: the index of the best-scoring class
                       per pixel, uint8 PNG, or uint16 PNG for a vocabulary of more than 255 classes
   <stem>_scores.npy   (--save-scores) the per-class scores, float16 [N, H, W] in [0, 1]
+  <stem>_prompts.png  (--show-prompts CLASS) every ESC-Block's pseudo prompts for CLASS, one row per block: the
+                      input, the class's correlation map, its kept region, its K-means regions and its pseudo
+                      points (computed on one whole-image view)
   vocabulary.txt      the label index and class name of every class, one per line
 
 Inputs (--input) are image files, folders (their .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files) or glob patterns
@@ -47,7 +50,8 @@ from tqdm import tqdm
 
 from esc_net import add_esc_net_config
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
-from esc_net.predictor import ESCNetPredictor, vocabulary_metadata
+from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
+from esc_net.utils.prompt_vis import draw_image_prompts
 
 logger = logging.getLogger("esc_net.demo")
 
@@ -77,6 +81,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     vocabulary.add_argument("--dataset-vocabulary", metavar="NAME", help="the classes of a registered dataset")
     parser.add_argument("--save-labels", action="store_true", help="also write the label map PNG of each image")
     parser.add_argument("--save-scores", action="store_true", help="also write the per-class scores (.npy)")
+    parser.add_argument("--show-prompts", metavar="CLASS",
+                        help="also draw every block's pseudo prompts for this class of the vocabulary")
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last")
@@ -149,7 +155,7 @@ def read_vocabulary_file(path: str) -> List[str]:
     return names
 
 
-def _dataset_colors(dataset_name: str, vocabulary: Sequence[str]) -> Optional[List[List[int]]]:
+def dataset_colors(dataset_name: str, vocabulary: Sequence[str]) -> Optional[List[List[int]]]:
     """The dataset's own ``stuff_colors`` when its ``stuff_classes`` are exactly ``vocabulary``, else None."""
     meta = MetadataCatalog.get(dataset_name)
     colors = meta.get("stuff_colors", None)
@@ -171,7 +177,15 @@ def resolve_vocabulary(args: argparse.Namespace, cfg) -> Tuple[List[str], Option
             "DATASETS.TEST to take one from)"
         )
     vocabulary = check_vocabulary(get_dataset_vocabulary(dataset))
-    return vocabulary, _dataset_colors(dataset, vocabulary)
+    return vocabulary, dataset_colors(dataset, vocabulary)
+
+
+def prompt_class_index(vocabulary: Sequence[str], name: str) -> int:
+    """The index of the class ``name`` (a vocabulary entry, or its first synonym as shown)."""
+    index = class_index(vocabulary, name)
+    if index is None:
+        raise InputError(f"--show-prompts {name!r} is not a class of the vocabulary {list(vocabulary)}")
+    return index
 
 
 def setup_cfg(args: argparse.Namespace):
@@ -239,6 +253,7 @@ def run(args: argparse.Namespace) -> List[str]:
         # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
         raise InputError(_message(e)) from e
     predictor.set_vocabulary(vocabulary)
+    prompt_class = prompt_class_index(vocabulary, args.show_prompts) if args.show_prompts else None
     metadata = vocabulary_metadata(vocabulary, colors)
     os.makedirs(args.output, exist_ok=True)
     write_vocabulary(os.path.join(args.output, "vocabulary.txt"), vocabulary)
@@ -256,6 +271,8 @@ def run(args: argparse.Namespace) -> List[str]:
             _write_png(out + "_labels.png", labels)
         if args.save_scores:
             np.save(out + "_scores.npy", scores.astype(np.float16))
+        if prompt_class is not None:
+            _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
     logger.info(f"wrote {len(overlays)} overlay(s) to {args.output}")
     return overlays
 

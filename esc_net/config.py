@@ -86,6 +86,9 @@ def add_esc_net_config(cfg: CN) -> None:
     # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; on an H100 this cut
     # peak memory 2.6-3.6x for 1.3-1.8x the time (benchmarks/benchmark_train_step.py measures both).
     m.ACTIVATION_CHECKPOINTING = False
+    # Pictures of the pseudo prompts during training use Detectron2's own VIS_PERIOD (default 0 = off): every
+    # VIS_PERIOD iterations, one image per ESC-Block goes to TensorBoard as "pseudo_prompts/block<i>" (the first
+    # image of the batch, its most frequent class; see esc_net/utils/prompt_vis.py).
 
     # --- inference ------------------------------------------------------------------------------------------
     # "sliding": resize to SLIDING_RESIZE, CLIP_IMAGE_SIZE windows overlapping by SLIDING_OVERLAP, plus one global

@@ -12,7 +12,7 @@ from matplotlib.colors import hsv_to_rgb
 from .modeling.clip.text_prompts import split_synonyms
 from .utils.checkpoint import load_model_weights
 
-__all__ = ["ESCNetPredictor", "display_name", "distinct_colors", "vocabulary_metadata"]
+__all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,18 +83,21 @@ class ESCNetPredictor:
         """
         self.model.set_vocabulary(class_names)
 
-    def __call__(self, image_bgr: np.ndarray) -> Dict[str, torch.Tensor]:
+    def __call__(self, image_bgr: np.ndarray, vocabulary: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
         """Segments one image.
 
         Args:
             image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it.
+            vocabulary: class names for this call only (the predictor's :attr:`vocabulary` is left unchanged,
+                so that callers in several threads can each pass their own); default :attr:`vocabulary`.
 
         Returns:
-            ``{"sem_seg": Tensor[N, H, W]}``: per-class scores in [0, 1] for the N names of :attr:`vocabulary`,
+            ``{"sem_seg": Tensor[N, H, W]}``: per-class scores in [0, 1] for the N names of the vocabulary used,
             on the model's device.
 
         Raises:
-            ValueError: the image is not an [H, W, 3] uint8 array, or no vocabulary is set.
+            ValueError: the image is not an [H, W, 3] uint8 array, or no vocabulary is set, or ``vocabulary``
+                is empty or holds an empty name.
         """
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", None)
@@ -105,8 +108,11 @@ class ESCNetPredictor:
         height, width = image_bgr.shape[:2]
         image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        inputs = {"image": image, "height": height, "width": width}
+        if vocabulary is not None:
+            inputs["vocabulary"] = list(vocabulary)
         with torch.no_grad():
-            return self.model([{"image": image, "height": height, "width": width}])[0]
+            return self.model([inputs])[0]
 
     @property
     def metadata(self) -> Metadata:
@@ -119,6 +125,16 @@ class ESCNetPredictor:
 def display_name(class_name: str) -> str:
     """The name shown for a class: its first synonym ("sofa, couch" -> "sofa")."""
     return split_synonyms(class_name)[0]
+
+
+def class_index(vocabulary: Sequence[str], name: str) -> Optional[int]:
+    """The index of the class ``name`` in ``vocabulary``, given as the entry itself ("sofa, couch") or as shown,
+    its first synonym ("sofa"); None if it is neither."""
+    name = name.strip()
+    for i, entry in enumerate(vocabulary):
+        if name in (entry, display_name(entry)):
+            return i
+    return None
 
 
 def distinct_colors(n: int) -> List[List[int]]:

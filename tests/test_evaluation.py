@@ -18,6 +18,7 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 
 from esc_net.evaluation import OpenVocabSemSegEvaluator, segmentation_metrics, summarize_benchmarks
+from esc_net.evaluation.iou_chart import MAX_BARS, iou_chart
 
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
 
@@ -275,6 +276,37 @@ def test_benchmark_report_table_and_files(tmp_path, register):
     assert float(per_class[(pas, "cat")]["IoU"]) == pytest.approx(75.0)
     assert float(per_class[("my_custom_set", "y")]["IoU"]) == pytest.approx(60.0)
     assert per_class[(ade, "tree")]["IoU"] == ""
+
+    # the chart beside the CSV: one panel per benchmark, in the table's order
+    with Image.open(tmp_path / "per_class_iou.png") as chart:
+        assert chart.format == "PNG" and chart.width >= 3 * 600 and chart.height >= 100
+
+
+def _panel(figure, i):
+    ax = figure.axes[i]
+    return [t.get_text() for t in ax.get_yticklabels()], [bar.get_width() for bar in ax.patches]
+
+
+def test_iou_chart_ranks_classes_and_skips_absent_ones():
+    figure = iou_chart([("A-150", 62.5, {"wall": 75.0, "floor": 50.0, "tree": float("nan"), "sky": 90.0})])
+    names, widths = _panel(figure, 0)
+    assert names == ["sky", "wall", "floor"]  # best first; "tree" has no ground truth
+    assert widths == [90.0, 75.0, 50.0]
+    ax = figure.axes[0]
+    assert "1 absent" in ax.get_title()
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [62.5]  # the mIoU line
+
+
+def test_iou_chart_of_a_large_vocabulary_shows_the_best_and_the_worst():
+    iou = {f"class {i}": float(i) / 10 for i in range(847)}
+    names, widths = _panel(iou_chart([("A-847", 42.3, iou)]), 0)
+    half = MAX_BARS // 2
+    assert len(names) == MAX_BARS
+    assert names[:half] == [f"class {i}" for i in range(846, 846 - half, -1)]
+    assert names[half:] == [f"class {i}" for i in range(half - 1, -1, -1)]
+    assert widths == sorted(widths, reverse=True)
+    texts = [t.get_text() for t in iou_chart([("A-847", 42.3, iou)]).axes[0].texts]
+    assert texts == [f"... {847 - MAX_BARS} classes in between ..."]
 
 
 def test_benchmark_report_rejects_malformed_results():

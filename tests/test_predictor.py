@@ -6,7 +6,7 @@ from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from esc_net.predictor import ESCNetPredictor, display_name, distinct_colors, vocabulary_metadata
+from esc_net.predictor import ESCNetPredictor, class_index, display_name, distinct_colors, vocabulary_metadata
 
 VOCABULARY = ["red circle", "blue square", "sofa, couch"]
 
@@ -84,6 +84,19 @@ def test_weights_that_do_not_fit_raise_listing_keys(saved_model, tmp_path):
         ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
 
 
+def test_vocabulary_of_one_call(predictor):
+    image = _image(40, 40)
+    scores = predictor(image, ["sky", "red circle"])["sem_seg"]
+    assert scores.shape == (2, 40, 40)
+    assert predictor.vocabulary == VOCABULARY  # the predictor's own vocabulary is left as it was
+    # the call's vocabulary is the one scored: the predictor's own, given explicitly, scores as the default
+    torch.testing.assert_close(predictor(image, list(VOCABULARY))["sem_seg"], predictor(image)["sem_seg"])
+    reordered = predictor(image, VOCABULARY[::-1])["sem_seg"]
+    assert not torch.allclose(reordered, predictor(image)["sem_seg"])
+    with pytest.raises(ValueError, match="the vocabulary is empty"):
+        predictor(image, [])
+
+
 def test_vocabulary_is_checked(predictor):
     with pytest.raises(ValueError, match="empty"):
         predictor.set_vocabulary([])
@@ -113,3 +126,10 @@ def test_visualisation_metadata():
     assert vocabulary_metadata(["a", "b"], colors=[[1, 2, 3], [4, 5, 6]]).stuff_colors == [[1, 2, 3], [4, 5, 6]]
     with pytest.raises(ValueError, match="2 colours for 3 classes"):
         vocabulary_metadata(["a", "b", "c"], colors=[[1, 2, 3], [4, 5, 6]])
+
+
+def test_class_index_by_entry_or_first_synonym():
+    assert class_index(VOCABULARY, "sofa, couch") == 2
+    assert class_index(VOCABULARY, " sofa ") == 2
+    assert class_index(VOCABULARY, "couch") is None  # only the first synonym names the class on screen
+    assert class_index(VOCABULARY, "dog") is None

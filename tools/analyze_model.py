@@ -19,7 +19,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from tabulate import tabulate
@@ -114,7 +114,8 @@ def analyze_parameters(model, args) -> None:
     print(stage_table(columns, 1e6))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[int, Dict[str, int]]:
+    """Prints the tables; returns the FLOPs per stage for every vocabulary size ({} without the flop task)."""
     args = parse_args(argv)
     setup_logger(name="esc_net")
     cfg = setup_cfg(args)
@@ -123,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List:
         analyze_parameters(model, args)
     if "flop" in args.tasks:
         return analyze_flops(model, cfg, args)
-    return []
+    return {}
 
 
 if __name__ == "__main__":

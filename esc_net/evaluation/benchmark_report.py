@@ -12,6 +12,8 @@ from tabulate import tabulate
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from .iou_chart import write_iou_chart
+
 __all__ = ["PAPER_BENCHMARK_ORDER", "summarize_benchmarks"]
 
 # Column order of the paper's Table 1; other benchmarks follow in the order they were given.
@@ -53,7 +55,9 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
               (NaN values, for classes absent from the ground truth, are written as null);
             * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC;
             * ``per_class_iou.csv``: one row per dataset and class: dataset, benchmark, class, IoU, ACC (NaN as
-              an empty cell).
+              an empty cell);
+            * ``per_class_iou.png``: the per-class IoU as bars, one panel per benchmark, best class first, the
+              mIoU as a dashed line (see :func:`~esc_net.evaluation.iou_chart.iou_chart`).
         precision: decimals of the mIoU values in the table (the paper uses one).
 
     Returns:
@@ -93,7 +97,7 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
 
 def _write_results(rows: List, output_dir: str):
-    """Writes the JSON and the two CSV files described in :func:`summarize_benchmarks`."""
+    """Writes the JSON, the two CSV files and the chart described in :func:`summarize_benchmarks`."""
     PathManager.mkdirs(output_dir)
     summary = {"benchmarks": [b for _, b, _ in rows], "results": {}}
     for dataset_name, benchmark, metrics in rows:
@@ -119,3 +123,6 @@ def _write_results(rows: List, output_dir: str):
             accuracies = _per_class(metrics, "ACC-")
             for name, iou in _per_class(metrics, "IoU-").items():
                 writer.writerow([dataset_name, benchmark, name, _csv_number(iou), _csv_number(accuracies[name])])
+
+    panels = [(benchmark, float(metrics["mIoU"]), _per_class(metrics, "IoU-")) for _, benchmark, metrics in rows]
+    write_iou_chart(panels, os.path.join(output_dir, "per_class_iou.png"))

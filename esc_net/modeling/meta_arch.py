@@ -3,6 +3,7 @@
 Notation: B images, N classes, S x S the CLIP input size, h x w = S/patch the CLIP grid, D the CLIP joint
 embedding width, C the correlation-embedding width.
 """
+import contextlib
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -10,11 +11,13 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..data.vocabulary import check_vocabulary, get_dataset_vocabulary
+from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
 from .clip import CLIPEncoder
 from .criterion import segmentation_loss
 from .decoder import CorrelationDecoder
@@ -76,6 +79,8 @@ class ESCNet(nn.Module):
         view_classes_per_pass: int = 0,
         activation_checkpointing: bool = False,
         sliding_window: int = 0,
+        vis_period: int = 0,
+        input_format: str = "RGB",
     ):
         """
         Args:
@@ -101,6 +106,10 @@ class ESCNet(nn.Module):
             sliding_window: side of the sliding windows in pixels of the resized image (0: the CLIP input size).
                 Each window is resized to the CLIP input size, so a ViT-L/14 at 336 reads the same 384 windows
                 of a 640 image as a ViT-B/16 at 384.
+            vis_period: in training, every this many iterations, put one picture per ESC-Block of the first
+                image's pseudo prompts (for its most frequent class) into the EventStorage (TensorBoard images
+                ``pseudo_prompts/block<i>``). 0 = never.
+            input_format: channel order of the input images ("RGB" or "BGR"), for those pictures.
         """
         super().__init__()
         if inference_mode not in ("sliding", "whole"):
@@ -132,6 +141,8 @@ class ESCNet(nn.Module):
         self.max_classes_per_view = max_classes_per_view
         self.view_classes_per_pass = view_classes_per_pass
         self.activation_checkpointing = activation_checkpointing
+        self.vis_period = vis_period
+        self.input_format = input_format
         image_size = clip.grid_size[0] * clip.patch_size
         out_size = clip.grid_size[0] * decoder.upscale
         self.image_size = image_size
@@ -213,6 +224,8 @@ class ESCNet(nn.Module):
             "view_classes_per_pass": m.VIEW_CLASSES_PER_PASS,
             "activation_checkpointing": m.ACTIVATION_CHECKPOINTING,
             "sliding_window": m.SLIDING_WINDOW,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
         }
 
     @property
@@ -260,10 +273,17 @@ class ESCNet(nn.Module):
         ).tensor.long()
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
-        text = self.clip.encode_text(vocabulary)
-        dense, skips = self.clip.encode_image(images)
-        corr = self.correlation(dense, text)
-        logits, block_maps = self.refine(corr, dense, skips, text.expand(len(images), -1, -1))
+        recorder = None
+        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
+            drawn_class = dominant_class(targets[0], len(vocabulary), self.ignore_value)
+            recorder = PromptRecorder(self.blocks, image_index=0, class_index=drawn_class)
+        with recorder or contextlib.nullcontext():
+            text = self.clip.encode_text(vocabulary)
+            dense, skips = self.clip.encode_image(images)
+            corr = self.correlation(dense, text)
+            logits, block_maps = self.refine(corr, dense, skips, text.expand(len(images), -1, -1))
+        if recorder is not None:
+            self._put_prompt_images(images[0], recorder, vocabulary[recorder.class_index])
         full_size = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
         losses = {"loss_sem_seg": segmentation_loss(full_size, targets, self.ignore_value, self.loss)}
         if self.block_loss_weight > 0:
@@ -278,6 +298,21 @@ class ESCNet(nn.Module):
                     block_map, small_targets, self.ignore_value, self.loss
                 )
         return losses
+
+    def _put_prompt_images(self, image: torch.Tensor, recorder: PromptRecorder, class_name: str) -> None:
+        """Puts every block's picture of ``recorder``'s prompts into the EventStorage.
+
+        Args:
+            image: [3, S, S] the normalised view the model saw.
+        """
+        pixels = (image.detach() * self.pixel_std + self.pixel_mean).clamp(0, 255).byte()
+        if self.input_format == "BGR":
+            pixels = pixels.flip(0)
+        view = pixels.permute(1, 2, 0).cpu().numpy()
+        storage = get_event_storage()
+        for i, record in enumerate(recorder.records):
+            picture = draw_block_prompts(view, record, class_name, f"block {i + 1}, iteration {storage.iter}")
+            storage.put_image(f"pseudo_prompts/block{i + 1}", torch.from_numpy(picture).permute(2, 0, 1))
 
     @torch.no_grad()
     def _forward_inference(self, batched_inputs: List[Dict], vocabulary: List[str]) -> List[Dict]:

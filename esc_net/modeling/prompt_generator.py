@@ -120,10 +120,24 @@ class PseudoPromptGenerator(nn.Module):
         num_pixels = h * w
         prob = corr.reshape(B * N, num_pixels).float().softmax(dim=1)  # [M, P]
         with torch.no_grad():
-            points, labels, kept, boxes = self._discrete_prompts(prob.detach(), (h, w))
+            points, labels, kept, boxes, _ = self._discrete_prompts(prob.detach(), (h, w))
         masks = prob * kept
         masks = masks / masks.amax(dim=1, keepdim=True)  # the peak (kept, > 0) divides itself: exactly 1
         return PseudoPrompts(points, labels, masks.view(B * N, 1, h, w), boxes)
+
+    @torch.no_grad()
+    def clusters(self, corr: torch.Tensor) -> torch.Tensor:
+        """The K-means cluster of every pixel, as :meth:`forward` computes it (for pictures and debugging).
+
+        Args:
+            corr: [B, N, h, w] correlation (or logit) maps.
+        Returns:
+            [B*N, h, w] int64: the cluster index (0..K-1) of every kept pixel, -1 elsewhere.
+        """
+        B, N, h, w = corr.shape
+        prob = corr.reshape(B * N, h * w).float().softmax(dim=1)
+        *_, kept, _, assign = self._discrete_prompts(prob, (h, w))
+        return torch.where(kept, assign, -1).view(B * N, h, w)
 
     def _discrete_prompts(self, prob: torch.Tensor, grid: Tuple[int, int]):
         """Kept pixels, K-means points and the kept region's box of every map.
@@ -131,7 +145,8 @@ class PseudoPromptGenerator(nn.Module):
         Args:
             prob: [M, P] spatial probabilities; grid: (h, w).
         Returns:
-            points [M, K, 2] float32, labels [M, K] int64, kept [M, P] bool, boxes [M, 4] float32 or None.
+            points [M, K, 2] float32, labels [M, K] int64, kept [M, P] bool, boxes [M, 4] float32 or None, and
+            the cluster of every pixel [M, P] int64 (meaningful for kept pixels).
         """
         h, w = grid
         num_pixels = h * w
@@ -150,14 +165,14 @@ class PseudoPromptGenerator(nn.Module):
         assign = self._kmeans(coords, kept, centres, grid)
         points, labels = self._cluster_peaks(coords, prob, kept, assign)
         if not self.with_boxes:
-            return points, labels, kept, None
+            return points, labels, kept, None, assign
         # Bounding box of the kept pixels: the smallest and largest kept column and row.
         big = torch.iinfo(coords.dtype).max
         kept_xy = coords.expand(len(kept), -1, -1)
         low = torch.where(kept[..., None], kept_xy, big).amin(dim=1)
         high = torch.where(kept[..., None], kept_xy, -1).amax(dim=1)
         boxes = torch.cat((low, high), dim=1).float()
-        return points, labels, kept, boxes
+        return points, labels, kept, boxes, assign
 
     def _farthest_point_init(
         self, coords: torch.Tensor, prob: torch.Tensor, kept: torch.Tensor, top: torch.Tensor, grid: Tuple[int, int]

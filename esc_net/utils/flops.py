@@ -3,13 +3,12 @@
 The count follows Detectron2's ``tools/analyze_model.py``: ``detectron2.utils.analysis.FlopCountAnalysis`` (fvcore's
 jit-trace counter with Detectron2's list-of-dicts inputs and its list of ignored element-wise ops) traces one call
 of the model, and one "flop" is one multiply-accumulate of a matrix product, convolution or einsum (plus fvcore's
-small counts for normalisations and bilinear resizing). Element-wise ops, softmax and reductions count zero. This
-is the convention of CAT-Seg's and ESC-Net's reported GFLOPs.
+small counts for normalisations and bilinear resizing). Element-wise ops, softmax and reductions count zero.
 
 What fvcore does not count by itself and this module adds:
 
 * ``aten::scaled_dot_product_attention`` (CLIP's attention through ``F.multi_head_attention_forward``, timm's
-  Swin blocks): the two matrix products ``Q K^T`` and ``softmax(.) V``, i.e. ``L * S * (E + E_v)`` per batch
+  Swin blocks, SAM's two-way attention): the two matrix products ``Q K^T`` and ``softmax(.) V``, i.e. ``L * S * (E + E_v)`` per batch
   element and head, counted in full whatever the mask (CLIP's causal text mask included).
 
 The Pseudo Prompt Generator is not traced: it holds no matrix product (a softmax, K-means over pixel coordinates:

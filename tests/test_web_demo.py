@@ -1,0 +1,227 @@
+"""demo/app.py, the Gradio page: over HTTP with gradio_client, and in a real headless Chromium (Selenium).
+
+Every server here listens on 127.0.0.1 and serves a tiny random-weight checkpoint written by the test.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from conftest import REPO_ROOT, TINY_CONFIG, tiny_cfg
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or a driver
+
+gradio_client = pytest.importorskip("gradio_client", reason="the web demo needs gradio (pip install -e .[web])")
+
+MAX_SIDE = 300
+MAX_UPLOAD_MB = 0.2
+VOCABULARY = "red square; black background"
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("esc_net_web_app", os.path.join(REPO_ROOT, "demo", "app.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+app_module = _load_app()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("web")
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(tiny_cfg()), save_dir=str(folder)).save("model")
+    image = np.zeros((80, 100, 3), np.uint8)
+    image[10:50, 10:50] = (0, 0, 220)  # BGR red
+    assert cv2.imwrite(str(folder / "square.png"), image)
+    assert cv2.imwrite(str(folder / "too_wide.png"), np.zeros((20, MAX_SIDE + 1, 3), np.uint8))
+    (folder / "not_an_image.png").write_text("this is text")
+    (folder / "too_big.png").write_bytes(os.urandom(int(MAX_UPLOAD_MB * 2**20) + 1000))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    """The page on 127.0.0.1 with the test checkpoint; yields its URL."""
+    port = _free_port()
+    args = app_module.parse_args(
+        ["--config-file", TINY_CONFIG, "--port", str(port), "--max-side", str(MAX_SIDE),
+         "--max-upload-mb", str(MAX_UPLOAD_MB), "--opts", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+         "MODEL.WEIGHTS", str(files / "model.pth")]
+    )
+    app, launch = app_module.create(args)
+    assert launch["server_name"] == "127.0.0.1"
+    app.launch(prevent_thread_lock=True, quiet=True, **launch)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server, verbose=False)
+
+
+def _segment(client, path, vocabulary=VOCABULARY, score_class=""):
+    return client.predict(gradio_client.handle_file(str(path)), vocabulary, score_class, api_name="/segment")
+
+
+def _legend_classes(legend_html):
+    names = [part.split("</td>")[0] for part in legend_html.split('<td class="legend-name">')[1:]]
+    shares = [float(part.split("%")[0]) for part in legend_html.split('<td class="legend-share">')[1:]]
+    return names, shares
+
+
+def test_localhost_by_default():
+    args = app_module.parse_args([])
+    assert args.host == "127.0.0.1"
+
+
+def test_http_segmentation(client, files):
+    overlay, legend, score_map = _segment(client, files / "square.png", score_class="red square")
+    picture = cv2.imread(overlay)
+    # drawn enlarged to a longer side of 512 (the demo's overlay), aspect ratio kept
+    assert picture is not None and max(picture.shape[:2]) == 512 and picture.shape[1] > picture.shape[0]
+    names, shares = _legend_classes(legend)
+    assert set(names) <= {"red square", "black background"} and names
+    assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(100, abs=0.2)
+    heat = cv2.imread(score_map)
+    assert heat is not None and heat.shape[:2] == (80, 100)  # the score map is at the image's size
+    _, _, no_map = _segment(client, files / "square.png")
+    assert no_map is None
+
+
+@pytest.mark.parametrize(
+    "upload, vocabulary, score_class, message",
+    [
+        ("square.png", " ; ", "", "The vocabulary is empty"),
+        ("not_an_image.png", VOCABULARY, "", "The upload 'not_an_image.png' is not an image"),
+        ("too_wide.png", VOCABULARY, "", f"sides up to {MAX_SIDE} pixels"),
+        ("square.png", VOCABULARY, "dog", "'dog' is not a class of the vocabulary (red square, black background)"),
+    ],
+)
+def test_http_errors_are_messages(client, files, upload, vocabulary, score_class, message):
+    with pytest.raises(gradio_client.exceptions.AppError) as error:
+        _segment(client, files / upload, vocabulary, score_class)
+    assert message in str(error.value)
+    assert "Traceback" not in str(error.value)
+
+
+def test_upload_size_limit(client, server, files):
+    # the page tells its clients the limit (the browser and gradio_client refuse before sending) ...
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 209715 bytes"):
+        _segment(client, files / "too_big.png")
+    # ... and the server refuses a bigger upload from a client that sends it anyway
+    with open(files / "too_big.png", "rb") as f:
+        response = httpx.post(server + "gradio_api/upload", files={"files": ("too_big.png", f, "image/png")})
+    assert response.status_code == 413 and "maximum allowed size of 209715 bytes" in response.text
+
+
+def test_two_clients_at_once(server, files):
+    """Two browsers with different vocabularies at the same time each get their own classes."""
+    vocabularies = ["red square; black background", "blue sky; green grass; brown dirt"]
+    clients = [gradio_client.Client(server, verbose=False) for _ in vocabularies]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda cv: _segment(cv[0], files / "square.png", cv[1]), zip(clients, vocabularies)))
+    for vocabulary, (_, legend, _) in zip(vocabularies, results):
+        names, _ = _legend_classes(legend)
+        assert names and set(names) <= {v.strip() for v in vocabulary.split(";")}
+
+
+def test_no_arguments_trains_the_default_first(monkeypatch, tmp_path, files):
+    """With no checkpoint, `python demo/app.py` runs scripts/run_default.sh in this environment, then serves
+    what it trained."""
+    weights = tmp_path / "output" / "model_final.pth"
+    monkeypatch.setattr(app_module, "DEFAULT_WEIGHTS", str(weights))
+    calls = []
+
+    def fake_run(command, env, check):
+        calls.append((command, env["ESC_NET_SKIP_SETUP"], env["ESC_NET_VENV"]))
+        weights.parent.mkdir(parents=True)
+        shutil.copy(files / "model.pth", weights)  # what the training would leave behind
+
+    monkeypatch.setattr(app_module.subprocess, "run", fake_run)
+    app, launch = app_module.create(app_module.parse_args([]))
+    assert calls == [(["bash", os.path.join(REPO_ROOT, "scripts", "run_default.sh")], "1", sys.prefix)]
+    assert str(weights) in json.dumps(app.config)  # the page names the weights it serves
+    app_module.ensure_default_checkpoint()  # present now: nothing runs again
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# a real browser
+
+
+def _browser():
+    """Headless Debian Chromium driven by Selenium, or a skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no Chromium browser: install Debian's 'chromium' and 'chromium-driver' (.ci/run does)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 # every host but this machine's loopback is unreachable: the page must need nothing else
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_in_a_real_browser(server, files):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(server)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(files / "square.png"))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image img"))
+        vocabulary = browser.find_element(By.CSS_SELECTOR, "#vocabulary textarea")
+
+        # an empty vocabulary: a visible message, no result
+        vocabulary.clear()
+        vocabulary.send_keys(" ; ")
+        browser.find_element(By.CSS_SELECTOR, "#segment").click()
+        wait.until(lambda b: "The vocabulary is empty" in b.find_element(By.TAG_NAME, "body").text)
+        assert not browser.find_elements(By.CSS_SELECTOR, "#legend .legend-name")
+
+        vocabulary.clear()
+        vocabulary.send_keys(VOCABULARY)
+        browser.find_element(By.CSS_SELECTOR, "#segment").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#legend .legend-name"))
+        names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#legend .legend-name")]
+        assert names and set(names) <= {"red square", "black background"}
+        overlay = browser.find_element(By.CSS_SELECTOR, "#overlay img")
+        wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+        assert browser.execute_script("return arguments[0].naturalWidth", overlay) == 512
+        # everything the page loaded came from this server
+        resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert resources and all(r.startswith(server) or r.startswith("data:") for r in resources), resources
+    finally:
+        browser.quit()
