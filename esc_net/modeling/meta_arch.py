@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..data.vocabulary import check_vocabulary, get_dataset_vocabulary
+from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .clip import CLIPEncoder
 from .criterion import segmentation_loss
 from .decoder import CorrelationDecoder
@@ -154,7 +155,10 @@ class ESCNet(nn.Module):
             for _ in range(m.NUM_BLOCKS)
         ]
         if m.SAM_CHECKPOINT:
-            sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
+            try:
+                sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
+            except READ_ERRORS as error:  # name the file of an empty, truncated or code-running checkpoint
+                raise unreadable_weights_error(m.SAM_CHECKPOINT, error) from error
             for block in blocks:
                 load_sam_state(block.sam, sam_state, m.SAM_CHECKPOINT)
         else:
