@@ -152,6 +152,13 @@ class ESCNetCheckpointer(DetectionCheckpointer):
         self.resumed_from: Optional[str] = None
 
     # -- reading ----------------------------------------------------------------------------------------------
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # Detectron2 leaves this set when loading raises, and asserts that it is unset at the next load.
+            self._parsed_url_during_load = None
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         """The checkpoint as Detectron2 expects it (``{"model": ...}``), read by :func:`read_checkpoint_file`."""
         if filename.endswith(".pkl"):
