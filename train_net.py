@@ -57,6 +57,12 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        if comm.get_world_size() > 1:
+            # Detectron2 seeds every rank differently, and DDP with broadcast_buffers=False (Detectron2's setting)
+            # does not synchronise buffers at start: randomly initialised buffers (SAM's positional-encoding matrix
+            # when no SAM_CHECKPOINT is given) would differ between ranks. Rank 0's are the ones checkpointed.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         device_ids = [comm.get_local_rank()] if next(model.parameters()).device.type == "cuda" else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         if cfg.SOLVER.AMP.ENABLED:
