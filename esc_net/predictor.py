@@ -9,7 +9,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
-from .modeling.clip.text_prompts import split_synonyms
+from .data.vocabulary import split_synonyms
 from .utils.checkpoint import load_model_weights
 
 __all__ = ["ESCNetPredictor", "display_name", "distinct_colors", "vocabulary_metadata"]
@@ -83,18 +83,25 @@ class ESCNetPredictor:
         """
         self.model.set_vocabulary(class_names)
 
-    def __call__(self, image_bgr: np.ndarray) -> Dict[str, torch.Tensor]:
+    def __call__(self, image_bgr: np.ndarray, output: Optional[str] = None, top_k: Optional[int] = None
+                 ) -> Dict[str, torch.Tensor]:
         """Segments one image.
 
         Args:
-            image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it.
+            image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it; H and W at least 1.
+            output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
+            top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
 
         Returns:
-            ``{"sem_seg": Tensor[N, H, W]}``: per-class scores in [0, 1] for the N names of :attr:`vocabulary`,
-            on the model's device.
+            "scores": ``{"sem_seg": Tensor[N, H, W]}``, per-class scores in [0, 1] for the N names of
+            :attr:`vocabulary` (N x H x W floats). "labels": ``{"sem_seg_labels": Tensor[H, W]}``, the index of the
+            best class (uint8 up to 256 classes, else int16), plus ``"sem_seg_topk_labels"`` and
+            ``"sem_seg_topk_scores"`` (float16) [k, H, W] with ``top_k``; computed in tiles, in working memory
+            that does not grow with the image or the vocabulary. On the model's device.
 
         Raises:
-            ValueError: the image is not an [H, W, 3] uint8 array, or no vocabulary is set.
+            ValueError: the image is not an [H, W, 3] uint8 array, is empty (a side of 0), no vocabulary is set,
+                ``output`` is unknown, ``top_k`` is outside [0, N], or the model's scores hold NaN.
         """
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", None)
@@ -103,10 +110,17 @@ class ESCNetPredictor:
         if image_bgr.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image (0-255, as cv2.imread gives), got dtype {image_bgr.dtype}")
         height, width = image_bgr.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"the image is empty: {height}x{width} pixels (H x W)")
         image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        request = {"image": image, "height": height, "width": width}
+        if output is not None:
+            request["output"] = output
+        if top_k is not None:
+            request["top_k"] = top_k
         with torch.no_grad():
-            return self.model([{"image": image, "height": height, "width": width}])[0]
+            return self.model([request])[0]
 
     @property
     def metadata(self) -> Metadata:

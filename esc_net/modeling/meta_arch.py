@@ -4,6 +4,7 @@ Notation: B images, N classes, S x S the CLIP input size, h x w = S/patch the CL
 embedding width, C the correlation-embedding width.
 """
 import logging
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -20,6 +21,7 @@ from .clip import CLIPEncoder
 from .criterion import segmentation_loss
 from .decoder import CorrelationDecoder
 from .esc_block import ESCBlock
+from .full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
 from .sam_block import load_sam_state, sam_checkpoint_state
 from .sliding_window import SlidingWindow
 
@@ -53,7 +55,10 @@ class ESCNet(nn.Module):
     vocabulary for that call; all inputs of a batch must then carry the same one.
 
     Output: in training a dict of losses; in inference ``[{"sem_seg": Tensor[N, height, width]}]``, per-class
-    scores in [0, 1] for the N names of the vocabulary.
+    scores in [0, 1] for the N names of the vocabulary. With ``INFERENCE_OUTPUT "labels"`` (or an input's
+    ``"output": "labels"``, with an optional ``"top_k": k``) instead ``{"sem_seg_labels": [height, width]}`` (and
+    ``"sem_seg_topk_labels"``/``"sem_seg_topk_scores"`` [k, height, width]), computed in memory that does not
+    grow with the image or the vocabulary (see ``full_resolution.py``).
     """
 
     @configurable
@@ -76,6 +81,8 @@ class ESCNet(nn.Module):
         max_classes_per_view: int = 0,
         view_classes_per_pass: int = 0,
         activation_checkpointing: bool = False,
+        inference_output: str = "scores",
+        inference_top_k: int = 0,
     ):
         """
         Args:
@@ -98,6 +105,8 @@ class ESCNet(nn.Module):
                 inference memory without changing the scores. 0 = one pass.
             activation_checkpointing: in training, recompute the blocks' and the decoder's activations in the
                 backward pass instead of storing them.
+            inference_output: "scores" (per-class scores at full resolution) or "labels" (label map, and top-k
+                when ``inference_top_k`` > 0, in bounded memory); an input's "output" / "top_k" override them.
         """
         super().__init__()
         if inference_mode not in ("sliding", "whole"):
@@ -118,6 +127,10 @@ class ESCNet(nn.Module):
         self.max_classes_per_view = max_classes_per_view
         self.view_classes_per_pass = view_classes_per_pass
         self.activation_checkpointing = activation_checkpointing
+        if inference_output not in OUTPUT_MODES:
+            raise ValueError(f"INFERENCE_OUTPUT must be one of {OUTPUT_MODES}, got {inference_output!r}")
+        self.inference_output = inference_output
+        self.inference_top_k = inference_top_k
         image_size = clip.grid_size[0] * clip.patch_size
         out_size = clip.grid_size[0] * decoder.upscale
         self.image_size = image_size
@@ -184,6 +197,8 @@ class ESCNet(nn.Module):
             "max_classes_per_view": m.MAX_CLASSES_PER_VIEW,
             "view_classes_per_pass": m.VIEW_CLASSES_PER_PASS,
             "activation_checkpointing": m.ACTIVATION_CHECKPOINTING,
+            "inference_output": m.INFERENCE_OUTPUT,
+            "inference_top_k": m.INFERENCE_TOP_K,
         }
 
     @property
@@ -191,8 +206,20 @@ class ESCNet(nn.Module):
         return self.pixel_mean.device
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
-        """Sets the class names scored at inference. Names may hold synonyms: "sofa, couch"."""
-        self.test_vocabulary = check_vocabulary(class_names)
+        """Sets the class names scored at inference. Names may hold synonyms: "sofa, couch".
+
+        Raises the errors of :func:`check_vocabulary`; warns (UserWarning) about names too long for the text
+        encoder's context, whose ends are cut off.
+        """
+        names = check_vocabulary(class_names)
+        truncated = self.clip.truncated_names(names)
+        if truncated:
+            warnings.warn(
+                f"these class names do not fit the text encoder's context once put in a prompt template and are cut "
+                f"off (similar long names may get the same embedding): {truncated}",
+                stacklevel=2,
+            )
+        self.test_vocabulary = names
 
     # ------------------------------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -251,12 +278,8 @@ class ESCNet(nn.Module):
             size = (self.image_size,) * 2
         else:
             size = (self.sliding_window.size,) * 2
-        images = torch.cat(
-            [
-                F.interpolate(self._normalize(x["image"])[None], size=size, mode="bilinear", align_corners=False)
-                for x in batched_inputs
-            ]
-        )
+        # resize, then normalise: the same values as the other way round, without a float copy of a large image
+        images = torch.stack([self._normalize(resize_bilinear(x["image"], size)) for x in batched_inputs])
         if self.inference_mode == "whole":
             scores = self._score_in_passes(images, text)
         else:
@@ -264,8 +287,8 @@ class ESCNet(nn.Module):
         results = []
         for x, score in zip(batched_inputs, scores):
             height, width = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
-            score = F.interpolate(score[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            results.append({"sem_seg": score})
+            output, top_k = x.get("output", self.inference_output), x.get("top_k", self.inference_top_k)
+            results.append(full_resolution_output(score, (height, width), output, top_k))
         return results
 
     # ------------------------------------------------------------------------------------------------------

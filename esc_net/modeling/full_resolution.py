@@ -1,0 +1,146 @@
+"""Bilinear resampling between the image's size and the model's, in bounded memory.
+
+ESC-Net scores classes on a small square grid (the CLIP input or the sliding-window canvas) and upsamples the
+scores to the image's height and width. Upsampling all N classes at once costs N x H x W floats (28.8 GB for 150
+classes on an 8000x6000 photo). :func:`upsampled_labels` instead walks the image in tiles and the classes in
+chunks, keeping a running argmax (and top-k), so its working memory is set by ``budget``, not by the image or
+the vocabulary; only the label map it returns grows with the image. :func:`resize_bilinear` shrinks the input
+image the same way, reading only the rows and columns that bilinear sampling touches.
+
+Both compute exactly what ``F.interpolate(..., mode="bilinear", align_corners=False)`` computes (up to float
+rounding): output pixel ``d`` samples the input at ``(d + 0.5) * in / out - 0.5``, clamped to the edges.
+"""
+import math
+from typing import Dict, Tuple
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["OUTPUT_MODES", "full_resolution_output", "label_dtype", "resize_bilinear", "upsampled_labels"]
+
+OUTPUT_MODES = ("scores", "labels")
+# Floats held by one tile of one class chunk (16 MB in float32).
+DEFAULT_BUDGET = 1 << 22
+_MAX_CLASS_CHUNK = 64
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer dtype that holds class indices 0..num_classes-1."""
+    if num_classes <= 256:
+        return torch.uint8
+    return torch.int16 if num_classes <= 1 << 15 else torch.int32
+
+
+def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
+    """For outputs ``start..stop-1`` along one axis: the two input indices and their weights."""
+    dst = torch.arange(start, stop, device=device, dtype=torch.float64)
+    src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    frac = (src - low).float()
+    return low, high, 1 - frac, frac
+
+
+def _resample(values: torch.Tensor, rows: Tuple[torch.Tensor, ...], cols: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """[C, h, w] -> [C, len(rows), len(cols)] float32, separably: the rows first (touching only two input rows per
+    output row), then the columns."""
+    low, high, w_low, w_high = rows
+    x = values.index_select(1, low).float() * w_low[:, None] + values.index_select(1, high).float() * w_high[:, None]
+    low, high, w_low, w_high = cols
+    return x.index_select(2, low) * w_low + x.index_select(2, high) * w_high
+
+
+def resize_bilinear(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(image[None].float(), size, mode="bilinear", align_corners=False)[0]`` without the float
+    copy of the whole image.
+
+    Args:
+        image: [C, H, W] of any dtype (e.g. uint8), on any device.
+        size: (h, w) of the result.
+    Returns:
+        [C, h, w] float32 on ``image``'s device. Memory: C x h x W floats besides the result.
+    """
+    (H, W), (h, w) = image.shape[-2:], size
+    return _resample(image, _taps(h, H, 0, h, image.device), _taps(w, W, 0, w, image.device))
+
+
+def upsampled_labels(
+    scores: torch.Tensor, size: Tuple[int, int], top_k: int = 0, budget: int = DEFAULT_BUDGET
+) -> Dict[str, torch.Tensor]:
+    """The argmax (and top-k) over classes of the bilinear upsampling of ``scores`` to ``size``.
+
+    Args:
+        scores: [N, h, w] per-class scores at the model's resolution.
+        size: (H, W), the image's size.
+        top_k: also return the k best classes per pixel and their scores (0: no).
+        budget: floats held by one tile of one class chunk; the working memory is a few times this.
+
+    Returns:
+        ``"sem_seg_labels"``: [H, W] index of the best class (:func:`label_dtype`); with ``top_k``,
+        ``"sem_seg_topk_labels"`` [k, H, W] (same dtype) and ``"sem_seg_topk_scores"`` [k, H, W] float16, best
+        first. All on ``scores``' device.
+
+    Raises:
+        ValueError: the scores hold NaN (a broken model or weights), or top_k is not in [0, N].
+    """
+    N, h, w = scores.shape
+    H, W = size
+    if torch.isnan(scores).any():
+        raise ValueError(
+            f"the model's scores hold NaN ({int(torch.isnan(scores).sum())} of {scores.numel()} values): the "
+            "weights or the input are broken; no label can be chosen"
+        )
+    if not 0 <= top_k <= N:
+        raise ValueError(f"top_k must be in [0, {N}] (the number of classes), got {top_k}")
+    chunk = min(N, _MAX_CLASS_CHUNK)
+    side = max(1, math.isqrt(budget // chunk))
+    dtype, device = label_dtype(N), scores.device
+    labels = torch.empty(H, W, dtype=dtype, device=device)
+    if top_k:
+        topk_labels = torch.empty(top_k, H, W, dtype=dtype, device=device)
+        topk_scores = torch.empty(top_k, H, W, dtype=torch.float16, device=device)
+    for y0 in range(0, H, side):
+        rows = _taps(H, h, y0, min(y0 + side, H), device)
+        for x0 in range(0, W, side):
+            cols = _taps(W, w, x0, min(x0 + side, W), device)
+            best = best_index = None
+            for c0 in range(0, N, chunk):
+                tile = _resample(scores[c0 : c0 + chunk], rows, cols)  # [chunk, th, tw]
+                if top_k:
+                    index = torch.arange(c0, c0 + len(tile), device=device)[:, None, None].expand_as(tile)
+                    if best is not None:
+                        tile, index = torch.cat([best, tile]), torch.cat([best_index, index])
+                    best, position = tile.topk(min(top_k, len(tile)), dim=0)
+                    best_index = index.gather(0, position)
+                else:
+                    value, index = tile.max(dim=0)
+                    if best is None:
+                        best, best_index = value, index
+                    else:
+                        # strictly greater: a tie keeps the earlier class, as argmax does
+                        better = value > best
+                        best, best_index = torch.where(better, value, best), torch.where(better, index + c0, best_index)
+            window = (slice(y0, y0 + side), slice(x0, x0 + side))
+            if top_k:
+                topk_labels[(slice(None), *window)] = best_index.to(dtype)
+                topk_scores[(slice(None), *window)] = best.to(torch.float16)
+                labels[window] = best_index[0].to(dtype)
+            else:
+                labels[window] = best_index.to(dtype)
+    result = {"sem_seg_labels": labels}
+    if top_k:
+        result.update(sem_seg_topk_labels=topk_labels, sem_seg_topk_scores=topk_scores)
+    return result
+
+
+def full_resolution_output(scores: torch.Tensor, size: Tuple[int, int], output: str = "scores", top_k: int = 0):
+    """The model's output for one image from its [N, h, w] scores, at the image's (H, W) ``size``.
+
+    ``output="scores"``: ``{"sem_seg": [N, H, W] float}`` (N x H x W floats). ``output="labels"``: the bounded
+    memory result of :func:`upsampled_labels` (label map, and top-k when ``top_k`` > 0).
+    """
+    if output == "scores":
+        return {"sem_seg": F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]}
+    if output == "labels":
+        return upsampled_labels(scores, size, top_k)
+    raise ValueError(f"the inference output must be one of {OUTPUT_MODES}, got {output!r}")
