@@ -33,11 +33,13 @@ def label_dtype(num_classes: int) -> torch.dtype:
 
 def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
     """For outputs ``start..stop-1`` along one axis: the two input indices and their weights."""
-    dst = torch.arange(start, stop, device=device, dtype=torch.float64)
-    src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    # float32 arithmetic, as PyTorch's bilinear kernel uses for float32 tensors
+    dst = torch.arange(start, stop, device=device, dtype=torch.float32)
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    src = (scale * (dst + 0.5) - 0.5).clamp(min=0)
     low = src.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    frac = (src - low).float()
+    frac = (src - low).clamp(0, 1)
     return low, high, 1 - frac, frac
 
 
