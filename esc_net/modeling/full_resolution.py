@@ -2,9 +2,10 @@
 
 ESC-Net scores classes on a small square grid (the CLIP input or the sliding-window canvas) and upsamples the
 scores to the image's height and width. Upsampling all N classes at once costs N x H x W floats (28.8 GB for 150
-classes on an 8000x6000 photo). :func:`upsampled_labels` instead walks the image in tiles and the classes in
-chunks, keeping a running argmax (and top-k), so its working memory is set by ``budget``, not by the image or
-the vocabulary; only the label map it returns grows with the image. :func:`resize_bilinear` shrinks the input
+classes on an 8000x6000 photo). :func:`upsampled_labels` instead walks the image in bands of rows and the
+classes in chunks, keeping a running argmax (and top-k), so its working memory is set by ``budget`` (or one row
+of one class for images wider than that), not by the vocabulary; only the label map it returns grows with the
+image. :func:`resize_bilinear` shrinks the input
 image the same way, reading only the rows and columns that bilinear sampling touches.
 
 Both compute exactly what ``F.interpolate(..., mode="bilinear", align_corners=False)`` computes (up to float
@@ -19,7 +20,7 @@ from torch.nn import functional as F
 __all__ = ["OUTPUT_MODES", "full_resolution_output", "label_dtype", "resize_bilinear", "upsampled_labels"]
 
 OUTPUT_MODES = ("scores", "labels")
-# Floats held by one tile of one class chunk (16 MB in float32).
+# Floats held by one band of rows of one class chunk (16 MB in float32).
 DEFAULT_BUDGET = 1 << 22
 _MAX_CLASS_CHUNK = 64
 
@@ -32,7 +33,7 @@ def label_dtype(num_classes: int) -> torch.dtype:
 
 
 def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
-    """For outputs ``start..stop-1`` along one axis: the two input indices and their weights."""
+    """For outputs ``start..stop-1`` along one axis: the two input indices and the weight of the second."""
     # float32 arithmetic, as PyTorch's bilinear kernel uses for float32 tensors
     dst = torch.arange(start, stop, device=device, dtype=torch.float32)
     scale = torch.tensor(in_size, dtype=torch.float32) / out_size
@@ -40,16 +41,16 @@ def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[t
     low = src.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
     frac = (src - low).clamp(0, 1)
-    return low, high, 1 - frac, frac
+    return low, high, frac
 
 
 def _resample(values: torch.Tensor, rows: Tuple[torch.Tensor, ...], cols: Tuple[torch.Tensor, ...]) -> torch.Tensor:
     """[C, h, w] -> [C, len(rows), len(cols)] float32, separably: the rows first (touching only two input rows per
     output row), then the columns."""
-    low, high, w_low, w_high = rows
-    x = values.index_select(1, low).float() * w_low[:, None] + values.index_select(1, high).float() * w_high[:, None]
-    low, high, w_low, w_high = cols
-    return x.index_select(2, low) * w_low + x.index_select(2, high) * w_high
+    low, high, frac = rows
+    x = values.index_select(1, low).float().lerp_(values.index_select(1, high).float(), frac[:, None])
+    low, high, frac = cols
+    return x.index_select(2, low).lerp_(x.index_select(2, high), frac)
 
 
 def resize_bilinear(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -75,7 +76,8 @@ def upsampled_labels(
         scores: [N, h, w] per-class scores at the model's resolution.
         size: (H, W), the image's size.
         top_k: also return the k best classes per pixel and their scores (0: no).
-        budget: floats held by one tile of one class chunk; the working memory is a few times this.
+        budget: floats held by one band of rows of one class chunk (at least one row of one class, W floats);
+            the working memory is a few times this.
 
     Returns:
         ``"sem_seg_labels"``: [H, W] index of the best class (:func:`label_dtype`); with ``top_k``,
@@ -94,41 +96,44 @@ def upsampled_labels(
         )
     if not 0 <= top_k <= N:
         raise ValueError(f"top_k must be in [0, {N}] (the number of classes), got {top_k}")
-    chunk = min(N, _MAX_CLASS_CHUNK)
-    side = max(1, math.isqrt(budget // chunk))
+    # Bands of full-width rows: the rows are interpolated here (two low-resolution rows per output row), the
+    # columns by F.interpolate over the whole width, PyTorch's fast kernel (a band keeps its height, so only the
+    # width is resampled). A band of a class chunk holds at most max(budget, W) floats.
+    chunk = max(1, min(N, _MAX_CLASS_CHUNK, budget // W))
+    band_rows = max(1, budget // (chunk * W))
     dtype, device = label_dtype(N), scores.device
     labels = torch.empty(H, W, dtype=dtype, device=device)
     if top_k:
         topk_labels = torch.empty(top_k, H, W, dtype=dtype, device=device)
         topk_scores = torch.empty(top_k, H, W, dtype=torch.float16, device=device)
-    for y0 in range(0, H, side):
-        rows = _taps(H, h, y0, min(y0 + side, H), device)
-        for x0 in range(0, W, side):
-            cols = _taps(W, w, x0, min(x0 + side, W), device)
-            best = best_index = None
-            for c0 in range(0, N, chunk):
-                tile = _resample(scores[c0 : c0 + chunk], rows, cols)  # [chunk, th, tw]
-                if top_k:
-                    index = torch.arange(c0, c0 + len(tile), device=device)[:, None, None].expand_as(tile)
-                    if best is not None:
-                        tile, index = torch.cat([best, tile]), torch.cat([best_index, index])
-                    best, position = tile.topk(min(top_k, len(tile)), dim=0)
-                    best_index = index.gather(0, position)
-                else:
-                    value, index = tile.max(dim=0)
-                    if best is None:
-                        best, best_index = value, index
-                    else:
-                        # strictly greater: a tie keeps the earlier class, as argmax does
-                        better = value > best
-                        best, best_index = torch.where(better, value, best), torch.where(better, index + c0, best_index)
-            window = (slice(y0, y0 + side), slice(x0, x0 + side))
+    for y0 in range(0, H, band_rows):
+        low, high, frac = _taps(H, h, y0, min(y0 + band_rows, H), device)
+        best = best_index = None
+        for c0 in range(0, N, chunk):
+            part = scores[c0 : c0 + chunk].float()
+            band = part.index_select(1, low).lerp_(part.index_select(1, high), frac[:, None])  # [chunk, rows, w]
+            band = F.interpolate(band[None], size=(len(low), W), mode="bilinear", align_corners=False)[0]
             if top_k:
-                topk_labels[(slice(None), *window)] = best_index.to(dtype)
-                topk_scores[(slice(None), *window)] = best.to(torch.float16)
-                labels[window] = best_index[0].to(dtype)
+                index = torch.arange(c0, c0 + len(band), device=device)[:, None, None].expand_as(band)
+                if best is not None:
+                    band, index = torch.cat([best, band]), torch.cat([best_index, index])
+                best, position = band.topk(min(top_k, len(band)), dim=0)
+                best_index = index.gather(0, position)
             else:
-                labels[window] = best_index.to(dtype)
+                value, index = band.max(dim=0)
+                if best is None:
+                    best, best_index = value, index
+                else:
+                    # strictly greater: a tie keeps the earlier class, as argmax does
+                    better = value > best
+                    best, best_index = torch.where(better, value, best), torch.where(better, index + c0, best_index)
+        rows = slice(y0, y0 + band_rows)
+        if top_k:
+            topk_labels[:, rows] = best_index.to(dtype)
+            topk_scores[:, rows] = best.to(torch.float16)
+            labels[rows] = best_index[0].to(dtype)
+        else:
+            labels[rows] = best_index.to(dtype)
     result = {"sem_seg_labels": labels}
     if top_k:
         result.update(sem_seg_topk_labels=topk_labels, sem_seg_topk_scores=topk_scores)
