@@ -4,6 +4,7 @@
     python train_net.py --config-file configs/esc_net_vitb_384.yaml --num-gpus 4
     python train_net.py --config-file configs/esc_net_vitb_384.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/esc_net_tiny.yaml MODEL.DEVICE cpu
+    python train_net.py --config-file configs/esc_net_tiny.yaml --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
 
 ``--eval-only`` evaluates every dataset of ``DATASETS.TEST`` in this one process, switching the model's
 vocabulary per dataset, then prints one table (benchmark x mIoU) and writes it as JSON and CSV in OUTPUT_DIR.

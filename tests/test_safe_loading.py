@@ -172,15 +172,13 @@ def test_empty_and_truncated_weight_files_are_named(tmp_path):
     empty, truncated = tmp_path / "empty.pth", tmp_path / "truncated.pth"
     empty.write_bytes(b"")
     truncated.write_bytes(good[: len(good) // 2])
-    with pytest.raises(UnreadableCheckpointError, match="empty \\(0 bytes\\)") as info:
-        ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(empty)))
-    assert str(empty) in str(info.value)
-    with pytest.raises(UnreadableCheckpointError, match="truncated") as info:
-        ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(truncated)))
-    assert str(truncated) in str(info.value)
-    with pytest.raises(UnreadableCheckpointError, match="empty") as info:
-        build_model(tiny_cfg("MODEL.ESC_NET.SAM_CHECKPOINT", str(empty)))
-    assert str(empty) in str(info.value)
-    with pytest.raises(UnreadableCheckpointError, match="truncated") as info:
-        build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", str(truncated)))
-    assert str(truncated) in str(info.value)
+    cases = [
+        (lambda path: ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", path)), empty, "empty \\(0 bytes\\)"),
+        (lambda path: ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", path)), truncated, "truncated"),
+        (lambda path: build_model(tiny_cfg("MODEL.ESC_NET.SAM_CHECKPOINT", path)), empty, "empty"),
+        (lambda path: build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", path)), truncated, "truncated"),
+    ]
+    for load, path, message in cases:
+        with pytest.raises(UnreadableCheckpointError, match=message) as info:
+            load(str(path))
+        assert str(path) in str(info.value)

@@ -32,6 +32,11 @@ def label_dtype(num_classes: int) -> torch.dtype:
     return torch.int16 if num_classes <= 1 << 15 else torch.int32
 
 
+def _check_top_k(top_k: int, num_classes: int) -> None:
+    if not 0 <= top_k <= num_classes:
+        raise ValueError(f"top_k must be in [0, {num_classes}] (the number of classes), got {top_k}")
+
+
 def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
     """For outputs ``start..stop-1`` along one axis: the two input indices and the weight of the second."""
     # float32 arithmetic, as PyTorch's bilinear kernel uses for float32 tensors
@@ -94,8 +99,7 @@ def upsampled_labels(
             f"the model's scores hold NaN ({int(torch.isnan(scores).sum())} of {scores.numel()} values): the "
             "weights or the input are broken; no label can be chosen"
         )
-    if not 0 <= top_k <= N:
-        raise ValueError(f"top_k must be in [0, {N}] (the number of classes), got {top_k}")
+    _check_top_k(top_k, N)
     # Bands of full-width rows: the rows are interpolated here (two low-resolution rows per output row), the
     # columns by F.interpolate over the whole width, PyTorch's fast kernel (a band keeps its height, so only the
     # width is resampled). A band of a class chunk holds at most max(budget, W) floats.
@@ -146,6 +150,7 @@ def full_resolution_output(scores: torch.Tensor, size: Tuple[int, int], output: 
     ``output="scores"``: ``{"sem_seg": [N, H, W] float}`` (N x H x W floats). ``output="labels"``: the bounded
     memory result of :func:`upsampled_labels` (label map, and top-k when ``top_k`` > 0).
     """
+    _check_top_k(top_k, len(scores))
     if output == "scores":
         return {"sem_seg": F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]}
     if output == "labels":

@@ -76,7 +76,7 @@ class _AtomicWrites:
     """
 
     def open(self, path: str, mode: str = "r", **kwargs):
-        if any(c in mode for c in "wax+"):
+        if "w" in mode:
             return atomic_write(path, mode)
         return PathManager.open(path, mode, **kwargs)
 
