@@ -10,7 +10,9 @@ setup(
     package_data={"esc_net.data.class_names": ["*.txt"]},
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.0",
+        # Every torch.load passes weights_only=True; before 2.10 that unpickler could still be made to run code
+        # (CVE-2025-32434, fixed in 2.6; CVE-2026-24747, fixed in 2.10).
+        "torch>=2.10",
         "torchvision",
         "open_clip_torch>=2.20",
         "segment-anything>=1.0",
@@ -40,6 +42,6 @@ setup(
         # the web demo (demo/app.py)
         "web": ["gradio>=5"],
         # the test suite; its browser test also needs Debian's chromium and chromium-driver (.ci/run installs them)
-        "test": ["pytest>=7", "pytest-timeout", "gradio>=5", "gradio_client", "httpx", "selenium>=4"],
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "gradio>=5", "gradio_client", "httpx", "selenium>=4"],
     },
 )

@@ -4,19 +4,29 @@
     python train_net.py --config-file configs/esc_net_vitb_384.yaml --num-gpus 4
     python train_net.py --config-file configs/esc_net_vitb_384.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/esc_net_tiny.yaml MODEL.DEVICE cpu
+    python train_net.py --config-file configs/esc_net_tiny.yaml --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
 
 ``--eval-only`` evaluates every dataset of ``DATASETS.TEST`` in this one process, switching the model's
 vocabulary per dataset, then prints one table (benchmark x mIoU) and writes it as JSON and CSV in OUTPUT_DIR.
 """
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -26,14 +36,15 @@ from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from esc_net.modeling.sam_block import check_sam_source
 from esc_net.solver import build_optimizer
-from esc_net.utils.checkpoint import load_model_weights
+from esc_net.utils.checkpoint import ESCNetCheckpointer, check_weights_fit
 
 
 AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's trainer with ESC-Net's data mapper, optimizer, AMP precision and multi-benchmark evaluation."""
+    """Detectron2's trainer with ESC-Net's data mapper, optimizer, AMP precision, multi-benchmark evaluation,
+    checkpointer (:class:`ESCNetCheckpointer`: atomic saves, resuming past damaged files), and DDP on CPUs."""
 
     def __init__(self, cfg):
         check_sam_source(cfg)
@@ -41,9 +52,46 @@ class Trainer(DefaultTrainer):
             raise ValueError(
                 f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_PRECISIONS)}, got {cfg.SOLVER.AMP.PRECISION!r}"
             )
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ is not called: it wraps the model in DistributedDataParallel with
+        # device_ids=[local rank], which DDP refuses for a CPU module (`--num-gpus 2 MODEL.DEVICE cpu`), and it
+        # builds Detectron2's own checkpointer. The steps are otherwise the same.
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        if comm.get_world_size() > 1:
+            # Detectron2 seeds every rank differently, and DDP with broadcast_buffers=False (Detectron2's setting)
+            # does not synchronise buffers at start: randomly initialised buffers (SAM's positional-encoding matrix
+            # when no SAM_CHECKPOINT is given) would differ between ranks. Rank 0's are the ones checkpointed.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        device_ids = [comm.get_local_rank()] if next(model.parameters()).device.type == "cuda" else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         if cfg.SOLVER.AMP.ENABLED:
-            self._trainer.precision = AMP_PRECISIONS[cfg.SOLVER.AMP.PRECISION]  # DefaultTrainer built an AMPTrainer
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=AMP_PRECISIONS[cfg.SOLVER.AMP.PRECISION])
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = ESCNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """Resumes from the newest readable checkpoint of OUTPUT_DIR (``resume``), else loads MODEL.WEIGHTS."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1
+
+    def train(self):
+        resumed = self.checkpointer.resumed_from
+        if resumed and self.start_iter >= self.max_iter and os.path.basename(resumed) != "model_final.pth":
+            # The last iteration's checkpoint was saved but the run died before model_final.pth was: training is
+            # complete and the loop below will not run again, so write the final checkpoint now.
+            self.checkpointer.save("model_final", iteration=self.iter)
+        return super().train()
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -101,10 +149,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
-        if weights:
-            load_model_weights(model, weights)
+        checkpointer = ESCNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if checkpointer.incompatible is not None:  # something was loaded: it must fit
+            check_weights_fit(checkpointer.incompatible, checkpointer.resumed_from or cfg.MODEL.WEIGHTS)
         else:
             logging.getLogger("detectron2").warning("evaluating without MODEL.WEIGHTS: the new modules are random")
         return Trainer.test(cfg, model)

@@ -44,6 +44,7 @@ from esc_net.data.prepare_utils import (
     write_label_tiff16,
     write_rgb_jpeg,
 )
+from esc_net.utils.safe_pickle import load_restricted_pickle
 
 BENCHMARK = "ade20k_847"
 RELEASE = "ADE20K_2021_17_01"
@@ -56,9 +57,18 @@ _INDEX_KEYS = ("filename", "folder", "objectnames")
 
 
 def load_index(path: Path) -> dict:
-    """The release's index (a pickled dict), checked for the keys this script reads."""
+    """The release's index (a pickled dict of lists and numpy arrays), checked for the keys this script reads.
+
+    The file is unpickled without running code: a pickle that names anything but numpy arrays, dtypes and plain
+    containers is refused with a ValueError.
+    """
     with open(require_file(path, "ADE20K full index", DOWNLOAD), "rb") as f:
-        index = pickle.load(f)
+        try:
+            index = load_restricted_pickle(f)
+        except (pickle.UnpicklingError, EOFError) as error:
+            raise ValueError(
+                f"{path} is not the ADE20K index (index_ade20k.pkl from {DOWNLOAD}): {error or 'the file ends early'}"
+            ) from error
     missing = [k for k in _INDEX_KEYS if not isinstance(index, dict) or k not in index]
     if missing:
         raise ValueError(f"{path} should be a dict with keys {list(_INDEX_KEYS)}; missing {missing}")

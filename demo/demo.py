@@ -23,15 +23,19 @@ Outputs in --output, for each input image <stem>.<ext>:
                       smaller than 512 px are drawn enlarged so that the names stay legible)
   <stem>_labels.png   (--save-labels) the label map at the input's size: the index of the best-scoring class
                       per pixel, uint8 PNG, or uint16 PNG for a vocabulary of more than 255 classes
-  <stem>_scores.npy   (--save-scores) the per-class scores, float16 [N, H, W] in [0, 1]
+  <stem>_scores.npy   (--save-scores) the per-class scores, float16 [N, H, W] in [0, 1]; needs N x H x W floats
+                      in memory (without it, labels are computed in tiles whatever the image and vocabulary size)
+  <stem>_topK.npz     (--save-top-k K) "labels" [K, H, W] (dtype as the label map) and "scores" float16
+                      [K, H, W]: the K best classes of each pixel, best first
   <stem>_prompts.png  (--show-prompts CLASS) every ESC-Block's pseudo prompts for CLASS, one row per block: the
                       input, the class's correlation map, its kept region, its K-means regions and its pseudo
                       points (computed on one whole-image view)
   vocabulary.txt      the label index and class name of every class, one per line
 
 Inputs (--input) are image files, folders (their .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files) or glob patterns
-(quote them so that the shell leaves them to this script). A missing or unreadable image, an empty vocabulary,
-a bad config or weights that do not fit the config stop the demo with an error message and exit status 1.
+(quote them so that the shell leaves them to this script). A missing or unreadable image, a truncated JPEG (which
+OpenCV would decode only in part), an empty vocabulary, a bad config or weights that are unreadable or do not fit
+the config stop the demo with an error message and exit status 1.
 """
 import argparse
 import glob
@@ -60,6 +64,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MIN_OVERLAY_SIDE = 512
 # Label maps are uint8 up to this many classes (ids 0..254; 255 is the usual ignore value), uint16 above.
 MAX_UINT8_CLASSES = 255
+# A JPEG's end-of-image marker is looked for in this many bytes at the end of the file.
+_JPEG_TAIL_BYTES = 4096
 
 
 class InputError(Exception):
@@ -80,7 +86,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     vocabulary.add_argument("--vocabulary-file", metavar="FILE", help="a text file with one class per line")
     vocabulary.add_argument("--dataset-vocabulary", metavar="NAME", help="the classes of a registered dataset")
     parser.add_argument("--save-labels", action="store_true", help="also write the label map PNG of each image")
-    parser.add_argument("--save-scores", action="store_true", help="also write the per-class scores (.npy)")
+    parser.add_argument("--save-scores", action="store_true",
+                        help="also write the per-class scores (.npy; needs N x H x W floats in memory)")
+    parser.add_argument("--save-top-k", type=int, default=0, metavar="K",
+                        help="also write the K best classes per pixel and their scores (.npz), in bounded memory")
     parser.add_argument("--show-prompts", metavar="CLASS",
                         help="also draw every block's pseudo prompts for this class of the vocabulary")
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
@@ -131,8 +140,31 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def is_truncated_jpeg(path: str) -> bool:
+    """Whether ``path`` is a JPEG file that ends before its end-of-image marker (FF D9).
+
+    OpenCV decodes such a file partially (grey bottom rows), warns on stderr and returns it as if it were whole.
+    The marker cannot occur inside the compressed data (a 0xFF byte there is always followed by 0x00 or a restart
+    marker), so its absence near the end means the file was cut; a few KB of trailing data after it are allowed.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG
+            return False
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - _JPEG_TAIL_BYTES))
+        return b"\xff\xd9" not in f.read()
+
+
 def read_image(path: str) -> np.ndarray:
-    """The image at ``path`` as [H, W, 3] uint8 BGR (grey and 16-bit images converted as OpenCV does)."""
+    """The image at ``path`` as [H, W, 3] uint8 BGR (grey and 16-bit images converted as OpenCV does).
+
+    Refuses (InputError) a file OpenCV cannot decode and a truncated JPEG, which OpenCV would decode partially.
+    """
+    if is_truncated_jpeg(path):
+        raise InputError(
+            f"the JPEG {path} is truncated (it ends before its end-of-image marker): only part of it could be "
+            "decoded; copy or export it again"
+        )
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"cannot read the image {path}: OpenCV cannot decode it (not an image, or corrupt)")
@@ -228,10 +260,33 @@ def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata) -> np.ndar
     return visualizer.draw_sem_seg(labels, alpha=0.5).get_image()[:, :, ::-1]
 
 
+def label_png_dtype(num_classes: int) -> type:
+    """uint8 for up to MAX_UINT8_CLASSES classes, else uint16."""
+    return np.uint8 if num_classes <= MAX_UINT8_CLASSES else np.uint16
+
+
 def label_map(scores: np.ndarray) -> np.ndarray:
     """[H, W] index of the best-scoring class of [N, H, W] scores, as uint8 (N <= 255) or uint16."""
-    dtype = np.uint8 if scores.shape[0] <= MAX_UINT8_CLASSES else np.uint16
-    return scores.argmax(axis=0).astype(dtype)
+    return scores.argmax(axis=0).astype(label_png_dtype(scores.shape[0]))
+
+
+def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namespace):
+    """(label map [H, W] as for the PNG, per-class scores [N, H, W] or None, top-k dict or None) of one image.
+
+    Without ``--save-scores`` the model returns the label map (and the top-k) computed in tiles, so a large
+    photo with a large vocabulary does not need N x H x W floats.
+    """
+    dtype = label_png_dtype(len(predictor.vocabulary))
+    if args.save_scores:
+        scores = predictor(image, output="scores")["sem_seg"].cpu().numpy()
+        return label_map(scores), scores, None
+    result = predictor(image, output="labels", top_k=args.save_top_k)
+    labels = result["sem_seg_labels"].cpu().numpy().astype(dtype)
+    if not args.save_top_k:
+        return labels, None, None
+    top = {"labels": result["sem_seg_topk_labels"].cpu().numpy().astype(dtype),
+           "scores": result["sem_seg_topk_scores"].cpu().numpy()}
+    return labels, None, top
 
 
 def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
@@ -252,6 +307,8 @@ def run(args: argparse.Namespace) -> List[str]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
         raise InputError(_message(e)) from e
+    if not 0 <= args.save_top_k <= len(vocabulary):
+        raise InputError(f"--save-top-k must be between 0 and the {len(vocabulary)} classes, got {args.save_top_k}")
     predictor.set_vocabulary(vocabulary)
     prompt_class = prompt_class_index(vocabulary, args.show_prompts) if args.show_prompts else None
     metadata = vocabulary_metadata(vocabulary, colors)
@@ -262,8 +319,7 @@ def run(args: argparse.Namespace) -> List[str]:
     overlays = []
     for path in tqdm(paths, desc="ESC-Net demo", unit="img"):
         image = read_image(path)
-        scores = predictor(image)["sem_seg"].cpu().numpy()  # [N, H, W]
-        labels = label_map(scores)
+        labels, scores, top = segment(predictor, image, args)
         out = os.path.join(args.output, _stem(path))
         _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata))
         overlays.append(out + "_overlay.png")
@@ -271,6 +327,8 @@ def run(args: argparse.Namespace) -> List[str]:
             _write_png(out + "_labels.png", labels)
         if args.save_scores:
             np.save(out + "_scores.npy", scores.astype(np.float16))
+        if top is not None:
+            np.savez(out + f"_top{args.save_top_k}.npz", **top)
         if prompt_class is not None:
             _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
     logger.info(f"wrote {len(overlays)} overlay(s) to {args.output}")

@@ -110,6 +110,12 @@ def add_esc_net_config(cfg: CN) -> None:
     # max(1, VIEW_CLASSES_PER_PASS // N) views (N capped by MAX_CLASSES_PER_VIEW). Activation memory grows with
     # views x classes; the passes bound it without changing any score (views are independent). 0 = one pass.
     m.VIEW_CLASSES_PER_PASS = 1024
+    # What inference returns per image: "scores", per-class scores [N, H, W] at the image's size (N x H x W
+    # floats: 28.8 GB for 150 classes on 8000x6000), or "labels", the label map [H, W] (and, with
+    # INFERENCE_TOP_K > 0, the k best classes and their scores per pixel), upsampled in tiles and class chunks
+    # in bounded memory. The evaluator takes either.
+    m.INFERENCE_OUTPUT = "scores"
+    m.INFERENCE_TOP_K = 0
 
     # --- solver ---------------------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"

@@ -9,7 +9,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
-from .modeling.clip.text_prompts import split_synonyms
+from .data.vocabulary import split_synonyms
 from .utils.checkpoint import load_model_weights
 
 __all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
@@ -83,21 +83,33 @@ class ESCNetPredictor:
         """
         self.model.set_vocabulary(class_names)
 
-    def __call__(self, image_bgr: np.ndarray, vocabulary: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        image_bgr: np.ndarray,
+        vocabulary: Optional[Sequence[str]] = None,
+        output: Optional[str] = None,
+        top_k: Optional[int] = None,
+    ) -> Dict[str, torch.Tensor]:
         """Segments one image.
 
         Args:
-            image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it.
+            image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it; H and W at least 1.
             vocabulary: class names for this call only (the predictor's :attr:`vocabulary` is left unchanged,
                 so that callers in several threads can each pass their own); default :attr:`vocabulary`.
+            output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
+            top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
 
         Returns:
-            ``{"sem_seg": Tensor[N, H, W]}``: per-class scores in [0, 1] for the N names of the vocabulary used,
-            on the model's device.
+            "scores": ``{"sem_seg": Tensor[N, H, W]}``, per-class scores in [0, 1] for the N names of the
+            vocabulary used (N x H x W floats). "labels": ``{"sem_seg_labels": Tensor[H, W]}``, the index of the
+            best class (uint8 up to 256 classes, else int16), plus ``"sem_seg_topk_labels"`` and
+            ``"sem_seg_topk_scores"`` (float16) [k, H, W] with ``top_k``; computed in tiles, in working memory
+            that does not grow with the image or the vocabulary. On the model's device.
 
         Raises:
-            ValueError: the image is not an [H, W, 3] uint8 array, or no vocabulary is set, or ``vocabulary``
-                is empty or holds an empty name.
+            ValueError: the image is not an [H, W, 3] uint8 array, is empty (a side of 0), no vocabulary is set,
+                ``vocabulary`` is empty or holds an empty name, ``output`` is unknown, ``top_k`` is outside
+                [0, N], or the model's scores hold NaN.
         """
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", None)
@@ -106,13 +118,19 @@ class ESCNetPredictor:
         if image_bgr.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image (0-255, as cv2.imread gives), got dtype {image_bgr.dtype}")
         height, width = image_bgr.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"the image is empty: {height}x{width} pixels (H x W)")
         image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        inputs = {"image": image, "height": height, "width": width}
+        request = {"image": image, "height": height, "width": width}
         if vocabulary is not None:
-            inputs["vocabulary"] = list(vocabulary)
+            request["vocabulary"] = list(vocabulary)
+        if output is not None:
+            request["output"] = output
+        if top_k is not None:
+            request["top_k"] = top_k
         with torch.no_grad():
-            return self.model([inputs])[0]
+            return self.model([request])[0]
 
     @property
     def metadata(self) -> Metadata:

@@ -5,8 +5,9 @@
 #   3. train the tiny ESC-Net (configs/esc_net_tiny_shapes.yaml) with train_net.py; the evaluation at the end
 #      prints the mIoU table on the held-out split and writes benchmark_results.json;
 #   4. run the demo on one validation image.
-# A second run finds the dataset and the final checkpoint, skips their work, and evaluates the checkpoint again;
-# delete the output folder to train again. An interrupted training resumes from its last checkpoint.
+# A second run finds the dataset and a final checkpoint that loads, skips their work, and evaluates the checkpoint
+# again; delete the output folder to train again. An interrupted training (even one killed while saving) resumes
+# from its last checkpoint that loads.
 #
 # Environment knobs:
 #   ESC_NET_OUTPUT          output folder (default: output/esc_net_tiny_shapes)
@@ -40,10 +41,25 @@ if [ -n "${ESC_NET_DEFAULT_ITERS:-}" ]; then CONFIG_OPTS+=(SOLVER.MAX_ITER "$ESC
 log "generating the synthetic shapes dataset under $DETECTRON2_DATASETS"
 "$PY" datasets/generate_synthetic_shapes.py "${GENERATE_ARGS[@]}"
 
-if [ -f "$CHECKPOINT" ]; then
+# "Already trained" means a final checkpoint that loads, not merely a file of that name (a run killed by an
+# older version could leave an empty one).
+checkpoint_loads() {
+  [ -f "$CHECKPOINT" ] && "$PY" -c '
+import sys
+from esc_net.utils.checkpoint import read_checkpoint_file
+try:
+    read_checkpoint_file(sys.argv[1])
+except ValueError as error:
+    sys.exit(f"[run_default] {error}")' "$CHECKPOINT"
+}
+
+if checkpoint_loads; then
   log "found $CHECKPOINT: skipping training (delete $OUTPUT to train again); evaluating it"
   "$PY" train_net.py --config-file "$CONFIG" --eval-only "${CONFIG_OPTS[@]}" MODEL.WEIGHTS "$CHECKPOINT"
 else
+  if [ -f "$CHECKPOINT" ]; then
+    log "$CHECKPOINT does not load: training again from the last checkpoint that does"
+  fi
   log "training $CONFIG on the CPU (evaluation on synthetic_shapes_val at the end)"
   "$PY" train_net.py --config-file "$CONFIG" --resume "${CONFIG_OPTS[@]}"
 fi

@@ -58,3 +58,17 @@ def test_inference_keeps_the_image_and_its_size(tmp_path):
     image = _write(tmp_path, "img.png", np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     out = mapper({"file_name": image, "sem_seg_file_name": "unused.png"})
     assert out["image"].shape == (3, 50, 70) and (out["height"], out["width"]) == (50, 70)
+
+
+def test_training_label_outside_the_vocabulary_names_the_file(tmp_path):
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.get("mapper_test_three_classes").set(stuff_classes=["a", "b", "c"])
+    cfg = tiny_cfg("DATASETS.TRAIN", ("mapper_test_three_classes",))
+    mapper = SemanticSegmentationMapper(cfg, is_train=True)
+    image = _write(tmp_path, "img.png", np.zeros((64, 64, 3), np.uint8))
+    values = np.full((64, 64), 2, np.uint8)
+    values[5, 5], values[6, 6] = 7, 255  # 7 is no class of three; 255 is the ignore value
+    label = _write(tmp_path, "label.png", values)
+    with pytest.raises(ValueError, match=r"label.png holds class ids \[7\] outside \[0, 3\)"):
+        mapper({"file_name": image, "sem_seg_file_name": label, "height": 64, "width": 64})

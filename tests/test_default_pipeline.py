@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 from conftest import REPO_ROOT
 
+from esc_net.utils.checkpoint import read_checkpoint_file
+
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "run_default.sh")
 
 
@@ -60,3 +62,10 @@ def test_run_default_end_to_end_and_rerun(tmp_path):
     assert checkpoint.stat().st_mtime_ns == mtime
     rerun = json.loads((out / "benchmark_results.json").read_text())["results"]["synthetic_shapes_val"]
     assert rerun["mIoU"] == results["mIoU"]
+
+    # A final checkpoint that does not load (left by a kill in an older version) is not "already trained": the
+    # script trains again and ends with a checkpoint that loads.
+    checkpoint.write_bytes(b"")
+    log = _run_default(env)
+    assert "does not load" in log and "skipping training" not in log
+    assert read_checkpoint_file(str(checkpoint))["iteration"] == 5

@@ -156,3 +156,31 @@ def test_cli_exits_with_message_and_no_traceback(tmp_path):
     assert result.returncode == 1
     assert f"demo.py: error: input image not found: {missing}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_truncated_jpeg_and_bad_vocabulary_names_are_refused(images, tmp_path):
+    whole = (images / "c.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    assert cv2.imread(str(cut)) is not None  # OpenCV decodes it partially, without an error
+    message = _error("--input", cut, "--output", tmp_path / "out", "--vocabulary", "a; b")
+    assert f"the JPEG {cut} is truncated" in message
+    args = ("--input", images / "a.png", "--output", tmp_path / "out")
+    assert "without any synonym" in _error(*args, "--vocabulary", " , ; cat")
+    assert "repeats class names" in _error(*args, "--vocabulary", "cat; dog; Cat")
+    assert "--save-top-k must be between 0 and the 2 classes" in _error(*args, "--vocabulary", "a; b",
+                                                                        "--save-top-k", 3)
+
+
+def test_labels_and_top_k_without_full_scores(images, weights, tmp_path):
+    out = tmp_path / "out"
+    _run("--input", images / "b.png", "--output", out, "--vocabulary", "red circle; blue square; sofa, couch",
+         "--save-labels", "--save-top-k", 2, opts=["MODEL.WEIGHTS", weights])
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor.set_vocabulary(["red circle", "blue square", "sofa, couch"])
+    scores = predictor(cv2.imread(str(images / "b.png")))["sem_seg"]
+    labels = cv2.imread(str(out / "b_labels.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(labels, scores.argmax(dim=0).numpy())
+    top = np.load(out / "b_top2.npz")
+    assert top["labels"].shape == (2, *SIZES["b.png"]) and top["scores"].dtype == np.float16
+    np.testing.assert_array_equal(top["labels"], scores.topk(2, dim=0).indices.numpy())

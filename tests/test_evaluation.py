@@ -312,3 +312,23 @@ def test_iou_chart_of_a_large_vocabulary_shows_the_best_and_the_worst():
 def test_benchmark_report_rejects_malformed_results():
     with pytest.raises(ValueError, match="'broken' lack \\['mIoU', 'fwIoU', 'mACC', 'pACC'\\]"):
         summarize_benchmarks({"broken": {"mIoU": 40.0}})
+
+
+def test_label_map_outputs_give_the_numbers_of_scores_and_nan_scores_raise(tmp_path, register):
+    records, scores = _random_dataset(tmp_path)
+    classes = [f"c{i}" for i in range(5)]
+    name = register(records, classes)
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False)
+    from_scores = _run(evaluator, records, scores)
+    preds = [s.argmax(dim=0) for s in scores]
+    evaluator.reset()
+    for record, pred in zip(records, preds):
+        evaluator.process([record], [{"sem_seg_labels": pred.to(torch.uint8)}])
+    assert evaluator.evaluate()["sem_seg"] == from_scores
+    scores = scores[0].clone()
+    scores[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN") as info:
+        evaluator.process([records[0]], [{"sem_seg": scores}])
+    assert records[0]["file_name"] in str(info.value)
+    with pytest.raises(ValueError, match="label map"):
+        evaluator.process([records[0]], [{"sem_seg_labels": torch.full(preds[0].shape, len(classes))}])

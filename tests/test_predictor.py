@@ -133,3 +133,36 @@ def test_class_index_by_entry_or_first_synonym():
     assert class_index(VOCABULARY, " sofa ") == 2
     assert class_index(VOCABULARY, "couch") is None  # only the first synonym names the class on screen
     assert class_index(VOCABULARY, "dog") is None
+
+
+def test_label_output_is_the_argmax_of_the_scores(predictor):
+    image = _image(45, 77, seed=5)
+    scores = predictor(image)["sem_seg"]
+    result = predictor(image, output="labels", top_k=2)
+    assert result["sem_seg_labels"].shape == (45, 77) and result["sem_seg_labels"].dtype == torch.uint8
+    torch.testing.assert_close(result["sem_seg_labels"].long(), scores.argmax(dim=0))
+    top = scores.topk(2, dim=0)
+    torch.testing.assert_close(result["sem_seg_topk_labels"].long(), top.indices)
+    torch.testing.assert_close(result["sem_seg_topk_scores"].float(), top.values, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="top_k"):
+        predictor(image, output="labels", top_k=4)
+
+
+def test_empty_image_and_bad_vocabularies_are_refused(predictor):
+    for shape in ((0, 0, 3), (0, 10, 3), (10, 0, 3)):
+        with pytest.raises(ValueError, match="the image is empty"):
+            predictor(np.zeros(shape, np.uint8))
+    with pytest.raises(TypeError, match="1: None"):
+        predictor.set_vocabulary(["cat", None])
+    with pytest.raises(TypeError, match="0: 7"):
+        predictor.set_vocabulary([7, "dog"])
+    with pytest.raises(ValueError, match="without any synonym.*0: ','"):
+        predictor.set_vocabulary([" , ", "cat"])
+    with pytest.raises(ValueError, match="repeats class names.*'Sofa ,  couch' at 0 and 2"):
+        predictor.set_vocabulary(["sofa, couch", "cat", "Sofa ,  couch"])
+    assert predictor.vocabulary == VOCABULARY
+    long_name = " ".join(["very"] * 40) + " long name"
+    with pytest.warns(UserWarning, match="cut off") as warned:
+        predictor.set_vocabulary(["cat", long_name])
+    assert long_name in str(warned[0].message) and "'cat'" not in str(warned[0].message)
+    predictor.set_vocabulary(VOCABULARY)

@@ -1,13 +1,15 @@
 """Dataset mapper for semantic segmentation: reads an image and its label map, augments them for training."""
 import copy
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+
+from .vocabulary import get_dataset_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,13 @@ class SemanticSegmentationMapper:
 
     @configurable
     def __init__(self, is_train: bool, *, augmentations: List[T.Augmentation], image_format: str,
-                 ignore_label: int, crop_size: int):
+                 ignore_label: int, crop_size: int, num_classes: Optional[int] = None):
+        """
+        Args:
+            num_classes: training labels must be below this (or the ignore value); None: not checked.
+        """
         self.is_train = is_train
+        self.num_classes = num_classes
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
@@ -70,6 +77,8 @@ class SemanticSegmentationMapper:
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": cfg.MODEL.ESC_NET.IGNORE_VALUE,
             "crop_size": cfg.INPUT.SIZE_DIVISIBILITY,
+            # the training vocabulary's size (the model checks that the training datasets share one vocabulary)
+            "num_classes": len(get_dataset_vocabulary(cfg.DATASETS.TRAIN[0])) if is_train and cfg.DATASETS.TRAIN else None,
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
@@ -100,6 +109,14 @@ class SemanticSegmentationMapper:
                 f"label map {label_file} is {sem_seg.shape[1]}x{sem_seg.shape[0]} but its image {file_name} is "
                 f"{image.shape[1]}x{image.shape[0]} (width x height)"
             )
+        if self.num_classes is not None:
+            bad = (sem_seg >= self.num_classes) & (sem_seg != self.ignore_label)
+            if bad.any():
+                raise ValueError(
+                    f"label map {label_file} holds class ids {np.unique(sem_seg[bad])[:10].tolist()} outside "
+                    f"[0, {self.num_classes}) (the training vocabulary) that are not the ignore value "
+                    f"{self.ignore_label}"
+                )
         if sem_seg.dtype != np.uint8:
             # Detectron2 resizes non-uint8 label maps with torch, which has no nearest resize for integer types;
             # float32 holds every id up to 65535 exactly.

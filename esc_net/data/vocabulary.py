@@ -20,14 +20,52 @@ def get_dataset_vocabulary(dataset_name: str) -> List[str]:
     return list(names)
 
 
+def _synonyms(name: str) -> List[str]:
+    return [part.strip() for part in name.split(",") if part.strip()]
+
+
+def split_synonyms(name: str) -> List[str]:
+    """ "sofa, couch" -> ["sofa", "couch"]. Raises ValueError for a name without any non-empty synonym."""
+    if not isinstance(name, str):
+        raise TypeError(f"A class name must be a string, got {type(name).__name__}: {name!r}")
+    synonyms = _synonyms(name)
+    if not synonyms:
+        raise ValueError(f"Class name {name!r} is empty")
+    return synonyms
+
+
 def check_vocabulary(names: Sequence[str]) -> List[str]:
-    """Validates a user-given vocabulary: a non-empty sequence of non-empty class names."""
+    """Validates a user-given vocabulary and returns its names, stripped.
+
+    A vocabulary is a non-empty sequence of strings; each name holds at least one non-empty synonym after
+    splitting at commas ("sofa, couch"). Two classes with the same synonyms (compared without case and spacing)
+    are an error: they would get identical text embeddings and identical scores, so the second could never be
+    predicted. Names too long for the text encoder are checked where the tokenizer is known
+    (``ESCNet.set_vocabulary`` warns about them).
+
+    Raises:
+        TypeError: ``names`` is one string, or an entry is not a string (None, a number, ...).
+        ValueError: the vocabulary is empty, a name is empty after synonym splitting (" , "), or names repeat.
+    """
     if isinstance(names, str):
         raise TypeError(f"a vocabulary is a list of class names, not one string: {names!r}")
-    names = [str(n).strip() for n in names]
+    names = list(names)
     if not names:
         raise ValueError("the vocabulary is empty: give at least one class name")
-    empty = [i for i, n in enumerate(names) if not n]
+    not_strings = [f"{i}: {n!r}" for i, n in enumerate(names) if not isinstance(n, str)]
+    if not_strings:
+        raise TypeError(f"class names must be strings; these are not (position: value): {', '.join(not_strings)}")
+    names = [n.strip() for n in names]
+    empty = [f"{i}: {n!r}" for i, n in enumerate(names) if not _synonyms(n)]
     if empty:
-        raise ValueError(f"the vocabulary has empty class names at positions {empty}")
+        raise ValueError(f"the vocabulary has class names without any synonym (position: name): {', '.join(empty)}")
+    first_position = {}
+    repeats = []
+    for i, name in enumerate(names):
+        key = tuple(" ".join(s.lower().split()) for s in _synonyms(name))
+        if key in first_position:
+            repeats.append(f"{name!r} at {first_position[key]} and {i}")
+        first_position.setdefault(key, i)
+    if repeats:
+        raise ValueError(f"the vocabulary repeats class names (their scores would be identical): {'; '.join(repeats)}")
     return names

@@ -143,11 +143,19 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
             inputs: dataset dicts with ``file_name`` and, ideally, ``sem_seg_file_name`` (else it is looked up in
                 the registered dataset by ``file_name``, since Detectron2's test-time mapper drops it).
             outputs: dicts whose ``"sem_seg"`` is a score tensor [N_vocab, H, W] at the image's original size,
-                on any device and of any floating dtype.
+                on any device and of any floating dtype, or whose ``"sem_seg_labels"`` is the [H, W] map of
+                vocabulary indices (the model's bounded-memory ``INFERENCE_OUTPUT "labels"``).
+
+        Raises:
+            ValueError: scores of the wrong shape or holding NaN, labels out of the vocabulary, or a label map
+                that does not match the prediction.
         """
         for inp, out in zip(inputs, outputs):
             gt_file = self._gt_file(inp)
-            pred = self._predicted_classes(out["sem_seg"], inp["file_name"])
+            if "sem_seg_labels" in out:
+                pred = self._checked_labels(out["sem_seg_labels"], inp["file_name"])
+            else:
+                pred = self._predicted_classes(out["sem_seg"], inp["file_name"])
             gt = self._load_labels(gt_file, pred.shape)
             labelled = gt != self._ignore_label
             self._conf_matrix += np.bincount(
@@ -197,7 +205,25 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
                 f"prediction for {file_name}: expected scores of shape [{self._vocabulary_size}, H, W] "
                 f"(one map per vocabulary name of {self._dataset_name!r}), got {tuple(scores.shape)}"
             )
-        pred = scores.argmax(dim=0)  # on the model's device: only the [H, W] map is copied to the CPU
+        if torch.isnan(scores).any():
+            raise ValueError(
+                f"prediction for {file_name}: the scores hold NaN ({int(torch.isnan(scores).sum())} values); "
+                "an argmax over them would be meaningless"
+            )
+        return self._evaluated_classes(scores.argmax(dim=0))  # on the model's device: only [H, W] goes to the CPU
+
+    def _checked_labels(self, labels: torch.Tensor, file_name: str) -> np.ndarray:
+        """[H, W] vocabulary indices -> int64 [H, W] evaluated class ids (the background rule)."""
+        labels = labels.long()
+        if labels.dim() != 2 or (labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self._vocabulary_size):
+            raise ValueError(
+                f"prediction for {file_name}: expected a label map [H, W] of indices into the "
+                f"{self._vocabulary_size} vocabulary names of {self._dataset_name!r}, got shape {tuple(labels.shape)}"
+                + (f" with values in [{int(labels.min())}, {int(labels.max())}]" if labels.numel() else "")
+            )
+        return self._evaluated_classes(labels)
+
+    def _evaluated_classes(self, pred: torch.Tensor) -> np.ndarray:
         if self._background_index is not None:
             pred = pred.clamp_max(self._background_index)
         return pred.cpu().numpy().astype(np.int64, copy=False)

@@ -5,6 +5,7 @@ embedding width, C the correlation-embedding width.
 """
 import contextlib
 import logging
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,10 +19,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..data.vocabulary import check_vocabulary, get_dataset_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
+from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .clip import CLIPEncoder
 from .criterion import segmentation_loss
 from .decoder import CorrelationDecoder
 from .esc_block import ESCBlock
+from .full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
 from .sam_block import load_sam_state, sam_checkpoint_state
 from .sliding_window import SlidingWindow
 
@@ -55,7 +58,10 @@ class ESCNet(nn.Module):
     vocabulary for that call; all inputs of a batch must then carry the same one.
 
     Output: in training a dict of losses; in inference ``[{"sem_seg": Tensor[N, height, width]}]``, per-class
-    scores in [0, 1] for the N names of the vocabulary.
+    scores in [0, 1] for the N names of the vocabulary. With ``INFERENCE_OUTPUT "labels"`` (or an input's
+    ``"output": "labels"``, with an optional ``"top_k": k``) instead ``{"sem_seg_labels": [height, width]}`` (and
+    ``"sem_seg_topk_labels"``/``"sem_seg_topk_scores"`` [k, height, width]), computed in memory that does not
+    grow with the image or the vocabulary (see ``full_resolution.py``).
     """
 
     @configurable
@@ -81,6 +87,8 @@ class ESCNet(nn.Module):
         sliding_window: int = 0,
         vis_period: int = 0,
         input_format: str = "RGB",
+        inference_output: str = "scores",
+        inference_top_k: int = 0,
     ):
         """
         Args:
@@ -110,6 +118,8 @@ class ESCNet(nn.Module):
                 image's pseudo prompts (for its most frequent class) into the EventStorage (TensorBoard images
                 ``pseudo_prompts/block<i>``). 0 = never.
             input_format: channel order of the input images ("RGB" or "BGR"), for those pictures.
+            inference_output: "scores" (per-class scores at full resolution) or "labels" (label map, and top-k
+                when ``inference_top_k`` > 0, in bounded memory); an input's "output" / "top_k" override them.
         """
         super().__init__()
         if inference_mode not in ("sliding", "whole"):
@@ -143,6 +153,10 @@ class ESCNet(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         self.vis_period = vis_period
         self.input_format = input_format
+        if inference_output not in OUTPUT_MODES:
+            raise ValueError(f"INFERENCE_OUTPUT must be one of {OUTPUT_MODES}, got {inference_output!r}")
+        self.inference_output = inference_output
+        self.inference_top_k = inference_top_k
         image_size = clip.grid_size[0] * clip.patch_size
         out_size = clip.grid_size[0] * decoder.upscale
         self.image_size = image_size
@@ -195,7 +209,10 @@ class ESCNet(nn.Module):
             for i in range(m.NUM_BLOCKS)
         ]
         if m.USE_SAM_BLOCK and m.SAM_CHECKPOINT:
-            sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
+            try:
+                sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
+            except READ_ERRORS as error:  # name the file of an empty, truncated or code-running checkpoint
+                raise unreadable_weights_error(m.SAM_CHECKPOINT, error) from error
             for block in blocks:
                 load_sam_state(block.sam, sam_state, m.SAM_CHECKPOINT)
         elif m.USE_SAM_BLOCK and not m.ALLOW_RANDOM_SAM:
@@ -226,6 +243,8 @@ class ESCNet(nn.Module):
             "sliding_window": m.SLIDING_WINDOW,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
+            "inference_output": m.INFERENCE_OUTPUT,
+            "inference_top_k": m.INFERENCE_TOP_K,
         }
 
     @property
@@ -233,8 +252,20 @@ class ESCNet(nn.Module):
         return self.pixel_mean.device
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
-        """Sets the class names scored at inference. Names may hold synonyms: "sofa, couch"."""
-        self.test_vocabulary = check_vocabulary(class_names)
+        """Sets the class names scored at inference. Names may hold synonyms: "sofa, couch".
+
+        Raises the errors of :func:`check_vocabulary`; warns (UserWarning) about names too long for the text
+        encoder's context, whose ends are cut off.
+        """
+        names = check_vocabulary(class_names)
+        truncated = self.clip.truncated_names(names)
+        if truncated:
+            warnings.warn(
+                f"these class names do not fit the text encoder's context once put in a prompt template and are cut "
+                f"off (similar long names may get the same embedding): {truncated}",
+                stacklevel=2,
+            )
+        self.test_vocabulary = names
 
     # ------------------------------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -321,12 +352,8 @@ class ESCNet(nn.Module):
             size = (self.image_size,) * 2
         else:
             size = (self.sliding_window.size,) * 2
-        images = torch.cat(
-            [
-                F.interpolate(self._normalize(x["image"])[None], size=size, mode="bilinear", align_corners=False)
-                for x in batched_inputs
-            ]
-        )
+        # resize, then normalise: the same values as the other way round, without a float copy of a large image
+        images = torch.stack([self._normalize(resize_bilinear(x["image"], size)) for x in batched_inputs])
         if self.inference_mode == "whole":
             scores = self._score_in_passes(images, text)
         else:
@@ -334,8 +361,8 @@ class ESCNet(nn.Module):
         results = []
         for x, score in zip(batched_inputs, scores):
             height, width = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
-            score = F.interpolate(score[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            results.append({"sem_seg": score})
+            output, top_k = x.get("output", self.inference_output), x.get("top_k", self.inference_top_k)
+            results.append(full_resolution_output(score, (height, width), output, top_k))
         return results
 
     # ------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import open_clip
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
+from ...utils.checkpoint import READ_ERRORS, unreadable_weights_error
+
 __all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "load_weights_file"]
 
 logger = logging.getLogger(__name__)
@@ -25,13 +27,18 @@ def _is_weights_path(pretrained: str) -> bool:
 def load_weights_file(model: nn.Module, path: str, label: str) -> None:
     """Loads an open_clip state dict file (.safetensors, or a torch-saved .bin/.pt/.pth) into ``model`` through
     open_clip's ``load_checkpoint`` (which also interpolates the positional embeddings to the model's grid and
-    context length). Raises ValueError naming the file and every missing / unexpected key when it does not fit."""
+    context length), with ``weights_only=True``. Raises ValueError naming the file and every missing / unexpected
+    key when it does not fit, and UnreadableCheckpointError (a ValueError) naming the file when it is empty,
+    truncated, or asks to run code."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIP weights file not found: {path}")
     try:
-        incompatible = open_clip.load_checkpoint(model, path, strict=False)
-    except RuntimeError as error:  # shape mismatches: torch raises even with strict=False
-        raise ValueError(f"CLIP weights file {path} does not fit the open_clip model {label!r}: {error}") from error
+        incompatible = open_clip.load_checkpoint(model, path, strict=False, weights_only=True)
+    except READ_ERRORS as error:
+        if isinstance(error, RuntimeError) and "loading state_dict" in str(error):
+            # shape mismatches: torch raises even with strict=False
+            raise ValueError(f"CLIP weights file {path} does not fit the open_clip model {label!r}: {error}") from error
+        raise unreadable_weights_error(path, error) from error
     if incompatible.missing_keys or incompatible.unexpected_keys:
         raise ValueError(
             f"CLIP weights file {path} does not fit the open_clip model {label!r} (an open_clip CLIP state dict is "

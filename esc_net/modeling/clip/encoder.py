@@ -206,6 +206,14 @@ class CLIPEncoder(nn.Module):
         embeddings = torch.cat([self.clip.encode_text(chunk) for chunk in tokens.split(self.text_batch_size)])
         return pool_prompt_embeddings(embeddings, synonym_to_class, len(class_names), len(self.templates))
 
+    def truncated_names(self, class_names: Sequence[str]) -> List[str]:
+        """The names of which some prompt (any template, any synonym) fills the text context, so that the
+        tokenizer cuts its end off: such names can end up with the same embedding as another name."""
+        prompts, synonym_to_class = build_prompts(class_names, self.templates, "average")
+        tokens = self.tokenizer(prompts)  # [S * T, context_length], zero-padded
+        full = (tokens[:, -1] != 0).view(len(synonym_to_class), -1).any(dim=1)
+        return [class_names[i] for i in sorted(set(synonym_to_class[full].tolist()))]
+
     def encode_text(self, class_names: Sequence[str]) -> Tensor:
         """
         Args:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...data.vocabulary import split_synonyms
+
 __all__ = ["SYNONYM_MODES", "check_templates", "split_synonyms", "build_prompts", "pool_prompt_embeddings"]
 
 SYNONYM_MODES = ("first", "average")
@@ -30,16 +32,6 @@ def check_templates(templates: Sequence[str]) -> Tuple[str, ...]:
                 f"A prompt template must be a string with exactly one '{{}}' for the class name: {template!r}"
             )
     return templates
-
-
-def split_synonyms(name: str) -> List[str]:
-    """ "sofa, couch" -> ["sofa", "couch"]. Raises ValueError for a name without any non-empty synonym."""
-    if not isinstance(name, str):
-        raise TypeError(f"A class name must be a string, got {type(name).__name__}: {name!r}")
-    synonyms = [part.strip() for part in name.split(",") if part.strip()]
-    if not synonyms:
-        raise ValueError(f"Class name {name!r} is empty")
-    return synonyms
 
 
 def build_prompts(class_names: Sequence[str], templates: Sequence[str], synonym_mode: str) -> Tuple[List[str], Tensor]:
