@@ -64,9 +64,9 @@ def add_esc_net_config(cfg: CN) -> None:
     # (two Swin blocks each), the reading under which the paper's FLOPs (2,203.5 G against CAT-Seg's 2,121.1)
     # add up; 2 is the heavier reading (README, "Cost").
     m.SWIN_DEPTH = 1
-    # Classes that go through the per-class stages (prompts, SAM, Swin, decoder) at a time; 0 = all at once.
-    # Bounds the temporaries of large vocabularies and lets memory be reused between chunks; scores do not depend
-    # on it beyond float rounding.
+    # Classes that go through the per-class stages (prompts, SAM, Swin, decoder) at a time on the CPU; 0 = all at
+    # once (always on GPUs, where chunks only add kernel launches; see esc_net/modeling/class_chunks.py). Lets the
+    # allocator reuse memory between chunks; scores do not depend on it beyond float rounding.
     m.CLASS_CHUNK = 16
     m.TEXT_GUIDANCE_DIM = 128
 

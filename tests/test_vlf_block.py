@@ -219,3 +219,13 @@ def test_swin_shifts_alternate_through_the_blocks():
                                window_size=12, swin_shifts=[None])
     (block,) = vlf.image_guidance.blocks
     assert block.shift_size == (6, 6) and block.attn.fused_attn
+
+
+def test_class_chunks_on_cpu_and_gpu():
+    from esc_net.modeling.class_chunks import class_chunks
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert class_chunks(5, 2, cpu) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert class_chunks(5, 0, cpu) == [slice(0, 5)]
+    # on a GPU chunks would only add kernel launches: all classes at once
+    assert class_chunks(5, 2, gpu) == [slice(0, 5)]

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .class_chunks import class_chunks
+
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     # Groups of 16 channels where the width allows it; works for the tiny widths of test configs too.
@@ -49,7 +51,8 @@ class CorrelationDecoder(nn.Module):
 
     With skip layers [3, 7] and a 24x24 grid: stage 1 fuses block 7's features at 48x48, stage 2 block 3's at
     96x96; a 3x3 conv then gives the logits [B, N, 96, 96]. Classes are independent here: they are decoded
-    ``class_chunk`` at a time (0: all at once), which keeps the high-resolution temporaries small.
+    ``class_chunk`` at a time on the CPU (see :func:`class_chunks`), which keeps the high-resolution temporaries
+    small.
     """
 
     def __init__(
@@ -95,7 +98,8 @@ class CorrelationDecoder(nn.Module):
         guidance = [project(skip) for project, skip in zip(self.skip_projections, reversed(skips))]
         B, N = corr_embed.shape[:2]
         logits = []
-        for x in corr_embed.split(self.class_chunk or N, dim=1):
+        for classes in class_chunks(N, self.class_chunk, corr_embed.device):
+            x = corr_embed[:, classes]
             for stage, skip in zip(self.stages, guidance):
                 x = stage(x, skip)
             logits.append(self.head(x.flatten(0, 1)).unflatten(0, (B, -1)))

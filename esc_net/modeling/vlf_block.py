@@ -6,9 +6,10 @@ Notation: B images, N classes, h x w the CLIP grid (P = h * w positions), C the 
 Both stages keep the correlation embedding channels-last, as [B, N, P, C] (a view of [B * N, h, w, C] for the
 spatial stage), so that every linear layer acts on the last dimension and the class axis is never moved.
 
-Classes are processed in chunks of ``class_chunk`` (all at once for 0): everything but the class attention's sums
-is per class, so a chunk's temporaries (attention matrices, MLP activations) stay small and their memory is
-reused from chunk to chunk instead of being mapped afresh for all N classes at once. The result does not depend
+On the CPU, classes are processed in chunks of ``class_chunk`` (all at once for 0, and on GPUs; see
+:func:`class_chunks`): everything but the class attention's sums is per class, so a chunk's temporaries (attention
+matrices, MLP activations) stay small and their memory is reused from chunk to chunk instead of being mapped
+afresh for all N classes at once. The result does not depend
 on the chunk size beyond float rounding.
 """
 
@@ -19,6 +20,8 @@ from timm.layers import Mlp
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 from torch.nn import functional as F
+
+from .class_chunks import class_chunks
 
 
 class ConcatLinear(nn.Module):
@@ -261,8 +264,7 @@ class VisionLanguageFusion(nn.Module):
         """
         self._check_inputs(corr_embed, text_embeds)
         B, N, C, h, w = corr_embed.shape
-        step = self.class_chunk or N
-        chunks = [slice(start, min(start + step, N)) for start in range(0, N, step)]
+        chunks = class_chunks(N, self.class_chunk, corr_embed.device)
         tg = self.text_guidance
         text = tg.text_proj(text_embeds).unsqueeze(2)  # [B, N, 1, T']
 
