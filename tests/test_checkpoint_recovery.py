@@ -136,12 +136,12 @@ def test_training_killed_at_several_moments_resumes_and_finishes(tmp_path):
         check=True, capture_output=True,
     )
     out = tmp_path / "out"
-    opts = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.IMS_PER_BATCH",
+    opts = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH",
             "2", "DATASETS.TEST", "()", "SEED", "3"]
-    # checkpoints at iterations 3, 7, 11, then model_final at 11
+    # checkpoints at iterations 1, 3, 5, then model_final at 5
     moments = [
-        "save:2",  # during the save of model_0000007, mid-training
-        "save:3",  # resumed from model_0000003: during the save of model_final (after model_0000007 and _0000011)
+        "save:2",  # during the save of model_0000003, mid-training
+        "save:3",  # resumed from model_0000001: during the save of model_final (after model_0000003 and _0000005)
     ]
     for kill in moments:
         result = _train(tmp_path, kill, opts)
@@ -150,7 +150,7 @@ def test_training_killed_at_several_moments_resumes_and_finishes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     final = read_checkpoint_file(str(out / "model_final.pth"))
-    assert final["iteration"] == 11
+    assert final["iteration"] == 5
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
-    for name in ("model_0000003.pth", "model_0000007.pth", "model_0000011.pth"):
+    for name in ("model_0000001.pth", "model_0000003.pth", "model_0000005.pth"):
         assert read_checkpoint_file(str(out / name))["iteration"] == int(name[6:13])

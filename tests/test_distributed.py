@@ -44,7 +44,7 @@ def two_images(tmp_path_factory):
 def _opts(output_dir):
     # IMS_PER_BATCH is the total over all processes: 2 images per step in every run. SGD, because AdamW divides
     # by the root of the squared gradients, which turns float rounding in near-zero gradients into full steps.
-    return ["OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1000",
+    return ["OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1000",
             "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.01",
             "SOLVER.IMS_PER_BATCH", "2", "INPUT.COLOR_AUG_SSD", "False", "DATASETS.TEST", "()", "SEED", "7"]
 
