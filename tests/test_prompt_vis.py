@@ -17,6 +17,7 @@ from esc_net.utils.prompt_vis import (
     PromptRecorder,
     dominant_class,
     draw_block_prompts,
+    draw_image_prompts,
 )
 
 VOCABULARY = ["red square", "green bar", "sky, heaven"]
@@ -169,3 +170,23 @@ def test_demo_show_prompts(tmp_path, model):
 
     with pytest.raises(SystemExit, match="--show-prompts 'dog' is not a class of the vocabulary"):
         demo.main(common + ["--show-prompts", "dog"] + opts)
+
+
+def test_model_without_sam_blocks_trains_with_vis_period_and_draws_no_prompts():
+    """The USE_SAM_BLOCK ablation has no pseudo prompts: training with VIS_PERIOD puts no picture (instead of
+    failing), and asking the demo's drawing for prompts is refused with a message."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("VIS_PERIOD", 1, "MODEL.ESC_NET.USE_SAM_BLOCK", False,
+                                 "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.0)).train()
+    image = torch.as_tensor(_image().transpose(2, 0, 1).copy())
+    inputs = [{"image": image, "sem_seg": torch.ones(64, 64, dtype=torch.long), "vocabulary": VOCABULARY}]
+    with EventStorage(start_iter=0) as storage:
+        assert torch.isfinite(sum(model(inputs).values()))
+        assert storage._vis_data == []
+
+    class Predictor:
+        vocabulary = VOCABULARY
+
+    Predictor.model = model
+    with pytest.raises(ValueError, match="no SAM blocks"):
+        draw_image_prompts(Predictor(), _image()[:, :, ::-1].copy(), 0)

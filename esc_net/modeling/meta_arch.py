@@ -342,6 +342,8 @@ class ESCNet(nn.Module):
         view = pixels.permute(1, 2, 0).cpu().numpy()
         storage = get_event_storage()
         for i, record in enumerate(recorder.records):
+            if record is None:  # a block without SAM draws no prompts
+                continue
             picture = draw_block_prompts(view, record, class_name, f"block {i + 1}, iteration {storage.iter}")
             storage.put_image(f"pseudo_prompts/block{i + 1}", torch.from_numpy(picture).permute(2, 0, 1))
 

@@ -204,6 +204,10 @@ def draw_image_prompts(predictor, image_bgr: np.ndarray, class_index: int) -> np
     """
     model = predictor.model
     names = predictor.vocabulary
+    if not any(block.use_sam for block in model.blocks):
+        raise ValueError(
+            "this model has no SAM blocks (MODEL.ESC_NET.USE_SAM_BLOCK False): there are no pseudo prompts to draw"
+        )
     if not 0 <= class_index < len(names):
         raise IndexError(f"class index {class_index} is outside the vocabulary of {len(names)} classes")
     # One whole view, every class refined (a class cap would hand the blocks a subset of the vocabulary).
