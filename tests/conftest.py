@@ -1,6 +1,7 @@
 """Shared test set-up: offline, few threads, and the tiny model sizes every test builds from."""
 import copy
 import os
+import socket
 
 # Tests never reach the network: a hub download must fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,3 +38,10 @@ def tiny_cfg(*opts):
     cfg.merge_from_file(TINY_CONFIG)
     cfg.merge_from_list(["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *opts])
     return cfg
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for servers and process groups that tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,14 +2,13 @@
 same optimizer steps as one process with both images, and two single-process "machines" on localhost train
 together and write one checkpoint."""
 import os
-import socket
 import subprocess
 import sys
 
 import cv2
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 from esc_net.data.synthetic_shapes import generate_synthetic_shapes, split_dirs
 from esc_net.utils.checkpoint import read_checkpoint_file
@@ -18,12 +17,6 @@ sys.path.insert(0, REPO_ROOT)
 import train_net  # noqa: E402
 
 CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +72,14 @@ def test_two_cpu_processes_take_the_steps_of_one_process_with_both_images(two_im
     expected = _weights(str(single))
 
     double = tmp_path / "double"
-    port = _free_port()
+    port = free_port()
     _finish(_run(["--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}", *_opts(double), "MODEL.DEVICE", "cpu"],
                  two_images))
     _assert_same_weights(_weights(str(double)), expected)
 
     # The same steps on two single-process "machines" that meet over TCP on localhost. Each machine has its
     # own output folder, as separate machines would: only the first (global rank 0) writes checkpoints.
-    port = _free_port()
+    port = free_port()
     machines = [
         _run(["--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank),
               "--dist-url", f"tcp://127.0.0.1:{port}", *_opts(tmp_path / f"machine{rank}")], two_images)

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import REPO_ROOT, TINY_CONFIG, tiny_cfg
+from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or a driver
@@ -41,12 +40,6 @@ def _load_app():
 app_module = _load_app()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
@@ -64,7 +57,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(files):
     """The page on 127.0.0.1 with the test checkpoint; yields its URL."""
-    port = _free_port()
+    port = free_port()
     args = app_module.parse_args(
         ["--config-file", TINY_CONFIG, "--port", str(port), "--max-side", str(MAX_SIDE),
          "--max-upload-mb", str(MAX_UPLOAD_MB), "--opts", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
