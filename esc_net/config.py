@@ -1,14 +1,24 @@
 """Config options of ESC-Net (``cfg.MODEL.ESC_NET``) and of its trainer.
 
-Every hyper-parameter of DESIGN.md section 2 is a config value here. Defaults are the paper's where it states
-them (N_o = 5 points, N = 4 ESC-Blocks, LR multiplier 0.01 for CLIP and SAM) and the documented choices of this
-codebase elsewhere; the comments say which is which.
+One place per setting: this file holds the default of every key that ESC-Net adds (the ViT-B/16 model of the
+paper); ``configs/Base-ESCNet.yaml`` sets the Detectron2 keys whose values ESC-Net changes; the other YAML files
+hold only what differs from those. Defaults are the paper's where it states them (N_o = 5 points, N = 4
+ESC-Blocks, LR multiplier 0.01 for CLIP and SAM) and the documented choices of this codebase elsewhere; the
+comments say which is which.
+
+Image geometry has one source, ``MODEL.ESC_NET.CLIP_IMAGE_SIZE``: training crops must be that size (checked by
+:func:`check_input_geometry`), images smaller than a crop are padded to it, and the sliding windows default to it.
+Pixel normalisation has one source too, the CLIP model's own statistics (``CLIPEncoder.pixel_mean/pixel_std``);
+Detectron2's ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are not read.
 """
 from detectron2.config import CfgNode as CN
 
 
 def add_esc_net_config(cfg: CN) -> None:
-    """Adds ESC-Net's options to a Detectron2 config, in place."""
+    """Adds ESC-Net's options to a Detectron2 config, in place, and registers the ``ESCNet`` meta-architecture
+    (a config that names it is built through this function; importing ``esc_net`` alone stays light)."""
+    from . import modeling  # noqa: F401  (registers ESCNet in META_ARCH_REGISTRY)
+
     cfg.MODEL.ESC_NET = CN()
     m = cfg.MODEL.ESC_NET
 
@@ -19,7 +29,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # An open_clip model config (embed_dim, vision_cfg, text_cfg) that replaces the named model; empty = unused.
     # Lets a config define a small CLIP of its own (see configs/esc_net_tiny.yaml).
     m.CLIP_MODEL_CFG = CN(new_allowed=True)
-    # Square CLIP input size; the grid is CLIP_IMAGE_SIZE / patch size (384 / 16 = 24 for ViT-B/16).
+    # Square CLIP input size; the grid is CLIP_IMAGE_SIZE / patch size (384 / 16 = 24 for ViT-B/16). Also the side
+    # of the training crops (INPUT.CROP.SIZE must match) and of the sliding windows by default.
     m.CLIP_IMAGE_SIZE = 384
     # "attention": only the q and v projections of CLIP's attention layers train (the paper fine-tunes
     # attention; we keep k frozen); "full" or "frozen" otherwise.
@@ -83,8 +94,8 @@ def add_esc_net_config(cfg: CN) -> None:
     m.BLOCK_LOSS_WEIGHT = 0.4
     m.IGNORE_VALUE = 255
     # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
-    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; on an H100 this cut
-    # peak memory 2.6-3.6x for 1.3-1.8x the time (benchmarks/benchmark_train_step.py measures both).
+    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades memory
+    # for time (benchmarks/benchmark_train_step.py measures both; README, "Training memory").
     m.ACTIVATION_CHECKPOINTING = False
     # Pictures of the pseudo prompts during training use Detectron2's own VIS_PERIOD (default 0 = off): every
     # VIS_PERIOD iterations, one image per ESC-Block goes to TensorBoard as "pseudo_prompts/block<i>" (the first
@@ -102,16 +113,16 @@ def add_esc_net_config(cfg: CN) -> None:
     m.SLIDING_OVERLAP = 1.0 / 3.0
     # The class-count protocol: a view with more classes than this refines only its K classes of highest CLIP
     # correlation; the others keep their plain correlation, ranked below every refined class. 0 = no cap.
-    # Base-ESCNet.yaml sets the training vocabulary's size (171), so that the class attention of the paper
+    # The default is the training vocabulary's size (COCO-Stuff, 171), so that the class attention of the paper
     # benchmarks never averages over more classes than in training, and A-847/PC-459 cost what 171 classes
     # cost (README, "Vocabulary size"). Training refuses a vocabulary larger than the cap.
-    m.MAX_CLASSES_PER_VIEW = 0
+    m.MAX_CLASSES_PER_VIEW = 171
     # Views (sliding windows, global view, images of a batch) are refined in passes of at most
     # max(1, VIEW_CLASSES_PER_PASS // N) views (N capped by MAX_CLASSES_PER_VIEW). Activation memory grows with
     # views x classes; the passes bound it without changing any score (views are independent). 0 = one pass.
     m.VIEW_CLASSES_PER_PASS = 1024
     # What inference returns per image: "scores", per-class scores [N, H, W] at the image's size (N x H x W
-    # floats: 28.8 GB for 150 classes on 8000x6000), or "labels", the label map [H, W] (and, with
+    # floats, which grow with the image and the vocabulary), or "labels", the label map [H, W] (and, with
     # INFERENCE_TOP_K > 0, the k best classes and their scores per pixel), upsampled in tiles and class chunks
     # in bounded memory. The evaluator takes either.
     m.INFERENCE_OUTPUT = "scores"
@@ -122,20 +133,32 @@ def add_esc_net_config(cfg: CN) -> None:
     # LR multipliers of the pre-trained parts (the paper: 2e-6 against 2e-4 for new modules).
     cfg.SOLVER.CLIP_MULTIPLIER = 0.01
     cfg.SOLVER.SAM_MULTIPLIER = 0.01
-    # Detectron2's CLIP_TYPE gains "full_model": one norm over all parameters, clipped to CLIP_VALUE.
-    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
-    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    # Detectron2's SOLVER.CLIP_GRADIENTS.CLIP_TYPE gains "full_model": one norm over all parameters, clipped to
+    # CLIP_VALUE (Base-ESCNet.yaml selects it).
 
     # Detectron2's SOLVER.AMP.ENABLED trains under autocast in float16 with a gradient scaler; "bfloat16" has
     # float32's range (no overflow) and is the usual choice on A100/H100 GPUs.
     cfg.SOLVER.AMP.PRECISION = "float16"
 
     # --- data -----------------------------------------------------------------------------------------------
+    # SSD's photometric augmentation (brightness, contrast, saturation, hue), Detectron2's ColorAugSSDTransform.
     cfg.INPUT.COLOR_AUG_SSD = True
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # Pad training crops to this size with the ignore value (images smaller than the crop).
-    cfg.INPUT.SIZE_DIVISIBILITY = 384
+
+
+def check_input_geometry(cfg: CN) -> None:
+    """Refuses training crops that are not the CLIP input: an enabled crop must be "absolute" and
+    CLIP_IMAGE_SIZE square, or every image would be resized again before CLIP.
+
+    Raises:
+        ValueError: naming both keys and their values.
+    """
+    size = cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
+    crop = cfg.INPUT.CROP
+    if crop.ENABLED and (crop.TYPE != "absolute" or tuple(crop.SIZE) != (size, size)):
+        raise ValueError(
+            f"INPUT.CROP (TYPE {crop.TYPE!r}, SIZE {tuple(crop.SIZE)}) must be an 'absolute' crop of "
+            f"MODEL.ESC_NET.CLIP_IMAGE_SIZE ({size}, {size}): training crops are the CLIP input"
+        )
 

@@ -9,7 +9,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
-from .data.vocabulary import split_synonyms
+from .data.vocabulary import get_dataset_vocabulary, split_synonyms
 from .utils.checkpoint import load_model_weights
 
 __all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
@@ -25,8 +25,9 @@ class ESCNetPredictor:
 
     Compared with calling the model directly, it (1) loads ``cfg.MODEL.WEIGHTS`` strictly (a checkpoint that
     does not fit raises, listing the keys); (2) takes the image as OpenCV gives it (BGR, HWC, uint8) and converts
-    it to ``cfg.INPUT.FORMAT``; (3) runs without gradients. The model resizes the image itself (sliding window
-    or whole-image view, as configured) and returns scores at the input's size.
+    it to ``cfg.INPUT.FORMAT``; (3) runs without gradients; (4) holds a default vocabulary
+    (:meth:`set_vocabulary`) for the calls that give none. The model resizes the image itself (sliding window or
+    whole-image view, as configured) and returns scores at the input's size.
 
     Example::
 
@@ -59,29 +60,31 @@ class ESCNetPredictor:
         """
         self.cfg = cfg.clone()
         self.cfg.freeze()
-        if self.cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.cfg.INPUT.FORMAT!r}")
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
             load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised ESC-Net modules")
+        self._vocabulary: Optional[List[str]] = None
+        if self.cfg.DATASETS.TEST:
+            self.set_vocabulary(get_dataset_vocabulary(self.cfg.DATASETS.TEST[0]))
 
     @property
     def vocabulary(self) -> Optional[List[str]]:
         """The class names scored, in output order (None until set, if the config names no test dataset)."""
-        names = self.model.test_vocabulary
-        return list(names) if names is not None else None
+        return list(self._vocabulary) if self._vocabulary is not None else None
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Sets the class names to score: a non-empty list; a name may hold synonyms, "sofa, couch".
+
+        Warns (UserWarning) about names too long for the text encoder, whose ends are cut off.
 
         Raises:
             ValueError: the list is empty or holds an empty name.
             TypeError: a single string was given instead of a list.
         """
-        self.model.set_vocabulary(class_names)
+        self._vocabulary = self.model.check_vocabulary(class_names)
 
     def __call__(
         self,
@@ -122,9 +125,10 @@ class ESCNetPredictor:
             raise ValueError(f"the image is empty: {height}x{width} pixels (H x W)")
         image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        request = {"image": image, "height": height, "width": width}
-        if vocabulary is not None:
-            request["vocabulary"] = list(vocabulary)
+        if vocabulary is None and self._vocabulary is None:
+            raise ValueError("the predictor has no vocabulary: call set_vocabulary(names) or pass vocabulary=")
+        vocabulary = self._vocabulary if vocabulary is None else list(vocabulary)
+        request = {"image": image, "height": height, "width": width, "vocabulary": vocabulary}
         if output is not None:
             request["output"] = output
         if top_k is not None:

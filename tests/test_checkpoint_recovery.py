@@ -97,15 +97,14 @@ def test_a_save_that_fails_midway_keeps_the_previous_files(tmp_path, monkeypatch
 # ---------------------------------------------------------------------------------------------------------------
 # A real training, killed with SIGKILL.
 
-# Runs train_net.py's main after arranging one SIGKILL halfway through writing the N-th checkpoint of this run
+# Runs the engine's command line after arranging one SIGKILL halfway through writing the N-th checkpoint of this run
 # ("save:N": torch.save has written half of its bytes), or none ("save:0").
 _DRIVER = r"""
 import io, os, signal, sys
-sys.path.insert(0, sys.argv[1])
 import torch
-import train_net
+from esc_net import engine
 
-n = int(sys.argv[2].split(":")[1])
+n = int(sys.argv[1].split(":")[1])
 real_save, calls = torch.save, []
 def save_then_die(obj, f, *args, **kwargs):
     calls.append(1)
@@ -117,14 +116,13 @@ def save_then_die(obj, f, *args, **kwargs):
     f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = save_then_die
-args = train_net.default_argument_parser().parse_args(sys.argv[3:])
-train_net.main(args)
+engine.main(sys.argv[2:])
 """
 
 
 def _train(tmp_path, kill, opts):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), CUDA_VISIBLE_DEVICES="")
-    argv = [sys.executable, "-c", _DRIVER, REPO_ROOT, kill, "--config-file",
+    argv = [sys.executable, "-c", _DRIVER, kill, "--config-file",
             os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml"), "--resume", *opts]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 

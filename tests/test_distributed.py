@@ -13,8 +13,7 @@ from conftest import REPO_ROOT, free_port
 from esc_net.data.synthetic_shapes import generate_synthetic_shapes, split_dirs
 from esc_net.utils.checkpoint import read_checkpoint_file
 
-sys.path.insert(0, REPO_ROOT)
-import train_net  # noqa: E402
+from esc_net import engine
 
 CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
@@ -67,8 +66,8 @@ def _assert_same_weights(got, expected):
 def test_two_cpu_processes_take_the_steps_of_one_process_with_both_images(two_images, tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", two_images)
     single = tmp_path / "single"
-    args = train_net.default_argument_parser().parse_args(["--config-file", CONFIG, *_opts(single)])
-    train_net.main(args)
+    args = engine.default_argument_parser().parse_args(["--config-file", CONFIG, *_opts(single)])
+    engine.run(args)
     expected = _weights(str(single))
 
     double = tmp_path / "double"

@@ -11,102 +11,102 @@ def _image(h, w, seed=0):
     return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
 
 
-@pytest.fixture(scope="module")
-def model():
+def _model(*opts):
+    """A tiny ESC-Net in eval mode, the same weights for the same ``opts`` (each test builds its own, so no test
+    sees another's settings)."""
     torch.manual_seed(0)
-    return build_model(tiny_cfg()).eval()
+    return build_model(tiny_cfg(*opts)).eval()
+
+
+def _things(n):
+    return [f"thing {i}" for i in range(n)]
 
 
 @pytest.mark.parametrize("num_classes", [1, 2, 300])
 @pytest.mark.parametrize("mode", ["whole", "sliding"])
-def test_inference_shapes(model, num_classes, mode):
-    model.inference_mode = mode
-    model.set_vocabulary([f"thing {i}" for i in range(num_classes)])
-    inputs = [{"image": _image(50, 70), "height": 50, "width": 70}, {"image": _image(64, 64, 1), "height": 32, "width": 40}]
+def test_inference_shapes(num_classes, mode):
+    model = _model("MODEL.ESC_NET.INFERENCE_MODE", mode, "MODEL.ESC_NET.MAX_CLASSES_PER_VIEW", 0)
+    vocabulary = _things(num_classes)
+    inputs = [
+        {"image": _image(50, 70), "height": 50, "width": 70, "vocabulary": vocabulary},
+        {"image": _image(64, 64, 1), "height": 32, "width": 40, "vocabulary": vocabulary},
+    ]
     outputs = model(inputs)
     assert [o["sem_seg"].shape for o in outputs] == [(num_classes, 50, 70), (num_classes, 32, 40)]
     for o in outputs:
         assert torch.isfinite(o["sem_seg"]).all()
         assert o["sem_seg"].min() >= 0 and o["sem_seg"].max() <= 1
-    model.inference_mode = "whole"
 
 
-def test_vocabulary_errors_and_overrides(model):
-    with pytest.raises(ValueError, match="empty"):
-        model.set_vocabulary([])
-    with pytest.raises(TypeError):
-        model.set_vocabulary("cat, dog")
-    model.test_vocabulary = None
-    with pytest.raises(ValueError, match="no vocabulary"):
+def test_the_vocabulary_rides_with_the_inputs():
+    """The model scores the names each input carries; it has no vocabulary of its own and reads no catalog."""
+    model = _model()
+    with pytest.raises(ValueError, match="every input needs a 'vocabulary'"):
         model([{"image": _image(32, 32)}])
+    with pytest.raises(ValueError, match="empty"):
+        model([{"image": _image(32, 32), "vocabulary": []}])
+    with pytest.raises(TypeError):
+        model([{"image": _image(32, 32), "vocabulary": "cat, dog"}])
     out = model([{"image": _image(32, 32), "vocabulary": ["cat", "dog", "sofa, couch"]}])
     assert out[0]["sem_seg"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="different vocabularies"):
         model([{"image": _image(32, 32), "vocabulary": ["cat"]}, {"image": _image(32, 32), "vocabulary": ["dog"]}])
+    assert not any(hasattr(model, name) for name in ("set_vocabulary", "test_vocabulary", "train_vocabulary"))
 
 
-def test_vocabulary_order_permutes_scores(model):
+def test_vocabulary_order_permutes_scores():
     """Nothing in ESC-Net depends on the order of the classes (no positional embedding across classes)."""
-    model.inference_mode = "whole"
+    model = _model()
     names = ["red circle", "blue square", "grass", "sky", "road"]
-    inputs = [{"image": _image(64, 64, 3)}]
-    model.set_vocabulary(names)
-    a = model(inputs)[0]["sem_seg"]
+    a = model([{"image": _image(64, 64, 3), "vocabulary": names}])[0]["sem_seg"]
     perm = [3, 0, 4, 1, 2]
-    model.set_vocabulary([names[i] for i in perm])
-    b = model(inputs)[0]["sem_seg"]
+    b = model([{"image": _image(64, 64, 3), "vocabulary": [names[i] for i in perm]}])[0]["sem_seg"]
     torch.testing.assert_close(b, a[perm], atol=1e-4, rtol=1e-4)
 
 
-def test_class_cap_refines_top_classes_only(model):
+def test_class_cap_refines_top_classes_only():
     """With MAX_CLASSES_PER_VIEW, classes outside each view's top-K never outrank a refined class."""
+    model = _model("MODEL.ESC_NET.MAX_CLASSES_PER_VIEW", 5)
     names = [f"category number {i}" for i in range(40)]
-    model.set_vocabulary(names)
-    model.max_classes_per_view = 5
-    try:
-        view = torch.randn(2, 3, 64, 64)
-        text = model.clip.encode_text(names)
-        with torch.no_grad():
-            scores = model.score_views(view, text)
-            dense, _ = model.clip.encode_image(view)
-            corr = model.correlation(dense, text)
-        assert scores.shape == (2, 40, 32, 32)
-        top = corr.flatten(2).amax(2).topk(5, dim=1).indices
-        for v in range(2):
-            refined = scores[v, top[v]]
-            rest = torch.ones(40, dtype=torch.bool)
-            rest[top[v]] = False
-            assert (scores[v, rest] <= refined.amin(0, keepdim=True) + 1e-6).all()
-        model.eval()
-        out = model([{"image": _image(48, 48)}])[0]["sem_seg"]
-        assert out.shape == (40, 48, 48)
-    finally:
-        model.max_classes_per_view = 0
+    view = torch.randn(2, 3, 64, 64)
+    text = model.clip.encode_text(names)
+    with torch.no_grad():
+        scores = model.inference.score_views(model, view, text)
+        dense, _ = model.clip.encode_image(view)
+        corr = model.correlation(dense, text)
+    assert scores.shape == (2, 40, 32, 32)
+    top = corr.flatten(2).amax(2).topk(5, dim=1).indices
+    for v in range(2):
+        refined = scores[v, top[v]]
+        rest = torch.ones(40, dtype=torch.bool)
+        rest[top[v]] = False
+        assert (scores[v, rest] <= refined.amin(0, keepdim=True) + 1e-6).all()
+    out = model([{"image": _image(48, 48), "vocabulary": names}])[0]["sem_seg"]
+    assert out.shape == (40, 48, 48)
 
 
-def test_views_in_passes_give_the_same_scores(model):
+def test_views_in_passes_give_the_same_scores():
     """VIEW_CLASSES_PER_PASS splits the views of a batch into passes; it bounds memory, never changes a score."""
-    model.inference_mode = "sliding"
-    model.set_vocabulary([f"thing {i}" for i in range(30)])
-    inputs = [{"image": _image(50, 70)}, {"image": _image(64, 64, 1)}]
+    vocabulary = _things(30)
+    inputs = [{"image": _image(50, 70), "vocabulary": vocabulary}, {"image": _image(64, 64, 1), "vocabulary": vocabulary}]
     outputs = {}
-    try:
-        for per_pass in (0, 30, 100):  # all views at once; one view per pass; three views per pass
-            model.view_classes_per_pass = per_pass
-            outputs[per_pass] = [o["sem_seg"] for o in model(inputs)]
-    finally:
-        model.view_classes_per_pass, model.inference_mode = 0, "whole"
+    for per_pass in (0, 30, 100):  # all views at once; one view per pass; three views per pass
+        model = _model("MODEL.ESC_NET.INFERENCE_MODE", "sliding", "MODEL.ESC_NET.VIEW_CLASSES_PER_PASS", per_pass)
+        outputs[per_pass] = [o["sem_seg"] for o in model(inputs)]
     for per_pass in (30, 100):
         for a, b in zip(outputs[0], outputs[per_pass]):
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
-def _train_batch(num_classes=4):
+TRAIN_VOCABULARY = ["cat", "dog", "grass", "sky"]
+
+
+def _train_batch(num_classes=4, vocabulary=TRAIN_VOCABULARY):
     inputs = []
     for i in range(2):
         sem_seg = torch.randint(0, num_classes, (64, 64))
         sem_seg[:4] = 255
-        inputs.append({"image": _image(64, 64, i), "sem_seg": sem_seg})
+        inputs.append({"image": _image(64, 64, i), "sem_seg": sem_seg, "vocabulary": vocabulary})
     return inputs
 
 
@@ -129,7 +129,6 @@ def test_every_trainable_parameter_gets_a_gradient(opts):
     deep supervision the pseudo mask is what carries the loss to the previous block's map head."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg(*opts)).train()
-    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
     losses = model(_train_batch())
     deep = model.block_loss_weight > 0
     assert set(losses) == {"loss_sem_seg"} | ({f"loss_block{i}" for i in range(len(model.blocks))} if deep else set())
@@ -153,7 +152,6 @@ def test_every_trainable_parameter_gets_a_gradient(opts):
 def test_activation_checkpointing_gives_the_same_losses_and_gradients():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).train()
-    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
     batch = _train_batch()
     runs = []
     for checkpointing in (False, True):
@@ -172,9 +170,8 @@ def test_activation_checkpointing_gives_the_same_losses_and_gradients():
 
 def test_training_label_outside_vocabulary_is_reported():
     model = build_model(tiny_cfg()).train()
-    model.train_vocabulary = ["cat", "dog"]
     with pytest.raises(ValueError, match="outside"):
-        model(_train_batch(num_classes=4))
+        model(_train_batch(num_classes=4, vocabulary=["cat", "dog"]))
 
 
 def test_optimizer_multipliers_clipping_and_frozen_clip_weights():
@@ -184,7 +181,6 @@ def test_optimizer_multipliers_clipping_and_frozen_clip_weights():
     )
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
     optimizer = build_optimizer(cfg, model)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     base = cfg.SOLVER.BASE_LR
@@ -272,14 +268,8 @@ def test_block1_pseudo_prompts_find_the_objects(openai_like_clip):
 
 def test_ablation_switches_change_the_forward_pass():
     """PROMPT_TYPES, USE_SAM_BLOCK, NUM_BLOCKS and NUM_POINTS do what the README says."""
-    inputs = [{"image": _image(64, 64), "height": 64, "width": 64}]
-    vocabulary = ["cat", "dog", "grass"]
-
-    def build(*opts):
-        torch.manual_seed(0)
-        model = build_model(tiny_cfg(*opts)).eval()
-        model.set_vocabulary(vocabulary)
-        return model
+    inputs = [{"image": _image(64, 64), "height": 64, "width": 64, "vocabulary": ["cat", "dog", "grass"]}]
+    build = _model
 
     model = build("MODEL.ESC_NET.NUM_BLOCKS", 3, "MODEL.ESC_NET.NUM_POINTS", 4)
     assert len(model.blocks) == 3 and model.blocks[0].prompt_generator.num_points == 4
@@ -327,12 +317,10 @@ def test_class_chunks_do_not_change_scores_and_swin_shifts_alternate():
     model = build_model(tiny_cfg("MODEL.ESC_NET.NUM_BLOCKS", 3, "MODEL.ESC_NET.CLASS_CHUNK", 0))
     shifts = [block.vlf.image_guidance.blocks[0].shift_size for block in model.blocks]
     assert shifts == [(0, 0), (2, 2), (0, 0)]  # window 4 on the tiny 8x8 grid: regular, shifted, regular
-    model.set_vocabulary([f"thing {i}" for i in range(7)])
-    inputs = [{"image": _image(64, 64), "height": 64, "width": 64}]
+    inputs = [{"image": _image(64, 64), "height": 64, "width": 64, "vocabulary": _things(7)}]
     model.eval()
     whole = model(inputs)[0]["sem_seg"]
     model.train()
-    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
     batch = _train_batch()
     sum(model(batch).values()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -353,8 +341,7 @@ def test_training_vocabulary_larger_than_the_class_cap_is_refused():
     """The class-count protocol is the same in training and at inference: a training vocabulary that inference
     would cut is refused, naming the key."""
     model = build_model(tiny_cfg("MODEL.ESC_NET.MAX_CLASSES_PER_VIEW", 3)).train()
-    model.train_vocabulary = ["cat", "dog", "grass", "sky"]
     with pytest.raises(ValueError, match=r"4 classes, more than MODEL\.ESC_NET\.MAX_CLASSES_PER_VIEW \(3\)"):
         model(_train_batch())
-    model.max_classes_per_view = 4
+    model.inference.max_classes_per_view = 4
     assert torch.isfinite(sum(model(_train_batch()).values()))

@@ -7,7 +7,6 @@ import importlib.util
 import logging
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -19,8 +18,7 @@ from esc_net.predictor import ESCNetPredictor
 from esc_net.utils.checkpoint import ESCNetCheckpointer, UnreadableCheckpointError
 from esc_net.utils.safe_pickle import ForbiddenPickleError, load_restricted_pickle
 
-sys.path.insert(0, REPO_ROOT)
-import train_net  # noqa: E402
+from esc_net import engine
 
 
 class _RunsCode:
@@ -71,12 +69,12 @@ def test_model_weights_that_run_code_are_refused(tmp_path, marker, suffix):
         ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(path)))
     assert str(path) in str(info.value) and "system" in str(info.value)
     # train_net.py --eval-only
-    args = train_net.default_argument_parser().parse_args(
+    args = engine.default_argument_parser().parse_args(
         ["--config-file", os.path.join(REPO_ROOT, "configs", "esc_net_tiny.yaml"), "--eval-only",
          "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", str(path)]
     )
     with pytest.raises(UnreadableCheckpointError, match="refusing to load"):
-        train_net.main(args)
+        engine.run(args)
 
 
 def test_resume_skips_a_checkpoint_that_runs_code(tmp_path, marker):

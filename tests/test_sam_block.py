@@ -7,10 +7,15 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import PromptEncoder
 from torch.nn import functional as F
 
-from esc_net.modeling.sam_block import SAMBlock, load_sam_state, load_sam_weights
+from esc_net.modeling.sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
 
 SMALL = dict(clip_dim=24, text_dim=16, embed_dim=32, depth=1, mlp_dim=64, num_heads=2)
 SAM_GRID = (24, 24)
+
+
+def _load(block, path):
+    """What ESCNet.from_config does with MODEL.ESC_NET.SAM_CHECKPOINT, for one block."""
+    load_sam_state(block, sam_checkpoint_state(path), path)
 
 
 def make_inputs(B, N, clip_dim, text_dim, grid, num_points=5, seed=0):
@@ -51,7 +56,7 @@ def sam_checkpoint(sam, tmp_path_factory):
 def loaded_block(sam_checkpoint):
     torch.manual_seed(1)
     block = SAMBlock(clip_dim=32, text_dim=16, grid_size=SAM_GRID).eval()
-    load_sam_weights(block, str(sam_checkpoint))
+    _load(block, str(sam_checkpoint))
     return block
 
 
@@ -116,7 +121,7 @@ def test_official_checkpoint_loads_prompt_encoder_and_transformer(
     proj_before = block.image_proj[0].weight.clone()
 
     with caplog.at_level(logging.INFO, logger="esc_net.modeling.sam_block"):
-        load_sam_weights(block, str(sam_checkpoint))
+        _load(block, str(sam_checkpoint))
     assert str(sam_checkpoint) in caplog.text
 
     with torch.no_grad():
@@ -156,7 +161,7 @@ def test_forward_is_sam_decoder_transformer_on_clip_features(sam, sam_checkpoint
     its bilinearly upsampled probabilities, SAM's own TwoWayTransformer."""
     torch.manual_seed(1)
     block = SAMBlock(clip_dim=32, text_dim=16, grid_size=SAM_GRID, prompt_types=types).eval()
-    load_sam_weights(block, str(sam_checkpoint))
+    _load(block, str(sam_checkpoint))
     B, N = 2, 3
     x = make_inputs(B, N, 32, 16, SAM_GRID)
     x["boxes"] = torch.tensor([[1.0, 2.0, 9.0, 7.0], [0.0, 0.0, 23.0, 23.0], [5.0, 5.0, 6.0, 8.0]]).repeat(B, 1)
@@ -189,7 +194,7 @@ def test_checkpoint_that_does_not_fit_lists_the_keys(sam, tmp_path):
     block = SAMBlock(clip_dim=32, text_dim=16, grid_size=SAM_GRID)
     before = {k: v.clone() for k, v in block.state_dict().items()}
     with pytest.raises(ValueError) as err:
-        load_sam_weights(block, str(path))
+        _load(block, str(path))
     message = str(err.value)
     assert str(path) in message
     assert "missing keys (1): mask_decoder.transformer.layers.0.norm1.weight" in message
@@ -213,17 +218,17 @@ def test_files_that_are_not_sam_checkpoints(tmp_path):
     block = SAMBlock(grid_size=(8, 8), **SMALL)
     missing = tmp_path / "nowhere" / "sam_vit_b_01ec64.pth"
     with pytest.raises(FileNotFoundError, match=r"nowhere.*does not exist.*dl\.fbaipublicfiles\.com"):
-        load_sam_weights(block, str(missing))
+        _load(block, str(missing))
 
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"model": {"prompt_encoder.no_mask_embed.weight": torch.zeros(1, 256)}}, wrapped)
     with pytest.raises(ValueError, match=r"holds no prompt_encoder\.\* .*first keys: model"):
-        load_sam_weights(block, str(wrapped))
+        _load(block, str(wrapped))
 
     tensor = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), tensor)
     with pytest.raises(ValueError, match=r"tensor\.pth.* holds a Tensor, expected a plain state dict"):
-        load_sam_weights(block, str(tensor))
+        _load(block, str(tensor))
 
 
 def test_gradients_reach_every_trainable_part():

@@ -1,7 +1,6 @@
-"""End to end: train_net.py trains the tiny config on a generated dataset, checkpoints, resumes and evaluates."""
+"""End to end: the engine (train_net.py) trains the tiny config on a generated dataset, checkpoints, resumes and evaluates."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -11,10 +10,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
-sys.path.insert(0, REPO_ROOT)
-import train_net  # noqa: E402
+from esc_net import engine
 
 CLASSES = ["red square", "blue background", "green stripe"]
+# the validation images under a second name and a vocabulary of four classes (the labels use the first three)
+RENAMED_CLASSES = ["scarlet square", "navy background", "lime stripe", "yellow circle"]
 
 
 def _make_dataset(root, count, seed):
@@ -57,11 +57,18 @@ def datasets(tmp_path_factory):
         MetadataCatalog.get(name).set(
             stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg", benchmark=f"Toy-{split}"
         )
+    if "e2e_toy_val_renamed" in DatasetCatalog.list():
+        DatasetCatalog.remove("e2e_toy_val_renamed")
+        MetadataCatalog.remove("e2e_toy_val_renamed")
+    DatasetCatalog.register("e2e_toy_val_renamed", lambda: DatasetCatalog.get("e2e_toy_val"))
+    MetadataCatalog.get("e2e_toy_val_renamed").set(
+        stuff_classes=RENAMED_CLASSES, ignore_label=255, evaluator_type="sem_seg", benchmark="Toy-renamed"
+    )
     return ("e2e_toy_train",), ("e2e_toy_val",)
 
 
 def _args(config_opts, eval_only=False, resume=False):
-    parser = train_net.default_argument_parser()
+    parser = engine.default_argument_parser()
     argv = ["--config-file", os.path.join(REPO_ROOT, "configs", "esc_net_tiny.yaml")]
     argv += ["--eval-only"] if eval_only else []
     argv += ["--resume"] if resume else []
@@ -75,11 +82,15 @@ def _losses(output_dir):
 
 
 class _ShapeRecorder(DatasetEvaluator):
+    """Records, per image, the vocabulary its input carried and the shape of the scores."""
+
     def reset(self):
         self.shapes = []
 
     def process(self, inputs, outputs):
-        self.shapes += [(x["file_name"], tuple(o["sem_seg"].shape)) for x, o in zip(inputs, outputs)]
+        self.shapes += [
+            (x["file_name"], tuple(x["vocabulary"]), tuple(o["sem_seg"].shape)) for x, o in zip(inputs, outputs)
+        ]
 
     def evaluate(self):
         return {}
@@ -91,7 +102,7 @@ def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
     common = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", out,
               "SOLVER.CHECKPOINT_PERIOD", 20, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.002,
               "SEED", 1]  # fixed seed: the data order and the initialisation are reproducible
-    train_net.main(_args(common + ["SOLVER.MAX_ITER", 40]))
+    engine.run(_args(common + ["SOLVER.MAX_ITER", 40]))
     losses = _losses(out)
     assert [it for it, _ in losses][-1] == 39
     assert losses[-1][1] < 0.8 * losses[0][1], f"loss did not decrease: {losses}"
@@ -101,20 +112,29 @@ def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
     assert os.path.isfile(os.path.join(out, "benchmark_results.json"))
 
     # resume: continues from the last checkpoint (iteration 40) to 50 instead of starting again
-    train_net.main(_args(common + ["SOLVER.MAX_ITER", 50], resume=True))
+    engine.run(_args(common + ["SOLVER.MAX_ITER", 50], resume=True))
     iterations = [it for it, _ in _losses(out)]
     assert iterations[-1] == 49 and 19 not in iterations[iterations.index(39) + 1 :]
 
-    # eval-only with the trained weights: one result per test dataset, predictions at each image's size
-    results = train_net.main(_args(common + ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], eval_only=True))
+    # eval-only with the final weights gives the mIoU that the evaluation at the end of training wrote
+    with open(os.path.join(out, "benchmark_results.json")) as f:
+        after_training = json.load(f)["results"]["e2e_toy_val"]["mIoU"]
+    results = engine.run(_args(common + ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], eval_only=True))
     assert set(results) == {"e2e_toy_val"}
-    assert 0 <= results["e2e_toy_val"]["sem_seg"]["mIoU"] <= 100
-    cfg = train_net.setup(_args(common))
-    model = train_net.Trainer.build_model(cfg)
-    recorder = _ShapeRecorder()
-    train_net.Trainer.test(cfg, model, evaluators=[recorder])
-    expected = [(d["file_name"], (len(CLASSES), d["height"], d["width"])) for d in DatasetCatalog.get(test[0])]
-    assert sorted(recorder.shapes) == sorted(expected)
+    assert results["e2e_toy_val"]["sem_seg"]["mIoU"] == pytest.approx(after_training, abs=1e-6)
+
+    # two benchmarks in one call: each image carries its own dataset's vocabulary, scores come at each image's
+    # size, and the model is left as it was
+    two = common + ["DATASETS.TEST", str(test + ("e2e_toy_val_renamed",))]
+    cfg = engine.setup(_args(two))
+    model = engine.Trainer.build_model(cfg)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    recorders = [_ShapeRecorder(), _ShapeRecorder()]
+    engine.Trainer.test(cfg, model, evaluators=recorders)
+    for recorder, names in zip(recorders, (CLASSES, RENAMED_CLASSES)):
+        expected = [(d["file_name"], tuple(names), (len(names), d["height"], d["width"])) for d in DatasetCatalog.get(test[0])]
+        assert sorted(recorder.shapes) == sorted(expected)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
@@ -124,7 +144,7 @@ def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
     opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path / "eval"),
             "MODEL.WEIGHTS", str(bad)]
     with pytest.raises(ValueError, match="not.a.layer") as err:
-        train_net.main(_args(opts, eval_only=True))
+        engine.run(_args(opts, eval_only=True))
     assert "missing keys" in str(err.value) and "decoder.head.weight" in str(err.value)
 
 
@@ -133,7 +153,7 @@ def test_amp_precision_reaches_detectron2_amp_trainer(datasets, tmp_path, precis
     train, test = datasets
     opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
             "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision]
-    trainer = train_net.Trainer(train_net.setup(_args(opts)))
+    trainer = engine.Trainer(engine.setup(_args(opts)))
     assert type(trainer._trainer).__name__ == "AMPTrainer" and trainer._trainer.precision == dtype
 
 
@@ -142,7 +162,7 @@ def test_unknown_amp_precision_is_refused(datasets, tmp_path):
     opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
             "SOLVER.AMP.PRECISION", "float8"]
     with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION must be one of"):
-        train_net.Trainer(train_net.setup(_args(opts)))
+        engine.Trainer(engine.setup(_args(opts)))
 
 
 def test_training_without_sam_weights_is_refused_unless_asked_for(datasets, tmp_path):
@@ -151,8 +171,8 @@ def test_training_without_sam_weights_is_refused_unless_asked_for(datasets, tmp_
     opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
             "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "False"]
     with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.SAM_CHECKPOINT.*sam_vit_b_01ec64\.pth.*ALLOW_RANDOM_SAM"):
-        train_net.Trainer(train_net.setup(_args(opts)))
+        engine.Trainer(engine.setup(_args(opts)))
     assert not os.path.exists(os.path.join(tmp_path, "last_checkpoint"))
     # the same config evaluates (and builds) without a SAM file: the weights would come from MODEL.WEIGHTS
-    model = train_net.Trainer.build_model(train_net.setup(_args(opts)))
+    model = engine.Trainer.build_model(engine.setup(_args(opts)))
     assert all(block.sam is not None for block in model.blocks)

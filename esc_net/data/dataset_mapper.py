@@ -9,26 +9,22 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .vocabulary import get_dataset_vocabulary
+from ..config import check_input_geometry
+from .vocabulary import get_dataset_vocabulary, shared_vocabulary
 
 logger = logging.getLogger(__name__)
-
-
-def build_color_augmentation() -> List[T.Augmentation]:
-    """Photometric jitter (brightness, contrast, saturation), each applied with probability 1/2."""
-    return [
-        T.RandomApply(T.RandomBrightness(0.875, 1.125)),
-        T.RandomApply(T.RandomContrast(0.5, 1.5)),
-        T.RandomApply(T.RandomSaturation(0.5, 1.5)),
-    ]
 
 
 class SemanticSegmentationMapper:
     """Turns a Detectron2 dataset dict (``file_name``, ``sem_seg_file_name``) into model inputs.
 
-    Training: resize the short side, crop (favouring crops not dominated by one class), colour jitter, flip, and
-    pad image and labels to the crop size (labels with the ignore value) so that images smaller than the crop
-    still batch. Output: ``image`` [3, H, W] uint8 in ``INPUT.FORMAT``, ``sem_seg`` [H, W] long.
+    Every input carries ``vocabulary``, the class names of its dataset (the one list object, not a copy per
+    image): this is how the model learns which names to score, in training and in evaluation alike.
+
+    Training: resize the short side, crop (favouring crops not dominated by one class), SSD's colour
+    augmentation (Detectron2's ``ColorAugSSDTransform``), flip, and pad image and labels to the crop size (labels
+    with the ignore value) so that images smaller than the crop still batch. Output: ``image`` [3, H, W] uint8 in
+    ``INPUT.FORMAT``, ``sem_seg`` [H, W] long.
 
     Inference: the image as read (the model resizes it itself), plus ``height``/``width``; labels are left to
     the evaluator, which reads ``sem_seg_file_name``.
@@ -38,22 +34,27 @@ class SemanticSegmentationMapper:
 
     @configurable
     def __init__(self, is_train: bool, *, augmentations: List[T.Augmentation], image_format: str,
-                 ignore_label: int, crop_size: int, num_classes: Optional[int] = None):
+                 ignore_label: int, crop_size: int, vocabulary: Optional[List[str]] = None):
         """
         Args:
-            num_classes: training labels must be below this (or the ignore value); None: not checked.
+            crop_size: training images and labels smaller than this are padded to it.
+            vocabulary: the class names attached to every input; training labels must be ids into it (or the
+                ignore value). None: inputs carry no vocabulary (the model then refuses them).
         """
         self.is_train = is_train
-        self.num_classes = num_classes
+        self.vocabulary = vocabulary
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.crop_size = crop_size
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True) -> Dict:
+    def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None) -> Dict:
+        """``dataset_name``: at inference, the dataset whose vocabulary the inputs carry; in training the
+        vocabulary is that of ``DATASETS.TRAIN`` (which must share one)."""
         augmentations: List[T.Augmentation] = []
         if is_train:
+            check_input_geometry(cfg)
             augmentations.append(
                 T.ResizeShortestEdge(
                     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -69,16 +70,20 @@ class SemanticSegmentationMapper:
                     )
                 )
             if cfg.INPUT.COLOR_AUG_SSD:
-                augmentations.extend(build_color_augmentation())
+                # imported here: PointRend's package also registers its heads, which only training needs
+                from detectron2.projects.point_rend import ColorAugSSDTransform
+
+                augmentations.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
             augmentations.append(T.RandomFlip())
         return {
             "is_train": is_train,
             "augmentations": augmentations,
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": cfg.MODEL.ESC_NET.IGNORE_VALUE,
-            "crop_size": cfg.INPUT.SIZE_DIVISIBILITY,
-            # the training vocabulary's size (the model checks that the training datasets share one vocabulary)
-            "num_classes": len(get_dataset_vocabulary(cfg.DATASETS.TRAIN[0])) if is_train and cfg.DATASETS.TRAIN else None,
+            "crop_size": cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE,
+            "vocabulary": shared_vocabulary(cfg.DATASETS.TRAIN) if is_train else (
+                get_dataset_vocabulary(dataset_name) if dataset_name else None
+            ),
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
@@ -91,6 +96,8 @@ class SemanticSegmentationMapper:
         utils.check_image_size(dataset_dict, image)
         dataset_dict.setdefault("height", image.shape[0])
         dataset_dict.setdefault("width", image.shape[1])
+        if self.vocabulary is not None:
+            dataset_dict["vocabulary"] = self.vocabulary
         if not self.is_train:
             dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
             return dataset_dict
@@ -109,12 +116,12 @@ class SemanticSegmentationMapper:
                 f"label map {label_file} is {sem_seg.shape[1]}x{sem_seg.shape[0]} but its image {file_name} is "
                 f"{image.shape[1]}x{image.shape[0]} (width x height)"
             )
-        if self.num_classes is not None:
-            bad = (sem_seg >= self.num_classes) & (sem_seg != self.ignore_label)
+        if self.vocabulary is not None:
+            bad = (sem_seg >= len(self.vocabulary)) & (sem_seg != self.ignore_label)
             if bad.any():
                 raise ValueError(
                     f"label map {label_file} holds class ids {np.unique(sem_seg[bad])[:10].tolist()} outside "
-                    f"[0, {self.num_classes}) (the training vocabulary) that are not the ignore value "
+                    f"[0, {len(self.vocabulary)}) (the training vocabulary) that are not the ignore value "
                     f"{self.ignore_label}"
                 )
         if sem_seg.dtype != np.uint8:

@@ -1,5 +1,5 @@
 """The class names a model scores for a registered dataset (its open vocabulary)."""
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
 
@@ -18,6 +18,21 @@ def get_dataset_vocabulary(dataset_name: str) -> List[str]:
             "(importing esc_net registers the benchmarks; see datasets/README.md)"
         )
     return list(names)
+
+
+def shared_vocabulary(dataset_names: Sequence[str]) -> Optional[List[str]]:
+    """The one vocabulary of ``dataset_names`` (None for no dataset); a model trains on one vocabulary at a time.
+
+    Raises:
+        ValueError: the datasets have different vocabularies.
+    """
+    vocabularies = {tuple(get_dataset_vocabulary(name)) for name in dataset_names}
+    if len(vocabularies) > 1:
+        raise ValueError(
+            f"the datasets {list(dataset_names)} have different vocabularies; ESC-Net trains on one vocabulary at a "
+            "time"
+        )
+    return list(vocabularies.pop()) if vocabularies else None
 
 
 def _synonyms(name: str) -> List[str]:
@@ -41,7 +56,7 @@ def check_vocabulary(names: Sequence[str]) -> List[str]:
     splitting at commas ("sofa, couch"). Two classes with the same synonyms (compared without case and spacing)
     are an error: they would get identical text embeddings and identical scores, so the second could never be
     predicted. Names too long for the text encoder are checked where the tokenizer is known
-    (``ESCNet.set_vocabulary`` warns about them).
+    (``ESCNet.check_vocabulary`` warns about them).
 
     Raises:
         TypeError: ``names`` is one string, or an entry is not a string (None, a number, ...).

@@ -4,7 +4,7 @@ from .decoder import CorrelationDecoder
 from .esc_block import ESCBlock
 from .meta_arch import ESCNet
 from .prompt_generator import PseudoPromptGenerator, PseudoPrompts
-from .sam_block import SAMBlock, load_sam_weights
+from .sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
 from .vlf_block import VisionLanguageFusion
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "PseudoPrompts",
     "SAMBlock",
     "VisionLanguageFusion",
-    "load_sam_weights",
+    "load_sam_state",
+    "sam_checkpoint_state",
 ]

@@ -7,8 +7,8 @@ element ``b * N + n`` is class n of image b).
 
 Notation: B images, N classes, N_o points per class, h x w the CLIP grid, E the SAM width (``embed_dim``).
 
-Without :func:`load_sam_weights` a block keeps PyTorch's random initialisation; the caller decides whether that
-deserves a warning.
+Without :func:`load_sam_state` (on the entries :func:`sam_checkpoint_state` reads from an official checkpoint) a
+block keeps PyTorch's random initialisation; the caller decides whether that deserves a warning.
 """
 import logging
 import os
@@ -419,10 +419,3 @@ def load_sam_state(block: SAMBlock, state: Mapping[str, torch.Tensor], source: s
         getattr(block, attr).load_state_dict({k[len(prefix):]: v for k, v in given.items() if k.startswith(prefix)})
     logger.info("Loaded SAM's prompt encoder and two-way transformer (%d tensors) from %s", len(given), source)
 
-
-def load_sam_weights(block: SAMBlock, checkpoint_path: str) -> None:
-    """Loads SAM's pre-trained prompt encoder and decoder transformer from an official checkpoint file.
-
-    See :func:`sam_checkpoint_state` for the file format and :func:`load_sam_state` for the errors.
-    """
-    load_sam_state(block, sam_checkpoint_state(checkpoint_path), checkpoint_path)

@@ -1,9 +1,9 @@
-"""Sliding-window layout and merging."""
+"""The inference protocol: sliding-window layout and merging."""
 import pytest
 import torch
 from torch.nn import functional as F
 
-from esc_net.modeling.sliding_window import SlidingWindow, window_starts
+from esc_net.modeling.inference import SlidingWindow, window_starts
 
 
 def test_window_starts_cover_the_image_with_the_requested_overlap():

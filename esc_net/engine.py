@@ -1,0 +1,176 @@
+"""The training and evaluation engine: Detectron2's trainer with ESC-Net's data, optimizer, checkpointer and
+multi-benchmark evaluation, and the command line of ``train_net.py`` / ``esc-net-train``:
+
+    python train_net.py --config-file configs/esc_net_vitb_384.yaml --num-gpus 4
+    python train_net.py --config-file configs/esc_net_vitb_384.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/esc_net_tiny.yaml MODEL.DEVICE cpu
+    python train_net.py --config-file configs/esc_net_tiny.yaml --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
+
+``--eval-only`` evaluates every dataset of ``DATASETS.TEST`` in this one process (each dataset's inputs carry
+its own vocabulary; the model is not changed), then prints one table (benchmark x mIoU) and writes it as JSON and
+CSV in OUTPUT_DIR.
+"""
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .config import add_esc_net_config
+from .data import SemanticSegmentationMapper, get_dataset_vocabulary
+from .evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
+from .modeling.sam_block import check_sam_source
+from .solver import build_optimizer
+from .utils.checkpoint import ESCNetCheckpointer, check_weights_fit
+
+
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's trainer with ESC-Net's data mapper, optimizer, AMP precision, multi-benchmark evaluation,
+    checkpointer (:class:`ESCNetCheckpointer`: atomic saves, resuming past damaged files), and DDP on CPUs."""
+
+    def __init__(self, cfg):
+        check_sam_source(cfg)
+        if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
+            raise ValueError(
+                f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_PRECISIONS)}, got {cfg.SOLVER.AMP.PRECISION!r}"
+            )
+        # DefaultTrainer.__init__ is not called: it wraps the model in DistributedDataParallel with
+        # device_ids=[local rank], which DDP refuses for a CPU module (`--num-gpus 2 MODEL.DEVICE cpu`), and it
+        # builds Detectron2's own checkpointer. The steps are otherwise the same.
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        if comm.get_world_size() > 1:
+            # Detectron2 seeds every rank differently, and DDP with broadcast_buffers=False (Detectron2's setting)
+            # does not synchronise buffers at start: randomly initialised buffers (SAM's positional-encoding matrix
+            # when no SAM_CHECKPOINT is given) would differ between ranks. Rank 0's are the ones checkpointed.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        device_ids = [comm.get_local_rank()] if next(model.parameters()).device.type == "cuda" else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=AMP_PRECISIONS[cfg.SOLVER.AMP.PRECISION])
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = ESCNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """Resumes from the newest readable checkpoint of OUTPUT_DIR (``resume``), else loads MODEL.WEIGHTS."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1
+
+    def train(self):
+        resumed = self.checkpointer.resumed_from
+        if resumed and self.start_iter >= self.max_iter and os.path.basename(resumed) != "model_final.pth":
+            # The last iteration's checkpoint was saved but the run died before model_final.pth was: training is
+            # complete and the loop below will not run again, so write the final checkpoint now.
+            self.checkpointer.save("model_final", iteration=self.iter)
+        return super().train()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Inputs carry ``dataset_name``'s vocabulary (PAS-20b's scored names included)."""
+        mapper = SemanticSegmentationMapper(cfg, is_train=False, dataset_name=dataset_name)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return OpenVocabSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluates every dataset of ``DATASETS.TEST`` with its own vocabulary (carried by the test loader's
+        inputs); returns {dataset: results}."""
+        logger = logging.getLogger("detectron2")
+        net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        results = OrderedDict()
+        for i, dataset_name in enumerate(cfg.DATASETS.TEST):
+            net.check_vocabulary(get_dataset_vocabulary(dataset_name))  # warns once about names cut by the tokenizer
+            evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(results[dataset_name])
+        sem_seg_results = {name: r for name, r in results.items() if r and "sem_seg" in r}
+        if comm.is_main_process() and sem_seg_results:
+            summarize_benchmarks(sem_seg_results, cfg.OUTPUT_DIR)  # logs the table, writes JSON and CSV
+        return results
+
+
+def setup(args):
+    """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR."""
+    cfg = get_cfg()
+    add_esc_net_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="esc_net")
+    return cfg
+
+
+def run(args):
+    """Trains, or with ``--eval-only`` evaluates, in one process of a (possibly distributed) launch."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        checkpointer = ESCNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if checkpointer.incompatible is not None:  # something was loaded: it must fit
+            check_weights_fit(checkpointer.incompatible, checkpointer.resumed_from or cfg.MODEL.WEIGHTS)
+        else:
+            logging.getLogger("detectron2").warning("evaluating without MODEL.WEIGHTS: the new modules are random")
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def main(argv=None):
+    """The command line: Detectron2's default arguments (``--config-file``, ``--num-gpus``, ``--eval-only``, ...)."""
+    args = default_argument_parser().parse_args(argv)
+    return launch(
+        run,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

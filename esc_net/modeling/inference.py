@@ -1,0 +1,180 @@
+"""Inference orchestration: how an image becomes views, which classes each view refines, how views are grouped
+into passes, and how their scores merge back into one map per image.
+
+Sliding windows are laid out so that every window lands on whole cells of the output maps: with a 384 window whose
+scores come out at 96x96, positions are multiples of 4 input pixels (one output cell); with a 336 window and
+96x96 scores (ViT-L/14), multiples of 7 input pixels (two output cells). Merging never resamples a window.
+"""
+import math
+from typing import List, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+INFERENCE_MODES = ("sliding", "whole")
+
+
+def window_starts(size: int, window: int, overlap: float, cell: int) -> List[int]:
+    """Start offsets (input pixels) of windows covering ``size`` pixels, first at 0 and last at the far edge.
+
+    Consecutive windows overlap by at least ``overlap`` of a window; all offsets are multiples of ``cell``.
+    """
+    if size <= window:
+        return [0]
+    stride = max(int(window * (1.0 - overlap)) // cell, 1)
+    cells = (size - window) // cell
+    count = math.ceil(cells / stride) + 1
+    return [round(i * cells / (count - 1)) * cell for i in range(count)]
+
+
+class SlidingWindow:
+    """Cuts square images of ``size`` into ``window`` crops (plus one global view) and merges their scores.
+
+    Args:
+        size: side of the resized image; rounded up to a multiple of the input cell (see the module docstring).
+        window: side of a window cut from the resized image.
+        out_window: side of the score map the model returns for one view.
+        overlap: minimum overlap between neighbouring windows, as a fraction of the window.
+        view_size: side of the views handed to the model (its input size); windows of another size are resized
+            bilinearly. None: ``window``.
+    """
+
+    def __init__(self, size: int, window: int, out_window: int, overlap: float, view_size: int = None):
+        common = math.gcd(window, out_window)
+        self.cell_in, self.cell_out = window // common, out_window // common
+        self.size = math.ceil(size / self.cell_in) * self.cell_in
+        self.window, self.out_window = window, out_window
+        self.view_size = view_size or window
+        starts = window_starts(self.size, window, overlap, self.cell_in)
+        self.offsets: List[Tuple[int, int]] = [(y, x) for y in starts for x in starts]
+
+    @property
+    def num_views(self) -> int:
+        return len(self.offsets) + 1
+
+    def views(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B, 3, size, size] -> [B * num_views, 3, view_size, view_size] (windows, then the global
+        view)."""
+        w, v = self.window, self.view_size
+        crops = torch.stack([images[:, :, y : y + w, x : x + w] for y, x in self.offsets], dim=1).flatten(0, 1)
+        if v != w:
+            crops = F.interpolate(crops, size=(v, v), mode="bilinear", align_corners=False)
+        whole = F.interpolate(images, size=(v, v), mode="bilinear", align_corners=False)
+        return torch.cat((crops.unflatten(0, (len(images), -1)), whole[:, None]), dim=1).flatten(0, 1)
+
+    def merge(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores: [B * num_views, N, out_window, out_window] -> [B, N, S, S], S = size * out_window / window.
+
+        The windows are averaged where they overlap; that map and the upsampled global view count equally.
+        """
+        scores = scores.unflatten(0, (-1, self.num_views))
+        B, _, N = scores.shape[:3]
+        side, ow = self.size // self.cell_in * self.cell_out, self.out_window
+        total = scores.new_zeros(B, N, side, side)
+        count = scores.new_zeros(1, 1, side, side)
+        for i, (y, x) in enumerate(self.offsets):
+            y, x = y // self.cell_in * self.cell_out, x // self.cell_in * self.cell_out
+            total[:, :, y : y + ow, x : x + ow] += scores[:, i]
+            count[:, :, y : y + ow, x : x + ow] += 1
+        global_view = F.interpolate(scores[:, -1], size=(side, side), mode="bilinear", align_corners=False)
+        return (total / count + global_view) / 2
+
+
+class InferenceProtocol:
+    """The inference protocol of ESC-Net: views, the class cap, passes over views, and the merge.
+
+    ``score(model, images, text)`` asks ``model`` for three things only: ``model.clip.encode_image(views)``,
+    ``model.correlation(dense, text)`` and ``model.refine(corr, dense, skips, text)`` (see ``ESCNet``).
+
+    Args:
+        mode: "sliding" (windows of the resized image plus one global view, scores averaged) or "whole" (one view).
+        image_size: side of the model's input views (the CLIP input size).
+        out_size: side of the score map of one view (the decoder's output).
+        sliding_resize: side of the square image the sliding windows are cut from.
+        sliding_window: side of the windows in pixels of the resized image (0: ``image_size``). Each window is
+            resized to ``image_size``, so a ViT-L/14 at 336 reads the same 384 windows of a 640 image as a
+            ViT-B/16 at 384.
+        sliding_overlap: minimum overlap of neighbouring windows, as a fraction of a window.
+        max_classes_per_view: refine at most this many classes per view (the top K by CLIP correlation); the
+            others are scored by their plain correlation below every refined class. 0 = no cap.
+        view_classes_per_pass: views are refined in passes of at most max(1, this // N) views (N capped by
+            ``max_classes_per_view``), which bounds memory without changing any score. 0 = one pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        image_size: int,
+        out_size: int,
+        sliding_resize: int,
+        sliding_window: int = 0,
+        sliding_overlap: float = 1.0 / 3.0,
+        max_classes_per_view: int = 0,
+        view_classes_per_pass: int = 0,
+    ):
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}")
+        self.mode = mode
+        self.image_size = image_size
+        self.max_classes_per_view = max_classes_per_view
+        self.view_classes_per_pass = view_classes_per_pass
+        self.sliding_window = SlidingWindow(
+            sliding_resize, sliding_window or image_size, out_size, sliding_overlap, view_size=image_size
+        )
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square image that :meth:`score` takes."""
+        return self.sliding_window.size if self.mode == "sliding" else self.image_size
+
+    @property
+    def num_views(self) -> int:
+        """Views the model refines per image."""
+        return self.sliding_window.num_views if self.mode == "sliding" else 1
+
+    def score(self, model: nn.Module, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Per-class scores of normalised images.
+
+        Args:
+            images: [B, 3, input_size, input_size]; text: [N, D] unit-norm class embeddings.
+        Returns:
+            [B, N, S, S] scores in [0, 1] (S: the view's score size, or the merged sliding-window map's).
+        """
+        if self.mode == "whole":
+            return self._score_in_passes(model, images, text)
+        window = self.sliding_window
+        return window.merge(self._score_in_passes(model, window.views(images), text))
+
+    def _score_in_passes(self, model: nn.Module, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_views` over groups of views sized by ``view_classes_per_pass``."""
+        if not self.view_classes_per_pass:
+            return self.score_views(model, views, text)
+        refined_classes = min(len(text), self.max_classes_per_view or len(text))  # what a view's memory scales with
+        per_pass = max(1, self.view_classes_per_pass // refined_classes)
+        return torch.cat([self.score_views(model, group, text) for group in views.split(per_pass)])
+
+    def score_views(self, model: nn.Module, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Per-class scores of a batch of normalised views, with the class cap.
+
+        Args:
+            views: [V, 3, image_size, image_size]; text: [N, D].
+        Returns:
+            [V, N, out_size, out_size] scores in [0, 1].
+        """
+        dense, skips = model.clip.encode_image(views)
+        corr = model.correlation(dense, text)
+        V, N = corr.shape[:2]
+        K = self.max_classes_per_view
+        if not K or N <= K:
+            return model.refine(corr, dense, skips, text.expand(V, -1, -1))[0].sigmoid()
+        # Refine only the K classes most correlated with each view; the others keep their plain correlation,
+        # rescaled below the lowest refined score at each pixel so that they never outrank a refined class.
+        top = corr.flatten(2).amax(dim=2).topk(K, dim=1).indices  # [V, K]
+        h, w = corr.shape[-2:]
+        top_corr = corr.gather(1, top[:, :, None, None].expand(-1, -1, h, w))
+        refined = model.refine(top_corr, dense, skips, text[top])[0].sigmoid()  # [V, K, out, out]
+        plain = F.interpolate(corr, size=refined.shape[-2:], mode="bilinear", align_corners=False)
+        scores = (plain + 1) / 2 * refined.amin(dim=1, keepdim=True)
+        return scores.scatter(1, top[:, :, None, None].expand_as(refined), refined.to(scores.dtype))
