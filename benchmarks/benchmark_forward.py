@@ -15,19 +15,17 @@ import contextlib
 import os
 import resource
 import statistics
-import sys
 import time
 from collections import defaultdict
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 
-import esc_net  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from esc_net.utils.flops import STAGES as STAGES_FLOPS  # noqa: E402
-from esc_net.utils.flops import count_flops_per_stage  # noqa: E402
+import esc_net
+from esc_net.utils.flops import STAGES as STAGES_FLOPS
+from esc_net.utils.flops import count_flops_per_stage
 
 STAGES = ["clip_image", "clip_text", "ppg", "sam", "vlf", "decoder"]
 
@@ -125,7 +123,7 @@ def main():
     if args.flops:
         flops_table(model, size, args.classes)
     if args.full:
-        model.max_classes_per_view = args.max_classes_per_view
+        model.inference = model.inference.replace(max_classes_per_view=args.max_classes_per_view)
         full_inference_table(model, args.classes, args.repeats, autocast)
 
 
@@ -169,8 +167,8 @@ def stage_table(model, size: int, class_counts, repeats: int, autocast):
 
 def flops_table(model, size: int, class_counts):
     """GFLOPs per stage of one view (fvcore's count, multiply-accumulates; see esc_net.utils.flops)."""
-    previous = model.inference_mode
-    model.inference_mode = "whole"
+    previous = model.inference
+    model.inference = previous.replace(mode="whole")
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, device=model.device)
     print("GFLOPs of one view (fvcore, multiply-accumulates):")
     print(f"{'N':>5} " + " ".join(f"{s:>10}" for s in STAGES_FLOPS) + f" {'total':>8}")
@@ -178,7 +176,7 @@ def flops_table(model, size: int, class_counts):
         flops = count_flops_per_stage(model, image, [f"class {i}" for i in range(num_classes)])
         print(f"{num_classes:>5} " + " ".join(f"{flops[s] / 1e9:>10.1f}" for s in STAGES_FLOPS)
               + f" {flops['total'] / 1e9:>8.1f}")
-    model.inference_mode = previous
+    model.inference = previous
 
 
 def full_inference_table(model, class_counts, repeats: int, autocast):
@@ -186,19 +184,18 @@ def full_inference_table(model, class_counts, repeats: int, autocast):
     default; the vocabulary's text embeddings cached after the warm-up)."""
     device = model.device
     image = torch.randint(0, 256, (3, 512, 683), dtype=torch.uint8)
-    views = model.sliding_window.num_views if model.inference_mode == "sliding" else 1
-    print(f"full inference of a 512x683 image: mode {model.inference_mode} ({views} views), "
-          f"MAX_CLASSES_PER_VIEW {model.max_classes_per_view}")
+    print(f"full inference of a 512x683 image: mode {model.inference.mode} ({model.inference.num_views} views), "
+          f"MAX_CLASSES_PER_VIEW {model.inference.max_classes_per_view}")
     print(f"{'N':>5} {'ms/image':>9} {'peak MB':>9}")
     for num_classes in class_counts:
-        model.set_vocabulary([f"class {i}" for i in range(num_classes)])
+        vocabulary = [f"class {i}" for i in range(num_classes)]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = []
         for repeat in range(repeats + 1):
             timer = StageTimer(device)
             with autocast, timer.span("total"):
-                model([{"image": image, "height": 512, "width": 683}])
+                model([{"image": image, "height": 512, "width": 683, "vocabulary": vocabulary}])
             if repeat:
                 times.append(timer.totals["total"])
         print(f"{num_classes:>5} {statistics.median(times) * 1000:>7.1f}ms {peak_memory_mb(device):>9.0f}")

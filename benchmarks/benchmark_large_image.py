@@ -13,18 +13,16 @@ memory before the call, so it counts the outputs as well as the working memory; 
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.config import get_cfg  # noqa: E402
+from detectron2.config import get_cfg
 
-import esc_net  # noqa: E402
-from esc_net.data.class_names import load_class_names  # noqa: E402
+import esc_net
+from esc_net.data.class_names import load_class_names
 
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esc_net_tiny.yaml")
 GB = 1e9

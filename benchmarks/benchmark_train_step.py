@@ -13,16 +13,14 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchmark_forward import build, device_description, peak_memory_mb  # noqa: E402
+from benchmark_forward import build, device_description, peak_memory_mb
 
-from esc_net.solver import build_optimizer  # noqa: E402
+from esc_net.solver import build_optimizer
 
 
 def random_batch(batch: int, size: int, num_classes: int, vocabulary, generator: torch.Generator):

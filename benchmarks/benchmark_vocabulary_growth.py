@@ -13,20 +13,17 @@ configs).
 """
 import argparse
 import os
-import sys
 import time
 
 import cv2
 import numpy as np
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import esc_net  # noqa: E402
-from esc_net.data.class_names import load_class_names  # noqa: E402
+import esc_net
+from esc_net.data.class_names import load_class_names
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -85,7 +82,7 @@ def main():
     print("| distractors | names | MAX_CLASSES_PER_VIEW | mIoU (10 classes) | pixels on a distractor | s/image |")
     print("|---:|---:|---:|---:|---:|---:|")
     for cap in caps:
-        predictor.model.max_classes_per_view = cap
+        predictor.model.inference = predictor.model.inference.replace(max_classes_per_view=cap)
         for count in args.distractors:
             vocabulary = classes + distractor_names(classes, count)
             start = time.perf_counter()

@@ -20,7 +20,8 @@ def _inputs(count=2, seed=0, labels=False):
     g = torch.Generator().manual_seed(seed)
     inputs = []
     for _ in range(count):
-        x = {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g), "height": 48, "width": 80}
+        x = {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g), "height": 48, "width": 80,
+             "vocabulary": VOCABULARY}
         if labels:
             x["sem_seg"] = torch.randint(0, len(VOCABULARY), (64, 64), generator=g)
         inputs.append(x)
@@ -30,9 +31,7 @@ def _inputs(count=2, seed=0, labels=False):
 @pytest.fixture(scope="module")
 def cpu_model():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).eval()
-    model.set_vocabulary(VOCABULARY)
-    return model
+    return build_model(tiny_cfg()).eval()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,8 @@ def cuda_model(cpu_model):
 
 @pytest.mark.parametrize("mode", ["whole", "sliding"])
 def test_cuda_scores_match_cpu(cpu_model, cuda_model, mode):
-    cpu_model.inference_mode = cuda_model.inference_mode = mode
+    cpu_model.inference = cpu_model.inference.replace(mode=mode)
+    cuda_model.inference = cuda_model.inference.replace(mode=mode)
     inputs = _inputs()
     cpu = [o["sem_seg"] for o in cpu_model(inputs)]
     gpu = [o["sem_seg"] for o in cuda_model(inputs)]
@@ -55,7 +55,7 @@ def test_cuda_scores_match_cpu(cpu_model, cuda_model, mode):
 
 
 def test_bfloat16_autocast_inference(cuda_model):
-    cuda_model.inference_mode = "sliding"
+    cuda_model.inference = cuda_model.inference.replace(mode="sliding")
     inputs = _inputs(seed=1)
     full = [o["sem_seg"] for o in cuda_model(inputs)]
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -75,19 +75,19 @@ def test_bfloat16_autocast_inference(cuda_model):
 
 
 def test_bfloat16_autocast_with_class_cap(cuda_model):
-    cuda_model.inference_mode, cuda_model.max_classes_per_view = "sliding", 3
+    previous = cuda_model.inference
+    cuda_model.inference = previous.replace(mode="sliding", max_classes_per_view=3)
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             outputs = cuda_model(_inputs(seed=3))
     finally:
-        cuda_model.max_classes_per_view = 0
+        cuda_model.inference = previous
     assert all(o["sem_seg"].shape == (len(VOCABULARY), 48, 80) and torch.isfinite(o["sem_seg"]).all() for o in outputs)
 
 
 def test_bfloat16_autocast_training_step():
     torch.manual_seed(0)
     model = build_model(tiny_cfg("MODEL.DEVICE", "cuda")).train()
-    model.train_vocabulary = VOCABULARY
     optimizer = build_optimizer(tiny_cfg(), model)
     batch = _inputs(count=4, labels=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -105,7 +105,6 @@ def _train(make_trainer, steps=30):
     """Loss on a fixed batch before and after ``steps`` steps of ``trainer_cls`` from the same initial weights."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg("MODEL.DEVICE", "cuda")).train()
-    model.train_vocabulary = VOCABULARY
     batch = _inputs(count=4, labels=True, seed=2)
     trainer = make_trainer(model, [batch] * steps, build_optimizer(tiny_cfg(), model))
 

@@ -94,7 +94,7 @@ def test_counts_scale_with_the_vocabulary(model, stages):
 def test_sliding_window_counts_every_view(stages):
     torch.manual_seed(0)
     sliding = build_model(tiny_cfg("MODEL.ESC_NET.INFERENCE_MODE", "sliding"))
-    views = sliding.sliding_window.num_views
+    views = sliding.inference.num_views
     assert views > 1
     image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
     s = count_flops_per_stage(sliding, image, VOCABULARY)

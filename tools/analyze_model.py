@@ -17,22 +17,19 @@ convention.
 """
 import argparse
 import logging
-import os
-import sys
 from typing import Dict, Optional, Sequence
 
 import torch
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from fvcore.nn import parameter_count_table  # noqa: E402
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from fvcore.nn import parameter_count_table
 
-from esc_net import add_esc_net_config  # noqa: E402
-from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage  # noqa: E402
+from esc_net import add_esc_net_config
+from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")
 
@@ -82,9 +79,9 @@ def stage_table(columns: Dict[str, Dict[str, int]], unit: float) -> str:
 def analyze_flops(model, cfg, args) -> Dict[int, Dict[str, int]]:
     """Counts and prints the FLOPs per stage for every vocabulary size; returns {N: {stage: flops}}."""
     m = cfg.MODEL.ESC_NET
-    side = m.SLIDING_RESIZE if model.inference_mode == "sliding" else m.CLIP_IMAGE_SIZE
+    side = model.inference.input_size
     height, width = args.image_size or (side, side)
-    views = model.sliding_window.num_views if model.inference_mode == "sliding" else 1
+    views = model.inference.num_views
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
     results, skipped = {}, set()
     for num_classes in args.classes:
@@ -92,7 +89,7 @@ def analyze_flops(model, cfg, args) -> Dict[int, Dict[str, int]]:
         analysis = count_flops(model, image, [f"class number {i}" for i in range(num_classes)])
         results[num_classes] = split_by_stage(analysis.by_module(), len(model.blocks), root="model")
         skipped.update(analysis.unsupported_ops())
-    print(f"\nGFLOPs of one inference call ({model.inference_mode}: {views} view(s) of "
+    print(f"\nGFLOPs of one inference call ({model.inference.mode}: {views} view(s) of "
           f"{m.CLIP_IMAGE_SIZE}x{m.CLIP_IMAGE_SIZE}; input {height}x{width}); "
           "fvcore convention, 1 multiply-accumulate = 1 flop")
     print(stage_table({f"N={n}": r for n, r in results.items()}, 1e9))

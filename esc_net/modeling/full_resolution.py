@@ -11,7 +11,6 @@ image the same way, reading only the rows and columns that bilinear sampling tou
 Both compute exactly what ``F.interpolate(..., mode="bilinear", align_corners=False)`` computes (up to float
 rounding): output pixel ``d`` samples the input at ``(d + 0.5) * in / out - 0.5``, clamped to the edges.
 """
-import math
 from typing import Dict, Tuple
 
 import torch

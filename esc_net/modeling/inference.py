@@ -116,6 +116,11 @@ class InferenceProtocol:
     ):
         if mode not in INFERENCE_MODES:
             raise ValueError(f"INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}")
+        self._settings = dict(
+            mode=mode, image_size=image_size, out_size=out_size, sliding_resize=sliding_resize,
+            sliding_window=sliding_window, sliding_overlap=sliding_overlap,
+            max_classes_per_view=max_classes_per_view, view_classes_per_pass=view_classes_per_pass,
+        )
         self.mode = mode
         self.image_size = image_size
         self.max_classes_per_view = max_classes_per_view
@@ -123,6 +128,10 @@ class InferenceProtocol:
         self.sliding_window = SlidingWindow(
             sliding_resize, sliding_window or image_size, out_size, sliding_overlap, view_size=image_size
         )
+
+    def replace(self, **changes) -> "InferenceProtocol":
+        """A new protocol with some settings changed (e.g. ``replace(mode="whole", max_classes_per_view=0)``)."""
+        return InferenceProtocol(**{**self._settings, **changes})
 
     @property
     def input_size(self) -> int:

@@ -211,13 +211,13 @@ def draw_image_prompts(predictor, image_bgr: np.ndarray, class_index: int) -> np
     if not 0 <= class_index < len(names):
         raise IndexError(f"class index {class_index} is outside the vocabulary of {len(names)} classes")
     # One whole view, every class refined (a class cap would hand the blocks a subset of the vocabulary).
-    previous = model.inference_mode, model.max_classes_per_view
-    model.inference_mode, model.max_classes_per_view = "whole", 0
+    previous = model.inference
+    model.inference = previous.replace(mode="whole", max_classes_per_view=0)
     try:
         with PromptRecorder(model.blocks, image_index=0, class_index=class_index) as recorder:
             predictor(image_bgr)
     finally:
-        model.inference_mode, model.max_classes_per_view = previous
+        model.inference = previous
     side = model.image_size
     view = cv2.resize(image_bgr, (side, side), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
     rows = [
