@@ -106,17 +106,18 @@ def test_sliding_window_counts_every_view(stages):
 
 def test_model_is_left_as_it_was(model, stages):
     model.train()
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    generators = [block.prompt_generator for block in model.blocks]
-    model.clip.encode_text(VOCABULARY)  # cached now: the count must still run the text tower
-    with torch.no_grad():
-        model.clip.encode_text(VOCABULARY)
-    again = count_flops_per_stage(model, IMAGE, VOCABULARY)
-    assert again == stages
-    assert model.training
-    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
-    assert [block.prompt_generator for block in model.blocks] == generators
-    model.eval()
+    try:
+        flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        generators = [block.prompt_generator for block in model.blocks]
+        with torch.no_grad():
+            model.clip.encode_text(VOCABULARY)  # cached now: the count must still run the text tower
+        again = count_flops_per_stage(model, IMAGE, VOCABULARY)
+        assert again == stages
+        assert model.training
+        assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+        assert [block.prompt_generator for block in model.blocks] == generators
+    finally:  # the module's other tests share this model
+        model.eval()
 
 
 def test_parameters_per_stage(model):
