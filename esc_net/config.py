@@ -95,7 +95,7 @@ def add_esc_net_config(cfg: CN) -> None:
     m.IGNORE_VALUE = 255
     # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
     # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades memory
-    # for time (benchmarks/benchmark_train_step.py measures both; README, "Training memory").
+    # for time (benchmarks/benchmark_train_step.py measures both; README, "GPU memory").
     m.ACTIVATION_CHECKPOINTING = False
     # Pictures of the pseudo prompts during training use Detectron2's own VIS_PERIOD (default 0 = off): every
     # VIS_PERIOD iterations, one image per ESC-Block goes to TensorBoard as "pseudo_prompts/block<i>" (the first
