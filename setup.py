@@ -42,7 +42,7 @@ setup(
         "segment-anything>=1.0",
         # The VLF block's Swin blocks: 0.9.6 made SwinTransformerBlock clamp the window to the grid per axis (the
         # window_size / shift_size tuples the block relies on); timm.layers, [B, H, W, C] blocks and
-        # WindowAttention.fused_attn are from 0.9.0.
+        # WindowAttention.fused_attn are from 0.9.0. (open_clip 3.0 itself asks for timm>=1.0.17.)
         "timm>=0.9.6",
         # safetensors.SafetensorError (esc_net.utils.checkpoint) is exported at the package's top level from 0.3.0.
         "safetensors>=0.3.0",
@@ -67,7 +67,7 @@ setup(
         # The test suite: the runner, what the tests import, and the extras whose code they exercise. The browser
         # test also needs Debian's chromium and chromium-driver (.ci/run installs them); without them it is skipped.
         "test": [
-            "pytest>=7",
+            "pytest>=7",  # the suite runs with 7.0 (importorskip(reason=), tmp_path_factory, monkeypatch)
             # HealthCheck.function_scoped_fixture (tests/test_predictor_properties.py) appeared in 5.49.
             "hypothesis>=5.49",
             "PyYAML",  # tests/conftest.py reads the tiny config

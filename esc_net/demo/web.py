@@ -159,7 +159,8 @@ class Segmenter:
             image = read_image(path)
         except InputError as e:
             name = upload.get("orig_name") or os.path.basename(path)
-            raise gradio().Error(f"The upload {name!r} is not an image that can be read (PNG, JPEG, BMP, TIFF, WebP).") from e
+            message = f"The upload {name!r} is not an image that can be read (PNG, JPEG, BMP, TIFF, WebP)."
+            raise gradio().Error(message) from e
         if max(image.shape[:2]) > self.max_side:
             raise gradio().Error(
                 f"The image is {image.shape[1]}x{image.shape[0]} pixels; this page accepts sides up to "
@@ -222,7 +223,8 @@ class Segmenter:
         index = class_index(vocabulary, name)
         if index is None:
             shown = ", ".join(display_name(v) for v in vocabulary)
-            raise gradio().Error(f"'{name}' is not a class of the vocabulary ({shown}): clear 'score map of' or pick one.")
+            message = f"'{name}' is not a class of the vocabulary ({shown}): clear 'score map of' or pick one."
+            raise gradio().Error(message)
         return index
 
 
