@@ -1,47 +1,94 @@
-"""Installs the ESC-Net Detectron2 plugin (package ``esc_net``)."""
+"""Installs the ESC-Net Detectron2 plugin (package ``esc_net``).
+
+This file is the project's packaging entry point and the only source of its metadata (``pyproject.toml`` only names
+the build system). ``install_requires`` lists what ``esc_net`` itself imports, with the lowest release that has each
+API the code calls. Detectron2 is not listed: its authors do not publish it on PyPI, so it is installed beside this
+package (``scripts/setup_env.sh``, or from source as the README's "Install" section describes), and its own
+requirements come with it.
+"""
 from setuptools import find_packages, setup
+
+PREP = [
+    # datasets/prepare_pascal_context_459.py reads the PASCAL-Context .mat label files (scipy.io.loadmat).
+    "scipy",
+    # datasets/prepare_pascal_context_59.py decodes the COCO-style RLE masks (pycocotools.mask).
+    "pycocotools",
+]
+# The Gradio page (esc-net-web-demo, demo/app.py). 6.0 moved ``theme`` from ``gr.Blocks`` to ``launch()``, where
+# esc_net.demo.web passes it.
+WEB = ["gradio>=6.0"]
 
 setup(
     name="esc_net",
     version="0.1.0",
     description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, "
     "as a Detectron2 plugin",
+    license="MIT",
     packages=find_packages(include=["esc_net", "esc_net.*"]),
     package_data={"esc_net.data.class_names": ["*.txt"]},
     python_requires=">=3.9",
     install_requires=[
-        # Every torch.load passes weights_only=True; before 2.10 that unpickler could still be made to run code
-        # (CVE-2025-32434, fixed in 2.6; CVE-2026-24747, fixed in 2.10).
+        # Security floor: every torch.load passes weights_only=True, and before 2.10 that unpickler could still be
+        # made to run code (CVE-2025-32434, fixed in 2.6; CVE-2026-24747, fixed in 2.10). It also covers the APIs
+        # the code calls: torch.load(weights_only=) (1.13), F.scaled_dot_product_attention (2.0) and
+        # load_state_dict(assign=True) (2.1).
         "torch>=2.10",
-        "torchvision",
-        "open_clip_torch>=2.20",
+        # numpy.random.default_rng (the synthetic-shapes dataset) appeared in 1.17.
+        "numpy>=1.17",
+        # 3.0 added create_model(pretrained_text=...), which esc_net.modeling.clip.build passes; the other calls are
+        # older (VisionTransformer.forward_intermediates: 2.32, load_checkpoint(weights_only=): 2.27).
+        "open_clip_torch>=3.0",
+        # PromptEncoder, TwoWayTransformer and LayerNorm2d; 1.0 is the only release on PyPI.
         "segment-anything>=1.0",
-        "timm>=0.9",
-        "safetensors",
-        "opencv-python-headless>=4.5,<5",
-        "pycocotools",
-        "scipy",
+        # The VLF block's Swin blocks: 0.9.6 made SwinTransformerBlock clamp the window to the grid per axis (the
+        # window_size / shift_size tuples the block relies on); timm.layers, [B, H, W, C] blocks and
+        # WindowAttention.fused_attn are from 0.9.0. (open_clip 3.0 itself asks for timm>=1.0.17.)
+        "timm>=0.9.6",
+        # safetensors.SafetensorError (esc_net.utils.checkpoint) is exported at the package's top level from 0.3.0.
+        "safetensors>=0.3.0",
+        # Figure(layout="constrained") and the matplotlib.colormaps registry (charts, prompt pictures) are from 3.5.
+        "matplotlib>=3.5",
+        # No floor: imread/imwrite, resize, fillPoly, circle, erode/dilate, applyColorMap with COLORMAP_VIRIDIS and
+        # addWeighted are all in the oldest headless release on PyPI (3.4.10), and still in 5.0's bindings.
+        "opencv-python-headless",
+        # No floor for these: esc_net calls long-standing APIs (fvcore.nn.jit_handles.get_shape is in every fvcore
+        # release on PyPI; tabulate's "pipe" format; tqdm's iterator; PIL's open/fromarray/save).
+        "fvcore",
+        "tabulate",
         "tqdm",
         "Pillow",
-        # detectron2's runtime requirements (our setup script installs detectron2's files without them)
-        "numpy<2",
-        "fvcore<0.1.6",
-        "iopath<0.1.10",
-        "omegaconf>=2.1,<2.4",
-        "hydra-core>=1.1",
-        "yacs>=0.1.8",
-        "termcolor>=1.1",
-        "tabulate",
-        "cloudpickle",
-        "tensorboard",
-        "black",
-        "packaging",
-        "matplotlib",
     ],
     extras_require={
-        # the web demo (demo/app.py)
-        "web": ["gradio>=5"],
-        # the test suite; its browser test also needs Debian's chromium and chromium-driver (.ci/run installs them)
-        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "gradio>=5", "gradio_client", "httpx", "selenium>=4"],
+        # Dataset preparation (datasets/*.py, esc-net-prepare) beyond the core requirements.
+        "prep": PREP,
+        # The web demo; "demo" and "web" are the same (the command-line demo needs only the core requirements).
+        "demo": WEB,
+        "web": WEB,
+        # The test suite: the runner, what the tests import, and the extras whose code they exercise. The browser
+        # test also needs Debian's chromium and chromium-driver (.ci/run installs them); without them it is skipped.
+        "test": [
+            "pytest>=7",  # the suite runs with 7.0 (importorskip(reason=), tmp_path_factory, monkeypatch)
+            # HealthCheck.function_scoped_fixture (tests/test_predictor_properties.py) appeared in 5.49.
+            "hypothesis>=5.49",
+            "PyYAML",  # tests/conftest.py reads the tiny config
+            "tensorboard",  # tests/test_prompt_vis.py reads the event files
+            "huggingface_hub",  # tests/test_clip_encoder.py checks the offline hub settings
+            # gradio_client.handle_file (tests/test_web_demo.py) appeared in 1.0.
+            "gradio_client>=1.0",
+            "httpx",
+            # webdriver.Chrome(service=Service(...)) and find_element(By...) are Selenium 4 APIs.
+            "selenium>=4",
+            *PREP,
+            *WEB,
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            # Detectron2's default training arguments (--config-file, --num-gpus, --eval-only, ...).
+            "esc-net-train=esc_net.engine:main",
+            "esc-net-prepare=esc_net.data.prepare.cli:main",
+            "esc-net-demo=esc_net.demo.cli:main",
+            "esc-net-web-demo=esc_net.demo.web:main",
+        ],
     },
 )

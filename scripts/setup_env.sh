@@ -31,25 +31,52 @@ fi
 # shipped as a cp310 wheel; its Python code runs on newer Pythons (the compiled _C it carries is only
 # needed by deformable convolutions and rotated boxes, which ESC-Net does not use), so we install the
 # wheel's files for Python 3.10 into a side folder and put that folder on the environment's path.
-if ! "$PY" -c "import detectron2" >/dev/null 2>&1; then
+# pip cannot resolve the requirements of files installed that way (--no-deps), so the next step
+# installs the ones the wheel declares itself.
+D2_DIR="$VENV/detectron2-wheel"
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ ! -d "$D2_DIR/detectron2" ] && ! "$PY" -c "import detectron2" >/dev/null 2>&1; then
   log "installing detectron2 (sal-detectron2 snapshot)"
-  SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  D2_DIR="$VENV/detectron2-wheel"
-  rm -rf "$D2_DIR"
+  rm -rf "$D2_DIR.partial"
   "$PY" -m pip install --disable-pip-version-check -q --no-deps --only-binary=:all: \
-    --python-version 3.10 --target "$D2_DIR" "sal-detectron2==0.7.2" 2>&1 | filter_pip_noise
+    --python-version 3.10 --target "$D2_DIR.partial" "sal-detectron2==0.7.2" 2>&1 | filter_pip_noise
+  rm -rf "$D2_DIR"
+  mv "$D2_DIR.partial" "$D2_DIR"  # only a complete download counts as installed on the next run
+fi
+D2_REQS=""
+if [ -d "$D2_DIR/detectron2" ]; then
   echo "$D2_DIR" > "$SITE/detectron2-wheel.pth"
+  # detectron2's own requirements, from the wheel's metadata (its Requires-Dist lines, optional extras left
+  # out; pip evaluates the remaining environment markers). The snapshot's metadata drops two requirements
+  # that upstream detectron2 declares and imports at start-up (fvcore, iopath); they are added with
+  # upstream's pins unless the metadata names them.
+  D2_REQS="$VENV/detectron2-requirements.txt"
+  "$PY" - "$D2_DIR" > "$D2_REQS" <<'PYEOF'
+import importlib.metadata
+import re
+import sys
+
+dists = list(importlib.metadata.distributions(path=[sys.argv[1]]))
+if len(dists) != 1:
+    sys.exit(f"expected one distribution in {sys.argv[1]}, found {len(dists)}")
+requirements = [r for r in dists[0].requires or [] if not re.search(r";.*\bextra\b", r)]
+named = {re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+upstream = {"fvcore": "fvcore>=0.1.5,<0.1.6", "iopath": "iopath>=0.1.7,<0.1.10"}
+requirements += [spec for name, spec in upstream.items() if name not in named]
+print("\n".join(requirements))
+PYEOF
 fi
 
-# The package itself, with its runtime and test requirements (detectron2's own runtime
-# requirements are listed in setup.py because the wheel above was installed without them).
+# The package itself (editable) with the extras the two README commands need: dataset preparation, the web
+# demo and the test suite; in the same pip call as detectron2's requirements, so that one resolution
+# satisfies both (detectron2's numpy<2, for one, decides which OpenCV wheel fits).
 STAMP="$VENV/.esc_net_setup_stamp"
-WANT="$(cat "$ROOT/setup.py" "$ROOT/scripts/setup_env.sh" | sha1sum | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/setup.py" "$ROOT/scripts/setup_env.sh" ${D2_REQS:+"$D2_REQS"} | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   log "installing esc_net and its requirements"
-  "${PIP[@]}" -e "$ROOT[test]" 2>&1 | filter_pip_noise
+  "${PIP[@]}" -e "$ROOT[prep,demo,test]" ${D2_REQS:+-r "$D2_REQS"} 2>&1 | filter_pip_noise
   echo "$WANT" > "$STAMP"
 fi
-"$PY" -c "import detectron2, open_clip, segment_anything, timm, esc_net" \
+"$PY" -c "import detectron2.config, open_clip, segment_anything, timm, esc_net" \
   || { log "the environment in $VENV does not import; remove it and run again"; exit 1; }
 log "environment ready: $VENV"

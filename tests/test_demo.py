@@ -1,5 +1,5 @@
-"""demo/demo.py: inputs (folder, glob), vocabularies, the files written, and the documented errors."""
-import importlib.util
+"""The command-line demo (esc-net-demo, demo/demo.py): inputs (folder, glob), vocabularies, the files written, and the
+documented errors."""
 import os
 import subprocess
 import sys
@@ -13,11 +13,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
+from esc_net.demo import cli as demo
 from esc_net.predictor import ESCNetPredictor
-
-_spec = importlib.util.spec_from_file_location("esc_net_demo", os.path.join(REPO_ROOT, "demo", "demo.py"))
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)
 
 NO_DATASETS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
 SIZES = {"a.png": (48, 64), "b.png": (70, 40), "c.jpg": (64, 64)}
@@ -43,14 +40,15 @@ def weights(tmp_path_factory):
 
 
 def _run(*args, opts=()):
-    return demo.main(["--config-file", TINY_CONFIG, *map(str, args), "--opts", *NO_DATASETS, *map(str, opts)])
+    argv = ["--config-file", TINY_CONFIG, *map(str, args), "--opts", *NO_DATASETS, *map(str, opts)]
+    return demo.segment_images(argv)
 
 
 def _error(*args, opts=()):
     with pytest.raises(SystemExit) as info:
         _run(*args, opts=opts)
     assert isinstance(info.value.code, str), "the demo must exit with the error text"
-    assert info.value.code.startswith("demo.py: error: ")
+    assert info.value.code.startswith("esc-net-demo: error: ")
     return info.value.code
 
 
@@ -184,3 +182,11 @@ def test_labels_and_top_k_without_full_scores(images, weights, tmp_path):
     top = np.load(out / "b_top2.npz")
     assert top["labels"].shape == (2, *SIZES["b.png"]) and top["scores"].dtype == np.float16
     np.testing.assert_array_equal(top["labels"], scores.topk(2, dim=0).indices.numpy())
+
+
+def test_main_returns_none_for_the_console_script(images, weights, tmp_path):
+    """esc-net-demo's console script exits with what main returns: None (status 0) after a successful run."""
+    argv = ["--config-file", TINY_CONFIG, "--input", str(images / "a.png"), "--output", str(tmp_path),
+            "--vocabulary", "cat; dog", "--opts", *NO_DATASETS, "MODEL.WEIGHTS", weights]
+    assert demo.main(argv) is None
+    assert (tmp_path / "a_overlay.png").is_file()

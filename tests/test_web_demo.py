@@ -1,8 +1,8 @@
-"""demo/app.py, the Gradio page: over HTTP with gradio_client, and in a real headless Chromium (Selenium).
+"""The web demo (esc-net-web-demo, demo/app.py), a Gradio page: over HTTP with gradio_client, and in a real headless
+Chromium (Selenium).
 
 Every server here listens on 127.0.0.1 and serves a tiny random-weight checkpoint written by the test.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +20,8 @@ from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 
+from esc_net.demo import web as app_module
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or a driver
 
@@ -28,16 +30,6 @@ gradio_client = pytest.importorskip("gradio_client", reason="the web demo needs 
 MAX_SIDE = 300
 MAX_UPLOAD_MB = 0.2
 VOCABULARY = "red square; black background"
-
-
-def _load_app():
-    spec = importlib.util.spec_from_file_location("esc_net_web_app", os.path.join(REPO_ROOT, "demo", "app.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-app_module = _load_app()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,364 @@
+"""Segments images into the classes of an open vocabulary with ESC-Net and draws the result.
+
+The ``esc-net-demo`` command (``python demo/demo.py`` in a source checkout runs the same code):
+
+    # the embedded default: the tiny model trained by scripts/run_default.sh, on the synthetic shapes
+    esc-net-demo --config-file configs/esc_net_tiny_shapes.yaml \\
+        --input datasets/synthetic_shapes/images/val --dataset-vocabulary synthetic_shapes_val \\
+        --output output/demo --opts MODEL.WEIGHTS output/esc_net_tiny_shapes/model_final.pth
+
+    # any class names; ';' separates classes, ',' separates the synonyms of one class
+    esc-net-demo --config-file configs/esc_net_vitb_384.yaml --input 'photos/*.jpg' \\
+        --vocabulary "cat; dog; sofa, couch; floor" --output output/demo --save-labels \\
+        --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cuda
+
+Vocabulary (one of; default: the classes of the config's first DATASETS.TEST):
+  --vocabulary TEXT         classes separated by ';', synonyms of a class by ',': "cat; sofa, couch" is two
+                            classes, the second one with two synonyms. May be repeated: each value adds classes.
+  --vocabulary-file FILE    one class per line (synonyms by ','); blank lines and lines starting with '#' skipped.
+  --dataset-vocabulary NAME the classes of a registered dataset, e.g. ade20k_150_val, synthetic_shapes_val.
+  The overlay shows a class by its first synonym.
+
+Outputs in --output, for each input image <stem>.<ext>:
+  <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer; images
+                      smaller than 512 px are drawn enlarged so that the names stay legible)
+  <stem>_labels.png   (--save-labels) the label map at the input's size: the index of the best-scoring class
+                      per pixel, uint8 PNG, or uint16 PNG for a vocabulary of more than 255 classes
+  <stem>_scores.npy   (--save-scores) the per-class scores, float16 [N, H, W] in [0, 1]; needs N x H x W floats
+                      in memory (without it, labels are computed in tiles whatever the image and vocabulary size)
+  <stem>_topK.npz     (--save-top-k K) "labels" [K, H, W] (dtype as the label map) and "scores" float16
+                      [K, H, W]: the K best classes of each pixel, best first
+  <stem>_prompts.png  (--show-prompts CLASS) every ESC-Block's pseudo prompts for CLASS, one row per block: the
+                      input, the class's correlation map, its kept region, its K-means regions and its pseudo
+                      points (computed on one whole-image view)
+  vocabulary.txt      the label index and class name of every class, one per line
+
+Inputs (--input) are image files, folders (their .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files) or glob patterns
+(quote them so that the shell leaves them to this script). A missing or unreadable image, a truncated JPEG (which
+OpenCV would decode only in part), an empty vocabulary, a bad config or weights that are unreadable or do not fit
+the config stop the demo with an error message and exit status 1.
+"""
+import argparse
+import glob
+import logging
+import os
+from collections import Counter
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from tqdm import tqdm
+
+from esc_net import add_esc_net_config
+from esc_net.data import check_vocabulary, get_dataset_vocabulary
+from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
+from esc_net.utils.prompt_vis import draw_image_prompts
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "MAX_UINT8_CLASSES", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "dataset_colors",
+    "draw_overlay", "is_truncated_jpeg", "label_map", "label_png_dtype", "main", "parse_args", "parse_vocabulary_text",
+    "prompt_class_index", "read_image", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
+    "segment_images", "setup_cfg", "write_vocabulary",
+]
+
+logger = logging.getLogger("esc_net.demo")
+
+# The command's name in its usage and error messages (demo/demo.py passes its own).
+PROG = "esc-net-demo"
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Overlays of small images are drawn enlarged to this longer side, so that class names are legible.
+MIN_OVERLAY_SIDE = 512
+# Label maps are uint8 up to this many classes (ids 0..254; 255 is the usual ignore value), uint16 above.
+MAX_UINT8_CLASSES = 255
+# A JPEG's end-of-image marker is looked for in this many bytes at the end of the file.
+_JPEG_TAIL_BYTES = 4096
+
+
+class InputError(Exception):
+    """A problem with what the user gave (files, vocabulary, config, weights): reported without a traceback."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="an ESC-Net config (configs/*.yaml)")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="image files, folders of images or glob patterns")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results (created)")
+    vocabulary = parser.add_mutually_exclusive_group()
+    vocabulary.add_argument("--vocabulary", action="append", metavar="TEXT",
+                            help="class names: ';' between classes, ',' between synonyms of one class; repeatable")
+    vocabulary.add_argument("--vocabulary-file", metavar="FILE", help="a text file with one class per line")
+    vocabulary.add_argument("--dataset-vocabulary", metavar="NAME", help="the classes of a registered dataset")
+    parser.add_argument("--save-labels", action="store_true", help="also write the label map PNG of each image")
+    parser.add_argument("--save-scores", action="store_true",
+                        help="also write the per-class scores (.npy; needs N x H x W floats in memory)")
+    parser.add_argument("--save-top-k", type=int, default=0, metavar="K",
+                        help="also write the K best classes per pixel and their scores (.npz), in bounded memory")
+    parser.add_argument("--show-prompts", metavar="CLASS",
+                        help="also draw every block's pseudo prompts for this class of the vocabulary")
+    parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def collect_inputs(specs: Sequence[str]) -> List[str]:
+    """The image files named by ``specs`` (files, folders, glob patterns), in order, without repeats.
+
+    Raises:
+        InputError: a path does not exist, a folder holds no image, a pattern matches no file, or two inputs
+            share a file stem (their outputs would overwrite each other).
+    """
+    paths: List[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = sorted(
+                os.path.join(spec, name)
+                for name in os.listdir(spec)
+                if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, name))
+            )
+            if not found:
+                raise InputError(f"the folder {spec} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+        elif os.path.isfile(spec):
+            found = [spec]
+        elif any(c in spec for c in "*?["):
+            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise InputError(f"the pattern {spec!r} matches no file")
+        else:
+            raise InputError(f"input image not found: {spec}")
+        paths.extend(found)
+    paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))
+    stems = Counter(_stem(p) for p in paths)
+    clashes = sorted(p for p in paths if stems[_stem(p)] > 1)
+    if clashes:
+        raise InputError(f"these inputs share a file name stem, so their outputs would overwrite each other: {clashes}")
+    return paths
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def is_truncated_jpeg(path: str) -> bool:
+    """Whether ``path`` is a JPEG file that ends before its end-of-image marker (FF D9).
+
+    OpenCV decodes such a file partially (grey bottom rows), warns on stderr and returns it as if it were whole.
+    The marker cannot occur inside the compressed data (a 0xFF byte there is always followed by 0x00 or a restart
+    marker), so its absence near the end means the file was cut; a few KB of trailing data after it are allowed.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG
+            return False
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - _JPEG_TAIL_BYTES))
+        return b"\xff\xd9" not in f.read()
+
+
+def read_image(path: str) -> np.ndarray:
+    """The image at ``path`` as [H, W, 3] uint8 BGR (grey and 16-bit images converted as OpenCV does).
+
+    Refuses (InputError) a file OpenCV cannot decode and a truncated JPEG, which OpenCV would decode partially.
+    """
+    if is_truncated_jpeg(path):
+        raise InputError(
+            f"the JPEG {path} is truncated (it ends before its end-of-image marker): only part of it could be "
+            "decoded; copy or export it again"
+        )
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot read the image {path}: OpenCV cannot decode it (not an image, or corrupt)")
+    return image
+
+
+def parse_vocabulary_text(values: Sequence[str]) -> List[str]:
+    """Class names from ``--vocabulary`` values: ';' separates classes (empty entries are dropped)."""
+    return [name.strip() for value in values for name in value.split(";") if name.strip()]
+
+
+def read_vocabulary_file(path: str) -> List[str]:
+    """Class names from a file with one class per line; blank lines and ``#`` comment lines are skipped."""
+    if not os.path.isfile(path):
+        raise InputError(f"vocabulary file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise InputError(f"the vocabulary file {path} holds no class name (expected one class per line)")
+    return names
+
+
+def dataset_colors(dataset_name: str, vocabulary: Sequence[str]) -> Optional[List[List[int]]]:
+    """The dataset's own ``stuff_colors`` when its ``stuff_classes`` are exactly ``vocabulary``, else None."""
+    meta = MetadataCatalog.get(dataset_name)
+    colors = meta.get("stuff_colors", None)
+    if colors and list(meta.get("stuff_classes", [])) == list(vocabulary):
+        return [list(c) for c in colors]
+    return None
+
+
+def resolve_vocabulary(args: argparse.Namespace, cfg) -> Tuple[List[str], Optional[List[List[int]]]]:
+    """The vocabulary the options ask for, checked, and the colours to draw it with (None: generated ones)."""
+    if args.vocabulary is not None:
+        return check_vocabulary(parse_vocabulary_text(args.vocabulary)), None
+    if args.vocabulary_file is not None:
+        return check_vocabulary(read_vocabulary_file(args.vocabulary_file)), None
+    dataset = args.dataset_vocabulary or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if dataset is None:
+        raise InputError(
+            "no vocabulary: give --vocabulary, --vocabulary-file or --dataset-vocabulary (the config names no "
+            "DATASETS.TEST to take one from)"
+        )
+    vocabulary = check_vocabulary(get_dataset_vocabulary(dataset))
+    return vocabulary, dataset_colors(dataset, vocabulary)
+
+
+def prompt_class_index(vocabulary: Sequence[str], name: str) -> int:
+    """The index of the class ``name`` (a vocabulary entry, or its first synonym as shown)."""
+    index = class_index(vocabulary, name)
+    if index is None:
+        raise InputError(f"--show-prompts {name!r} is not a class of the vocabulary {list(vocabulary)}")
+    return index
+
+
+def setup_cfg(args: argparse.Namespace):
+    """The frozen config: the file, then ``--opts``, then ``--device``."""
+    if not os.path.isfile(args.config_file):
+        raise InputError(f"config file not found: {args.config_file}")
+    cfg = get_cfg()
+    add_esc_net_config(cfg)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (AssertionError, KeyError, ValueError) as e:
+        # yacs reports an unknown key or an odd --opts list with these; the message is what the user needs.
+        raise InputError(f"bad config ({args.config_file}, --opts {args.opts}): {_message(e)}") from e
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    cfg.freeze()
+    return cfg
+
+
+def _message(error: BaseException) -> str:
+    # str(KeyError("x")) is "'x'" (quoted); its argument is the readable message.
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def _write_png(path: str, image: np.ndarray) -> None:
+    if not cv2.imwrite(path, image):
+        raise OSError(f"could not write {path}")
+
+
+def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata) -> np.ndarray:
+    """The image with the label map's segments and class names drawn on it: [h, w, 3] uint8 BGR, enlarged to
+    ``MIN_OVERLAY_SIDE`` for small images."""
+    scale = max(1.0, MIN_OVERLAY_SIDE / max(image_bgr.shape[:2]))
+    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+    return visualizer.draw_sem_seg(labels, alpha=0.5).get_image()[:, :, ::-1]
+
+
+def label_png_dtype(num_classes: int) -> type:
+    """uint8 for up to MAX_UINT8_CLASSES classes, else uint16."""
+    return np.uint8 if num_classes <= MAX_UINT8_CLASSES else np.uint16
+
+
+def label_map(scores: np.ndarray) -> np.ndarray:
+    """[H, W] index of the best-scoring class of [N, H, W] scores, as uint8 (N <= 255) or uint16."""
+    return scores.argmax(axis=0).astype(label_png_dtype(scores.shape[0]))
+
+
+def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namespace):
+    """(label map [H, W] as for the PNG, per-class scores [N, H, W] or None, top-k dict or None) of one image.
+
+    Without ``--save-scores`` the model returns the label map (and the top-k) computed in tiles, so a large
+    photo with a large vocabulary does not need N x H x W floats.
+    """
+    dtype = label_png_dtype(len(predictor.vocabulary))
+    if args.save_scores:
+        scores = predictor(image, output="scores")["sem_seg"].cpu().numpy()
+        return label_map(scores), scores, None
+    result = predictor(image, output="labels", top_k=args.save_top_k)
+    labels = result["sem_seg_labels"].cpu().numpy().astype(dtype)
+    if not args.save_top_k:
+        return labels, None, None
+    top = {"labels": result["sem_seg_topk_labels"].cpu().numpy().astype(dtype),
+           "scores": result["sem_seg_topk_scores"].cpu().numpy()}
+    return labels, None, top
+
+
+def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{i}\t{name}\n" for i, name in enumerate(vocabulary))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> List[str]:
+    """Segments every input; returns the paths of the overlays written."""
+    paths = collect_inputs(args.input)
+    cfg = setup_cfg(args)
+    try:
+        vocabulary, colors = resolve_vocabulary(args, cfg)
+        predictor = ESCNetPredictor(cfg)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
+        raise InputError(_message(e)) from e
+    if not 0 <= args.save_top_k <= len(vocabulary):
+        raise InputError(f"--save-top-k must be between 0 and the {len(vocabulary)} classes, got {args.save_top_k}")
+    predictor.set_vocabulary(vocabulary)
+    prompt_class = prompt_class_index(vocabulary, args.show_prompts) if args.show_prompts else None
+    metadata = vocabulary_metadata(vocabulary, colors)
+    os.makedirs(args.output, exist_ok=True)
+    write_vocabulary(os.path.join(args.output, "vocabulary.txt"), vocabulary)
+    logger.info(f"segmenting {len(paths)} image(s) into {len(vocabulary)} classes; results in {args.output}")
+
+    overlays = []
+    for path in tqdm(paths, desc="ESC-Net demo", unit="img"):
+        image = read_image(path)
+        labels, scores, top = segment(predictor, image, args)
+        out = os.path.join(args.output, _stem(path))
+        _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata))
+        overlays.append(out + "_overlay.png")
+        if args.save_labels:
+            _write_png(out + "_labels.png", labels)
+        if args.save_scores:
+            np.save(out + "_scores.npy", scores.astype(np.float16))
+        if top is not None:
+            np.savez(out + f"_top{args.save_top_k}.npz", **top)
+        if prompt_class is not None:
+            _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
+    logger.info(f"wrote {len(overlays)} overlay(s) to {args.output}")
+    return overlays
+
+
+def segment_images(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> List[str]:
+    """The demo on the command line ``argv`` (default ``sys.argv[1:]``): returns the overlays written, or exits
+    with ``"<prog>: error: <message>"`` (status 1) for a problem with the inputs."""
+    args = parse_args(argv, prog)
+    setup_logger(name="esc_net")
+    setup_logger()  # detectron2's own messages (checkpoint loading)
+    try:
+        return run(args)
+    except InputError as e:
+        # The message says what is wrong and where; a traceback would only bury it.
+        raise SystemExit(f"{prog}: error: {e}") from e
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> None:
+    """The ``esc-net-demo`` command (its console script exits with what this returns: None is status 0)."""
+    segment_images(argv, prog)

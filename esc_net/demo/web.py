@@ -1,0 +1,340 @@
+"""A web page for ESC-Net (Gradio): upload an image or pick an example, type a vocabulary, see the segmentation.
+
+The ``esc-net-web-demo`` command (``python demo/app.py`` in a source checkout runs the same code); it needs the
+``web`` extra (gradio):
+
+    # the embedded default (the tiny model on the synthetic shapes; trained first by scripts/run_default.sh's
+    # steps if its checkpoint is absent; needs a source checkout), on http://127.0.0.1:7860
+    esc-net-web-demo
+
+    # any config and weights
+    esc-net-web-demo --config-file configs/esc_net_vitb_384.yaml --opts MODEL.WEIGHTS model_final.pth \\
+        MODEL.DEVICE cuda
+
+The page takes classes separated by ';' (synonyms of one class by ',': "sofa, couch"), and shows the overlay
+(Detectron2's Visualizer), a legend of the classes present with their share of the pixels, and, for a class named
+in "score map of", that class's scores. Bad uploads, an empty vocabulary or an unknown class give a message on
+the page.
+
+It listens on 127.0.0.1 only unless --host says otherwise, refuses uploads over --max-upload-mb and images with a
+side over --max-side, and serves several browsers at once: requests queue (up to --queue-size waiting), at most
+--concurrency run at a time, and the model itself runs one image at a time.
+"""
+import argparse
+import functools
+import html
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from detectron2.utils.logger import setup_logger
+
+from esc_net.data import check_vocabulary
+from esc_net.data.synthetic_shapes import render_sample, sample_rng
+from esc_net.demo.cli import (
+    InputError,
+    dataset_colors,
+    draw_overlay,
+    label_map,
+    parse_vocabulary_text,
+    read_image,
+    setup_cfg,
+)
+from esc_net.predictor import ESCNetPredictor, class_index, display_name, vocabulary_metadata
+
+logger = logging.getLogger("esc_net.web_demo")
+
+# The embedded default lives in the source checkout around this package (configs/, scripts/, output/).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
+DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "output", "esc_net_tiny_shapes", "model_final.pth")
+NUM_EXAMPLES = 3
+# The command's name in its usage and error messages (demo/app.py passes its own).
+PROG = "esc-net-web-demo"
+
+
+@functools.lru_cache(maxsize=None)
+def gradio():
+    """The gradio module, imported on first use: importing this module does not need gradio, only the page does.
+
+    Raises:
+        InputError: gradio is not installed (it comes with the ``web`` extra).
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page works offline
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise InputError(
+            f"the web demo needs gradio, which is not installed ({e}); install the web extra: "
+            "pip install 'esc_net[web]' (in a source checkout: pip install -e '.[web]')"
+        ) from e
+    return gr
+
+
+def theme():
+    """System fonts only: the default theme would fetch its fonts from the web."""
+    return gradio().themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="an ESC-Net config (default: the embedded default, configs/esc_net_tiny_shapes.yaml, "
+                             "with its trained checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the page "
+                             "to the network)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (MB)")
+    parser.add_argument("--max-side", type=int, default=4096, help="longest image side accepted (pixels)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
+    parser.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
+    parser.add_argument("--device", help="run on this device (cpu, cuda); default: the config's MODEL.DEVICE")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth; comes last")
+    return parser.parse_args(argv)
+
+
+def ensure_default_checkpoint() -> str:
+    """The embedded default's checkpoint, trained first with ``scripts/run_default.sh`` if it is absent."""
+    if not os.path.isfile(DEFAULT_WEIGHTS):
+        logger.info(f"{DEFAULT_WEIGHTS} not found: training the embedded default first (scripts/run_default.sh)")
+        # This interpreter's environment is the one to use: the script's own set-up step is skipped.
+        env = dict(os.environ, ESC_NET_SKIP_SETUP="1", ESC_NET_VENV=sys.prefix)
+        subprocess.run(["bash", os.path.join(REPO_ROOT, "scripts", "run_default.sh")], env=env, check=True)
+    return DEFAULT_WEIGHTS
+
+
+def write_examples(folder: str) -> List[str]:
+    """Writes the example images (synthetic shapes, as the embedded default is trained on) and returns them."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(NUM_EXAMPLES):
+        path = os.path.join(folder, f"shapes_{i}.png")
+        if not os.path.isfile(path):
+            image, _, _ = render_sample(sample_rng(1000, "val", i), image_size=256)
+            if not cv2.imwrite(path, image[:, :, ::-1]):
+                raise OSError(f"could not write the example image {path}")
+        paths.append(path)
+    return paths
+
+
+class Segmenter:
+    """The page's one action: an image file and a vocabulary text in, overlay, legend and score map out.
+
+    Errors the user can fix raise ``gradio.Error`` with the reason, which the page shows as a message.
+    """
+
+    def __init__(self, predictor: ESCNetPredictor, max_side: int, dataset: Optional[str] = None):
+        """
+        Args:
+            predictor: the model; its own vocabulary is the page's default.
+            max_side: longest image side accepted.
+            dataset: a registered dataset whose colours draw its own vocabulary (e.g. grey background).
+        """
+        self.predictor = predictor
+        self.max_side = max_side
+        self.dataset = dataset
+        self._model_lock = threading.Lock()  # one image at a time through the model; the drawing runs in parallel
+
+    def read(self, upload: Optional[dict]) -> np.ndarray:
+        """The uploaded image as [H, W, 3] uint8 BGR. ``upload`` is Gradio's file payload ({"path", "orig_name",
+        ...}; the page's image input is not preprocessed, so that an unreadable file gets this message rather
+        than Gradio's own)."""
+        if not upload:
+            raise gradio().Error("Upload an image or pick an example first.")
+        path = upload["path"]
+        try:
+            image = read_image(path)
+        except InputError as e:
+            name = upload.get("orig_name") or os.path.basename(path)
+            message = f"The upload {name!r} is not an image that can be read (PNG, JPEG, BMP, TIFF, WebP)."
+            raise gradio().Error(message) from e
+        if max(image.shape[:2]) > self.max_side:
+            raise gradio().Error(
+                f"The image is {image.shape[1]}x{image.shape[0]} pixels; this page accepts sides up to "
+                f"{self.max_side} pixels. Resize it and upload again."
+            )
+        return image
+
+    @staticmethod
+    def vocabulary(text: str) -> List[str]:
+        try:
+            return check_vocabulary(parse_vocabulary_text([text or ""]))
+        except ValueError as e:
+            message = "The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch')."
+            raise gradio().Error(message) from e
+
+    def __call__(
+        self,
+        upload: Optional[dict],
+        vocabulary_text: str,
+        score_class: str,
+        progress: Optional[Callable[..., None]] = None,
+    ) -> Tuple[np.ndarray, str, Optional[np.ndarray]]:
+        """
+        Args:
+            upload: Gradio's payload of the image file (see :meth:`read`).
+            vocabulary_text: classes separated by ';', synonyms by ','.
+            score_class: a class of the vocabulary whose score map to draw, or "".
+            progress: called as ``progress(fraction, desc=...)`` at each stage (the page passes Gradio's progress
+                bar), or None.
+
+        Returns:
+            overlay: [h, w, 3] uint8 RGB (enlarged for small images).
+            legend: HTML table of the classes present, most pixels first.
+            score map: [H, W, 3] uint8 RGB of the ``score_class`` scores over the image, or None.
+        """
+        progress = progress or _no_progress
+        progress(0.0, desc="reading the image")
+        image = self.read(upload)
+        vocabulary = self.vocabulary(vocabulary_text)
+        score_index = self._score_index(vocabulary, score_class)
+        progress(0.1, desc=f"segmenting into {len(vocabulary)} classes")
+        start = time.perf_counter()
+        with self._model_lock:
+            scores = self.predictor(image, vocabulary)["sem_seg"].cpu().numpy()  # [N, H, W]
+        seconds = time.perf_counter() - start
+        progress(0.8, desc="drawing")
+        labels = label_map(scores)
+        colors = dataset_colors(self.dataset, vocabulary) if self.dataset else None
+        metadata = vocabulary_metadata(vocabulary, colors)
+        overlay = draw_overlay(image, labels, metadata)[:, :, ::-1]
+        legend = legend_html(labels, metadata, seconds)
+        score_map = None if score_index is None else draw_score_map(image, scores[score_index])
+        return overlay, legend, score_map
+
+    @staticmethod
+    def _score_index(vocabulary: Sequence[str], name: str) -> Optional[int]:
+        name = (name or "").strip()
+        if not name:
+            return None
+        index = class_index(vocabulary, name)
+        if index is None:
+            shown = ", ".join(display_name(v) for v in vocabulary)
+            message = f"'{name}' is not a class of the vocabulary ({shown}): clear 'score map of' or pick one."
+            raise gradio().Error(message)
+        return index
+
+
+def _no_progress(fraction: float, desc: str = "") -> None:
+    pass
+
+
+def legend_html(labels: np.ndarray, metadata, seconds: float) -> str:
+    """The classes present in ``labels`` with their colour and pixel share, most pixels first, as HTML."""
+    counts = np.bincount(labels.ravel(), minlength=len(metadata.stuff_classes))
+    share = counts / counts.sum()
+    rows = []
+    for i in np.argsort(-counts, kind="stable"):
+        if counts[i] == 0:
+            break
+        r, g, b = metadata.stuff_colors[i]
+        name = html.escape(metadata.stuff_classes[i])
+        rows.append(
+            f'<tr class="legend-row" data-class="{name}"><td><span style="display:inline-block;width:1.2em;'
+            f'height:1.2em;background:rgb({r},{g},{b})"></span></td><td class="legend-name">{name}</td>'
+            f'<td class="legend-share">{100 * share[i]:.1f}%</td></tr>'
+        )
+    present = len(rows)
+    return (
+        f"<p>{present} of {len(metadata.stuff_classes)} classes present ({seconds:.2f} s)</p>"
+        f'<table class="legend"><tr><th></th><th>class</th><th>pixels</th></tr>{"".join(rows)}</table>'
+    )
+
+
+def draw_score_map(image_bgr: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """One class's [H, W] scores in [0, 1] as a colour map over the image: [H, W, 3] uint8 RGB."""
+    heat = cv2.applyColorMap(np.round(np.clip(scores, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    return cv2.addWeighted(image_bgr, 0.35, heat, 0.65, 0)[:, :, ::-1]
+
+
+def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary: str, title: str):
+    """The page (a ``gradio.Blocks``). Element ids (for tests and styling): image, vocabulary, score-class, segment,
+    overlay, legend, score-map."""
+    gr = gradio()
+
+    # Gradio hands its progress bar to a handler whose parameter defaults to a gr.Progress.
+    def segment(upload, vocabulary_text, score_class, progress=gr.Progress()):
+        return segmenter(upload, vocabulary_text, score_class, progress)
+
+    with gr.Blocks(title="ESC-Net", analytics_enabled=False) as app:
+        gr.Markdown(f"## ESC-Net open-vocabulary segmentation\n{title}")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="image")
+                vocabulary = gr.Textbox(
+                    value=default_vocabulary, lines=2, label="vocabulary: classes separated by ';', synonyms by ','",
+                    elem_id="vocabulary",
+                )
+                score_class = gr.Textbox(label="score map of (optional): one class", elem_id="score-class")
+                button = gr.Button("Segment", variant="primary", elem_id="segment")
+                if examples:
+                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="examples")
+            with gr.Column():
+                overlay = gr.Image(label="segmentation", elem_id="overlay", interactive=False, format="png")
+                legend = gr.HTML(elem_id="legend")
+                score_map = gr.Image(label="score map", elem_id="score-map", interactive=False, format="png")
+        button.click(segment, inputs=[image, vocabulary, score_class], outputs=[overlay, legend, score_map],
+                     api_name="segment", preprocess=False)
+    return app
+
+
+def create(args: argparse.Namespace) -> Tuple[Any, dict]:
+    """The page for ``args`` (a ``gradio.Blocks``) and the keyword arguments of its ``launch``."""
+    gradio()  # before any model work: without gradio, say so at once
+    opts = list(args.opts)
+    if args.config_file is None:
+        if not os.path.isfile(DEFAULT_CONFIG):
+            raise InputError(
+                f"the embedded default needs a source checkout ({DEFAULT_CONFIG} not found); give --config-file "
+                "and --opts MODEL.WEIGHTS"
+            )
+        args.config_file = DEFAULT_CONFIG
+        if not any(key == "MODEL.WEIGHTS" for key in opts[::2]):
+            opts = ["MODEL.WEIGHTS", ensure_default_checkpoint()] + opts
+    try:
+        cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts, device=args.device))
+        predictor = ESCNetPredictor(cfg)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(str(e)) from e
+    default_vocabulary = "; ".join(predictor.vocabulary or [])
+    examples = write_examples(os.path.join(tempfile.gettempdir(), "esc_net_web_demo_examples"))
+    title = f"`{os.path.basename(args.config_file)}`, weights `{cfg.MODEL.WEIGHTS or 'random'}`"
+    dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    app = build_app(Segmenter(predictor, args.max_side, dataset), examples, default_vocabulary, title)
+    app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    launch = {
+        "server_name": args.host,
+        "server_port": args.port,
+        "max_file_size": int(args.max_upload_mb * 2**20),  # bytes
+        "allowed_paths": [os.path.dirname(examples[0])],
+        "theme": theme(),
+        "show_error": True,
+    }
+    return app, launch
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> None:
+    """The ``esc-net-web-demo`` command: serves the page until interrupted. Exits with ``"<prog>: error: ..."``
+    (status 1) when gradio is missing or the config, weights or default checkpoint are unusable."""
+    args = parse_args(argv, prog)
+    setup_logger(name="esc_net")
+    try:
+        app, launch = create(args)
+    except InputError as e:
+        raise SystemExit(f"{prog}: error: {e}") from e
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(f"listening on {args.host}: the page is reachable from other machines")
+    app.launch(**launch)
