@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepares ADE20K-150 (A-150, the 2,000 ADEChallengeData2016 validation images) for Detectron2.
 
 Input, under the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``)::
@@ -11,18 +10,18 @@ all from ADEChallengeData2016.zip. Output: ``ADEChallengeData2016/annotations_de
 uint8, value - 1 (classes 0..149 in objectInfo150 order), and 0 ("other") becomes 255 = ignore.
 """
 
-import logging
+import argparse
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from esc_net.data.class_names import load_class_names
-from esc_net.data.prepare_utils import (
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import (
     ConversionJob,
     ConversionStats,
     LabelMapping,
+    add_workers_argument,
     check_class_names,
-    dataset_root,
-    prepare_parser,
     read_label_image,
     require_dir,
     require_file,
@@ -48,7 +47,7 @@ def read_object_info(path: Path) -> List[str]:
 
 def label_mapping() -> LabelMapping:
     """Raw value v in 1..150 -> v - 1; 0 ("other") -> 255."""
-    return LabelMapping(NUM_CLASSES + 1, range(1, NUM_CLASSES + 1), ignore_label=255)
+    return LabelMapping(NUM_CLASSES + 1, range(1, NUM_CLASSES + 1))
 
 
 def convert_one(job: ConversionJob) -> None:
@@ -74,12 +73,10 @@ def prepare_ade20k_150(root: Optional[str] = None, workers: int = 1) -> Conversi
     return run_conversion(jobs, convert_one, "ADE20K-150 validation", DOWNLOAD, workers)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> ConversionStats:
-    parser = prepare_parser(__doc__)
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
+
+
+def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_ade20k_150(args.root, args.workers)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepares ADE20K-full (A-847, the 2,000 validation images of ADE20K_2021_17_01) for Detectron2.
 
 Input, under the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``), from the ADE20K full release
@@ -21,7 +20,7 @@ bilinear for the image, nearest for the labels; ``--max-short-side 0`` keeps the
     ADE20K_2021_17_01/annotations_detectron2/validation/ADE_val_*.tif  # uint16, classes 0..846, 65535 = ignore
 """
 
-import logging
+import argparse
 import pickle
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -31,25 +30,24 @@ import numpy as np
 from PIL import Image
 
 from esc_net.data.class_names import load_class_names, load_source_ids
-from esc_net.data.prepare_utils import (
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import (
     ConversionJob,
     ConversionStats,
     LabelMapping,
+    add_workers_argument,
     check_class_names,
     copy_file,
-    dataset_root,
-    prepare_parser,
     require_file,
     run_conversion,
     write_label_tiff16,
-    write_rgb_jpeg,
+    write_rgb_image,
 )
 from esc_net.utils.safe_pickle import load_restricted_pickle
 
 BENCHMARK = "ade20k_847"
 RELEASE = "ADE20K_2021_17_01"
 DOWNLOAD = "the ADE20K full release ADE20K_2021_17_01.zip (https://groups.csail.mit.edu/vision/datasets/ADE20K/)"
-IGNORE_LABEL = 65535
 DEFAULT_MAX_SHORT_SIDE = 512
 # (R // 10) * 256 + G with R, G <= 255.
 _NUM_RAW_VALUES = (255 // 10) * 256 + 256
@@ -92,7 +90,7 @@ def check_index_names(objectnames: Sequence[str], source: str) -> None:
 
 def label_mapping() -> LabelMapping:
     """Class value (R // 10) * 256 + G -> benchmark class 0..846; every other value -> 65535."""
-    return LabelMapping(_NUM_RAW_VALUES, load_source_ids(BENCHMARK), IGNORE_LABEL, dtype=np.uint16)
+    return LabelMapping(_NUM_RAW_VALUES, load_source_ids(BENCHMARK))
 
 
 def decode_class_values(seg: np.ndarray) -> np.ndarray:
@@ -124,7 +122,7 @@ def convert_one(job: ConversionJob) -> None:
         copy_file(image_path, image_out)
     else:
         size = (shape[1], shape[0])  # OpenCV takes (width, height)
-        write_rgb_jpeg(image_out, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
+        write_rgb_image(image_out, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
         labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
     write_label_tiff16(label_out, labels)
 
@@ -161,18 +159,16 @@ def prepare_ade20k_847(
     return run_conversion(jobs, convert_one, "ADE20K-847 validation", DOWNLOAD, workers)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> ConversionStats:
-    parser = prepare_parser(__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
     parser.add_argument(
         "--max-short-side",
         type=int,
         default=DEFAULT_MAX_SHORT_SIDE,
         help="shrink images whose short side is longer (default 512, the benchmark protocol; 0 = keep size)",
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_ade20k_847(args.root, args.workers, args.max_short_side)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()

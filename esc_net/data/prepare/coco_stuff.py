@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepares COCO-Stuff (171 classes, train2017 and val2017) for Detectron2.
 
 Input, under the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``)::
@@ -14,19 +13,19 @@ The stuffthing maps carry no class names; pass the COCO annotation files that do
 and ``stuff_val2017.json``) with ``--check-categories`` to check that they agree with our list.
 """
 
+import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from esc_net.data.class_names import load_class_names, load_source_ids
-from esc_net.data.prepare_utils import (
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import (
     ConversionJob,
     ConversionStats,
     LabelMapping,
+    add_workers_argument,
     check_class_names,
-    dataset_root,
-    prepare_parser,
     read_label_image,
     require_dir,
     require_file,
@@ -48,7 +47,7 @@ _NUM_COCO_IDS = 182
 def label_mapping() -> LabelMapping:
     """Raw stuffthing-map value (COCO id - 1, 255 unlabeled) -> class id 0..170, 255 ignore."""
     raw_values = [coco_id - 1 for coco_id in load_source_ids(BENCHMARK)]
-    return LabelMapping(256, raw_values, ignore_label=255, invalid_raw_values=range(_NUM_COCO_IDS, 255))
+    return LabelMapping(256, raw_values, invalid_raw_values=range(_NUM_COCO_IDS, 255))
 
 
 def check_categories(json_paths: Sequence[Path]) -> None:
@@ -96,8 +95,8 @@ def prepare_coco_stuff(
     return stats
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, ConversionStats]:
-    parser = prepare_parser(__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument(
         "--check-categories",
@@ -108,10 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, ConversionStats]:
         help="COCO annotation files (e.g. instances_val2017.json stuff_val2017.json) whose category names are "
         "checked against ours",
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Dict[str, ConversionStats]:
     return prepare_coco_stuff(args.root, args.splits, args.workers, args.check_categories)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepares PASCAL-Context with all 459 classes (PC-459, the VOC2010 val images) for Detectron2.
 
 Input, under the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``)::
@@ -17,21 +16,22 @@ By default every id of the split list must have its ``.mat``; ``--skip-missing``
 and logs the others.
 """
 
+import argparse
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import scipy.io
 
 from esc_net.data.class_names import load_class_names
-from esc_net.data.prepare_utils import (
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import (
     ConversionJob,
     ConversionStats,
     LabelMapping,
+    add_workers_argument,
     check_class_names,
-    dataset_root,
-    prepare_parser,
     read_split_list,
     require_dir,
     require_file,
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 BENCHMARK = "pascal_context_459"
 NUM_CLASSES = 459
-IGNORE_LABEL = 65535
 VOC_DOWNLOAD = "VOCtrainval_03-May-2010.tar (http://host.robots.ox.ac.uk/pascal/VOC/voc2010/)"
 CONTEXT_DOWNLOAD = "PASCAL-Context trainval.tar.gz (https://www.cs.stanford.edu/~roozbeh/pascal-context/)"
 
@@ -66,7 +65,7 @@ def read_labels_txt(path: Path) -> List[str]:
 
 def label_mapping() -> LabelMapping:
     """LabelMap value v in 1..459 -> v - 1; 0 (unlabeled) -> 65535."""
-    return LabelMapping(NUM_CLASSES + 1, range(1, NUM_CLASSES + 1), IGNORE_LABEL, dtype=np.uint16)
+    return LabelMapping(NUM_CLASSES + 1, range(1, NUM_CLASSES + 1))
 
 
 def read_label_map(path: Path) -> np.ndarray:
@@ -117,8 +116,8 @@ def prepare_pascal_context_459(
     return run_conversion(jobs, convert_one, "PASCAL-Context-459 val", CONTEXT_DOWNLOAD, workers)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> ConversionStats:
-    parser = prepare_parser(__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
     parser.add_argument(
         "--split-list",
         type=Path,
@@ -128,10 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> ConversionStats:
     parser.add_argument(
         "--skip-missing", action="store_true", help="skip (and log) listed ids that have no .mat LabelMap"
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_pascal_context_459(args.root, args.workers, args.split_list, args.skip_missing)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepares PASCAL-Context with its 59 frequent classes (PC-59, the VOC2010 val images) for Detectron2.
 
 Input, under the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``)::
@@ -16,8 +15,8 @@ the 59 classes numbered 0..58 in PASCAL-Context id order (``esc_net/data/class_n
 and 255 = ignore for unannotated pixels and for the other PASCAL-Context classes.
 """
 
+import argparse
 import json
-import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -26,13 +25,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from esc_net.data.class_names import load_class_names
-from esc_net.data.prepare_utils import (
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import (
     ConversionJob,
     ConversionStats,
     LabelMapping,
+    add_workers_argument,
     check_class_names,
-    dataset_root,
-    prepare_parser,
     require_dir,
     require_file,
     run_conversion,
@@ -118,7 +117,7 @@ def prepare_pascal_context_59(root: Optional[str] = None, workers: int = 1) -> C
         annotations[ann["image_id"]].append(ann)
 
     max_id = max(c["category_id"] for c in data["categories"])
-    mapping = LabelMapping(max_id + 1, context_ids(), ignore_label=255)
+    mapping = LabelMapping(max_id + 1, context_ids())
     out_dir = voc / "annotations_detectron2" / "pc59_val"
     jobs = []
     for img in val_images:
@@ -136,12 +135,10 @@ def prepare_pascal_context_59(root: Optional[str] = None, workers: int = 1) -> C
     return run_conversion(jobs, convert_one, "PASCAL-Context-59 val", VOC_DOWNLOAD, workers)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> ConversionStats:
-    parser = prepare_parser(__doc__)
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
+
+
+def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_pascal_context_59(args.root, args.workers)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()

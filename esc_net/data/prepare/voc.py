@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepares PASCAL VOC 2012 val (1,449 images) for Detectron2, as PAS-20 and as PAS-20b.
 
 Input, under the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``)::
@@ -16,16 +15,17 @@ on the val images); ``--label-dir`` picks one explicitly. Outputs, both uint8 wi
     VOCdevkit/VOC2012/annotations_detectron2_bg/val/<id>.png   # PAS-20b: classes 0..19, background -> 20
 """
 
+import argparse
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from esc_net.data.prepare_utils import (
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import (
     ConversionJob,
     ConversionStats,
     LabelMapping,
-    dataset_root,
-    prepare_parser,
+    add_workers_argument,
     read_label_image,
     read_split_list,
     require_dir,
@@ -46,8 +46,8 @@ _INVALID = range(NUM_CLASSES + 1, VOID)
 def label_mappings() -> tuple:
     """(PAS-20, PAS-20b) mappings: v in 1..20 -> v - 1; background 0 -> 255 (PAS-20) or 20 (PAS-20b)."""
     classes = list(range(1, NUM_CLASSES + 1))
-    pas20 = LabelMapping(256, classes, ignore_label=255, invalid_raw_values=_INVALID)
-    pas20b = LabelMapping(256, classes + [0], ignore_label=255, invalid_raw_values=_INVALID)
+    pas20 = LabelMapping(256, classes, invalid_raw_values=_INVALID)
+    pas20b = LabelMapping(256, classes + [0], invalid_raw_values=_INVALID)
     return pas20, pas20b
 
 
@@ -89,15 +89,13 @@ def prepare_voc(root: Optional[str] = None, workers: int = 1, label_dir: Optiona
     return run_conversion(jobs, convert_one, "PASCAL VOC 2012 val", VOC_DOWNLOAD, workers)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> ConversionStats:
-    parser = prepare_parser(__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workers_argument(parser)
     parser.add_argument(
         "--label-dir", choices=LABEL_DIRS, default=None, help="label folder (default: the first one present)"
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_voc(args.root, args.workers, args.label_dir)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()
