@@ -79,4 +79,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_ade20k_150(args.root, args.workers)
-

@@ -171,4 +171,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_ade20k_847(args.root, args.workers, args.max_short_side)
-

@@ -111,4 +111,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Dict[str, ConversionStats]:
     return prepare_coco_stuff(args.root, args.splits, args.workers, args.check_categories)
-

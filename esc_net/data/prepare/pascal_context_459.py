@@ -131,4 +131,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_pascal_context_459(args.root, args.workers, args.split_list, args.skip_missing)
-

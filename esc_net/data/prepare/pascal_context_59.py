@@ -141,4 +141,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_pascal_context_59(args.root, args.workers)
-

@@ -98,4 +98,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ConversionStats:
     return prepare_voc(args.root, args.workers, args.label_dir)
-
