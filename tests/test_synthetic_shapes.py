@@ -30,9 +30,10 @@ def dataset_root(tmp_path, monkeypatch):
 
 
 def test_classes_and_colors():
-    assert len(ss.SYNTHETIC_SHAPES_CLASSES) == 10
-    assert ss.SYNTHETIC_SHAPES_CLASSES[0] == "background"
-    assert {"red circle", "green square", "blue triangle"} <= set(ss.SYNTHETIC_SHAPES_CLASSES)
+    # label ids in this order: the class id of a (colour, kind) pair is 1 + 3 * colour + kind
+    assert ss.SYNTHETIC_SHAPES_CLASSES == ["background"] + [
+        f"{color} {kind}" for color in ("red", "green", "blue") for kind in ("circle", "square", "triangle")
+    ]
     colors = dict(zip(ss.SYNTHETIC_SHAPES_CLASSES, ss.SYNTHETIC_SHAPES_COLORS))
     assert len({tuple(c) for c in colors.values()}) == 10
     # grey background; each shape colour at full, 0.6 and 1.35 brightness (capped at 255) for its three kinds
