@@ -105,7 +105,7 @@ class ESCNetPredictor:
         Returns:
             "scores": ``{"sem_seg": Tensor[N, H, W]}``, per-class scores in [0, 1] for the N names of the
             vocabulary used (N x H x W floats). "labels": ``{"sem_seg_labels": Tensor[H, W]}``, the index of the
-            best class (uint8 up to 256 classes, else int16), plus ``"sem_seg_topk_labels"`` and
+            best class (uint8 up to 255 classes, else int16), plus ``"sem_seg_topk_labels"`` and
             ``"sem_seg_topk_scores"`` (float16) [k, H, W] with ``top_k``; computed in tiles, in working memory
             that does not grow with the image or the vocabulary. On the model's device.
 

@@ -1,15 +1,14 @@
-"""The dataset preparation scripts on miniature datasets written in each official raw format.
+"""The dataset preparation commands on miniature datasets written in each official raw format.
 
-Every test writes a few files laid out and encoded like the official download, runs the script's entry point,
+Every test writes a few files laid out and encoded like the official download, runs the command's entry point
+(``esc-net-prepare <dataset> ...``, through :func:`esc_net.data.prepare.cli.prepare`),
 then loads the result through Detectron2 (the registered dataset, with $DETECTRON2_DATASETS pointing at the
 miniature root) and checks the label values against what it wrote. Re-runs must skip, and missing or
 inconsistent inputs must fail with messages that name the file and where it comes from.
 """
 
-import importlib.util
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,7 @@ from pycocotools import mask as mask_utils
 
 import esc_net.data.datasets  # noqa: F401  (registers the benchmarks)
 from esc_net.data.class_names import load_class_names, load_source_ids
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """Imports ``datasets/<name>.py`` (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "datasets" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # so that --workers can pickle its functions
-    spec.loader.exec_module(module)
-    return module
+from esc_net.data.prepare.cli import prepare
 
 
 def write_jpeg(path: Path, height: int, width: int) -> None:
@@ -81,10 +70,9 @@ def make_coco_stuff(root: Path) -> dict:
 
 def test_coco_stuff(root, tmp_path):
     expected = make_coco_stuff(root)
-    script = load_script("prepare_coco_stuff")
     categories = tmp_path / "stuff_val2017.json"
     categories.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}, {"id": 92, "name": "banner"}]}))
-    stats = script.main(["--check-categories", str(categories)])
+    stats = prepare(["coco_stuff", "--check-categories", str(categories)])
     assert {split: s.written for split, s in stats.items()} == {"train2017": 1, "val2017": 1}
     for name in ("coco_stuff_171_train", "coco_stuff_171_val"):
         labels = loaded_labels(name)
@@ -94,31 +82,30 @@ def test_coco_stuff(root, tmp_path):
 
     output = root / "coco-stuff/annotations_detectron2/val2017/000000000139.png"
     mtime = output.stat().st_mtime_ns
-    again = script.main([])
+    again = prepare(["coco_stuff"])
     assert {s.written for s in again.values()} == {0} and {s.skipped for s in again.values()} == {1}
     assert output.stat().st_mtime_ns == mtime
 
 
 def test_coco_stuff_errors(root, tmp_path):
-    script = load_script("prepare_coco_stuff")
     empty = tmp_path / "empty"
     with pytest.raises(FileNotFoundError, match=r"coco-stuff/images/val2017[\s\S]*zips/val2017.zip"):
-        script.main(["--splits", "val2017", "--root", str(empty)])
+        prepare(["coco_stuff", "--splits", "val2017", "--root", str(empty)])
     write_jpeg(empty / "coco-stuff/images/val2017/000000000139.jpg", 2, 2)
     with pytest.raises(
         FileNotFoundError, match=r"coco-stuff/annotations/val2017[\s\S]*stuffthingmaps_trainval2017.zip"
     ):
-        script.main(["--splits", "val2017", "--root", str(empty)])
+        prepare(["coco_stuff", "--splits", "val2017", "--root", str(empty)])
 
     make_coco_stuff(root)
     wrong = tmp_path / "instances.json"
     wrong.write_text(json.dumps({"categories": [{"id": 1, "name": "human"}]}))
     with pytest.raises(ValueError, match="'human'.*'person'"):
-        script.main(["--check-categories", str(wrong)])
+        prepare(["coco_stuff", "--check-categories", str(wrong)])
 
     write_png(root / "coco-stuff/annotations/val2017/000000000285.png", np.full((2, 2), 200, np.uint8))
     with pytest.raises(ValueError, match=r"000000000285.png: unexpected raw label values \[200\]"):
-        script.main(["--splits", "val2017"])
+        prepare(["coco_stuff", "--splits", "val2017"])
 
 
 # ---------------------------------------------------------------------------------------------------- ADE20K-150
@@ -146,23 +133,21 @@ def make_ade20k_150(root: Path) -> dict:
 
 def test_ade20k_150(root):
     expected = make_ade20k_150(root)
-    script = load_script("prepare_ade20k_150")
-    assert script.main([]).written == 1
+    assert prepare(["ade20k_150"]).written == 1
     labels = loaded_labels("ade20k_150_val")
     np.testing.assert_array_equal(labels["ADE_val_00000001"], expected["ADE_val_00000001"])
-    assert script.main([]).skipped == 1
+    assert prepare(["ade20k_150"]).skipped == 1
 
 
 def test_ade20k_150_errors(root):
-    script = load_script("prepare_ade20k_150")
     with pytest.raises(FileNotFoundError, match=r"objectInfo150.txt[\s\S]*ADEChallengeData2016.zip"):
-        script.main([])
+        prepare(["ade20k_150"])
     make_ade20k_150(root)
     names = load_class_names("ade20k_150")
     names[3] = "floor"
     write_object_info(root / "ADEChallengeData2016/objectInfo150.txt", names)
     with pytest.raises(ValueError, match="class 3: download has 'floor'"):
-        script.main([])
+        prepare(["ade20k_150"])
 
 
 # ----------------------------------------------------------------------------------------------------- ADE20K-847
@@ -224,8 +209,7 @@ def make_ade20k_847(root: Path, objectnames=None) -> dict:
 
 def test_ade20k_847(root):
     expected = make_ade20k_847(root)
-    script = load_script("prepare_ade20k_847")
-    assert script.main([]).written == 2  # the validation images only
+    assert prepare(["ade20k_847"]).written == 2  # the validation images only
     labels = loaded_labels("ade20k_847_val")
     assert sorted(labels) == ["ADE_val_00000001", "ADE_val_00000002"]
     small = labels["ADE_val_00000001"]
@@ -241,21 +225,20 @@ def test_ade20k_847(root):
     # Images that need no resize are copied byte for byte.
     original = root / "ADE20K_2021_17_01/images/ADE/validation/urban/street/ADE_val_00000001.jpg"
     assert (out / "ADE_val_00000001.jpg").read_bytes() == original.read_bytes()
-    assert script.main([]).skipped == 2
+    assert prepare(["ade20k_847"]).skipped == 2
 
 
 def test_ade20k_847_errors(root):
-    script = load_script("prepare_ade20k_847")
     with pytest.raises(FileNotFoundError, match=r"index_ade20k.pkl[\s\S]*ADE20K_2021_17_01.zip"):
-        script.main([])
+        prepare(["ade20k_847"])
     names = [f"object {i}" for i in range(NUM_OBJECT_NAMES)]
     make_ade20k_847(root, objectnames=names)
     with pytest.raises(ValueError, match="objectnames at our ids"):
-        script.main([])
+        prepare(["ade20k_847"])
     make_ade20k_847(root)
     (root / "ADE20K_2021_17_01/images/ADE/validation/home/kitchen/ADE_val_00000002_seg.png").unlink()
     with pytest.raises(FileNotFoundError, match="ADE_val_00000002_seg.png"):
-        script.main([])
+        prepare(["ade20k_847"])
 
 
 # ------------------------------------------------------------------------------------------- PASCAL-Context-459
@@ -281,8 +264,7 @@ def make_pascal_context_459(root: Path, ids=("2008_000002", "2008_000003")) -> d
 
 def test_pascal_context_459(root):
     expected = make_pascal_context_459(root)
-    script = load_script("prepare_pascal_context_459")
-    assert script.main([]).written == 2
+    assert prepare(["pascal_context_459"]).written == 2
     labels = loaded_labels("pascal_context_459_val")
     assert labels.keys() == expected.keys()
     for image_id, values in expected.items():
@@ -292,26 +274,25 @@ def test_pascal_context_459(root):
     tif = root / "VOCdevkit/VOC2010/annotations_detectron2/pc459_val/2008_000002.tif"
     with Image.open(tif) as img:
         assert img.mode == "I;16" and np.asarray(img).dtype == np.uint16
-    assert script.main([]).skipped == 2
+    assert prepare(["pascal_context_459"]).skipped == 2
 
 
 def test_pascal_context_459_errors(root):
     make_pascal_context_459(root, ids=("2008_000002",))
     voc = root / "VOCdevkit/VOC2010"
     (voc / "ImageSets/Main/val.txt").write_text("2008_000002\n2008_000099\n")
-    script = load_script("prepare_pascal_context_459")
     with pytest.raises(FileNotFoundError, match=r"2008_000099.mat[\s\S]*trainval.tar.gz"):
-        script.main([])
-    assert script.main(["--skip-missing"]).written == 1
+        prepare(["pascal_context_459"])
+    assert prepare(["pascal_context_459", "--skip-missing"]).written == 1
 
     scipy.io.savemat(voc / "trainval/2008_000099.mat", {"LabelMap": np.array([[460]], dtype=np.uint16)})
     write_jpeg(voc / "JPEGImages/2008_000099.jpg", 1, 1)
     with pytest.raises(ValueError, match="2008_000099.mat: raw label values span"):
-        script.main([])
+        prepare(["pascal_context_459"])
 
     (voc / "labels.txt").write_text("1: accordion\n2: airplane\n")
     with pytest.raises(ValueError, match="lists 2 classes"):
-        script.main([])
+        prepare(["pascal_context_459"])
 
 
 # -------------------------------------------------------------------------------------------- PASCAL-Context-59
@@ -378,30 +359,28 @@ def make_pascal_context_59(root: Path) -> dict:
 
 def test_pascal_context_59(root):
     expected = make_pascal_context_59(root)
-    script = load_script("prepare_pascal_context_59")
-    assert script.main([]).written == 2  # the train image is not converted
+    assert prepare(["pascal_context_59"]).written == 2  # the train image is not converted
     labels = loaded_labels("pascal_context_59_val")
     assert labels.keys() == expected.keys()
     for image_id, values in expected.items():
         np.testing.assert_array_equal(labels[image_id], values)
-    assert script.main([]).skipped == 2
+    assert prepare(["pascal_context_59"]).skipped == 2
 
 
 def test_pascal_context_59_errors(root):
-    script = load_script("prepare_pascal_context_59")
     with pytest.raises(FileNotFoundError, match=r"trainval_merged.json[\s\S]*codalabuser"):
-        script.main([])
+        prepare(["pascal_context_59"])
     make_pascal_context_59(root)
     path = root / "VOCdevkit/VOC2010/trainval_merged.json"
     data = json.loads(path.read_text())
     data["categories"][396]["name"] = "diningtable"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="download has 'diningtable'.*'table'"):
-        script.main([])
+        prepare(["pascal_context_59"])
     del data["images"][0]["phase"]
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"entries of 'images' lack the keys \['phase'\]"):
-        script.main([])
+        prepare(["pascal_context_59"])
 
 
 # ------------------------------------------------------------------------------------------------- PASCAL VOC
@@ -427,8 +406,7 @@ def make_voc(root: Path, label_dir: str = "SegmentationClassAug") -> dict:
 @pytest.mark.parametrize("label_dir,workers", [("SegmentationClassAug", 1), ("SegmentationClass", 2)])
 def test_voc(root, label_dir, workers):
     expected = make_voc(root, label_dir)
-    script = load_script("prepare_voc")
-    assert script.main(["--workers", str(workers)]).written == 2
+    assert prepare(["voc", "--workers", str(workers)]).written == 2
     for dataset_name, maps in expected.items():
         labels = loaded_labels(dataset_name)
         assert labels.keys() == maps.keys()
@@ -436,16 +414,15 @@ def test_voc(root, label_dir, workers):
             np.testing.assert_array_equal(labels[image_id], np.array(values))
     meta = MetadataCatalog.get("voc_20b_val")
     assert meta.stuff_classes[20] == "background" and meta.background_index == 20
-    assert script.main([]).skipped == 2
+    assert prepare(["voc"]).skipped == 2
 
 
 def test_voc_errors(root):
-    script = load_script("prepare_voc")
     with pytest.raises(FileNotFoundError, match=r"JPEGImages[\s\S]*VOCtrainval_11-May-2012.tar"):
-        script.main([])
+        prepare(["voc"])
     make_voc(root)
     with pytest.raises(FileNotFoundError, match="SegmentationClass"):
-        script.main(["--label-dir", "SegmentationClass"])
+        prepare(["voc", "--label-dir", "SegmentationClass"])
     write_png(root / "VOCdevkit/VOC2012/SegmentationClassAug/2007_000042.png", np.full((2, 2), 21, np.uint8))
     with pytest.raises(ValueError, match=r"unexpected raw label values \[21\]"):
-        script.main([])
+        prepare(["voc"])

@@ -9,6 +9,8 @@ from PIL import Image
 
 from esc_net.data.class_names import BENCHMARK_CLASS_FILES, load_class_names, load_source_ids
 from esc_net.data.datasets import BENCHMARK_DATASETS, VOC_NAMES_IN_PASCAL_CONTEXT
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.cli import prepare
 from esc_net.data.vocabulary import get_dataset_vocabulary
 
 EXPECTED = {
@@ -139,3 +141,34 @@ def test_root_is_read_at_load_time(tmp_path, monkeypatch):
         assert meta.sem_seg_root == str(tmp_path / sub / "VOCdevkit/VOC2012/annotations_detectron2/val")
         assert meta.image_root == str(tmp_path / sub / "VOCdevkit/VOC2012/JPEGImages")
         assert meta.benchmark == "PAS-20" and len(meta.stuff_classes) == 20
+
+
+@pytest.mark.parametrize(
+    "root, variable, expected",
+    [
+        ("/data/given", "/data/env", "/data/given"),
+        (None, "/data/env", "/data/env"),
+        ("", "/data/env", "/data/env"),  # an empty --root is "not given"
+        (None, None, "datasets"),
+        ("", "", "datasets"),  # an empty variable too: not the working directory
+        ("~/data", None, str(Path.home() / "data")),
+    ],
+)
+def test_dataset_root_rule(root, variable, expected, monkeypatch):
+    if variable is None:
+        monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    else:
+        monkeypatch.setenv("DETECTRON2_DATASETS", variable)
+    assert dataset_root(root) == Path(expected)
+
+
+def test_loading_and_preparing_read_the_same_root(tmp_path, monkeypatch):
+    """An empty variable means ./datasets for the loaders and the preparation commands alike."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DETECTRON2_DATASETS", "")
+    _prepare_voc_folders(tmp_path / "datasets")
+    [record] = DatasetCatalog.get("voc_20_val")
+    expected = Path("datasets/VOCdevkit/VOC2012/annotations_detectron2/val/2007_000033.png")
+    assert Path(record["sem_seg_file_name"]) == expected
+    with pytest.raises(FileNotFoundError, match=r"datasets/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"):
+        prepare(["voc", "--root", ""])

@@ -3,7 +3,6 @@
 Every loading path gets a file whose unpickling would create a marker file (``os.system("touch ...")``): the
 load must fail with an error naming the file and the marker must never appear.
 """
-import importlib.util
 import logging
 import os
 import pickle
@@ -14,6 +13,7 @@ import torch
 from conftest import REPO_ROOT, tiny_cfg
 from detectron2.modeling import build_model
 
+from esc_net.data.prepare.cli import prepare
 from esc_net.predictor import ESCNetPredictor
 from esc_net.utils.checkpoint import ESCNetCheckpointer, UnreadableCheckpointError
 from esc_net.utils.safe_pickle import ForbiddenPickleError, load_restricted_pickle
@@ -106,23 +106,13 @@ def test_sam_and_clip_files_that_run_code_are_refused(tmp_path, marker):
     assert clip in str(info.value)
 
 
-def _load_ade20k_script():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_ade20k_847_safety", os.path.join(REPO_ROOT, "datasets", "prepare_ade20k_847.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ade20k_index_that_runs_code_is_refused(tmp_path, marker):
     index = tmp_path / "ADE20K_2021_17_01" / "index_ade20k.pkl"
     index.parent.mkdir()
     with open(index, "wb") as f:
         pickle.dump({"filename": [], "folder": [], "objectnames": _RunsCode(marker)}, f)
-    script = _load_ade20k_script()
     with pytest.raises(ValueError, match="index_ade20k.pkl") as info:
-        script.load_index(index)
+        prepare(["ade20k_847", "--root", str(tmp_path)])
     assert "os.system" in str(info.value) or "posix.system" in str(info.value)
 
 

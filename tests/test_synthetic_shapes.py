@@ -1,5 +1,4 @@
 """The synthetic shapes dataset: generation, labels, determinism, re-runs, Detectron2 registration and loading."""
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from esc_net.data import synthetic_shapes as ss
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=5, num_val=3, image_size=64, seed=3)
 
 
@@ -32,11 +30,20 @@ def dataset_root(tmp_path, monkeypatch):
 
 
 def test_classes_and_colors():
-    assert len(ss.SYNTHETIC_SHAPES_CLASSES) == 10
-    assert ss.SYNTHETIC_SHAPES_CLASSES[0] == "background"
-    assert {"red circle", "green square", "blue triangle"} <= set(ss.SYNTHETIC_SHAPES_CLASSES)
-    colors = {tuple(c) for c in ss.SYNTHETIC_SHAPES_COLORS}
-    assert len(colors) == 10 and all(0 <= v <= 255 for c in colors for v in c)
+    # label ids in this order: the class id of a (colour, kind) pair is 1 + 3 * colour + kind
+    assert ss.SYNTHETIC_SHAPES_CLASSES == ["background"] + [
+        f"{color} {kind}" for color in ("red", "green", "blue") for kind in ("circle", "square", "triangle")
+    ]
+    colors = dict(zip(ss.SYNTHETIC_SHAPES_CLASSES, ss.SYNTHETIC_SHAPES_COLORS))
+    assert len({tuple(c) for c in colors.values()}) == 10
+    # grey background; each shape colour at full, 0.6 and 1.35 brightness (capped at 255) for its three kinds
+    assert colors["background"] == [128, 128, 128]
+    assert (colors["red circle"], colors["red square"], colors["red triangle"]) == (
+        [205, 45, 45],
+        [123, 27, 27],
+        [255, 61, 61],
+    )
+    assert colors["blue triangle"] == [61, 108, 255]
 
 
 def test_writes_expected_layout(dataset_root):
@@ -188,14 +195,12 @@ def test_detectron2_evaluator_and_visualizer_accept_the_metadata(dataset_root):
     assert drawn.get_image().shape == (64, 64, 3)
 
 
-def test_command_line_script(tmp_path):
-    path = REPO / "datasets" / "generate_synthetic_shapes.py"
-    spec = importlib.util.spec_from_file_location("generate_synthetic_shapes", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main(["--root", str(tmp_path), "--num-train", "2", "--num-val", "1", "--image-size", "32",
-                 "--ignore-band", "0"])
-    manifest = json.loads((tmp_path / "synthetic_shapes/manifest.json").read_text())
-    options = tuple(manifest[k] for k in ("num_train", "num_val", "image_size", "ignore_band"))
-    assert options == (2, 1, 32, 0)
-    assert _read(tmp_path / "synthetic_shapes/labels/val/00000.png").shape == (32, 32)
+def test_empty_root_means_the_dataset_root_variable(tmp_path, monkeypatch):
+    """root="" is "not given", as for every other dataset: the data goes under $DETECTRON2_DATASETS."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "from_env"))
+    monkeypatch.chdir(tmp_path)
+    base = ss.generate_synthetic_shapes(root="", num_train=1, num_val=1, image_size=32)
+    assert Path(base) == tmp_path / "from_env" / "synthetic_shapes"
+    assert (tmp_path / "from_env/synthetic_shapes/manifest.json").is_file()
+    assert not (tmp_path / "synthetic_shapes").exists()
+    assert len(ss.load_synthetic_shapes("val", root="")) == 1

@@ -42,11 +42,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from tqdm import tqdm
 
+from esc_net.data.paths import dataset_root
+from esc_net.data.prepare.common import write_label_png, write_rgb_image
+from esc_net.utils.label_maps import ignore_value
+
 logger = logging.getLogger(__name__)
 
 DATASET_DIRNAME = "synthetic_shapes"
 SPLITS = ("train", "val")
-IGNORE_LABEL = 255
 GENERATE_COMMAND = "python datasets/generate_synthetic_shapes.py"
 # Bump when the drawing changes, so that an old dataset on disk is not mistaken for a current one.
 FORMAT_VERSION = 1
@@ -67,6 +70,7 @@ _KIND_BRIGHTNESS = (1.0, 0.6, 1.35)
 SYNTHETIC_SHAPES_COLORS: List[List[int]] = [[128, 128, 128]] + [
     [int(min(255, round(c * b))) for c in rgb] for rgb in SHAPE_COLORS.values() for b in _KIND_BRIGHTNESS
 ]
+IGNORE_LABEL = ignore_value(len(SYNTHETIC_SHAPES_CLASSES))
 
 DEFAULT_NUM_IMAGES = {"train": 240, "val": 60}
 DEFAULT_IMAGE_SIZE = 96
@@ -218,29 +222,19 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
-def resolve_root(root: Optional[str] = None) -> str:
-    """``root``, else ``$DETECTRON2_DATASETS``, else ``./datasets`` (Detectron2's convention)."""
-    return root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")
-
-
 def split_dirs(root: Optional[str], split: str) -> Tuple[str, str]:
-    """(image folder, label folder) of ``split`` under the resolved root."""
-    base = os.path.join(resolve_root(root), DATASET_DIRNAME)
+    """(image folder, label folder) of ``split`` under :func:`~esc_net.data.paths.dataset_root` of ``root``."""
+    base = os.path.join(dataset_root(root), DATASET_DIRNAME)
     return os.path.join(base, "images", split), os.path.join(base, "labels", split)
 
 
 def manifest_path(root: Optional[str]) -> str:
-    """The manifest of the dataset under the resolved root; it exists only once generation has finished."""
-    return os.path.join(resolve_root(root), DATASET_DIRNAME, "manifest.json")
+    """The manifest of the dataset under the dataset root; it exists only once generation has finished."""
+    return os.path.join(dataset_root(root), DATASET_DIRNAME, "manifest.json")
 
 
 def _file_names(count: int) -> List[str]:
     return [f"{i:05d}.png" for i in range(count)]
-
-
-def _write_png(path: str, array: np.ndarray) -> None:
-    if not cv2.imwrite(path, array):
-        raise OSError(f"could not write {path}")
 
 
 def _is_complete(root: str, options: Dict) -> bool:
@@ -285,7 +279,7 @@ def generate_synthetic_shapes(
     for split, count in counts.items():
         if count < 1:
             raise ValueError(f"num_{split} must be at least 1, got {count}")
-    root = resolve_root(root)
+    root = dataset_root(root)
     base = os.path.join(root, DATASET_DIRNAME)
     options = {
         "format_version": FORMAT_VERSION,
@@ -311,8 +305,8 @@ def generate_synthetic_shapes(
         names = _file_names(count)
         for i, name in enumerate(tqdm(names, desc=f"synthetic_shapes {split}", unit="img")):
             image, label, _ = render_sample(sample_rng(seed, split, i), image_size, max_shapes, ignore_band)
-            _write_png(os.path.join(image_dir, name), image[..., ::-1])  # OpenCV writes BGR
-            _write_png(os.path.join(label_dir, name), label)
+            write_rgb_image(os.path.join(image_dir, name), image)
+            write_label_png(os.path.join(label_dir, name), label)
         # Files of an earlier, larger run would otherwise be loaded as part of this dataset.
         expected = set(names)
         for folder in (image_dir, label_dir):
@@ -332,8 +326,8 @@ def load_synthetic_shapes(split: str, root: Optional[str] = None) -> List[Dict]:
             raise FileNotFoundError(
                 f"synthetic_shapes {split} split: {path} does not exist (expected "
                 f"{DATASET_DIRNAME}/{{images,labels}}/{{train,val}}/*.png and {DATASET_DIRNAME}/manifest.json "
-                f"under {os.path.abspath(resolve_root(root))}); generate it with `{GENERATE_COMMAND}`"
-                + ("" if root is not None else " (it writes under $DETECTRON2_DATASETS, default ./datasets)")
+                f"under {os.path.abspath(dataset_root(root))}); generate it with `{GENERATE_COMMAND}`"
+                + ("" if root else " (it writes under $DETECTRON2_DATASETS, default ./datasets)")
             )
     return load_sem_seg(label_dir, image_dir, gt_ext="png", image_ext="png")
 

@@ -16,6 +16,8 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
+from esc_net.utils.label_maps import MAX_UINT8_CLASSES
+
 __all__ = ["OUTPUT_MODES", "full_resolution_output", "label_dtype", "resize_bilinear", "upsampled_labels"]
 
 OUTPUT_MODES = ("scores", "labels")
@@ -25,8 +27,8 @@ _MAX_CLASS_CHUNK = 64
 
 
 def label_dtype(num_classes: int) -> torch.dtype:
-    """The smallest integer dtype that holds class indices 0..num_classes-1."""
-    if num_classes <= 256:
+    """uint8 as :func:`esc_net.utils.label_maps.label_dtype` rules (255 is an ignore value), else int16 or int32."""
+    if num_classes <= MAX_UINT8_CLASSES:
         return torch.uint8
     return torch.int16 if num_classes <= 1 << 15 else torch.int32
 

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from ..modeling.clip.text_prompts import split_synonyms
+from ..data.vocabulary import split_synonyms
 
 __all__ = [
     "BlockPrompts",

@@ -1,4 +1,4 @@
-"""Registers the training set and the zero-shot benchmarks (DESIGN.md section 4) with Detectron2.
+"""Registers the training set (COCO-Stuff) and the six zero-shot benchmarks of the paper with Detectron2.
 
 Registration touches no disk: the dataset root (``$DETECTRON2_DATASETS``, default ``./datasets``) is read when a
 dataset is loaded, and a dataset whose prepared folders are absent raises FileNotFoundError naming them and the
@@ -10,9 +10,11 @@ Metadata of every dataset:
 * ``vocabulary``: the names the model scores; equal to ``stuff_classes`` except for PAS-20b, which scores the 20
   VOC names followed by the PASCAL-Context-59 classes that are not VOC classes, and counts every prediction from
   ``background_index`` (20) on as "background";
-* ``ignore_label`` (255, or 65535 for the uint16 benchmarks), ``evaluator_type`` ("sem_seg"), ``benchmark`` (the
-  short name of the paper's tables), and ``image_root`` / ``sem_seg_root`` (resolved from the dataset root at
-  registration and again at each load, so they always name the folders last loaded from).
+* ``ignore_label``: 255, or 65535 for the uint16 benchmarks A-847 and PC-459, as
+  :func:`esc_net.utils.label_maps.ignore_value` gives for the number of evaluated classes;
+* ``evaluator_type`` ("sem_seg"), ``benchmark`` (the short name of the paper's tables), and ``image_root`` /
+  ``sem_seg_root`` (resolved from the dataset root at registration and again at each load, so they always name
+  the folders last loaded from).
 """
 
 import logging
@@ -23,7 +25,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 
 from esc_net.data.class_names import load_class_names
-from esc_net.data.prepare_utils import dataset_root
+from esc_net.data.paths import dataset_root
+from esc_net.utils.label_maps import ignore_value
 
 __all__ = ["BENCHMARK_DATASETS", "VOC_NAMES_IN_PASCAL_CONTEXT", "BenchmarkDataset", "register_benchmarks"]
 
@@ -41,7 +44,6 @@ class BenchmarkDataset(NamedTuple):
     prepare: str  # the command that writes label_dir
     image_ext: str = "jpg"
     label_ext: str = "png"
-    ignore_label: int = 255
     background_class: bool = False  # PAS-20b: background is an evaluated class, scored through other names
 
 
@@ -71,7 +73,6 @@ BENCHMARK_DATASETS = (
         label_dir="ADE20K_2021_17_01/annotations_detectron2/validation",
         prepare="python datasets/prepare_ade20k_847.py",
         label_ext="tif",
-        ignore_label=65535,
     ),
     BenchmarkDataset(
         name="pascal_context_459_val",
@@ -81,7 +82,6 @@ BENCHMARK_DATASETS = (
         label_dir="VOCdevkit/VOC2010/annotations_detectron2/pc459_val",
         prepare="python datasets/prepare_pascal_context_459.py",
         label_ext="tif",
-        ignore_label=65535,
     ),
     BenchmarkDataset(
         name="ade20k_150_val",
@@ -140,7 +140,6 @@ def _metadata(dataset: BenchmarkDataset, root: Path) -> dict:
     meta = {
         "stuff_classes": classes,
         "vocabulary": classes,
-        "ignore_label": dataset.ignore_label,
         "evaluator_type": "sem_seg",
         "benchmark": dataset.benchmark,
         "image_root": str(root / dataset.image_dir),
@@ -148,6 +147,7 @@ def _metadata(dataset: BenchmarkDataset, root: Path) -> dict:
     }
     if dataset.background_class:
         meta.update(stuff_classes=classes + [BACKGROUND], vocabulary=pas20b_vocabulary(), background_index=len(classes))
+    meta["ignore_label"] = ignore_value(len(meta["stuff_classes"]))
     return meta
 
 

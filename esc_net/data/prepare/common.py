@@ -1,30 +1,32 @@
-"""Shared helpers of the dataset preparation scripts in ``datasets/prepare_*.py``.
+"""What the dataset preparation commands share.
 
-The scripts convert official downloads into single-channel label maps whose value is the contiguous class id
-(DESIGN.md section 4). What they share lives here: the dataset root, clear errors for missing inputs, lookup
-tables from raw annotation values to class ids, atomic (hence idempotent) writes, the check that a download's
-class names agree with ours, and the progress-bar loop that skips finished outputs.
+Each command converts an official download into single-channel label maps whose value is the contiguous class
+id, with the ignore value of :mod:`esc_net.utils.label_maps` (255 in uint8 maps, 65535 in uint16 maps). What
+they share lives here: clear errors for missing inputs, lookup tables from raw annotation values to class ids,
+atomic (hence idempotent) writes of label maps and images, the check that a download's class names agree with
+ours, and the progress-bar loop that skips finished outputs.
 """
 
-import argparse
 import logging
 import os
 import shutil
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from esc_net.utils.label_maps import ignore_value, label_dtype
+
 __all__ = [
     "ConversionJob",
     "ConversionStats",
     "LabelMapping",
+    "add_workers_argument",
     "check_class_names",
     "copy_file",
-    "dataset_root",
     "read_label_image",
     "read_split_list",
     "require_dir",
@@ -33,8 +35,7 @@ __all__ = [
     "run_conversion",
     "write_label_png",
     "write_label_tiff16",
-    "write_rgb_jpeg",
-    "prepare_parser",
+    "write_rgb_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,11 +43,6 @@ logger = logging.getLogger(__name__)
 README_HINT = "see datasets/README.md"
 # How many missing paths an error message lists before it summarises the rest.
 _MAX_LISTED = 10
-
-
-def dataset_root(root: Optional[str] = None) -> Path:
-    """``root`` if given, else ``$DETECTRON2_DATASETS``, else ``./datasets`` (Detectron2's convention)."""
-    return Path(root if root else os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def _missing_message(what: str, paths: Sequence[Path], download: str) -> str:
@@ -111,33 +107,25 @@ def check_class_names(found: Sequence[str], expected: Sequence[str], source: str
 class LabelMapping:
     """Lookup table from the raw values of an annotation format to contiguous class ids.
 
-    Raw value ``class_raw_values[i]`` becomes class ``i``; every other raw value the format allows becomes
-    ``ignore_label``. Raw values the format does not allow (outside ``[0, num_raw_values)`` or listed in
-    ``invalid_raw_values``) raise an error naming the file: they mean the input is not what we think it is.
+    Raw value ``class_raw_values[i]`` becomes class ``i``; every other raw value the format allows becomes the
+    ignore value. The output type and ignore value follow :func:`esc_net.utils.label_maps.label_dtype` for the
+    number of classes (uint8 and 255 up to 255 classes, else uint16 and 65535). Raw values the format does not
+    allow (outside ``[0, num_raw_values)`` or listed in ``invalid_raw_values``) raise an error naming the file:
+    they mean the input is not what we think it is.
     """
 
-    def __init__(
-        self,
-        num_raw_values: int,
-        class_raw_values: Sequence[int],
-        ignore_label: int,
-        dtype=np.uint8,
-        invalid_raw_values: Sequence[int] = (),
-    ):
+    def __init__(self, num_raw_values: int, class_raw_values: Sequence[int], invalid_raw_values: Sequence[int] = ()):
         """
         Args:
             num_raw_values: size of the raw value range [0, num_raw_values).
             class_raw_values: the raw value of each class, in class order (distinct, within the range).
-            ignore_label: output value of every allowed raw value that is not a class.
-            dtype: output dtype (np.uint8 for <= 255 classes, np.uint16 otherwise).
             invalid_raw_values: values inside the range that no valid annotation contains.
         """
         raw = np.asarray(class_raw_values, dtype=np.int64)
         if len(np.unique(raw)) != len(raw) or raw.min() < 0 or raw.max() >= num_raw_values:
             raise ValueError(f"class raw values must be distinct and within [0, {num_raw_values})")
-        if len(raw) > np.iinfo(dtype).max or ignore_label < len(raw):
-            raise ValueError(f"{len(raw)} classes and ignore label {ignore_label} do not fit {np.dtype(dtype)}")
-        self.lut = np.full(num_raw_values, ignore_label, dtype=dtype)
+        dtype = label_dtype(len(raw))
+        self.lut = np.full(num_raw_values, ignore_value(len(raw)), dtype=dtype)
         self.lut[raw] = np.arange(len(raw), dtype=dtype)
         self.valid = np.ones(num_raw_values, dtype=bool)
         self.valid[np.asarray(invalid_raw_values, dtype=np.int64)] = False
@@ -194,11 +182,19 @@ def write_label_tiff16(path: Path, labels: np.ndarray) -> None:
     _atomic_write(path, lambda tmp: Image.fromarray(labels).save(tmp, format="TIFF", compression="tiff_adobe_deflate"))
 
 
-def write_rgb_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:
-    """Writes an RGB uint8 image [H, W, 3] as a JPEG."""
+# PIL format of each image file suffix an RGB image may be written with.
+_RGB_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+
+
+def write_rgb_image(path: Path, image: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Writes an RGB uint8 image [H, W, 3] as a JPEG or PNG, chosen by the suffix of ``path``."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"an RGB image is a uint8 array [H, W, 3], got {image.dtype} of shape {image.shape}")
-    _atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=quality))
+    suffix = Path(path).suffix.lower()
+    if suffix not in _RGB_FORMATS:
+        raise ValueError(f"{path}: an RGB image is written as {sorted(_RGB_FORMATS)}, not {suffix!r}")
+    options = {"quality": jpeg_quality} if _RGB_FORMATS[suffix] == "JPEG" else {}
+    _atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format=_RGB_FORMATS[suffix], **options))
 
 
 def copy_file(src: Path, dst: Path) -> None:
@@ -249,9 +245,6 @@ def run_conversion(
     return ConversionStats(written=len(todo), skipped=skipped)
 
 
-def prepare_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with ``--root`` (the dataset root) and ``--workers`` (conversion processes)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=None, help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)")
+def add_workers_argument(parser) -> None:
+    """Adds ``--workers`` (conversion processes, see :func:`run_conversion`) to an argparse parser."""
     parser.add_argument("--workers", type=int, default=1, help="conversion processes (default 1)")
-    return parser

@@ -1,0 +1,32 @@
+"""The integer type of a label map, one rule for every map the project writes, reads or returns.
+
+A label map holds one class id per pixel, and the largest value of its type marks pixels to ignore (255 in a
+uint8 map, 65535 in a uint16 map, as Detectron2's datasets do). A uint8 map therefore holds class ids 0..254
+only: with 256 classes, class 255 could not be told from an ignored pixel. So a map is uint8 for up to 255
+classes and uint16 above.
+"""
+import numpy as np
+
+__all__ = ["MAX_UINT8_CLASSES", "ignore_value", "label_dtype"]
+
+# Class ids 0..254; 255 is the ignore value.
+MAX_UINT8_CLASSES = int(np.iinfo(np.uint8).max)
+_MAX_UINT16_CLASSES = int(np.iinfo(np.uint16).max)
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """np.uint8 for up to 255 classes, np.uint16 for up to 65535, so that the ignore value is never a class id.
+
+    Raises:
+        ValueError: ``num_classes`` is below 1 or above 65535 (no 16-bit map can hold them and an ignore value).
+    """
+    if not 1 <= num_classes <= _MAX_UINT16_CLASSES:
+        raise ValueError(
+            f"a label map holds 1 to {_MAX_UINT16_CLASSES} classes (65535 is the ignore value), got {num_classes}"
+        )
+    return np.dtype(np.uint8 if num_classes <= MAX_UINT8_CLASSES else np.uint16)
+
+
+def ignore_value(num_classes: int) -> int:
+    """The ignore value of a label map of ``num_classes`` classes: the largest value of :func:`label_dtype`."""
+    return int(np.iinfo(label_dtype(num_classes)).max)
