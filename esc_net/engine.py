@@ -105,9 +105,9 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return OpenVocabSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+    def build_evaluator(cls, cfg, dataset_name):
+        """The open-vocabulary evaluator; it writes no files (the benchmark table goes to OUTPUT_DIR)."""
+        return OpenVocabSemSegEvaluator(dataset_name, distributed=True)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -165,7 +165,7 @@ def test_pas20b_background_rule(tmp_path, register):
     pred = np.array([[0, 1, 5, 4], [3, 1, 2, 0]])  # vocabulary indices; 3, 4, 5 are not VOC classes
     records = _records(tmp_path, [gt])
     name = register(records, classes, vocabulary=vocabulary, background_index=3)
-    evaluator = OpenVocabSemSegEvaluator(name, distributed=False, output_dir=str(tmp_path))
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False)
     res = _run(evaluator, records, [_one_hot_scores(pred, 6)])
 
     # After the rule the prediction is [[0, 1, 3, 3], [3, 1, 2, 0]]; labelled pixels (gt -> pred):

@@ -56,11 +56,12 @@ from tqdm import tqdm
 from esc_net import add_esc_net_config
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
 from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
+from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MAX_UINT8_CLASSES", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "dataset_colors",
-    "draw_overlay", "is_truncated_jpeg", "label_map", "label_png_dtype", "main", "parse_args", "parse_vocabulary_text",
+    "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "dataset_colors",
+    "draw_overlay", "is_truncated_jpeg", "label_map", "main", "parse_args", "parse_vocabulary_text",
     "prompt_class_index", "read_image", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
     "segment_images", "setup_cfg", "write_vocabulary",
 ]
@@ -74,7 +75,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Overlays of small images are drawn enlarged to this longer side, so that class names are legible.
 MIN_OVERLAY_SIDE = 512
 # Label maps are uint8 up to this many classes (ids 0..254; 255 is the usual ignore value), uint16 above.
-MAX_UINT8_CLASSES = 255
 # A JPEG's end-of-image marker is looked for in this many bytes at the end of the file.
 _JPEG_TAIL_BYTES = 4096
 
@@ -271,14 +271,9 @@ def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata) -> np.ndar
     return visualizer.draw_sem_seg(labels, alpha=0.5).get_image()[:, :, ::-1]
 
 
-def label_png_dtype(num_classes: int) -> type:
-    """uint8 for up to MAX_UINT8_CLASSES classes, else uint16."""
-    return np.uint8 if num_classes <= MAX_UINT8_CLASSES else np.uint16
-
-
 def label_map(scores: np.ndarray) -> np.ndarray:
     """[H, W] index of the best-scoring class of [N, H, W] scores, as uint8 (N <= 255) or uint16."""
-    return scores.argmax(axis=0).astype(label_png_dtype(scores.shape[0]))
+    return scores.argmax(axis=0).astype(label_dtype(scores.shape[0]))
 
 
 def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namespace):
@@ -287,7 +282,7 @@ def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namesp
     Without ``--save-scores`` the model returns the label map (and the top-k) computed in tiles, so a large
     photo with a large vocabulary does not need N x H x W floats.
     """
-    dtype = label_png_dtype(len(predictor.vocabulary))
+    dtype = label_dtype(len(predictor.vocabulary))
     if args.save_scores:
         scores = predictor(image, output="scores")["sem_seg"].cpu().numpy()
         return label_map(scores), scores, None

@@ -39,14 +39,12 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
     left out of the means, even where it was predicted.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None):
+    def __init__(self, dataset_name: str, distributed: bool = True):
         """
         Args:
             dataset_name: a dataset registered in DatasetCatalog and MetadataCatalog.
             distributed: gather the confusion matrices of all processes in :meth:`evaluate`; only the main
                 process then returns results.
-            output_dir: unused (this evaluator writes no files); accepted so that a trainer can build it with
-                Detectron2's evaluator arguments.
         """
         meta = MetadataCatalog.get(dataset_name)
         missing = [k for k in ("stuff_classes", "ignore_label") if not hasattr(meta, k)]
