@@ -9,9 +9,9 @@ requirements come with it.
 from setuptools import find_packages, setup
 
 PREP = [
-    # datasets/prepare_pascal_context_459.py reads the PASCAL-Context .mat label files (scipy.io.loadmat).
+    # esc_net/data/prepare/pascal_context_459.py reads the PASCAL-Context .mat label files (scipy.io.loadmat).
     "scipy",
-    # datasets/prepare_pascal_context_59.py decodes the COCO-style RLE masks (pycocotools.mask).
+    # esc_net/data/prepare/pascal_context_59.py decodes the COCO-style RLE masks (pycocotools.mask).
     "pycocotools",
 ]
 # The Gradio page (esc-net-web-demo, demo/app.py). 6.0 moved ``theme`` from ``gr.Blocks`` to ``launch()``, where

@@ -343,5 +343,5 @@ def test_training_vocabulary_larger_than_the_class_cap_is_refused():
     model = build_model(tiny_cfg("MODEL.ESC_NET.MAX_CLASSES_PER_VIEW", 3)).train()
     with pytest.raises(ValueError, match=r"4 classes, more than MODEL\.ESC_NET\.MAX_CLASSES_PER_VIEW \(3\)"):
         model(_train_batch())
-    model.inference.max_classes_per_view = 4
+    model.inference = model.inference.replace(max_classes_per_view=4)
     assert torch.isfinite(sum(model(_train_batch()).values()))

@@ -84,6 +84,8 @@ class SlidingWindow:
 class InferenceProtocol:
     """The inference protocol of ESC-Net: views, the class cap, passes over views, and the merge.
 
+    A protocol is a value: change a setting with :meth:`replace`, which returns a new one.
+
     ``score(model, images, text)`` asks ``model`` for three things only: ``model.clip.encode_image(views)``,
     ``model.correlation(dense, text)`` and ``model.refine(corr, dense, skips, text)`` (see ``ESCNet``).
 
