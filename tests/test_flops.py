@@ -14,6 +14,7 @@ from esc_net.utils.flops import (
     STAGES,
     count_flops,
     count_flops_per_stage,
+    baddbmm_flop_jit,
     count_parameters_per_stage,
     sdpa_flop_jit,
     split_by_stage,
@@ -49,6 +50,29 @@ def test_sdpa_handle_counts_both_products():
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     # Q K^T: 2*3 x 5x7 outputs of 8 products; weights x V: 2*3 x 5x4 outputs of 7 products
     assert analysis.total() == 2 * 3 * 5 * 7 * 8 + 2 * 3 * 5 * 4 * 7
+
+
+def test_baddbmm_handle_counts_the_product():
+    class AddProduct(torch.nn.Module):
+        def forward(self, x, a, b):
+            return torch.baddbmm(x, a, b)
+
+    analysis = FlopCountAnalysis(AddProduct(), (torch.randn(4), torch.randn(2, 3, 5), torch.randn(2, 5, 4)))
+    analysis.set_op_handle("aten::baddbmm", baddbmm_flop_jit)
+    assert analysis.total() == 2 * 3 * 5 * 4
+
+
+def test_sams_cross_attentions_are_counted(analysis):
+    """SAM's image-to-token attention ends in a batched product per class ([P, heads x tokens] weights times the
+    [heads x tokens, E] projected values), and from the second layer on its scores are one too (positions times the
+    folded [E, heads x tokens] keys): all of them enter the SAM stage's count."""
+    m = tiny_cfg().MODEL.ESC_NET
+    vision = TINY_CLIP_CFG["vision_cfg"]
+    positions = (vision["image_size"] // vision["patch_size"]) ** 2
+    tokens = 1 + m.NUM_POINTS + 1  # the text token, the points, SAM's padding point
+    per_product = len(VOCABULARY) * positions * m.SAM_NUM_HEADS * tokens * m.SAM_EMBED_DIM
+    per_op = analysis.by_module_and_operator()
+    assert per_op["model.blocks.0.sam"]["baddbmm"] == (2 * m.SAM_DEPTH - 1) * per_product
 
 
 def test_stages_add_up_and_cover_the_model(stages):

@@ -154,33 +154,63 @@ def test_grid_points_are_encoded_where_sam_encodes_the_cell_centre(sam, loaded_b
     assert torch.equal(ours[1], theirs[1])
 
 
-@pytest.mark.parametrize("types", [("points", "mask"), ("points",), ("mask",), ("points", "boxes")])
-def test_forward_is_sam_decoder_transformer_on_clip_features(sam, sam_checkpoint, reference_prompt_encoder, types):
-    """End to end against segment_anything's modules (the plain composition that the block computes faster):
-    the image embedding and PE repeated per class as SAM's mask decoder does, the pseudo mask given as logits of
-    its bilinearly upsampled probabilities, SAM's own TwoWayTransformer."""
+def plain_sam_composition(block, sam, reference_prompt_encoder, x, types):
+    """What the block computes, as segment_anything's modules compute it: the image embedding and PE repeated per
+    class as SAM's mask decoder does, the pseudo mask given as logits of its bilinearly upsampled probabilities,
+    SAM's own TwoWayTransformer. Returns [B*N, 256, 24, 24]."""
+    B, N = x["text_embeds"].shape[:2]
+    mask_logits = torch.logit(F.interpolate(x["masks"], size=(96, 96), mode="bilinear"), eps=1e-4)
+    sparse, dense = reference_prompt_encoder(
+        points=(x["points"], x["labels"]) if "points" in types else None,
+        boxes=x["boxes"] if "boxes" in types else None,
+        masks=mask_logits if "mask" in types else None,
+    )
+    image = torch.repeat_interleave(block.image_proj(x["image_feats"]), N, dim=0) + dense
+    pe = torch.repeat_interleave(reference_prompt_encoder.get_dense_pe(), B * N, dim=0)
+    tokens = torch.cat([block.text_proj(x["text_embeds"]).reshape(B * N, 1, 256), sparse.expand(B * N, -1, -1)], 1)
+    _, keys = sam.mask_decoder.transformer(image, pe, tokens)
+    return keys.permute(0, 2, 1).reshape(B * N, 256, 24, 24)
+
+
+def sam_block_and_inputs(sam_checkpoint, types):
     torch.manual_seed(1)
     block = SAMBlock(clip_dim=32, text_dim=16, grid_size=SAM_GRID, prompt_types=types).eval()
     _load(block, str(sam_checkpoint))
     B, N = 2, 3
     x = make_inputs(B, N, 32, 16, SAM_GRID)
     x["boxes"] = torch.tensor([[1.0, 2.0, 9.0, 7.0], [0.0, 0.0, 23.0, 23.0], [5.0, 5.0, 6.0, 8.0]]).repeat(B, 1)
+    return block, x
+
+
+@pytest.mark.parametrize("types", [("points", "mask"), ("points",), ("mask",), ("points", "boxes")])
+def test_forward_is_sam_decoder_transformer_on_clip_features(sam, sam_checkpoint, reference_prompt_encoder, types):
+    """End to end against segment_anything's modules, the plain composition that the block computes faster (with
+    the image side split per image / per class and the cross attentions reassociated)."""
+    block, x = sam_block_and_inputs(sam_checkpoint, types)
     with torch.no_grad():
         out = block(**x)
-
-        mask_logits = torch.logit(F.interpolate(x["masks"], size=(96, 96), mode="bilinear"), eps=1e-4)
-        sparse, dense = reference_prompt_encoder(
-            points=(x["points"], x["labels"]) if "points" in types else None,
-            boxes=x["boxes"] if "boxes" in types else None,
-            masks=mask_logits if "mask" in types else None,
-        )
-        image = torch.repeat_interleave(block.image_proj(x["image_feats"]), N, dim=0) + dense
-        pe = torch.repeat_interleave(reference_prompt_encoder.get_dense_pe(), B * N, dim=0)
-        tokens = torch.cat([block.text_proj(x["text_embeds"]).reshape(B * N, 1, 256), sparse.expand(B * N, -1, -1)], 1)
-        _, keys = sam.mask_decoder.transformer(image, pe, tokens)
-        expected = keys.permute(0, 2, 1).reshape(B * N, 256, 24, 24)
-    assert out.shape == (B * N, 256, 24, 24)
+        expected = plain_sam_composition(block, sam, reference_prompt_encoder, x, types)
+    assert out.shape == (6, 256, 24, 24)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("types", [("points", "mask"), ("points", "boxes")])
+def test_gradients_are_those_of_sams_decoder_transformer(sam, sam_checkpoint, reference_prompt_encoder, types):
+    """Training differentiates the same function: the gradients of the block's inputs and of its own projections
+    equal those of the plain composition, for the same upstream gradient."""
+    block, x = sam_block_and_inputs(sam_checkpoint, types)
+    upstream = torch.randn(6, 256, 24, 24, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for forward in (lambda: block(**x), lambda: plain_sam_composition(block, sam, reference_prompt_encoder, x, types)):
+        inputs = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if k in ("image_feats", "text_embeds", "masks")}
+        x.update(inputs)
+        block.zero_grad(set_to_none=True)
+        (forward() * upstream).sum().backward()
+        grads.append({**{k: v.grad for k, v in inputs.items()},
+                      **{f"{n}.grad": p.grad for n, p in block.named_parameters() if n.startswith(("image_proj", "text_proj"))}})
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 3
+    for name, ours in grads[0].items():
+        torch.testing.assert_close(ours, grads[1][name], atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_checkpoint_that_does_not_fit_lists_the_keys(sam, tmp_path):
@@ -258,6 +288,7 @@ def test_gradients_reach_every_trainable_part():
         + ["prompt_encoder.no_mask_embed.weight", "transformer.norm_final_attn.weight"]
         + ["transformer.norm_final_attn.bias"]
         + final_attn
+        + [f"transformer.layers.{i}.cross_attn_token_to_image.k_proj.bias" for i in range(2)]
     )
     for name in ("image_feats", "text_embeds", "masks"):
         assert x[name].grad.abs().sum() > 0, name

@@ -10,6 +10,7 @@ What fvcore does not count by itself and this module adds:
 * ``aten::scaled_dot_product_attention`` (CLIP's attention through ``F.multi_head_attention_forward``, timm's
   Swin blocks, SAM's two-way attention): the two matrix products ``Q K^T`` and ``softmax(.) V``, i.e. ``L * S * (E + E_v)`` per batch
   element and head, counted in full whatever the mask (CLIP's causal text mask included).
+* ``aten::baddbmm`` (SAM's image-to-token attention): the batched matrix product, as fvcore counts ``bmm``.
 
 The Pseudo Prompt Generator is not traced: it holds no matrix product (a softmax, K-means over pixel coordinates:
 comparisons and additions), so under this convention it is zero; it runs untraced because the tracer cannot
@@ -47,6 +48,7 @@ __all__ = [
     "count_flops",
     "count_flops_per_stage",
     "count_parameters_per_stage",
+    "baddbmm_flop_jit",
     "sdpa_flop_jit",
     "split_by_stage",
     "weights_by_module",
@@ -68,6 +70,13 @@ def sdpa_flop_jit(inputs: List, outputs: List) -> int:
     batch = int(np.prod(q[:-2], dtype=np.int64))
     length, source = q[-2], k[-2]
     return batch * length * source * (q[-1] + v[-1])
+
+
+def baddbmm_flop_jit(inputs: List, outputs: List) -> int:
+    """fvcore handle for ``aten::baddbmm(input, batch1 [b, n, k], batch2 [b, k, m])``: b * n * k * m (the added
+    input is element-wise and counts zero, as for ``addmm``)."""
+    (batch, rows, inner), columns = get_shape(inputs[1]), get_shape(inputs[2])[-1]
+    return batch * rows * inner * columns
 
 
 class _Untraced(nn.Module):
@@ -134,6 +143,7 @@ def count_flops(model: nn.Module, image: torch.Tensor, vocabulary: Sequence[str]
     with _countable(model):
         analysis = FlopCountAnalysis(model, inputs)
         analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        analysis.set_op_handle("aten::baddbmm", baddbmm_flop_jit)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.total()  # traces now, while the model is prepared
     return analysis
