@@ -5,7 +5,9 @@ Builds the model of a config (default: ViT-B/16 at 384x384, SAM ViT-B sizes, 4 E
 train_net.py does, then times forward + backward + optimizer step on a batch of random crops labelled with N
 classes (default 171, COCO-Stuff's vocabulary size; the text encoder runs every iteration, as in training).
 Prints the median over the repeats and the peak memory, in float32 and, with --amp, under bfloat16 autocast;
---checkpointing adds each precision with activation checkpointing. Ratios are against the first row that fits.
+--checkpointing adds each precision with activation checkpointing (``--checkpointing only``: just those rows, for
+a machine where the plain step does not fit: a CPU run that exceeds the RAM is killed, not reported). Ratios are
+against the first row that fits.
 
     python benchmarks/benchmark_train_step.py --device cuda --amp --checkpointing [--batch 4] [--classes 171]
 """
@@ -68,8 +70,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="also time bfloat16 autocast")
-    parser.add_argument("--checkpointing", action="store_true",
-                        help="also time each precision with MODEL.ESC_NET.ACTIVATION_CHECKPOINTING")
+    parser.add_argument("--checkpointing", nargs="?", choices=["also", "only"], const="also", default=None,
+                        help="also (or only) time each precision with MODEL.ESC_NET.ACTIVATION_CHECKPOINTING")
     args = parser.parse_args()
 
     model, cfg = build(args.config_file, args.device)
@@ -83,7 +85,7 @@ def main():
     print(f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; batch {args.batch} x {size}x{size}; "
           f"{args.classes} classes; {trainable / 1e6:.1f}M trainable parameters")
     precisions = [("float32", False)] + ([("bfloat16", True)] if args.amp else [])
-    settings = [(p, amp, False) for p, amp in precisions]
+    settings = [] if args.checkpointing == "only" else [(p, amp, False) for p, amp in precisions]
     settings += [(p, amp, True) for p, amp in precisions] if args.checkpointing else []
     baseline = None
     for precision, amp, checkpointing in settings:

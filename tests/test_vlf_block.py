@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from esc_net.modeling.vlf_block import ClassLinearAttention, VisionLanguageFusion
+from esc_net.modeling.vlf_block import ClassLinearAttention, ConcatLinear, VisionLanguageFusion
 
 HIDDEN, GUIDANCE, TEXT = 16, 16, 32
 
@@ -42,7 +42,7 @@ def test_output_shape_for_any_number_of_classes(num_classes):
     with torch.no_grad():
         out = vlf(*inputs)
     assert out.shape == (2, num_classes, HIDDEN, 8, 8)
-    assert out.is_contiguous()
+    assert out.permute(0, 1, 3, 4, 2).is_contiguous()  # channels-last storage, which the next block reads as is
     assert torch.isfinite(out).all()
 
 
@@ -121,6 +121,24 @@ def test_small_grid_attends_globally():
     with torch.no_grad():
         diff = (vlf(corr2, guidance, text) - vlf(corr, guidance, text)).abs()
     assert diff[0, 0, :, 7, 7].max() > 1e-4
+
+
+@pytest.mark.parametrize("per_class_first", [False, True])
+def test_concat_linear_is_a_linear_layer_over_the_broadcast_concatenation(per_class_first):
+    """Whichever input comes first, the result is nn.Linear over [x_1; x_2] with x_2 (one vector per class)
+    repeated over the positions, bias included once."""
+    torch.manual_seed(0)
+    maps, tokens = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 1, 4)  # [B, N, P, 6] and [B, N, 1, 4]
+    dims = (4, 6) if per_class_first else (6, 4)
+    layer = ConcatLinear(dims, 7)
+    torch.nn.init.normal_(layer.bias)
+    inputs = (tokens, maps) if per_class_first else (maps, tokens)
+    plain = torch.nn.Linear(10, 7)
+    with torch.no_grad():
+        plain.weight.copy_(torch.cat([proj.weight for proj in layer.projs], dim=1))
+        plain.bias.copy_(layer.bias)
+        expected = plain(torch.cat([t.expand(2, 3, 5, -1) for t in inputs], dim=-1))
+        torch.testing.assert_close(layer(*inputs), expected)
 
 
 def test_linear_attention_matches_explicit_formula():

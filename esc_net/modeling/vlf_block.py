@@ -4,7 +4,9 @@ Notation: B images, N classes, h x w the CLIP grid (P = h * w positions), C the 
 (``hidden_dim``), G the width of the class-specific image guidance, T the CLIP text-embedding width, H heads.
 
 Both stages keep the correlation embedding channels-last, as [B, N, P, C] (a view of [B * N, h, w, C] for the
-spatial stage), so that every linear layer acts on the last dimension and the class axis is never moved.
+spatial stage), so that every linear layer acts on the last dimension and the class axis is never moved. The
+block returns it in that storage too (a [B, N, C, h, w] view), so that the next block reads its chunks and the
+1x1 map head convolves them without a copy.
 
 On the CPU, classes are processed in chunks of ``class_chunk`` (all at once for 0, and on GPUs; see
 :func:`class_chunks`): everything but the class attention's sums is per class, so a chunk's temporaries (attention
@@ -47,11 +49,13 @@ class ConcatLinear(nn.Module):
         """
         if len(inputs) != len(self.projs):
             raise ValueError(f"ConcatLinear expects {len(self.projs)} inputs, got {len(inputs)}")
-        # The largest term first, the others added in place (broadcast): one full-size result, no temporaries.
-        terms = sorted((proj(x) for proj, x in zip(self.projs, inputs)), key=lambda t: t.numel(), reverse=True)
-        out = terms[0] + self.bias
-        for term in terms[1:]:
-            out += term
+        # The input with the most vectors is projected first, with the bias, and the other (smaller) terms are
+        # added to it in place (broadcast): one full-size result, no full-size temporaries.
+        pairs = sorted(zip(self.projs, inputs), key=lambda pair: pair[1].numel() // pair[1].shape[-1], reverse=True)
+        (proj, x), others = pairs[0], pairs[1:]
+        out = F.linear(x, proj.weight, self.bias)
+        for proj, x in others:
+            out += proj(x)
         return out
 
 
@@ -143,7 +147,7 @@ class ClassLinearAttention(nn.Module):
     def features(self, x: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feature-mapped queries and keys and the values of some classes: [B, n, P, H, d] each."""
         heads = (self.num_heads, x.shape[-1] // self.num_heads)
-        q, k = (F.elu(t) + 1 for t in self.qk(x, text).unflatten(-1, (2,) + heads).unbind(-3))
+        q, k = (F.elu(t).add_(1) for t in self.qk(x, text).unflatten(-1, (2,) + heads).unbind(-3))
         return q, k, self.v(x).unflatten(-1, heads)
 
     @staticmethod
@@ -260,7 +264,7 @@ class VisionLanguageFusion(nn.Module):
             text_embeds: [B, N, T] class text embeddings.
 
         Returns:
-            [B, N, C, h, w] refined correlation embedding.
+            [B, N, C, h, w] refined correlation embedding, a view of channels-last storage [B, N, h, w, C].
         """
         self._check_inputs(corr_embed, text_embeds)
         B, N, C, h, w = corr_embed.shape
@@ -274,7 +278,7 @@ class VisionLanguageFusion(nn.Module):
         for classes in chunks:
             n = classes.stop - classes.start
             guidance = self._guidance(image_guidance, classes, (B, n, self.guidance_dim, h, w))
-            corr = corr_embed[:, classes].permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*n, h, w, C]
+            corr = corr_embed[:, classes].permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*n, h, w, C], a view if stored so
             x = self.image_guidance(corr, guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)).reshape(B, n, h * w, C)
             q, k, v = tg.attn.features(tg.norm1(x), text[:, classes])
             chunk_kv, chunk_k_sum = tg.attn.class_sums(k, v, N)
@@ -286,5 +290,5 @@ class VisionLanguageFusion(nn.Module):
         for x, q in spatial:
             x = x + tg.attn.attend(q, kv, k_sum)
             x = x + tg.mlp(tg.norm2(x))
-            out.append(x.unflatten(2, (h, w)).permute(0, 1, 4, 2, 3))
-        return torch.cat(out, dim=1)  # contiguous, so that callers can .view() it
+            out.append(x.unflatten(2, (h, w)))
+        return torch.cat(out, dim=1).permute(0, 1, 4, 2, 3)
