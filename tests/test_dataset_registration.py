@@ -10,7 +10,7 @@ from PIL import Image
 from esc_net.data.class_names import BENCHMARK_CLASS_FILES, load_class_names, load_source_ids
 from esc_net.data.datasets import BENCHMARK_DATASETS, VOC_NAMES_IN_PASCAL_CONTEXT
 from esc_net.data.paths import dataset_root
-from esc_net.data.prepare.cli import prepare
+from esc_net.data.prepare.cli import COMMANDS, PROG, prepare
 from esc_net.data.vocabulary import get_dataset_vocabulary
 
 EXPECTED = {
@@ -106,7 +106,10 @@ def test_missing_dataset_names_folder(dataset, tmp_path, monkeypatch):
         DatasetCatalog.get(dataset.name)
     message = str(info.value)
     assert str(tmp_path / "nowhere" / dataset.label_dir) in message
-    assert "datasets/README.md" in message and dataset.prepare in message
+    assert "datasets/README.md" in message and f"`{dataset.prepare}`" in message
+    # the named command is one the package installs (a pip-installed package has no datasets/ scripts beside it)
+    program, subcommand = dataset.prepare.split()
+    assert program == PROG and subcommand in COMMANDS
 
 
 def _prepare_voc_folders(root: Path) -> None:

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 DATASET_DIRNAME = "synthetic_shapes"
 SPLITS = ("train", "val")
-GENERATE_COMMAND = "python datasets/generate_synthetic_shapes.py"
+GENERATE_COMMAND = "esc-net-prepare synthetic_shapes"
 # Bump when the drawing changes, so that an old dataset on disk is not mistaken for a current one.
 FORMAT_VERSION = 1
 

@@ -41,7 +41,7 @@ class BenchmarkDataset(NamedTuple):
     class_names: str  # key of esc_net.data.class_names
     image_dir: str
     label_dir: str
-    prepare: str  # the command that writes label_dir
+    prepare: str  # the command that writes label_dir (an esc-net-prepare sub-command, installed with the package)
     image_ext: str = "jpg"
     label_ext: str = "png"
     background_class: bool = False  # PAS-20b: background is an evaluated class, scored through other names
@@ -55,7 +55,7 @@ BENCHMARK_DATASETS = (
         class_names="coco_stuff_171",
         image_dir="coco-stuff/images/train2017",
         label_dir="coco-stuff/annotations_detectron2/train2017",
-        prepare="python datasets/prepare_coco_stuff.py",
+        prepare="esc-net-prepare coco_stuff",
     ),
     BenchmarkDataset(
         name="coco_stuff_171_val",
@@ -63,7 +63,7 @@ BENCHMARK_DATASETS = (
         class_names="coco_stuff_171",
         image_dir="coco-stuff/images/val2017",
         label_dir="coco-stuff/annotations_detectron2/val2017",
-        prepare="python datasets/prepare_coco_stuff.py",
+        prepare="esc-net-prepare coco_stuff",
     ),
     BenchmarkDataset(
         name="ade20k_847_val",
@@ -71,7 +71,7 @@ BENCHMARK_DATASETS = (
         class_names="ade20k_847",
         image_dir="ADE20K_2021_17_01/images_detectron2/validation",
         label_dir="ADE20K_2021_17_01/annotations_detectron2/validation",
-        prepare="python datasets/prepare_ade20k_847.py",
+        prepare="esc-net-prepare ade20k_847",
         label_ext="tif",
     ),
     BenchmarkDataset(
@@ -80,7 +80,7 @@ BENCHMARK_DATASETS = (
         class_names="pascal_context_459",
         image_dir="VOCdevkit/VOC2010/JPEGImages",
         label_dir="VOCdevkit/VOC2010/annotations_detectron2/pc459_val",
-        prepare="python datasets/prepare_pascal_context_459.py",
+        prepare="esc-net-prepare pascal_context_459",
         label_ext="tif",
     ),
     BenchmarkDataset(
@@ -89,7 +89,7 @@ BENCHMARK_DATASETS = (
         class_names="ade20k_150",
         image_dir="ADEChallengeData2016/images/validation",
         label_dir="ADEChallengeData2016/annotations_detectron2/validation",
-        prepare="python datasets/prepare_ade20k_150.py",
+        prepare="esc-net-prepare ade20k_150",
     ),
     BenchmarkDataset(
         name="pascal_context_59_val",
@@ -97,7 +97,7 @@ BENCHMARK_DATASETS = (
         class_names="pascal_context_59",
         image_dir="VOCdevkit/VOC2010/JPEGImages",
         label_dir="VOCdevkit/VOC2010/annotations_detectron2/pc59_val",
-        prepare="python datasets/prepare_pascal_context_59.py",
+        prepare="esc-net-prepare pascal_context_59",
     ),
     BenchmarkDataset(
         name="voc_20_val",
@@ -105,7 +105,7 @@ BENCHMARK_DATASETS = (
         class_names="voc_20",
         image_dir="VOCdevkit/VOC2012/JPEGImages",
         label_dir="VOCdevkit/VOC2012/annotations_detectron2/val",
-        prepare="python datasets/prepare_voc.py",
+        prepare="esc-net-prepare voc",
     ),
     BenchmarkDataset(
         name="voc_20b_val",
@@ -113,7 +113,7 @@ BENCHMARK_DATASETS = (
         class_names="voc_20",
         image_dir="VOCdevkit/VOC2012/JPEGImages",
         label_dir="VOCdevkit/VOC2012/annotations_detectron2_bg/val",
-        prepare="python datasets/prepare_voc.py",
+        prepare="esc-net-prepare voc",
         background_class=True,
     ),
 )
