@@ -323,7 +323,7 @@ def _image_to_token(attention, image_q: torch.Tensor, tokens_pe: torch.Tensor, t
     """
     heads = attention.num_heads
     k = _heads(attention, attention.k_proj(tokens_pe))  # [M, H, T, d]
-    M, _, T, d = k.shape
+    T, d = k.shape[2:]
     if projected:
         scores = torch.einsum("mphd,mhtd->mpht", image_q.unflatten(-1, (heads, d)), k) * d**-0.5
     else:
