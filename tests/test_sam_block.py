@@ -98,6 +98,26 @@ def test_batched_over_images_and_classes_equals_one_at_a_time():
     assert not torch.allclose(full[0], full[1], atol=1e-3)
 
 
+def test_image_side_is_computed_once_for_all_chunks_of_classes():
+    """The class-independent part given by the caller (once per image) gives each chunk of classes the output of
+    the whole call; one computed for other images is refused."""
+    torch.manual_seed(0)
+    block = SAMBlock(grid_size=(6, 8), **SMALL).eval()
+    x = make_inputs(1, 4, SMALL["clip_dim"], SMALL["text_dim"], (6, 8))
+    with torch.no_grad():
+        whole = block(**x)
+        side = block.image_side(x["image_feats"])
+        chunks = [
+            block(x["image_feats"], x["text_embeds"][:, i : i + 2], x["points"][i : i + 2], x["labels"][i : i + 2],
+                  x["masks"][i : i + 2], image_side=side)
+            for i in (0, 2)
+        ]
+    torch.testing.assert_close(torch.cat(chunks), whole)
+    other = block.image_side(torch.randn(2, SMALL["clip_dim"], 6, 8))
+    with pytest.raises(ValueError, match="image_side was computed for"):
+        block(**x, image_side=other)
+
+
 def test_bad_shapes_raise():
     block = SAMBlock(grid_size=(8, 8), **SMALL)
     x = make_inputs(2, 3, SMALL["clip_dim"], SMALL["text_dim"], (8, 8))

@@ -36,11 +36,16 @@ class UpsampleStage(nn.Module):
         self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1)
         self.norm2 = _group_norm(out_dim)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C_in, H, W]; skip: [B, G, 2H, 2W]. Returns [B, N, C_out, 2H, 2W]."""
+    def skip_term(self, skip: torch.Tensor) -> torch.Tensor:
+        """The skip feature's share of the first conv, [B, 1, C_out, 2H, 2W] for skip [B, G, 2H, 2W]: once per image
+        (the decoder computes it before its chunks of classes), broadcast over the classes."""
+        return self.conv_skip(skip).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, skip_term: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C_in, H, W]; skip_term: ``self.skip_term(skip)``. Returns [B, N, C_out, 2H, 2W]."""
         B, N = x.shape[:2]
         x = F.interpolate(x.flatten(0, 1), scale_factor=2, mode="bilinear", align_corners=False)
-        y = self.conv_x(x).unflatten(0, (B, N)) + self.conv_skip(skip).unsqueeze(1)
+        y = self.conv_x(x).unflatten(0, (B, N)) + skip_term
         y = F.gelu(self.norm1(y.flatten(0, 1)))
         y = F.gelu(self.norm2(self.conv2(y)))
         return y.unflatten(0, (B, N))
@@ -100,11 +105,11 @@ class CorrelationDecoder(nn.Module):
         # oneDNN's CPU convolutions run on channels-last data; given NCHW they reorder every input and output
         # (a 3x3 conv of a 16-class chunk at 96x96 took twice as long). Values are the same up to float rounding.
         layout = torch.channels_last if corr_embed.device.type == "cpu" else torch.contiguous_format
-        guidance = [g.contiguous(memory_format=layout) for g in guidance]
+        skip_terms = [stage.skip_term(g.contiguous(memory_format=layout)) for stage, g in zip(self.stages, guidance)]
         logits = []
         for classes in class_chunks(N, self.class_chunk, corr_embed.device):
             x = corr_embed[:, classes].flatten(0, 1).contiguous(memory_format=layout).unflatten(0, (B, -1))
-            for stage, skip in zip(self.stages, guidance):
-                x = stage(x, skip)
+            for stage, skip_term in zip(self.stages, skip_terms):
+                x = stage(x, skip_term)
             logits.append(self.head(x.flatten(0, 1)).unflatten(0, (B, -1)))
         return torch.cat(logits, dim=1)[:, :, 0]

@@ -111,12 +111,14 @@ class ESCBlock(nn.Module):
         B, N, C, h, w = corr_embed.shape
         clip_guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w], shared by the classes
         if self.use_sam:
+            sam_image_side = self.sam.image_side(image_feats)  # once per image, not once per chunk of classes
 
             def guidance(classes: slice) -> torch.Tensor:
                 """F_v'^n of a slice of classes, [B, n, C, h, w]: the VLF block asks for one chunk at a time."""
                 prompts = self.prompt_generator(corr_map[:, classes])
                 sam_feats = self.sam(
-                    image_feats, text[:, classes], prompts.points, prompts.labels, prompts.masks, prompts.boxes
+                    image_feats, text[:, classes], prompts.points, prompts.labels, prompts.masks, prompts.boxes,
+                    image_side=sam_image_side,
                 )  # [B*n, S, h, w]
                 return F.gelu(self.merge_sam(sam_feats).unflatten(0, (B, -1)) + clip_guidance)
 

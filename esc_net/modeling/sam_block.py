@@ -12,7 +12,7 @@ block keeps PyTorch's random initialisation; the caller decides whether that des
 """
 import logging
 import os
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
@@ -37,6 +37,23 @@ SAM_CHECKPOINT_SOURCE = (
     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth "
     "(listed at https://github.com/facebookresearch/segment-anything#model-checkpoints)"
 )
+
+
+class SAMImageSide(NamedTuple):
+    """What SAM's transformer needs of the image side that does not depend on the classes (see
+    :meth:`SAMBlock.image_side`): computed once per image and shared by every chunk of classes.
+
+    SAM's image embedding of class n of image b is ``image_b + dense_n``, with ``dense_n`` the mask encoder's last
+    1x1 conv of a 16-channel map. The first layer's image-side projections are linear in it, so each is the
+    projection of ``image_b`` (here) plus a per-class term through the projection composed with that conv.
+    """
+
+    image: torch.Tensor  # [B, P, E] projected CLIP features (plus SAM's "no mask" embedding without a mask prompt)
+    key_pe: torch.Tensor  # [1, P, E] SAM's dense positional encoding
+    projections: Tuple[torch.Tensor, ...]  # first layer's token-to-image key and value, image-to-token query, [B, P, d_in]
+    # (weight [out, 16], bias [out]) of the mask encoder's last conv alone, then composed with each projection above;
+    # None without a mask prompt
+    mask_folds: Optional[Tuple[Tuple[torch.Tensor, torch.Tensor], ...]]
 
 
 class SAMBlock(nn.Module):
@@ -126,6 +143,26 @@ class SAMBlock(nn.Module):
         for part in unused:
             part.requires_grad_(False)
 
+    def image_side(self, image_feats: torch.Tensor) -> SAMImageSide:
+        """The class-independent part of the transformer's image side for images ``image_feats`` [B, clip_dim, h, w]
+        (a caller that runs the classes in chunks computes it once and passes it to every call)."""
+        image = self.image_proj(image_feats).flatten(2).transpose(1, 2)  # [B, P, E]
+        if "mask" not in self.prompt_types:  # SAM's learnt "no mask" embedding: the same dense prompt everywhere
+            image = image + self.prompt_encoder.no_mask_embed.weight
+        key_pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # [1, P, E]
+        first = self.transformer.layers[0]
+        linears = (first.cross_attn_token_to_image.k_proj, first.cross_attn_token_to_image.v_proj,
+                   first.cross_attn_image_to_token.q_proj)
+        image_pe = image + key_pe
+        projections = tuple(linear(x) for linear, x in zip(linears, (image_pe, image, image_pe)))
+        mask_folds = None
+        if "mask" in self.prompt_types:
+            mask_out = self.prompt_encoder.mask_downscaling[-1]
+            weight, bias = mask_out.weight.flatten(1), mask_out.bias  # [E, 16], [E]
+            # each projection composed with the conv: 16 inputs per class instead of E
+            mask_folds = ((weight, bias),) + tuple((l.weight @ weight, torch.mv(l.weight, bias)) for l in linears)
+        return SAMImageSide(image, key_pe, projections, mask_folds)
+
     def forward(
         self,
         image_feats: torch.Tensor,
@@ -134,6 +171,7 @@ class SAMBlock(nn.Module):
         labels: Optional[torch.Tensor] = None,
         masks: Optional[torch.Tensor] = None,
         boxes: Optional[torch.Tensor] = None,
+        image_side: Optional[SAMImageSide] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -144,6 +182,7 @@ class SAMBlock(nn.Module):
             masks: [B*N, 1, h, w] pseudo masks, per-pixel probabilities in [0, 1].
             boxes: [B*N, 4] (x0, y0, x1, y1) grid-cell indices of the corners of each class's box.
             Only the prompts named in ``prompt_types`` are read, and those must be given.
+            image_side: ``self.image_side(image_feats)`` when the caller has it already (computed here otherwise).
 
         Returns:
             [B*N, E, h, w] class-specific refined image features.
@@ -152,6 +191,10 @@ class SAMBlock(nn.Module):
         B, _, h, w = image_feats.shape
         N = text_embeds.shape[1]
         M, E = B * N, self.transformer.embedding_dim
+        side = self.image_side(image_feats) if image_side is None else image_side
+        if tuple(side.image.shape[:2]) != (B, h * w):
+            raise ValueError(f"image_side was computed for {tuple(side.image.shape[:2])} (images, positions), the "
+                             f"image features have {(B, h * w)}")
 
         # With points and no box, SAM pads the points with one "not a point" token; keeping that gives the
         # pre-trained transformer the token layout it was trained on: [text; N_o points; padding].
@@ -162,33 +205,18 @@ class SAMBlock(nn.Module):
         )
         tokens = torch.cat([self.text_proj(text_embeds).reshape(M, 1, E), sparse.expand(M, -1, -1)], dim=1)
 
-        # SAM's image embedding of class n of image b is image_b + dense_n: the projected CLIP features (once per
-        # image) plus the dense prompt, the mask encoder's last 1x1 conv of a 16-channel map (once per class).
-        image = self.image_proj(image_feats).flatten(2).transpose(1, 2)  # [B, P, E]
+        # Per class only the 16-channel output of the mask encoder's first layers is formed (see SAMImageSide).
+        hidden, folds = None, (None,) * 4
         if "mask" in self.prompt_types:
-            mask_encoder = self.prompt_encoder.mask_downscaling
-            hidden = mask_encoder[:-1](self.mask_logits(masks)).flatten(2).transpose(1, 2)  # [M, P, 16]
-            mask_out = mask_encoder[-1]
-        else:  # SAM's learnt "no mask" embedding: the same dense prompt everywhere
-            image = image + self.prompt_encoder.no_mask_embed.weight
-            hidden = mask_out = None
-        key_pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # [1, P, E]
-        keys = _per_class(image, hidden, mask_out, N)  # [M, P, E]
-        # The first layer's image-side projections are linear in image_b + dense_n: project the per-image part
-        # once per image and the 16-channel per-class part through the folded weights (16 inputs, not E).
-        first = self.transformer.layers[0]
-        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        image_pe = image + key_pe
-        projections = (
-            _per_class(image_pe, hidden, mask_out, N, t2i.k_proj),
-            _per_class(image, hidden, mask_out, N, t2i.v_proj),
-            _per_class(image_pe, hidden, mask_out, N, i2t.q_proj),
-        )
+            hidden = self.prompt_encoder.mask_downscaling[:-1](self.mask_logits(masks))
+            hidden, folds = hidden.flatten(2).transpose(1, 2), side.mask_folds  # [M, P, 16]
+        keys = _per_class(side.image, hidden, folds[0], N)  # [M, P, E]
+        projections = tuple(_per_class(p, hidden, f, N) for p, f in zip(side.projections, folds[1:]))
         # TwoWayTransformer.forward's two-way blocks; its final token-to-image attention only updates the tokens,
         # which ESC-Net discards, so it is not run.
         queries = tokens
         for layer in self.transformer.layers:
-            queries, keys = _two_way_layer(layer, queries, tokens, keys, key_pe, projections)
+            queries, keys = _two_way_layer(layer, queries, tokens, keys, side.key_pe, projections)
             projections = None
         # a channels-last view, no copy: the 1x1 convs that read it run fastest on that layout on CPUs
         return keys.unflatten(1, (h, w)).permute(0, 3, 1, 2)
@@ -236,27 +264,20 @@ class SAMBlock(nn.Module):
 
 
 def _per_class(
-    base: torch.Tensor, hidden: Optional[torch.Tensor], mask_out: Optional[nn.Conv2d], N: int,
-    linear: Optional[nn.Linear] = None,
+    shared: torch.Tensor, hidden: Optional[torch.Tensor], fold: Optional[Tuple[torch.Tensor, torch.Tensor]], N: int
 ) -> torch.Tensor:
-    """``linear(base_b + mask_out(hidden_n))`` for every class n of every image b (identity without ``linear``).
+    """``shared_b + fold(hidden_n)`` for every class n of every image b.
 
     Args:
-        base: [B, P, E] per-image term; hidden: [B*N, P, c] per-class input of the 1x1 conv ``mask_out`` (c -> E),
-            or None when the per-class term is absent; N: classes per image.
+        shared: [B, P, out] per-image term; hidden: [B*N, P, c] per-class input of the affine map ``fold``
+            (weight [out, c], bias [out]), or None when the per-class term is absent; N: classes per image.
     Returns:
-        [B*N, P, out]. With ``linear`` the per-class term goes through the composed map linear o mask_out (c
-        inputs instead of E), which is the same affine function.
+        [B*N, P, out].
     """
-    B, P = base.shape[:2]
-    weight, bias = (linear.weight, linear.bias) if linear is not None else (None, None)
-    shared = F.linear(base, weight, bias) if linear is not None else base  # [B, P, out]
+    B, P = shared.shape[:2]
     if hidden is None:
         return shared.unsqueeze(1).expand(-1, N, -1, -1).reshape(B * N, P, -1)
-    conv_weight, conv_bias = mask_out.weight.flatten(1), mask_out.bias  # [E, c], [E]
-    if linear is not None:
-        conv_weight, conv_bias = weight @ conv_weight, torch.mv(weight, conv_bias)
-    per_class = F.linear(hidden, conv_weight, conv_bias).unflatten(0, (B, N))  # [B, N, P, out]
+    per_class = F.linear(hidden, *fold).unflatten(0, (B, N))  # [B, N, P, out]
     return per_class.add_(shared.unsqueeze(1)).flatten(0, 1)
 
 
