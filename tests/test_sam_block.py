@@ -222,12 +222,14 @@ def test_gradients_are_those_of_sams_decoder_transformer(sam, sam_checkpoint, re
     upstream = torch.randn(6, 256, 24, 24, generator=torch.Generator().manual_seed(3))
     grads = []
     for forward in (lambda: block(**x), lambda: plain_sam_composition(block, sam, reference_prompt_encoder, x, types)):
-        inputs = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if k in ("image_feats", "text_embeds", "masks")}
+        differentiable = ("image_feats", "text_embeds", "masks")
+        inputs = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if k in differentiable}
         x.update(inputs)
         block.zero_grad(set_to_none=True)
         (forward() * upstream).sum().backward()
-        grads.append({**{k: v.grad for k, v in inputs.items()},
-                      **{f"{n}.grad": p.grad for n, p in block.named_parameters() if n.startswith(("image_proj", "text_proj"))}})
+        projections = {n: p for n, p in block.named_parameters() if n.startswith(("image_proj", "text_proj"))}
+        grads.append({k: v.grad for k, v in inputs.items()})
+        grads[-1].update({f"{n}.grad": p.grad for n, p in projections.items()})
     assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 3
     for name, ours in grads[0].items():
         torch.testing.assert_close(ours, grads[1][name], atol=1e-4, rtol=1e-4, msg=name)

@@ -50,7 +50,8 @@ class SAMImageSide(NamedTuple):
 
     image: torch.Tensor  # [B, P, E] projected CLIP features (plus SAM's "no mask" embedding without a mask prompt)
     key_pe: torch.Tensor  # [1, P, E] SAM's dense positional encoding
-    projections: Tuple[torch.Tensor, ...]  # first layer's token-to-image key and value, image-to-token query, [B, P, d_in]
+    # the first layer's token-to-image key and value and image-to-token query of the image alone, [B, P, d_in] each
+    projections: Tuple[torch.Tensor, ...]
     # (weight [out, 16], bias [out]) of the mask encoder's last conv alone, then composed with each projection above;
     # None without a mask prompt
     mask_folds: Optional[Tuple[Tuple[torch.Tensor, torch.Tensor], ...]]
@@ -160,7 +161,8 @@ class SAMBlock(nn.Module):
             mask_out = self.prompt_encoder.mask_downscaling[-1]
             weight, bias = mask_out.weight.flatten(1), mask_out.bias  # [E, 16], [E]
             # each projection composed with the conv: 16 inputs per class instead of E
-            mask_folds = ((weight, bias),) + tuple((l.weight @ weight, torch.mv(l.weight, bias)) for l in linears)
+            composed = tuple((linear.weight @ weight, torch.mv(linear.weight, bias)) for linear in linears)
+            mask_folds = ((weight, bias),) + composed
         return SAMImageSide(image, key_pe, projections, mask_folds)
 
     def forward(
@@ -208,8 +210,8 @@ class SAMBlock(nn.Module):
         # Per class only the 16-channel output of the mask encoder's first layers is formed (see SAMImageSide).
         hidden, folds = None, (None,) * 4
         if "mask" in self.prompt_types:
-            hidden = self.prompt_encoder.mask_downscaling[:-1](self.mask_logits(masks))
-            hidden, folds = hidden.flatten(2).transpose(1, 2), side.mask_folds  # [M, P, 16]
+            encoded = self.prompt_encoder.mask_downscaling[:-1](self.mask_logits(masks))  # [M, 16, h, w]
+            hidden, folds = encoded.flatten(2).transpose(1, 2), side.mask_folds  # [M, P, 16]
         keys = _per_class(side.image, hidden, folds[0], N)  # [M, P, E]
         projections = tuple(_per_class(p, hidden, f, N) for p, f in zip(side.projections, folds[1:]))
         # TwoWayTransformer.forward's two-way blocks; its final token-to-image attention only updates the tokens,
