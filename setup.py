@@ -89,6 +89,8 @@ setup(
             "esc-net-prepare=esc_net.data.prepare.cli:main",
             "esc-net-demo=esc_net.demo.cli:main",
             "esc-net-web-demo=esc_net.demo.web:main",
+            # the laboratory's tiny CLIP and SAM (esc_net.pretrain)
+            "esc-net-pretrain=esc_net.pretrain.cli:main",
         ],
     },
 )

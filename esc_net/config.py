@@ -147,6 +147,11 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
 
 
+def plain_dict(node) -> dict:
+    """A config node as nested plain dicts (open_clip's config dataclasses take plain values)."""
+    return {k: plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
+
+
 def check_input_geometry(cfg: CN) -> None:
     """Refuses training crops that are not the CLIP input: an enabled crop must be "absolute" and
     CLIP_IMAGE_SIZE square, or every image would be resized again before CLIP.

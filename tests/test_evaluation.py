@@ -18,6 +18,7 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
+from esc_net.evaluation.sem_seg_evaluation import group_means
 from esc_net.evaluation.iou_chart import MAX_BARS, iou_chart
 
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
@@ -344,3 +345,33 @@ def test_label_map_outputs_give_the_numbers_of_scores_and_nan_scores_raise(tmp_p
     assert records[0]["file_name"] in str(info.value)
     with pytest.raises(ValueError, match="label map"):
         evaluator.process([records[0]], [{"sem_seg_labels": torch.full(preds[0].shape, len(classes))}])
+
+
+def test_class_groups_give_seen_unseen_and_harmonic_means(tmp_path, register):
+    """A dataset with seen / unseen class groups gets the mean IoU of each and their harmonic mean, in the results
+    and as rows of the benchmark table (empty for a dataset without groups)."""
+    classes = ["wall", "cat", "dog"]
+    conf = [[6, 2, 0], [0, 3, 1], [0, 1, 1]]  # [gt, pred]: wall 6/8, cat 3/7, dog 1/3
+    folder = tmp_path / "zs"
+    folder.mkdir()
+    gt, pred = np.nonzero(np.asarray(conf))
+    counts = np.asarray(conf)[gt, pred]
+    records = _records(folder, [np.repeat(gt, counts)[None].astype(np.uint8)])
+    name = register(records, classes, benchmark="ZS", class_groups={"seen": ["wall", "cat"], "unseen": ["dog"]})
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False)
+    metrics = _run(evaluator, records, [_one_hot_scores(np.repeat(pred, counts)[None], 3)])
+    seen, unseen = (75.0 + 100 * 3 / 7) / 2, 100 / 3
+    assert metrics["mIoU-seen"] == pytest.approx(seen) and metrics["mIoU-unseen"] == pytest.approx(unseen)
+    assert metrics["hIoU"] == pytest.approx(2 * seen * unseen / (seen + unseen))
+
+    plain = register([], ["x", "y"], benchmark="plain")
+    table = summarize_benchmarks(
+        {name: {"sem_seg": metrics}, plain: _result(register, tmp_path / "plain", [[5, 1], [1, 3]], ["x", "y"])},
+        str(tmp_path),
+    )
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    assert rows["mIoU-unseen"] == ["33.3", ""] and rows["hIoU"] == [f"{2 * seen * unseen / (seen + unseen):.1f}", ""]
+    summary = json.loads((tmp_path / "benchmark_results.json").read_text())["results"]
+    assert summary[name]["hIoU"] == pytest.approx(metrics["hIoU"]) and "hIoU" not in summary[plain]
+    with pytest.raises(KeyError, match="rabbit"):
+        group_means(metrics, {"unseen": ["rabbit"]})

@@ -29,26 +29,31 @@ def dataset_root(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_classes_and_colors():
-    # label ids in this order: the class id of a (colour, kind) pair is 1 + 3 * colour + kind
-    assert ss.SYNTHETIC_SHAPES_CLASSES == ["background"] + [
-        f"{color} {kind}" for color in ("red", "green", "blue") for kind in ("circle", "square", "triangle")
-    ]
-    colors = dict(zip(ss.SYNTHETIC_SHAPES_CLASSES, ss.SYNTHETIC_SHAPES_COLORS))
-    assert len({tuple(c) for c in colors.values()}) == 10
-    # grey background; each shape colour at full, 0.6 and 1.35 brightness (capped at 255) for its three kinds
-    assert colors["background"] == [128, 128, 128]
-    assert (colors["red circle"], colors["red square"], colors["red triangle"]) == (
-        [205, 45, 45],
-        [123, 27, 27],
-        [255, 61, 61],
-    )
-    assert colors["blue triangle"] == [61, 108, 255]
+def test_classes_split_and_colors():
+    """36 objects (6 colours x 6 kinds) and 3 textures; the seen / unseen split of the README, both kinds of unseen."""
+    assert len(ss.OBJECT_CLASSES) == 36 and ss.ALL_CLASSES[:3] == ["stripes", "checks", "clouds"]
+    assert set(ss.SEEN_OBJECTS) | set(ss.UNSEEN_OBJECTS) == set(ss.OBJECT_CLASSES)
+    assert not set(ss.SEEN_OBJECTS) & set(ss.UNSEEN_OBJECTS)
+    kinds = lambda names: {ss.color_and_kind(n)[1] for n in names}  # noqa: E731
+    colors = lambda names: {ss.color_and_kind(n)[0] for n in names}  # noqa: E731
+    # unseen kinds: no star or cross is ever seen; unseen combinations: seen colour x seen kind
+    assert kinds(ss.SEEN_OBJECTS) == {"circle", "square", "triangle", "hexagon"}
+    assert {n for n in ss.UNSEEN_OBJECTS if ss.color_and_kind(n)[1] in ("star", "cross")} == {
+        f"{c} {k}" for c in ss.SHAPE_COLORS for k in ("star", "cross")
+    }
+    combinations = [n for n in ss.UNSEEN_OBJECTS if ss.color_and_kind(n)[1] not in ("star", "cross")]
+    assert combinations == list(ss.UNSEEN_COMBINATIONS) and len(combinations) == 6
+    assert colors(combinations) == colors(ss.SEEN_OBJECTS) == set(ss.SHAPE_COLORS)
+    assert kinds(combinations) <= kinds(ss.SEEN_OBJECTS)
+    # Visualizer colours: one per class, the object's own hue
+    drawn = [tuple(ss.class_color(n)) for n in ss.ALL_CLASSES]
+    assert len(set(drawn)) == 39
+    assert ss.class_color("red circle") == [210, 40, 40] and ss.class_color("stripes") == [96, 96, 96]
 
 
 def test_writes_expected_layout(dataset_root):
     base = dataset_root / "synthetic_shapes"
-    for split, count in (("train", 5), ("val", 3)):
+    for split, count in (("train", 5), ("val", 3), ("val_unseen", 3), ("val_all", 3)):
         names = [f"{i:05d}.png" for i in range(count)]
         assert sorted(os.listdir(base / "images" / split)) == names
         assert sorted(os.listdir(base / "labels" / split)) == names
@@ -56,37 +61,86 @@ def test_writes_expected_layout(dataset_root):
         assert image.shape == (64, 64, 3) and image.dtype == np.uint8
         assert label.shape == (64, 64) and label.dtype == np.uint8
     manifest = json.loads((base / "manifest.json").read_text())
-    assert manifest["num_train"] == 5 and manifest["classes"] == ss.SYNTHETIC_SHAPES_CLASSES
+    assert manifest["num_train"] == 5 and manifest["vocabularies"]["train"] == ss.SEEN_CLASSES
 
 
 def test_files_hold_the_rendered_samples(dataset_root):
-    """What is on disk is exactly render_sample's output for that image's generator (RGB order kept)."""
+    """What is on disk is exactly the rendered sample, its labels mapped to the split's vocabulary."""
     base = dataset_root / "synthetic_shapes"
-    for split, index in (("train", 4), ("val", 0)):
-        image, label, _ = ss.render_sample(ss.sample_rng(3, split, index), image_size=64)
+    for split, index in (("train", 4), ("val_unseen", 0), ("val_all", 2)):
+        image, label = ss.render_split_sample(3, split, index, 64, ss.DEFAULT_MAX_SHAPES, ss.DEFAULT_IGNORE_BAND)
         np.testing.assert_array_equal(_read(base / "images" / split / f"{index:05d}.png")[..., ::-1], image)
         np.testing.assert_array_equal(_read(base / "labels" / split / f"{index:05d}.png"), label)
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_unseen_classes_are_in_no_training_label(split):
+    """The seen splits draw seen objects only: no label (nor image) of theirs holds an unseen class."""
+    vocabulary = ss.benchmark(split).vocabulary
+    assert list(vocabulary) == ss.SEEN_CLASSES
+    for i in range(40):
+        sample = ss.render_sample(ss.sample_rng(0, split, i), ss.benchmark(split).objects, 64, 3, 1)
+        assert {s.name for s in sample.shapes} <= set(ss.SEEN_OBJECTS)
+        present = {ss.ALL_CLASSES[v] for v in np.unique(sample.label) if v != 255}
+        assert present <= set(ss.SEEN_CLASSES)
+
+
+def test_benchmark_vocabularies_and_groups():
+    unseen, everything = ss.benchmark("val_unseen"), ss.benchmark("val_all")
+    assert set(unseen.objects) == set(ss.UNSEEN_OBJECTS) and unseen.vocabulary[:3] == ("stripes", "checks", "clouds")
+    assert unseen.groups == {"seen": ["stripes", "checks", "clouds"], "unseen": ss.UNSEEN_OBJECTS}
+    assert everything.vocabulary == tuple(ss.ALL_CLASSES)
+    assert everything.groups == {"seen": ss.SEEN_CLASSES, "unseen": ss.UNSEEN_OBJECTS}
+    assert ss.benchmark("val").groups == {"seen": ss.SEEN_CLASSES}
+    with pytest.raises(KeyError, match="val_rare"):
+        ss.benchmark("val_rare")
+
+
+def test_label_ids_follow_the_vocabulary():
+    label = np.array([[0, 3, 255], [9, 2, 0]], np.uint8)  # stripes, red circle, ignore / orange circle, clouds
+    vocabulary = ["clouds", "stripes", "orange circle", "red circle"]
+    np.testing.assert_array_equal(ss.to_vocabulary_ids(label, vocabulary), [[1, 3, 255], [2, 0, 1]])
+    with pytest.raises(ValueError, match="red circle"):
+        ss.to_vocabulary_ids(label, vocabulary[:3])
+
+
+def test_captions_name_what_is_visible():
+    """A caption names each visible object once, largest first, then the texture; a hidden object is not named."""
+    red, blue = ss.ALL_CLASSES.index("red star"), ss.ALL_CLASSES.index("blue hexagon")
+    green = ss.ALL_CLASSES.index("green circle")
+    shapes = [
+        ss.Shape(green, (20.0, 20.0), 6.0, 0.0, (45, 165, 60)),  # hidden below the blue hexagon
+        ss.Shape(blue, (20.0, 20.0), 14.0, 0.0, (45, 85, 215)),
+        ss.Shape(red, (48.0, 48.0), 9.0, 0.5, (210, 40, 40)),
+        ss.Shape(red, (50.0, 14.0), 8.0, 0.1, (210, 40, 40)),
+    ]
+    sample = ss.Sample(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8), shapes, 1)
+    assert ss.caption(sample) == "a photo of a blue hexagon and a red star on checks."
+    masks = ss.instance_masks(sample)
+    assert masks.shape == (4, 64, 64) and not masks[0].any() and masks[1:].any(axis=(1, 2)).all()
+    assert not (masks.sum(axis=0) > 1).any()  # visible parts do not overlap
+    only_texture = ss.Sample(sample.image, sample.label, shapes[:1] * 0, 2)
+    assert ss.caption(only_texture) == "a photo of clouds."
+
+
 @pytest.mark.parametrize("index", range(8))
 def test_labels_match_what_was_drawn(index):
-    image, label, shapes = ss.render_sample(ss.sample_rng(0, "train", index), image_size=64, ignore_band=1)
+    sample = ss.render_sample(ss.sample_rng(0, "val_all", index), ss.OBJECT_CLASSES, 64, 3, 1)
+    image, label, shapes = sample.image, sample.label, sample.shapes
     values = set(np.unique(label).tolist())
-    assert values <= set(range(10)) | {255}
-    assert 0 in values, "the background must stay visible"
-    drawn = {s.class_id for s in shapes}
-    assert values - {0, 255} and values - {0, 255} <= drawn
-    # The top shape is never covered: its centre pixel carries its class, in a colour named by that class.
+    assert sample.stuff in values, "the background texture must stay visible"
+    assert values - {sample.stuff, 255} <= {s.class_id for s in shapes}
+    # The top shape is never covered: its centre pixel carries its class, in a colour near the class's colour.
     top = shapes[-1]
     x, y = (int(round(v)) for v in top.center)
     assert label[y, x] == top.class_id
-    color_name = ss.SYNTHETIC_SHAPES_CLASSES[top.class_id].split()[0]
-    assert int(np.argmax(image[y, x])) == list(ss.SHAPE_COLORS).index(color_name)
+    nominal = np.array(ss.SHAPE_COLORS[ss.color_and_kind(top.name)[0]])
+    assert np.abs(image[y, x].astype(int) - nominal).max() <= 25 + 25  # colour jitter and pixel noise
 
 
 def test_ignore_band_only_covers_boundaries():
-    _, hard, _ = ss.render_sample(ss.sample_rng(1, "val", 2), image_size=64, ignore_band=0)
-    _, banded, _ = ss.render_sample(ss.sample_rng(1, "val", 2), image_size=64, ignore_band=1)
+    hard = ss.render_sample(ss.sample_rng(1, "val", 2), ss.OBJECT_CLASSES, 64, 3, 0).label
+    banded = ss.render_sample(ss.sample_rng(1, "val", 2), ss.OBJECT_CLASSES, 64, 3, 1).label
     assert 255 not in hard
     ignored = banded == 255
     assert ignored.any()
@@ -115,7 +169,7 @@ def test_second_run_skips_and_other_options_fail_clearly(dataset_root, monkeypat
     def no_drawing(*args, **kwargs):
         raise AssertionError("a complete dataset must not be redrawn")
 
-    monkeypatch.setattr(ss, "render_sample", no_drawing)
+    monkeypatch.setattr(ss.dataset, "render_split_sample", no_drawing)
     ss.generate_synthetic_shapes(**SMALL)
     assert label.stat().st_mtime_ns == mtime
 
@@ -146,13 +200,14 @@ def test_bad_options_raise():
 
 
 def test_registered_metadata():
-    for split in ("train", "val"):
+    for split in ss.SPLITS:
         name = f"synthetic_shapes_{split}"
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)
-        assert meta.stuff_classes == ss.SYNTHETIC_SHAPES_CLASSES == meta.vocabulary
-        assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg" and meta.benchmark == "Shapes"
-        assert len(meta.stuff_colors) == 10
+        assert meta.stuff_classes == list(ss.benchmark(split).vocabulary) == meta.vocabulary
+        assert meta.class_groups == ss.benchmark(split).groups
+        assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg" and meta.benchmark.startswith("Shapes")
+        assert meta.stuff_colors == [ss.class_color(n) for n in meta.stuff_classes]
         assert meta.image_root.endswith(os.path.join("synthetic_shapes", "images", split))
         assert meta.sem_seg_root.endswith(os.path.join("synthetic_shapes", "labels", split))
 
@@ -185,7 +240,7 @@ def test_detectron2_evaluator_and_visualizer_accept_the_metadata(dataset_root):
     evaluator.reset()
     for d in DatasetCatalog.get("synthetic_shapes_val"):
         gt = torch.from_numpy(_read(d["sem_seg_file_name"]).astype(np.int64))
-        scores = torch.nn.functional.one_hot(gt.clamp(max=9), 10).permute(2, 0, 1).float()
+        scores = torch.nn.functional.one_hot(gt.clamp(max=20), 21).permute(2, 0, 1).float()
         evaluator.process([{"file_name": d["file_name"]}], [{"sem_seg": scores}])
     assert evaluator.evaluate()["sem_seg"]["mIoU"] == pytest.approx(100.0)
 

@@ -19,6 +19,8 @@ __all__ = ["PAPER_BENCHMARK_ORDER", "summarize_benchmarks"]
 # Column order of the paper's Table 1; other benchmarks follow in the order they were given.
 PAPER_BENCHMARK_ORDER = ("A-847", "PC-459", "A-150", "PC-59", "PAS-20", "PAS-20b")
 _SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+# Reported where the evaluator computed them (datasets with seen / unseen class groups).
+_GROUP_METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU")
 
 
 def _benchmark_name(dataset_name: str) -> str:
@@ -51,9 +53,11 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
         output_dir: if given, these files are written there:
 
             * ``benchmark_results.json``: ``{"benchmarks": [column order], "results": {dataset_name:
-              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", "IoU": {class: value}, "ACC": {class: value}}}}``
-              (NaN values, for classes absent from the ground truth, are written as null);
-            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC;
+              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", ["mIoU-seen", "mIoU-unseen", "hIoU",]
+              "IoU": {class: value}, "ACC": {class: value}}}}`` (the group means where the dataset has class groups;
+              NaN values, for classes absent from the ground truth, are written as null);
+            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, and,
+              when some dataset has class groups, mIoU-seen, mIoU-unseen, hIoU (empty where not computed);
             * ``per_class_iou.csv``: one row per dataset and class: dataset, benchmark, class, IoU, ACC (NaN as
               an empty cell);
             * ``per_class_iou.png``: the per-class IoU as bars, one panel per benchmark, best class first, the
@@ -61,8 +65,9 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
         precision: decimals of the mIoU values in the table (the paper uses one).
 
     Returns:
-        The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present)
-        and one "mIoU" row.
+        The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present),
+        an "mIoU" row and, when some dataset has class groups, rows "mIoU-seen", "mIoU-unseen" and "hIoU" (empty
+        cells for the datasets without them).
     """
     rows = []
     for dataset_name, result in results.items():
@@ -84,16 +89,26 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
     rows.sort(key=lambda row: paper_rank.get(row[1], len(PAPER_BENCHMARK_ORDER)))
 
     table = tabulate(
-        [["mIoU"] + [float(m["mIoU"]) for _, _, m in rows]],
+        [[metric] + [_table_number(m.get(metric)) for _, _, m in rows] for metric in ("mIoU", *_group_metrics(rows))],
         headers=[""] + [b for _, b, _ in rows],
         tablefmt="pipe",
         floatfmt=f".{precision}f",
         numalign="center",
+        missingval="",
     )
     logging.getLogger("detectron2").info("Open-vocabulary semantic segmentation benchmarks:\n" + table)
     if output_dir:
         _write_results(rows, output_dir)
     return table
+
+
+def _group_metrics(rows: List) -> List[str]:
+    """The group metrics that at least one of the rows has."""
+    return [k for k in _GROUP_METRICS if any(k in metrics for _, _, metrics in rows)]
+
+
+def _table_number(value: Optional[float]) -> Optional[float]:
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def _write_results(rows: List, output_dir: str):
@@ -102,7 +117,7 @@ def _write_results(rows: List, output_dir: str):
     summary = {"benchmarks": [b for _, b, _ in rows], "results": {}}
     for dataset_name, benchmark, metrics in rows:
         entry = {"benchmark": benchmark}
-        entry.update({k: _json_number(float(metrics[k])) for k in _SUMMARY_METRICS})
+        entry.update({k: _json_number(float(metrics[k])) for k in _SUMMARY_METRICS + _GROUP_METRICS if k in metrics})
         for kind in ("IoU", "ACC"):
             entry[kind] = {c: _json_number(v) for c, v in _per_class(metrics, kind + "-").items()}
         summary["results"][dataset_name] = entry
@@ -111,9 +126,10 @@ def _write_results(rows: List, output_dir: str):
 
     with PathManager.open(os.path.join(output_dir, "benchmark_results.csv"), "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["dataset", "benchmark", *_SUMMARY_METRICS])
+        columns = [*_SUMMARY_METRICS, *_group_metrics(rows)]
+        writer.writerow(["dataset", "benchmark", *columns])
         for dataset_name, benchmark, metrics in rows:
-            values = [_csv_number(float(metrics[k])) for k in _SUMMARY_METRICS]
+            values = [_csv_number(float(metrics[k])) if k in metrics else "" for k in columns]
             writer.writerow([dataset_name, benchmark, *values])
 
     with PathManager.open(os.path.join(output_dir, "per_class_iou.csv"), "w") as f:

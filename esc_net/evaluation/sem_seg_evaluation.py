@@ -13,8 +13,13 @@ how one image's prediction is counted, for the open-vocabulary protocol:
 * label maps keep their bit depth, so 16-bit maps (A-847 and PC-459, ignore value 65535) are read as they are;
 * predictions, label maps and metadata that do not fit raise errors naming the file or the dataset;
 * Detectron2's boundary IoU and its per-image RLE predictions are not computed (the first only exists below 255
-  classes; the second would be gathered into memory for a whole benchmark, and nothing here reads it).
+  classes; the second would be gathered into memory for a whole benchmark, and nothing here reads it);
+* a dataset whose metadata hold ``class_groups`` (``{"seen": [names], "unseen": [names]}``, the classes seen and
+  unseen in segmentation training) also gets the mean IoU of each group, ``mIoU-<group>``, and their harmonic
+  mean ``hIoU`` (the usual figure of zero-shot segmentation, which rewards neither group alone).
 """
+import math
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,14 +31,38 @@ from detectron2.utils.file_io import PathManager
 
 from esc_net.data.vocabulary import get_dataset_vocabulary
 
-__all__ = ["OpenVocabSemSegEvaluator"]
+__all__ = ["OpenVocabSemSegEvaluator", "group_means"]
+
+
+def group_means(metrics: Mapping[str, float], groups: Mapping[str, Sequence[str]]) -> Dict[str, float]:
+    """The mean IoU of each group of classes, and the harmonic mean of the "seen" and "unseen" groups.
+
+    Args:
+        metrics: an evaluator's results with ``IoU-<class>`` entries in percent (NaN: absent from the ground truth).
+        groups: group name -> class names.
+    Returns:
+        ``{"mIoU-<group>": mean over the group's classes that have an IoU}`` (NaN for a group without any), plus
+        ``"hIoU"`` = 2 s u / (s + u) when both "seen" and "unseen" have a mean (0 when both are 0).
+    """
+    means = {}
+    for group, names in groups.items():
+        unknown = [n for n in names if f"IoU-{n}" not in metrics]
+        if unknown:
+            raise KeyError(f"class_groups[{group!r}] names classes the results do not have: {unknown}")
+        values = [metrics[f"IoU-{n}"] for n in names if not math.isnan(metrics[f"IoU-{n}"])]
+        means[f"mIoU-{group}"] = sum(values) / len(values) if values else math.nan
+    seen, unseen = means.get("mIoU-seen", math.nan), means.get("mIoU-unseen", math.nan)
+    if not (math.isnan(seen) or math.isnan(unseen)):
+        means["hIoU"] = 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
+    return means
 
 
 class OpenVocabSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` for open vocabularies (see the module docstring for what differs).
 
     Metadata of ``dataset_name`` that is read: ``stuff_classes`` (the K evaluated classes), ``ignore_label``,
-    ``vocabulary`` (the scored names; ``stuff_classes`` where absent) and ``background_index`` (optional).
+    ``vocabulary`` (the scored names; ``stuff_classes`` where absent), ``background_index`` and ``class_groups``
+    (both optional).
     :meth:`evaluate` returns ``{"sem_seg": {"mIoU", "fwIoU", "IoU-<class>"..., "mACC", "pACC", "ACC-<class>"...}}``
     in percent, as Detectron2 computes them: a class absent from the ground truth has NaN IoU and accuracy and is
     left out of the means, even where it was predicted.
@@ -115,6 +144,9 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
             raise ValueError(
                 f"no labelled pixel of {self._dataset_name!r} was evaluated: the confusion matrix is empty"
             )
+        groups = MetadataCatalog.get(self._dataset_name).get("class_groups", None)
+        if results is not None and groups:
+            results["sem_seg"].update(group_means(results["sem_seg"], groups))
         return results
 
     def _gt_file(self, inp: dict) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..config import plain_dict
 from ..data.vocabulary import check_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
 from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
@@ -29,11 +30,6 @@ from .inference import InferenceProtocol
 from .sam_block import load_sam_state, sam_checkpoint_state
 
 logger = logging.getLogger(__name__)
-
-
-def _plain_dict(node) -> dict:
-    """A config node as nested plain dicts (open_clip's config dataclasses take plain values)."""
-    return {k: _plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
 
 
 @META_ARCH_REGISTRY.register()
@@ -140,7 +136,7 @@ class ESCNet(nn.Module):
         clip = CLIPEncoder(
             model_name=m.CLIP_MODEL_NAME,
             pretrained=m.CLIP_PRETRAINED,
-            model_cfg=_plain_dict(m.CLIP_MODEL_CFG) or None,
+            model_cfg=plain_dict(m.CLIP_MODEL_CFG) or None,
             image_size=m.CLIP_IMAGE_SIZE,
             finetune=m.CLIP_FINETUNE,
             skip_layers=m.CLIP_SKIP_LAYERS,

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""The paper's ablations in the miniature laboratory: each variant trained with several seeds, mean and spread.
+
+Every run is the embedded default's training (configs/esc_net_tiny_shapes.yaml: ESC-Net on the seen classes of
+Synthetic Shapes, from the pre-trained tiny CLIP and SAM of scripts/run_default.sh) with the variant's config
+overrides and ``SEED s``, followed by its zero-shot evaluation (seen, unseen and all-class benchmarks). Runs go
+through ``train_net.py`` in subprocesses, ``--workers`` at a time, one CPU thread each; a run whose
+``benchmark_results.json`` exists is not run again, so an interrupted benchmark resumes. The summary (mean +-
+sample standard deviation over the seeds, and every seed's value) is printed and written to
+``<output>/ablations.md`` and ``.json``.
+
+    .venv/bin/python benchmarks/benchmark_lab_ablations.py                        # every variant, seeds 0 1 2
+    .venv/bin/python benchmarks/benchmark_lab_ablations.py --variants default random_sam --seeds 0 1 2 3 4
+
+The pre-trained weights must exist (``scripts/run_default.sh`` writes them; ``--pretrained`` says where).
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml")
+
+# name -> (what it changes, config overrides). The first is the embedded default itself.
+VARIANTS: Dict[str, tuple] = {
+    "default": ("the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks)", []),
+    "random_sam": ("SAM blocks from random weights", ["MODEL.ESC_NET.SAM_CHECKPOINT", "",
+                                                       "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]),
+    "no_sam": ("no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)", ["MODEL.ESC_NET.USE_SAM_BLOCK", "False"]),
+    "points_only": ("prompts: points only", ["MODEL.ESC_NET.PROMPT_TYPES", "['points']"]),
+    "mask_only": ("prompts: mask only", ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]),
+    "blocks_1": ("1 ESC-Block", ["MODEL.ESC_NET.NUM_BLOCKS", "1"]),
+    "blocks_4": ("4 ESC-Blocks (the paper's N)", ["MODEL.ESC_NET.NUM_BLOCKS", "4"]),
+    "clip_from_scratch": ("CLIP randomly initialised (no stage-1 pre-training)", ["MODEL.ESC_NET.CLIP_PRETRAINED", "none"]),
+}
+# (dataset, metric) columns of the summary
+COLUMNS = (
+    ("synthetic_shapes_val", "mIoU"),
+    ("synthetic_shapes_val_unseen", "mIoU-unseen"),
+    ("synthetic_shapes_val_all", "mIoU-seen"),
+    ("synthetic_shapes_val_all", "mIoU-unseen"),
+    ("synthetic_shapes_val_all", "hIoU"),
+)
+
+
+def run_one(variant: str, seed: int, args) -> Dict:
+    """Trains and evaluates one (variant, seed); returns its benchmark results (from disk when already run)."""
+    out = os.path.join(args.output, variant, f"seed{seed}")
+    results = os.path.join(out, "benchmark_results.json")
+    if not os.path.isfile(results):
+        os.makedirs(out, exist_ok=True)
+        command = [
+            sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, "--resume",
+            "OUTPUT_DIR", out, "SEED", str(seed),
+            "MODEL.ESC_NET.CLIP_PRETRAINED", os.path.join(args.pretrained, "clip_tiny_shapes.pt"),
+            "MODEL.ESC_NET.SAM_CHECKPOINT", os.path.join(args.pretrained, "sam_tiny_shapes.pth"),
+            "SOLVER.CHECKPOINT_PERIOD", "100000",
+        ]
+        if args.iters:
+            command += ["SOLVER.MAX_ITER", str(args.iters)]
+        command += VARIANTS[variant][1] + list(args.opts)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        start = time.perf_counter()
+        with open(os.path.join(out, "run.log"), "w") as log:
+            status = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if status != 0:
+            raise RuntimeError(f"{variant} seed {seed} failed (exit {status}); see {out}/run.log")
+        print(f"{variant} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    with open(results) as f:
+        return json.load(f)["results"]
+
+
+def _mean_std(values: List[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def summarize(runs: Dict[str, Dict[int, Dict]], seeds: Sequence[int]) -> str:
+    header = ["variant"] + [f"{d.replace('synthetic_shapes_', '')} {m}" for d, m in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, by_seed in runs.items():
+        cells = [f"{variant}"]
+        for dataset, metric in COLUMNS:
+            values = [by_seed[s][dataset][metric] for s in seeds if by_seed[s][dataset].get(metric) is not None]
+            cells.append(_mean_std(values) + " (" + ", ".join(f"{v:.1f}" for v in values) + ")")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--iters", type=int, default=0, help="training iterations (0: the config's)")
+    parser.add_argument("--output", default=os.path.join(ROOT, "output", "ablations"))
+    parser.add_argument("--pretrained", default=os.path.join(ROOT, "output", "pretrained"))
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
+    args = parser.parse_args()
+    for name in ("clip_tiny_shapes.pt", "sam_tiny_shapes.pth"):
+        if not os.path.isfile(os.path.join(args.pretrained, name)):
+            sys.exit(f"{os.path.join(args.pretrained, name)} not found: run scripts/run_default.sh first")
+    jobs = [(v, s) for v in args.variants for s in args.seeds]
+    with ThreadPoolExecutor(args.workers) as pool:
+        done = list(pool.map(lambda job: run_one(*job, args), jobs))
+    runs: Dict[str, Dict[int, Dict]] = {}
+    for (variant, seed), results in zip(jobs, done):
+        runs.setdefault(variant, {})[seed] = results
+    table = summarize(runs, args.seeds)
+    print(table)
+    notes = "\n".join(f"- {v}: {VARIANTS[v][0]}" for v in args.variants)
+    with open(os.path.join(args.output, "ablations.md"), "w") as f:
+        f.write(f"Seeds {list(args.seeds)}; mean ± sample std (each seed's value)\n\n{table}\n\n{notes}\n")
+    with open(os.path.join(args.output, "ablations.json"), "w") as f:
+        json.dump({"seeds": args.seeds, "variants": {v: VARIANTS[v] for v in args.variants}, "runs": runs}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Stage 2 of the laboratory: class-agnostic pre-training of a tiny SAM on Synthetic Shapes objects.
+
+The model is segment_anything's own ``Sam``: an ``ImageEncoderViT``, a ``PromptEncoder`` and a ``MaskDecoder``
+around a ``TwoWayTransformer``, the decoder sized as ESC-Net's SAM block (``SAM_EMBED_DIM``, ``SAM_DEPTH``,
+``SAM_MLP_DIM``, ``SAM_NUM_HEADS``). Every image shows 1 to 3 objects of any class; each training example prompts
+one visible object, in one of SAM's ways:
+
+* one point inside it, with SAM's three candidate masks (an ambiguous prompt): the loss is that of the best one;
+* 2 to 5 points inside it; its bounding box (corners jittered by up to a tenth of its size); a coarse mask of it
+  (blurred, eroded or dilated, as logits), alone or with 1 to 3 points. These predict one mask.
+
+The mask loss is binary cross-entropy plus dice at the input resolution; the IoU head regresses the IoU of each
+predicted mask (mean squared error), as in SAM. ESC-Net prompts SAM with points and a mask, so those prompt kinds
+are trained; boxes keep the box embeddings meaningful for the box-prompt ablation.
+
+The saved file is ``Sam.state_dict()`` written with ``torch.save``, the format of ``sam_vit_b_01ec64.pth``;
+``MODEL.ESC_NET.SAM_CHECKPOINT`` reads its prompt encoder and decoder transformer from it.
+
+Evaluation: the IoU of the mask SAM picks (highest predicted IoU of the three) for one random point inside each of
+a few hundred held-out objects, for the trained model and for the same model untrained.
+"""
+import logging
+import time
+from functools import partial
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from esc_net.data.synthetic_shapes import OBJECT_CLASSES, instance_masks, render_sample, sample_rng
+
+from .common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
+
+logger = logging.getLogger("esc_net.pretrain")
+
+# Objects smaller than this many visible pixels are not prompted (a sliver under another object).
+MIN_OBJECT_PIXELS = 24
+PROMPT_KINDS = ("point", "points", "box", "mask")
+
+
+def build_sam(
+    image_size: int,
+    embed_dim: int,
+    depth: int,
+    mlp_dim: int,
+    num_heads: int,
+    *,
+    patch_size: int = 8,
+    encoder_width: int = 64,
+    encoder_depth: int = 4,
+    encoder_heads: int = 2,
+) -> Sam:
+    """A segment_anything ``Sam`` at ``image_size``: a ViT image encoder (global attention) whose neck ends in
+    ``embed_dim`` channels, SAM's prompt encoder, and SAM's mask decoder with a ``TwoWayTransformer`` of the given
+    sizes (the sizes of ESC-Net's SAM block). The pixel statistics are OpenAI CLIP's, as the images are fed."""
+    grid = image_size // patch_size
+    encoder = ImageEncoderViT(
+        img_size=image_size,
+        patch_size=patch_size,
+        embed_dim=encoder_width,
+        depth=encoder_depth,
+        num_heads=encoder_heads,
+        out_chans=embed_dim,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=False,
+        window_size=0,
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=embed_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(image_size, image_size),
+        mask_in_chans=16,
+    )
+    decoder = MaskDecoder(
+        transformer_dim=embed_dim,
+        transformer=TwoWayTransformer(depth=depth, embedding_dim=embed_dim, mlp_dim=mlp_dim, num_heads=num_heads),
+        num_multimask_outputs=3,
+        iou_head_hidden_dim=embed_dim,
+    )
+    return Sam(encoder, prompt_encoder, decoder)
+
+
+def decode_masks(
+    decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.predict_masks`` for a batch of images with one prompt each.
+
+    segment_anything's decoder repeats one image's embedding for every prompt it is given, so several images need
+    one call each; this runs the same layers of ``decoder`` once for the whole batch (tested to equal
+    ``predict_masks`` image by image).
+
+    Args:
+        image_embeddings: [B, E, h, w]; image_pe: [1, E, h, w]; sparse: [B, T, E]; dense: [B, E, h, w].
+    Returns:
+        masks [B, 1 + num_multimask_outputs, 4h, 4w] (logits; index 0 is the single-mask output) and
+        iou_pred [B, 1 + num_multimask_outputs].
+    """
+    B, E, h, w = image_embeddings.shape
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((output_tokens.expand(B, -1, -1), sparse), dim=1)
+    hs, src = decoder.transformer(image_embeddings + dense, image_pe.expand(B, -1, -1, -1), tokens)
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(B, E, h, w))
+    mask_tokens = hs[:, 1:1 + decoder.num_mask_tokens]
+    hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1)
+    masks = (hyper_in @ upscaled.flatten(2)).view(B, -1, *upscaled.shape[-2:])
+    return masks, decoder.iou_prediction_head(hs[:, 0])
+
+
+class ObjectPool(NamedTuple):
+    """Pre-drawn images and the visible mask of one object per image: images [n, S, S, 3] uint8, masks [n, S, S]
+    bool."""
+
+    images: np.ndarray
+    masks: np.ndarray
+
+
+def render_objects(seed: int, stream: str, count: int, image_size: int) -> ObjectPool:
+    """``count`` images of 1 to 3 objects of any class, each with the visible mask of one of its objects (the
+    object picked at random among those with at least MIN_OBJECT_PIXELS visible pixels)."""
+    images = np.empty((count, image_size, image_size, 3), np.uint8)
+    masks = np.empty((count, image_size, image_size), bool)
+    for i in tqdm(range(count), desc=f"rendering {stream} objects", unit="img", mininterval=5):
+        rng = sample_rng(seed, stream, i)
+        sample = render_sample(rng, OBJECT_CLASSES, image_size, 3, 0)
+        visible = instance_masks(sample)
+        large = np.flatnonzero(visible.reshape(len(visible), -1).sum(1) >= MIN_OBJECT_PIXELS)
+        # The top object is always whole, so an image has at least one large object.
+        images[i], masks[i] = sample.image, visible[rng.choice(large)]
+    return ObjectPool(images, masks)
+
+
+def _random_points(masks: np.ndarray, counts: List[int], rng: np.random.Generator) -> np.ndarray:
+    """[B, max(counts), 2] (x, y) pixel coordinates of ``counts[b]`` distinct random pixels of ``masks[b]``, padded
+    with (0, 0); the caller labels padding -1."""
+    points = np.zeros((len(masks), max(counts), 2), np.float32)
+    for b, (mask, n) in enumerate(zip(masks, counts)):
+        ys, xs = np.nonzero(mask)
+        pick = rng.choice(len(xs), size=min(n, len(xs)), replace=False)
+        points[b, : len(pick)] = np.stack([xs[pick], ys[pick]], axis=1)
+    return points
+
+
+def _point_prompt(masks: np.ndarray, counts: List[int], rng: np.random.Generator):
+    coords = torch.from_numpy(_random_points(masks, counts, rng))
+    labels = (torch.arange(coords.shape[1])[None] < torch.tensor(counts)[:, None]).long() * 2 - 1
+    return coords, labels
+
+
+def _boxes(masks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """[B, 4] (x0, y0, x1, y1) boxes of the masks, every corner moved by up to a tenth of the box's side."""
+    boxes = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+        side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) + 1
+        boxes.append(box + rng.uniform(-0.1, 0.1, size=4) * side)
+    return torch.from_numpy(np.stack(boxes).astype(np.float32))
+
+
+def _coarse_masks(masks: np.ndarray, size: Tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """[B, 1, *size] mask-prompt logits: each mask eroded or dilated by up to 2 pixels, blurred, resized to the
+    prompt encoder's input and mapped to logits (probability 0.5 -> 0), as a rough earlier prediction would be."""
+    prompts = []
+    for mask in masks:
+        m = mask.astype(np.uint8)
+        k = int(rng.integers(-2, 3))
+        if k:
+            kernel = np.ones((2 * abs(k) + 1,) * 2, np.uint8)
+            m = cv2.dilate(m, kernel) if k > 0 else cv2.erode(m, kernel)
+        p = cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigmaX=float(rng.uniform(0.5, 2.0)))
+        prompts.append(cv2.resize(p, size[::-1], interpolation=cv2.INTER_AREA))
+    p = torch.from_numpy(np.stack(prompts))[:, None]
+    return torch.logit(p.clamp(1e-4, 1 - 1e-4))
+
+
+def _mask_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + dice of every mask [B, K, S, S] against the target [B, S, S] -> [B, K]."""
+    target = target[:, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
+    p = logits.sigmoid()
+    dice = 1 - (2 * (p * target).sum((2, 3)) + 1) / (p.sum((2, 3)) + target.sum((2, 3)) + 1)
+    return bce + dice
+
+
+def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of every thresholded mask [B, K, S, S] with the target [B, S, S] -> [B, K]."""
+    pred, target = logits > 0, target[:, None].bool()
+    inter = (pred & target).sum((2, 3)).float()
+    return inter / (pred | target).sum((2, 3)).clamp(min=1).float()
+
+
+def prompted_masks(sam: Sam, embeddings: torch.Tensor, masks: np.ndarray, kind: str, rng: np.random.Generator):
+    """SAM's masks for prompts of ``kind`` on the objects ``masks`` [B, S, S] of images already encoded.
+
+    Returns:
+        logits [B, K, S, S] at the input resolution (K = 3 candidates for "point", else 1) and the matching
+        predicted IoUs [B, K].
+    """
+    encoder = sam.prompt_encoder
+    B = len(masks)
+    points = boxes = dense_masks = None
+    if kind == "point":
+        points = _point_prompt(masks, [1] * B, rng)
+    elif kind == "points":
+        points = _point_prompt(masks, rng.integers(2, 6, size=B).tolist(), rng)
+    elif kind == "box":
+        boxes = _boxes(masks, rng)
+    else:
+        dense_masks = _coarse_masks(masks, encoder.mask_input_size, rng)
+        if rng.random() < 0.5:
+            points = _point_prompt(masks, rng.integers(1, 4, size=B).tolist(), rng)
+    sparse, dense = encoder(points=points, boxes=boxes, masks=dense_masks)
+    logits, iou_pred = decode_masks(sam.mask_decoder, embeddings, encoder.get_dense_pe(), sparse, dense)
+    outputs = slice(1, None) if kind == "point" else slice(0, 1)
+    logits = F.interpolate(logits[:, outputs], size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    return logits, iou_pred[:, outputs]
+
+
+@torch.no_grad()
+def single_point_iou(sam: Sam, pool: ObjectPool, seed: int, batch_size: int = 100) -> float:
+    """Mean IoU (percent) of the mask SAM picks (highest predicted IoU of its three) for one random point inside
+    each object of ``pool``."""
+    sam.eval()
+    rng, ious = np.random.default_rng(seed), []
+    for first in range(0, len(pool.images), batch_size):
+        images, masks = pool.images[first:first + batch_size], pool.masks[first:first + batch_size]
+        embeddings = sam.image_encoder(to_model_input(images))
+        logits, iou_pred = prompted_masks(sam, embeddings, masks, "point", rng)
+        chosen = iou_pred.argmax(dim=1)
+        iou = _iou(logits, torch.from_numpy(masks))
+        ious.append(iou.gather(1, chosen[:, None])[:, 0])
+    return 100.0 * float(torch.cat(ious).mean())
+
+
+def pretrain_sam(
+    image_size: int,
+    embed_dim: int,
+    depth: int,
+    mlp_dim: int,
+    num_heads: int,
+    output: str,
+    *,
+    steps: int = 600,
+    batch_size: int = 64,
+    num_images: int = 8192,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup: int = 50,
+    seed: int = 0,
+    log_period: int = 100,
+    eval_images: int = 300,
+    report_path: Optional[str] = None,
+) -> Dict:
+    """Trains a tiny SAM (see :func:`build_sam`) class-agnostically and saves its state dict to ``output``.
+
+    Each step encodes ``batch_size`` images once and prompts one object of each, a quarter of the batch per kind
+    of prompt in PROMPT_KINDS. Returns (and, with ``report_path``, writes as JSON) the settings, the loss, and the
+    single-point IoU of the trained and of the untrained model on held-out objects.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    sam = build_sam(image_size, embed_dim, depth, mlp_dim, num_heads)
+    pool = render_objects(seed, "sam", num_images, image_size)
+    held_out = render_objects(seed, "sam_eval", eval_images, image_size)
+    untrained = single_point_iou(sam, held_out, seed)
+    render_time = time.perf_counter() - start
+
+    optimizer = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps, warmup))
+    order, losses = rng.permutation(num_images), []
+    sam.train()
+    for step in range(steps):
+        first = (step * batch_size) % num_images
+        if first + batch_size > num_images:
+            order, first = rng.permutation(num_images), 0
+        index = order[first:first + batch_size]
+        images, masks = random_dihedral(pool.images[index], pool.masks[index], rng)
+        embeddings = sam.image_encoder(to_model_input(images))
+        loss = 0.0
+        for kind, part in zip(PROMPT_KINDS, np.array_split(np.arange(batch_size), len(PROMPT_KINDS))):
+            logits, iou_pred = prompted_masks(sam, embeddings[part], masks[part], kind, rng)
+            target = torch.from_numpy(masks[part]).float()
+            mask_loss = _mask_losses(logits, target)
+            # the best of the candidates for an ambiguous prompt, as SAM trains its multi-mask output
+            iou_loss = F.mse_loss(iou_pred, _iou(logits.detach(), target))
+            loss = loss + (mask_loss.min(dim=1).values.mean() + iou_loss) * len(part) / batch_size
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if (step + 1) % log_period == 0 or step + 1 == steps:
+            logger.info(
+                "sam step %d/%d  loss %.3f  lr %.2e  %.1f s", step + 1, steps, np.mean(losses[-log_period:]),
+                scheduler.get_last_lr()[0], time.perf_counter() - start,
+            )
+    trained = single_point_iou(sam, held_out, seed)
+    save_state_dict(sam.state_dict(), output)
+    report = {
+        "weights": output,
+        "settings": {
+            "steps": steps, "batch_size": batch_size, "num_images": num_images, "lr": lr,
+            "weight_decay": weight_decay, "warmup": warmup, "seed": seed, "image_size": image_size,
+            "decoder": {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads},
+        },
+        "final_loss": float(np.mean(losses[-log_period:])),
+        "single_point_iou": trained,
+        "single_point_iou_untrained": untrained,
+        "held_out_objects": eval_images,
+        "seconds": {"rendering": render_time, "total": time.perf_counter() - start},
+    }
+    logger.info("SAM single-point IoU on %d held-out objects: %.1f (untrained: %.1f)", eval_images, trained, untrained)
+    if report_path:
+        save_report(report, report_path)
+    return report
