@@ -36,15 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     clip = stages.add_parser("clip", help="contrastive pre-training of the config's CLIP on captioned shapes")
     sam = stages.add_parser("sam", help="class-agnostic pre-training of a SAM with the config's decoder sizes")
-    for command, defaults in ((clip, clip_stage.pretrain_clip), (sam, sam_stage.pretrain_sam)):
-        kw = defaults.__kwdefaults__
+    for command, stage in ((clip, clip_stage.pretrain_clip), (sam, sam_stage.pretrain_sam)):
+        defaults = stage.__kwdefaults__
         command.add_argument("--config-file", required=True, metavar="FILE", help="the ESC-Net config to pre-train for")
         command.add_argument("--output", help="weights file (default: the config's CLIP_PRETRAINED / SAM_CHECKPOINT)")
-        command.add_argument("--steps", type=int, default=kw["steps"])
-        command.add_argument("--batch-size", type=int, default=kw["batch_size"])
-        command.add_argument("--num-images", type=int, default=kw["num_images"], help="images drawn for training")
-        command.add_argument("--lr", type=float, default=kw["lr"])
-        command.add_argument("--seed", type=int, default=kw["seed"])
+        for option, kind in (("steps", int), ("batch_size", int), ("num_images", int), ("lr", float), ("seed", int)):
+            command.add_argument(f"--{option.replace('_', '-')}", type=kind, default=defaults[option],
+                                 help=f"default {defaults[option]}")
         command.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
         command.add_argument("--force", action="store_true", help="train even if the output already loads")
         command.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",

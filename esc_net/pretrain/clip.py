@@ -155,7 +155,7 @@ def pretrain_clip(
         scheduler.step()
         with torch.no_grad():  # CLIP's clamp: the temperature stays below 100
             model.logit_scale.clamp_(0, np.log(100.0))
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % log_period == 0 or step + 1 == steps:
             logger.info(
                 "clip step %d/%d  loss %.3f  lr %.2e  %.1f s", step + 1, steps, np.mean(losses[-log_period:]),

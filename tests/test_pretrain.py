@@ -1,0 +1,114 @@
+"""The laboratory's pre-training stages: the tiny CLIP and SAM are the libraries' own classes, trained by our loops,
+saved in the official formats, and loaded by ESC-Net through CLIP_PRETRAINED and SAM_CHECKPOINT."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CLIP_CFG, tiny_cfg
+from detectron2.modeling import build_model
+from segment_anything.modeling import Sam
+
+from esc_net.pretrain import cli
+from esc_net.pretrain.clip import build_clip, pretrain_clip, tokenizer_for
+from esc_net.pretrain.sam import build_sam, decode_masks, pretrain_sam
+
+SAM_SIZES = dict(embed_dim=32, depth=1, mlp_dim=64, num_heads=2)  # the tiny config's SAM block
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("clip") / "clip.pt")
+    report = pretrain_clip(TINY_CLIP_CFG, 64, path, steps=2, batch_size=8, num_images=16, eval_images=12,
+                           report_path=path.replace(".pt", ".json"))
+    return path, report
+
+
+@pytest.fixture(scope="module")
+def sam_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("sam") / "sam.pth")
+    report = pretrain_sam(64, **SAM_SIZES, output=path, steps=2, batch_size=8, num_images=16, eval_images=8,
+                          report_path=path.replace(".pth", ".json"))
+    return path, report
+
+
+def test_clip_stage_writes_an_open_clip_state_dict_that_esc_net_loads(clip_file):
+    path, report = clip_file
+    state = torch.load(path, weights_only=True)
+    reference = build_clip(TINY_CLIP_CFG, 64).state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}
+    model = build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", path))
+    loaded = model.clip.clip.state_dict()
+    for key in ("visual.conv1.weight", "transformer.resblocks.0.attn.in_proj_weight", "text_projection"):
+        torch.testing.assert_close(loaded[key], state[key])
+    with open(path.replace(".pt", ".json")) as f:
+        written = json.load(f)
+    assert written["zero_shot"].keys() >= {"object", "color", "kind", "texture", "seen", "unseen kind"}
+    assert written["settings"]["steps"] == 2 and report["zero_shot"]["images"] == 12
+
+
+def test_sam_stage_writes_the_official_format_that_changes_the_sam_blocks(sam_file):
+    path, report = sam_file
+    state = torch.load(path, weights_only=True)
+    # the layout of sam_vit_b_01ec64.pth: a whole segment_anything Sam's state dict
+    assert {k.split(".")[0] for k in state} == {"image_encoder", "prompt_encoder", "mask_decoder"}
+    assert isinstance(build_sam(64, **SAM_SIZES), Sam)
+    torch.manual_seed(0)
+    random = build_model(tiny_cfg())
+    torch.manual_seed(0)
+    loaded = build_model(tiny_cfg("MODEL.ESC_NET.SAM_CHECKPOINT", path))
+    block, block_random = loaded.blocks[0].sam, random.blocks[0].sam
+    for key, value in state.items():
+        if key.startswith("mask_decoder.transformer."):
+            torch.testing.assert_close(block.transformer.state_dict()[key[len("mask_decoder.transformer."):]], value)
+    changed = block.transformer.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(changed, block_random.transformer.layers[0].self_attn.q_proj.weight)
+    torch.testing.assert_close(block.prompt_encoder.point_embeddings[1].weight,
+                               state["prompt_encoder.point_embeddings.1.weight"])
+    assert 0 <= report["single_point_iou"] <= 100 and report["held_out_objects"] == 8
+
+
+def test_batched_decoder_equals_segment_anythings_per_image():
+    """decode_masks runs MaskDecoder.predict_masks's layers once for a batch; image by image they agree."""
+    torch.manual_seed(0)
+    sam = build_sam(64, **SAM_SIZES).eval()
+    embeddings = torch.randn(3, 32, 8, 8)
+    points = (torch.rand(3, 2, 2) * 64, torch.tensor([[1, 1], [1, -1], [1, 0]]))
+    sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=torch.randn(3, 1, 32, 32))
+    pe = sam.prompt_encoder.get_dense_pe()
+    masks, iou = decode_masks(sam.mask_decoder, embeddings, pe, sparse, dense)
+    for b in range(3):
+        ref_masks, ref_iou = sam.mask_decoder.predict_masks(embeddings[b:b + 1], pe, sparse[b:b + 1], dense[b:b + 1])
+        torch.testing.assert_close(masks[b:b + 1], ref_masks, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(iou[b:b + 1], ref_iou, rtol=1e-4, atol=1e-5)
+
+
+def test_command_skips_a_stage_whose_output_loads(tmp_path, sam_file, monkeypatch, caplog):
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esc_net_tiny.yaml")
+    args = ["sam", "--config-file", config, "--steps", "1", "--batch-size", "4", "--num-images", "8"]
+    output = str(tmp_path / "sam.pth")
+    assert cli.pretrain(args + ["--output", output]) is not None
+    assert os.path.isfile(output) and os.path.isfile(str(tmp_path / "sam.json"))
+
+    def no_training(*a, **k):
+        raise AssertionError("a stage whose output loads must not train again")
+
+    parser = cli.build_parser()  # built before the stage is replaced: its defaults come from the real one
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli.sam_stage, "pretrain_sam", no_training)
+    assert cli.pretrain(args + ["--output", output]) is None
+    # a file that does not load (here: a SAM of other sizes) is trained again
+    with pytest.raises(AssertionError, match="must not train"):
+        cli.pretrain(args + ["--output", sam_file[0], "--opts", "MODEL.ESC_NET.SAM_EMBED_DIM", "64"])
+
+
+def test_command_refuses_a_config_without_a_clip_model_config(tmp_path):
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esc_net_vitb_384.yaml")
+    with pytest.raises(ValueError, match="CLIP_MODEL_CFG"):
+        cli.pretrain(["clip", "--config-file", config, "--output", str(tmp_path / "c.pt")])
+
+
+def test_tokenizer_has_the_configs_context():
+    assert tokenizer_for(TINY_CLIP_CFG)(["a photo of a red star."]).shape == (1, TINY_CLIP_CFG["text_cfg"]["context_length"])
+    assert np.isfinite(build_clip(TINY_CLIP_CFG, 64).logit_scale.item())
