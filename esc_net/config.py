@@ -35,7 +35,13 @@ def add_esc_net_config(cfg: CN) -> None:
     # "attention": only the q and v projections of CLIP's attention layers train (the paper fine-tunes
     # attention; we keep k frozen); "full" or "frozen" otherwise.
     m.CLIP_FINETUNE = "attention"
-    # 0-based indices of CLIP image blocks whose outputs feed the decoder's skip connections.
+    # How the last CLIP image block makes the dense features: "attention" (the block as CLIP runs it, global
+    # attention) or "value" (CAT-Seg's dense last layer: each position through the value and output projections
+    # only, the class token's input as the residual, then the MLP; see esc_net/modeling/clip/encoder.py).
+    m.CLIP_DENSE_LAYER = "attention"
+    # 0-based indices of CLIP image blocks whose outputs feed the decoder's skip connections, in the order of the
+    # decoder's stages: block 3 joins the first upsampling (48x48), block 7 the second (96x96), as in CAT-Seg.
+    # [7, 3] is the reverse order (this project's before 2026-12).
     m.CLIP_SKIP_LAYERS = [3, 7]
     m.PROMPT_TEMPLATES = ["A photo of a {} in the scene."]
     # How a class name holding synonyms ("sofa, couch") becomes a prompt: "first" or "average".

@@ -443,3 +443,40 @@ def test_argument_checks():
         tiny_encoder(image_size=60)
     with pytest.raises(ValueError, match="lacks the keys"):
         CLIPEncoder(model_name="tiny", model_cfg={"embed_dim": 32}, pretrained="none", image_size=64)
+
+
+def test_value_dense_layer_is_catsegs_dense_last_layer(reference):
+    """dense_layer="value": the last block reads each position through v and the output projection only, the class
+    token's input is the residual, then the MLP (CAT-Seg's dense layer), computed here by hand from open_clip's own
+    model; the skips are unchanged, and the last block's q and k cannot train (they take no part)."""
+    model, paths = reference
+    enc = tiny_encoder(pretrained=str(paths["bin"]), dense_layer="value", finetune="attention").eval()
+    x = images()
+    inputs = {}
+    hook = model.visual.transformer.resblocks[-1].register_forward_pre_hook(lambda m, args: inputs.update(x=args[0]))
+    try:
+        with torch.no_grad():
+            _, skips = reference_image_features(model, x, [1, 2])
+    finally:
+        hook.remove()
+    block = model.visual.transformer.resblocks[-1]
+    tokens = inputs["x"]  # [B, 1 + h*w, C], batch first
+    width = tokens.shape[-1]
+    with torch.no_grad():
+        v_weight, v_bias = block.attn.in_proj_weight[2 * width:], block.attn.in_proj_bias[2 * width:]
+        values = block.attn.out_proj(block.ln_1(tokens[:, 1:]) @ v_weight.T + v_bias)
+        y = tokens[:, :1] + values
+        z = y + block.mlp(block.ln_2(y))
+        expected = (model.visual.ln_post(z) @ model.visual.proj).transpose(1, 2).reshape(2, 32, 8, 8)
+        dense, ours = enc.encode_image(x)
+    torch.testing.assert_close(dense, expected, rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours, skips):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # it differs from the ordinary last block, and only the last block's q (and the frozen k) go without training
+    ordinary, _ = tiny_encoder(pretrained=str(paths["bin"])).eval().encode_image(x)
+    assert not torch.allclose(ordinary, dense, atol=1e-3)
+    last = enc.clip.visual.transformer.resblocks[-1].attn
+    assert not last.q_weight.requires_grad and last.v_weight.requires_grad
+    assert enc.clip.visual.transformer.resblocks[-2].attn.q_weight.requires_grad
+    with pytest.raises(ValueError, match="dense_layer"):
+        tiny_encoder(dense_layer="values")

@@ -10,7 +10,7 @@ def plain_decoder(decoder, corr_embed, skips):
     """All classes at once, NCHW, each stage's first conv over the concatenation [x ; skip copied per class]."""
     B, N, C, h, w = corr_embed.shape
     x = corr_embed.flatten(0, 1)
-    guidance = [project(skip) for project, skip in zip(decoder.skip_projections, reversed(skips))]
+    guidance = [project(skip) for project, skip in zip(decoder.skip_projections, skips)]
     for stage, skip in zip(decoder.stages, guidance):
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         skip = skip.repeat_interleave(N, dim=0)
@@ -33,3 +33,17 @@ def test_decoder_matches_the_plain_computation(class_chunk):
         expected = plain_decoder(decoder, corr_embed, skips)
     assert logits.shape == (2, 5, 32, 32)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_skip_features_join_the_stages_in_the_order_given():
+    """skips[i] joins the i-th upsampling: with CLIP_SKIP_LAYERS [3, 7], block 3 at 48x48 and block 7 at 96x96, as
+    CAT-Seg fuses them ([7, 3] gives the reverse order)."""
+    decoder = CorrelationDecoder(32, 48, [32, 16], [16, 8]).eval()
+    seen = {}
+    for i, projection in enumerate(decoder.skip_projections):
+        projection.register_forward_hook(lambda module, args, out, i=i: seen.__setitem__(i, (args[0], out.shape)))
+    skips = [torch.randn(1, 48, 8, 8), torch.randn(1, 48, 8, 8)]
+    with torch.no_grad():
+        decoder(torch.randn(1, 3, 32, 8, 8), skips)
+    assert seen[0][0] is skips[0] and seen[0][1][-2:] == (16, 16)
+    assert seen[1][0] is skips[1] and seen[1][1][-2:] == (32, 32)

@@ -37,7 +37,7 @@ def test_classes_split_and_colors():
     kinds = lambda names: {ss.color_and_kind(n)[1] for n in names}  # noqa: E731
     colors = lambda names: {ss.color_and_kind(n)[0] for n in names}  # noqa: E731
     # unseen kinds: no star or cross is ever seen; unseen combinations: seen colour x seen kind
-    assert kinds(ss.SEEN_OBJECTS) == {"circle", "square", "triangle", "hexagon"}
+    assert kinds(ss.SEEN_OBJECTS) == {"circle", "square", "triangle", "bar"}
     assert {n for n in ss.UNSEEN_OBJECTS if ss.color_and_kind(n)[1] in ("star", "cross")} == {
         f"{c} {k}" for c in ss.SHAPE_COLORS for k in ("star", "cross")
     }
@@ -106,16 +106,16 @@ def test_label_ids_follow_the_vocabulary():
 
 def test_captions_name_what_is_visible():
     """A caption names each visible object once, largest first, then the texture; a hidden object is not named."""
-    red, blue = ss.ALL_CLASSES.index("red star"), ss.ALL_CLASSES.index("blue hexagon")
+    red, blue = ss.ALL_CLASSES.index("red star"), ss.ALL_CLASSES.index("blue bar")
     green = ss.ALL_CLASSES.index("green circle")
     shapes = [
-        ss.Shape(green, (20.0, 20.0), 6.0, 0.0, (45, 165, 60)),  # hidden below the blue hexagon
+        ss.Shape(green, (20.0, 20.0), 3.0, 0.0, (45, 165, 60)),  # hidden below the blue bar
         ss.Shape(blue, (20.0, 20.0), 14.0, 0.0, (45, 85, 215)),
         ss.Shape(red, (48.0, 48.0), 9.0, 0.5, (210, 40, 40)),
         ss.Shape(red, (50.0, 14.0), 8.0, 0.1, (210, 40, 40)),
     ]
     sample = ss.Sample(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8), shapes, 1)
-    assert ss.caption(sample) == "a photo of a blue hexagon and a red star on checks."
+    assert ss.caption(sample) == "a photo of a blue bar and a red star on checks."
     masks = ss.instance_masks(sample)
     assert masks.shape == (4, 64, 64) and not masks[0].any() and masks[1:].any(axis=(1, 2)).all()
     assert not (masks.sum(axis=0) > 1).any()  # visible parts do not overlap

@@ -52,10 +52,10 @@ class UpsampleStage(nn.Module):
 
 
 class CorrelationDecoder(nn.Module):
-    """Upsamples the correlation embedding by 2 per stage, one CLIP skip feature per stage (deepest first).
+    """Upsamples the correlation embedding by 2 per stage, one CLIP skip feature per stage, in the order given.
 
-    With skip layers [3, 7] and a 24x24 grid: stage 1 fuses block 7's features at 48x48, stage 2 block 3's at
-    96x96; a 3x3 conv then gives the logits [B, N, 96, 96]. Classes are independent here: they are decoded
+    With skip layers [3, 7] and a 24x24 grid: stage 1 fuses block 3's features at 48x48, stage 2 block 7's at
+    96x96 (CAT-Seg's order; [7, 3] gives the reverse); a 3x3 conv then gives the logits [B, N, 96, 96]. Classes are independent here: they are decoded
     ``class_chunk`` at a time on the CPU (see :func:`class_chunks`), which keeps the high-resolution temporaries
     small.
     """
@@ -93,14 +93,14 @@ class CorrelationDecoder(nn.Module):
         """
         Args:
             corr_embed: [B, N, C, h, w].
-            skips: CLIP features [B, C_clip, h, w], one per stage, shallowest first (the order of
-                ``CLIP_SKIP_LAYERS``).
+            skips: CLIP features [B, C_clip, h, w], one per stage, in stage order (the order of
+                ``CLIP_SKIP_LAYERS``): ``skips[i]`` joins the i-th upsampling (at 2^(i+1) times the grid).
         Returns:
             logits: [B, N, upscale*h, upscale*w].
         """
         if len(skips) != len(self.stages):
             raise ValueError(f"the decoder has {len(self.stages)} stages but got {len(skips)} skip features")
-        guidance = [project(skip) for project, skip in zip(self.skip_projections, reversed(skips))]
+        guidance = [project(skip) for project, skip in zip(self.skip_projections, skips)]
         B, N = corr_embed.shape[:2]
         # oneDNN's CPU convolutions run on channels-last data; given NCHW they reorder every input and output
         # (a 3x3 conv of a 16-class chunk at 96x96 took twice as long). Values are the same up to float rounding.

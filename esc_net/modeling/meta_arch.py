@@ -142,6 +142,7 @@ class ESCNet(nn.Module):
             skip_layers=m.CLIP_SKIP_LAYERS,
             templates=m.PROMPT_TEMPLATES,
             synonym_mode=m.SYNONYM_MODE,
+            dense_layer=m.CLIP_DENSE_LAYER,
         )
         blocks = [
             ESCBlock(

@@ -1,6 +1,6 @@
 """Stage 1 of the laboratory: contrastive pre-training of a tiny open_clip CLIP on captioned Synthetic Shapes.
 
-Every image is captioned with what it shows ("a photo of a red star and a blue hexagon on stripes."), every class of
+Every image is captioned with what it shows ("a photo of a red star and a blue bar on stripes."), every class of
 the world included: CLIP sees every concept at image level, as real CLIP has seen the names that segmentation
 datasets lack. The model is open_clip's own ``CLIP`` built from ESC-Net's ``CLIP_MODEL_CFG``, the loss open_clip's
 ``ClipLoss``; the loop is ours. The result is an open_clip state dict that ``MODEL.ESC_NET.CLIP_PRETRAINED`` loads.
@@ -113,7 +113,7 @@ def pretrain_clip(
     lr: float = 2e-3,
     weight_decay: float = 0.1,
     warmup: int = 100,
-    max_shapes: int = 2,
+    max_shapes: int = 1,
     seed: int = 0,
     log_period: int = 100,
     eval_images: int = 360,
@@ -121,7 +121,8 @@ def pretrain_clip(
 ) -> Dict:
     """Trains the CLIP of ``model_cfg`` contrastively and saves its state dict to ``output``.
 
-    ``num_images`` captioned images (1 to ``max_shapes`` objects each) are drawn once and shown in random order
+    ``num_images`` captioned images (1 to ``max_shapes`` objects each; one object per image learnt the kinds faster
+    than two: 41% against 30% zero-shot after 1000 steps) are drawn once and shown in random order
     with a random flip / rotation per batch, for ``steps`` steps of ``batch_size``; AdamW with a warm-up and a
     cosine decay. Returns (and, with ``report_path``, writes as JSON) the settings, the loss and the zero-shot
     accuracies before and after training.

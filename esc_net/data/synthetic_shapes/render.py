@@ -19,10 +19,11 @@ __all__ = ["IGNORE_LABEL", "Sample", "Shape", "caption", "instance_masks", "rend
 
 IGNORE_LABEL = ignore_value(len(ALL_CLASSES))
 
-# Circumradius range of an object, as a fraction of the image side. 4 circles of the largest radius cover at most
-# 4 * pi * 0.26^2 = 85% of the image, so some background always stays visible.
-RADIUS_RANGE = (0.14, 0.26)
-MAX_SHAPES_LIMIT = 4
+# Circumradius range of an object, as a fraction of the image side (at 64 px: 10 to 19 pixels, 2.5 to 5 patches of
+# the tiny CLIP across). 3 circles of the largest radius cover at most 3 * pi * 0.3^2 = 85% of the image, so some
+# background always stays visible.
+RADIUS_RANGE = (0.16, 0.30)
+MAX_SHAPES_LIMIT = 3
 MIN_IMAGE_SIZE = 32
 MAX_IGNORE_BAND = 3
 _COLOR_JITTER = 25  # +- per channel, on 0..255; the nominal colours stay at least 60 apart in some channel
@@ -40,6 +41,12 @@ def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
     radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
     angles = np.pi * np.arange(2 * points) / points
     return radii[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _bar(half_width: float = 0.32) -> np.ndarray:
+    """A rectangle whose corners touch the unit circle, three times as long as it is wide."""
+    t, length = half_width, float(np.sqrt(1.0 - half_width**2))
+    return np.array([(length, t), (-length, t), (-length, -t), (length, -t)])
 
 
 def _cross(half_width: float = 0.3) -> np.ndarray:
@@ -60,7 +67,7 @@ _OUTLINES = {
     "circle": None,
     "square": _regular_polygon(4),
     "triangle": _regular_polygon(3),
-    "hexagon": _regular_polygon(6),
+    "bar": _bar(),
     "star": _star(),
     "cross": _cross(),
 }
@@ -209,7 +216,7 @@ def instance_masks(sample: Sample) -> np.ndarray:
 
 def caption(sample: Sample, min_visible: float = 0.3) -> str:
     """The sentence that names what ``sample`` shows: its visible objects (each name once, largest first) and its
-    texture, e.g. "a photo of a red star and a blue hexagon on stripes."
+    texture, e.g. "a photo of a red star and a blue bar on stripes."
 
     An object counts as visible when at least ``min_visible`` of its own area is not hidden by later ones.
     """

@@ -8,16 +8,20 @@ from typing import Hashable, List, Optional, Sequence, Tuple
 import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .build import build_open_clip
 from .qv_attention import split_qkv_attention
 from .text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
 
-__all__ = ["CLIPEncoder", "FINETUNE_MODES"]
+__all__ = ["CLIPEncoder", "DENSE_LAYERS", "FINETUNE_MODES"]
 
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("attention", "full", "frozen")
+# How the last image block makes the dense features (see CLIPEncoder): "attention" runs it as it is; "value" is the
+# dense last layer of CAT-Seg's CLIP, which reads each position through the value and output projections only.
+DENSE_LAYERS = ("attention", "value")
 # CLIP tensors outside both towers; they take no part in encode_text.
 _NON_TEXT_TENSORS = ("logit_scale", "logit_bias")
 
@@ -55,6 +59,14 @@ class CLIPEncoder(nn.Module):
         "full": every CLIP tensor is trainable. "frozen": none is.
     The state dict is open_clip's CLIP state dict under the prefix ``clip.`` in every mode.
 
+    Dense features (``dense_layer``): CLIP is trained to pool its last block into one image embedding, and that
+    block's global attention mixes every position into every other.
+        "attention": the last block as CLIP runs it; each position's token, through ``ln_post`` and ``proj``.
+        "value": CAT-Seg's dense last layer. Each position x_i of the last block's input goes through the value and
+            output projections only (no mixing between positions), the class token's input x_cls is the residual,
+            then the block's MLP: y_i = x_cls + out_proj(v_proj(ln_1(x_i))); z_i = y_i + mlp(ln_2(y_i)); then
+            ``ln_post`` and ``proj``. The last block's query and key projections take no part, so they are frozen.
+
     Attributes:
         clip: the open_clip ``CLIP`` model.
         embed_dim: D, the joint image-text embedding size.
@@ -74,6 +86,7 @@ class CLIPEncoder(nn.Module):
         skip_layers: Sequence[int] = (3, 7),
         templates: Sequence[str] = ("A photo of a {} in the scene.",),
         synonym_mode: str = "first",
+        dense_layer: str = "attention",
         text_batch_size: int = 512,
         text_cache_size: int = 4,
     ):
@@ -89,12 +102,15 @@ class CLIPEncoder(nn.Module):
             skip_layers: 0-based indices of image transformer blocks whose patch tokens feed the decoder.
             templates: prompt templates with one "{}"; several templates are ensembled.
             synonym_mode: "first" or "average" (see :mod:`esc_net.modeling.clip.text_prompts`).
+            dense_layer: "attention" or "value" (see the class docstring).
             text_batch_size: prompts per text-tower forward; larger vocabularies are encoded in chunks.
             text_cache_size: how many vocabularies' text embeddings are kept (see :meth:`encode_text`).
         """
         super().__init__()
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        if dense_layer not in DENSE_LAYERS:
+            raise ValueError(f"dense_layer must be one of {DENSE_LAYERS}, got {dense_layer!r}")
         if synonym_mode not in SYNONYM_MODES:
             raise ValueError(f"synonym_mode must be one of {SYNONYM_MODES}, got {synonym_mode!r}")
         if text_batch_size < 1:
@@ -104,6 +120,7 @@ class CLIPEncoder(nn.Module):
         self.synonym_mode = synonym_mode
         self.text_batch_size = text_batch_size
         self.finetune = finetune
+        self.dense_layer = dense_layer
 
         clip, self.tokenizer, preprocess = build_open_clip(model_name, pretrained, model_cfg, image_size)
         visual = clip.visual
@@ -125,9 +142,14 @@ class CLIPEncoder(nn.Module):
             raise ValueError(
                 f"CLIP {model_name!r} has image blocks 0..{num_layers - 1}; skip_layers {bad} are out of range"
             )
-        # Blocks whose tokens encode_image takes: the skip layers and the last one, in block order.
-        self._taken_layers = sorted(set(self.skip_layers) | {num_layers - 1})
+        # Blocks whose tokens encode_image takes, in block order: the skip layers and the last one, or, for the
+        # "value" dense layer, the one before the last (whose output is the last block's input).
+        dense_source = num_layers - 1 if dense_layer == "attention" else num_layers - 2
+        if dense_source < 0:
+            raise ValueError(f"CLIP {model_name!r}: the 'value' dense layer needs at least two image blocks")
+        self._taken_layers = sorted(set(self.skip_layers) | {dense_source})
         self._skip_positions = [self._taken_layers.index(index) for index in self.skip_layers]
+        self._dense_position = self._taken_layers.index(dense_source)
 
         attention = split_qkv_attention(clip, trainable_k=finetune == "full")
         packed_left = [name for name, _ in clip.named_parameters() if name.endswith("in_proj_weight")]
@@ -146,6 +168,11 @@ class CLIPEncoder(nn.Module):
             for module in attention:
                 for parameter in module.qv_parameters():
                     parameter.requires_grad_(True)
+        if dense_layer == "value":
+            # The last image block reads no query or key: they cannot change the output, so nothing trains them.
+            last = visual.transformer.resblocks[-1].attn
+            for name in ("q_weight", "q_bias", "k_weight", "k_bias"):
+                getattr(last, name).requires_grad_(False)
         self.clip = clip
 
         self.image_size = image_size
@@ -176,7 +203,8 @@ class CLIPEncoder(nn.Module):
         Args:
             images: [B, 3, image_size, image_size], normalised with pixel_mean / pixel_std.
         Returns:
-            dense: [B, D, h, w], last-block patch tokens through ln_post and the projection (not L2-normalised).
+            dense: [B, D, h, w], the dense layer's patch tokens (see ``dense_layer``) through ln_post and the
+                projection (not L2-normalised).
             skips: one [B, C_clip, h, w] per skip layer (that block's output patch tokens), in skip_layers order.
         """
         expected = (3, self.image_size, self.image_size)
@@ -186,13 +214,24 @@ class CLIPEncoder(nn.Module):
                 f"got {list(images.shape)}"
             )
         visual = self.clip.visual
-        tokens = visual.forward_intermediates(
-            images, indices=self._taken_layers, intermediates_only=True, output_fmt="NLC"
-        )[
-            "image_intermediates"
-        ]  # [B, h*w, C_clip] per taken block, class token removed
-        dense = visual.ln_post(tokens[-1]) @ visual.proj
+        taken = visual.forward_intermediates(
+            images, indices=self._taken_layers, intermediates_only=True, output_fmt="NLC", output_extra_tokens=True
+        )
+        tokens = taken["image_intermediates"]  # [B, h*w, C_clip] per taken block, class token removed
+        dense = tokens[self._dense_position]
+        if self.dense_layer == "value":
+            dense = self._value_layer(dense, taken["image_intermediates_prefix"][self._dense_position])
+        dense = visual.ln_post(dense) @ visual.proj
         return self._to_map(dense), [self._to_map(tokens[position]) for position in self._skip_positions]
+
+    def _value_layer(self, patches: Tensor, class_token: Tensor) -> Tensor:
+        """CAT-Seg's dense last layer (class docstring) on the last block's input: patches [B, h*w, C_clip] and
+        class_token [B, 1, C_clip] -> [B, h*w, C_clip]."""
+        block = self.clip.visual.transformer.resblocks[-1]
+        attn = block.attn
+        values = attn.out_proj(F.linear(block.ln_1(patches), attn.v_weight, attn.v_bias))
+        x = class_token + block.ls_1(values)
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
 
     def _text_tensors(self) -> List[Tensor]:
         """Every parameter and buffer the text tower's output depends on."""
