@@ -52,6 +52,12 @@ def add_esc_net_config(cfg: CN) -> None:
     # Kept pixels have a spatial-softmax probability above THRESHOLD_FACTOR / (h * w), i.e. "above uniform".
     m.PPG_THRESHOLD_FACTOR = 1.0
     m.KMEANS_ITERS = 7
+    # The pseudo mask SAM is prompted with, on the kept pixels: "posterior" (the class's probability among the
+    # vocabulary's classes at the pixel, so every kept pixel of a present object is positive, those of an absent
+    # class negative), "region" (each K-means region relative to its own peak, all kept pixels positive) or "peak"
+    # (relative to the map's single maximum: only the strongest peak positive, this project's first reading).
+    # See esc_net/modeling/prompt_generator.py.
+    m.PSEUDO_MASK = "posterior"
 
     # --- SAM block (segment_anything's PromptEncoder + TwoWayTransformer) -------------------------------------
     # Path of an official SAM checkpoint (e.g. sam_vit_b_01ec64.pth). Training refuses to start without one (the

@@ -29,8 +29,8 @@ def real_points(prompts, i):
     return [tuple(int(v) for v in p) for p in prompts.points[i][keep]]
 
 
-def check_invariants(prompts, corr, num_points, threshold_factor=1.0):
-    """Properties every output must have, checked for all maps at once."""
+def check_invariants(prompts, corr, num_points, threshold_factor=1.0, mask_mode="posterior"):
+    """Properties every output must have, checked for all maps at once (the mask for the given mode)."""
     B, N, h, w = corr.shape
     M, K = B * N, num_points
     assert isinstance(prompts, PseudoPrompts)
@@ -69,10 +69,14 @@ def check_invariants(prompts, corr, num_points, threshold_factor=1.0):
 
     masks = prompts.masks.detach().reshape(M, h * w)
     assert ((masks >= 0) & (masks <= 1)).all()
-    assert (masks.amax(dim=1) == 1).all()
     assert (masks[~kept] == 0).all()
-    expected = prob * kept
-    torch.testing.assert_close(masks, expected / expected.amax(dim=1, keepdim=True), rtol=0, atol=1e-6)
+    if mask_mode == "peak":
+        assert (masks.amax(dim=1) == 1).all()
+        expected = prob * kept
+        torch.testing.assert_close(masks, expected / expected.amax(dim=1, keepdim=True), rtol=0, atol=1e-6)
+    else:  # the class's share among the classes of the maps, on the kept pixels
+        posterior = corr.detach().float().softmax(dim=1).reshape(M, h * w)
+        torch.testing.assert_close(masks, posterior * kept, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("grid", [(24, 24), (12, 20)])
@@ -186,6 +190,8 @@ def test_fewer_kept_pixels_than_points_gives_padding_without_duplicates():
 
 
 def test_maps_do_not_interfere_and_batching_does_not_change_results():
+    """Every map's prompts depend on that map alone, except the "posterior" mask, which reads the class's share among
+    the classes of its image: given that share, a map alone gives what it gives inside the batch."""
     grid = (24, 24)
     maps = [
         blobs(grid, [(15, 8)], [8.0], [2.5]),
@@ -198,18 +204,20 @@ def test_maps_do_not_interfere_and_batching_does_not_change_results():
     corr = torch.stack(maps).view(2, 3, *grid)
     check_invariants(PseudoPromptGenerator(num_points=5)(corr), corr, 5)
     ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
-    batched = ppg(corr)
+    batched, posterior = ppg(corr), ppg.class_posterior(corr)
     for i, m in enumerate(maps):
-        alone = ppg(m[None, None])
+        b, n = divmod(i, 3)
+        alone = ppg(m[None, None], posterior[b, n][None, None])
         for got, want in zip(batched, alone):
             assert torch.equal(got[i], want[0]), f"map {i} differs when computed inside the batch"
+    assert not torch.equal(batched.masks[0], ppg(maps[0][None, None]).masks[0])  # alone, the cat is the only class
 
     # The same inside a large random batch.
     torch.manual_seed(2)
     corr = 3 * torch.randn(2, 300, *grid)
-    batched = ppg(corr)
+    batched, posterior = ppg(corr), ppg.class_posterior(corr)
     for b, n in [(0, 0), (0, 137), (1, 299)]:
-        alone = ppg(corr[b : b + 1, n : n + 1])
+        alone = ppg(corr[b : b + 1, n : n + 1], posterior[b : b + 1, n : n + 1])
         for got, want in zip(batched, alone):
             assert torch.equal(got[b * 300 + n], want[0])
 
@@ -296,3 +304,68 @@ def test_boxes_bound_the_kept_pixels():
     prompts = PseudoPromptGenerator(num_points=3, with_boxes=True)(corr)
     assert prompts.boxes.dtype == torch.float32
     torch.testing.assert_close(prompts.boxes, torch.tensor([[3.0, 2.0, 8.0, 4.0], [1.0, 0.0, 10.0, 7.0]]))
+
+
+def clip_like_maps(scale=100.0):
+    """Block 1's input on a 24x24 grid: CLIP cosines (about 0.2 off target, 0.28-0.30 on it, noise 0.01) times the
+    logit scale, for 4 classes: "cat" with a strong instance (cos 0.30) and a weaker second one (0.28), "dog"
+    present elsewhere, "fish" absent, and "floor", the stuff under everything else. Returns (maps [1, 4, 24, 24],
+    the cat's two instances and the dog's object as [24, 24] bool masks)."""
+    g = torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    disc = lambda cx, cy, r: (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r  # noqa: E731
+    cat1, cat2, dog = disc(6, 6, 3.7), disc(17, 16, 3.2), disc(18, 5, 3.0)
+    objects = cat1 | cat2 | dog
+    cos = 0.2 + 0.01 * torch.randn(4, 24, 24, generator=g)
+    cos[0][cat1] += 0.10
+    cos[0][cat2] += 0.08
+    cos[1][dog] += 0.09
+    cos[2] -= 0.02  # fish: nowhere
+    cos[3][~objects] += 0.05  # floor wins off the objects
+    return (cos * scale)[None], (cat1, cat2, dog)
+
+
+def test_posterior_mask_covers_every_instance_and_nothing_of_an_absent_class():
+    """On CLIP-like maps at block 1's temperature, the pseudo mask SAM's mask encoder sees is positive (> 0.5) on
+    every kept pixel of both cat instances, the weaker one included, and of the dog, and nowhere for the absent fish."""
+    maps, (cat1, cat2, dog) = clip_like_maps()
+    prompts = PseudoPromptGenerator(num_points=5)(maps)
+    check_invariants(prompts, maps, 5)
+    masks = prompts.masks[:, 0]
+    kept = masks > 0
+    for cls, instances in ((0, (cat1, cat2)), (1, (dog,))):
+        for instance in instances:
+            assert kept[cls][instance].sum() >= 10  # the instance is kept ...
+            assert (masks[cls][kept[cls] & instance] > 0.5).all()  # ... and every kept pixel of it is positive
+        assert not (kept[cls] & ~torch.stack(instances).any(0)).any()
+    assert kept[2].any() and not (masks[2] > 0.5).any()  # the fish keeps pixels (spatial softmax) but none positive
+
+
+def test_region_mask_is_positive_on_every_kept_pixel_and_peak_mask_only_at_the_peak():
+    """The two other readings on the same maps: "region" makes every kept pixel positive, each region relative to
+    its own peak; "peak" (the first reading) leaves the weaker cat instance without any positive pixel."""
+    maps, (cat1, cat2, _) = clip_like_maps()
+    region = PseudoPromptGenerator(num_points=5, mask_mode="region")(maps).masks[:, 0]
+    kept = region > 0
+    assert (region[kept] > 0.5).all() and kept[0][cat2].sum() >= 10
+    for instance in (cat1, cat2):  # each instance is a region with its own peak at 1
+        assert region[0][instance].max() == 1
+    peak = PseudoPromptGenerator(num_points=5, mask_mode="peak")(maps)
+    check_invariants(peak, maps, 5, mask_mode="peak")
+    assert not (peak.masks[0, 0][cat2] > 0.5).any()
+    assert (peak.masks[0, 0][cat1] > 0.5).sum() < cat1.sum() / 2
+    with pytest.raises(ValueError, match="mask_mode"):
+        PseudoPromptGenerator(mask_mode="union")
+
+
+def test_posterior_of_a_slice_equals_the_whole_vocabularys():
+    """A caller that runs the classes in chunks passes each chunk the posterior over the whole vocabulary; the masks
+    are then those of one call on every class."""
+    maps, _ = clip_like_maps()
+    ppg = PseudoPromptGenerator(num_points=3)
+    whole = ppg(maps).masks
+    posterior = ppg.class_posterior(maps)
+    parts = torch.cat([ppg(maps[:, s], posterior[:, s]).masks for s in (slice(0, 1), slice(1, 4))])
+    torch.testing.assert_close(parts, whole, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not match"):
+        ppg(maps[:, :1], posterior)

@@ -51,6 +51,7 @@ class ESCBlock(nn.Module):
         text_guidance_dim: int,
         use_sam: bool = True,
         prompt_types: Sequence[str] = ("points", "mask"),
+        mask_mode: str = "posterior",
         map_head: bool = True,
         swin_depth: int = 2,
         block_index: int = 0,
@@ -61,7 +62,7 @@ class ESCBlock(nn.Module):
         self.use_sam = use_sam
         if use_sam:
             self.prompt_generator = PseudoPromptGenerator(
-                num_points, threshold_factor, kmeans_iters, with_boxes="boxes" in prompt_types
+                num_points, threshold_factor, kmeans_iters, with_boxes="boxes" in prompt_types, mask_mode=mask_mode
             )
             self.sam = SAMBlock(
                 clip_dim=clip_dim,
@@ -112,10 +113,13 @@ class ESCBlock(nn.Module):
         clip_guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w], shared by the classes
         if self.use_sam:
             sam_image_side = self.sam.image_side(image_feats)  # once per image, not once per chunk of classes
+            posterior = self.prompt_generator.class_posterior(corr_map)  # over the whole vocabulary, once
 
             def guidance(classes: slice) -> torch.Tensor:
                 """F_v'^n of a slice of classes, [B, n, C, h, w]: the VLF block asks for one chunk at a time."""
-                prompts = self.prompt_generator(corr_map[:, classes])
+                prompts = self.prompt_generator(
+                    corr_map[:, classes], None if posterior is None else posterior[:, classes]
+                )
                 sam_feats = self.sam(
                     image_feats, text[:, classes], prompts.points, prompts.labels, prompts.masks, prompts.boxes,
                     image_side=sam_image_side,

@@ -161,6 +161,7 @@ class ESCNet(nn.Module):
                 text_guidance_dim=m.TEXT_GUIDANCE_DIM,
                 use_sam=m.USE_SAM_BLOCK,
                 prompt_types=m.PROMPT_TYPES,
+                mask_mode=m.PSEUDO_MASK,
                 # A block's refined map is read by the next block's prompt generator and by deep supervision.
                 map_head=m.BLOCK_LOSS_WEIGHT > 0 or (m.USE_SAM_BLOCK and i < m.NUM_BLOCKS - 1),
                 swin_depth=m.SWIN_DEPTH,

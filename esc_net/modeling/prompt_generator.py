@@ -6,10 +6,13 @@ P = h*w grid positions, K = N_o pseudo points per class map.
 Everything is computed for all M maps at once; the only Python loops run over the K - 1 initialisation steps and
 the fixed number of K-means iterations.
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
+
+# How the pseudo mask is formed from the kept pixels (see PseudoPromptGenerator, step 5).
+MASK_MODES = ("posterior", "region", "peak")
 
 
 class PseudoPrompts(NamedTuple):
@@ -21,8 +24,9 @@ class PseudoPrompts(NamedTuple):
             Real points come first, by decreasing probability with ties in raster order (so ``points[:, 0]`` is
             the map's global argmax); padding entries are (0, 0).
         labels: [B*N, K] int64. 1 for a pseudo point, -1 for padding (SAM's "not a point" label).
-        masks: [B*N, 1, h, w] float32 in [0, 1]. The filtered probability map, divided by its maximum so that the
-            peak is exactly 1; zero outside the kept pixels. Differentiable with respect to the input map.
+        masks: [B*N, 1, h, w] float32 in [0, 1], zero outside the kept pixels: the pseudo mask, in the form
+            ``mask_mode`` says (see :class:`PseudoPromptGenerator`); 0.5 is SAM's decision boundary. Differentiable
+            with respect to the input map.
         boxes: [B*N, 4] float32 (x0, y0, x1, y1): the grid cells at the corners of the kept region's bounding box,
             in the same cell-index convention as ``points``; None unless the generator was built ``with_boxes``
             (the box-prompt ablation).
@@ -64,8 +68,20 @@ class PseudoPromptGenerator(nn.Module):
     4. Per non-empty cluster, the pseudo point is the cluster's most probable pixel. Clusters left empty and
        inactive clusters give padding (label -1, point (0, 0)). Each pixel belongs to one cluster, so real points
        of a map are always distinct.
-    5. The mask is ``p * (pixel belongs to a cluster)`` divided by its maximum. The clusters together cover exactly
-       the kept pixels, so this is p restricted to the kept pixels, normalised to a peak of 1.
+    5. The pseudo mask, zero outside the kept pixels (the clusters together cover exactly the kept pixels), and on
+       them, per ``mask_mode``:
+
+       - "posterior": the class's probability at the pixel among all classes of the vocabulary, the softmax over
+         classes of the maps (``class_posterior``): CLIP's own dense zero-shot prediction in block 1, where the
+         maps are CLIP's scaled cosines. Every kept pixel of a present object is positive (its class wins there,
+         whether it is the strongest instance or a weaker second one), and the kept pixels of an absent class,
+         where some other class wins, are negative: the spatial softmax alone cannot tell an absent class from a
+         present one, since it spreads every map over the image whatever its level;
+       - "region": 0.5 + 0.5 p / (the peak of p in the pixel's cluster): every kept pixel positive, each K-means
+         region normalised by its own peak (the paper's "each region as a pseudo-mask", as one union);
+       - "peak": p divided by the map's single maximum (this project's first reading): SAM's mask encoder sees a
+         positive logit (p above half the peak) only at the strongest peak, and a weaker second instance gets
+         none.
 
     Points, labels, boxes and the choice of kept pixels are discrete and carry no gradient. The mask is the
     filtered probability map and stays in the autograd graph: the loss reaches the map the prompts are drawn from
@@ -78,10 +94,16 @@ class PseudoPromptGenerator(nn.Module):
         threshold_factor: pixels with probability above ``threshold_factor / (h*w)`` are kept.
         kmeans_iters: number of Lloyd iterations after the initialisation.
         with_boxes: also return the bounding box of every map's kept pixels.
+        mask_mode: one of :data:`MASK_MODES` (step 5).
     """
 
     def __init__(
-        self, num_points: int = 5, threshold_factor: float = 1.0, kmeans_iters: int = 7, with_boxes: bool = False
+        self,
+        num_points: int = 5,
+        threshold_factor: float = 1.0,
+        kmeans_iters: int = 7,
+        with_boxes: bool = False,
+        mask_mode: str = "posterior",
     ):
         super().__init__()
         if num_points < 1:
@@ -90,6 +112,9 @@ class PseudoPromptGenerator(nn.Module):
             raise ValueError(f"PseudoPromptGenerator: threshold_factor must be >= 0, got {threshold_factor}")
         if kmeans_iters < 0:
             raise ValueError(f"PseudoPromptGenerator: kmeans_iters must be >= 0, got {kmeans_iters}")
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"PseudoPromptGenerator: mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        self.mask_mode = mask_mode
         self.num_points = int(num_points)
         self.threshold_factor = float(threshold_factor)
         self.kmeans_iters = int(kmeans_iters)
@@ -98,13 +123,21 @@ class PseudoPromptGenerator(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_points={self.num_points}, threshold_factor={self.threshold_factor}, "
-            f"kmeans_iters={self.kmeans_iters}, with_boxes={self.with_boxes}"
+            f"kmeans_iters={self.kmeans_iters}, with_boxes={self.with_boxes}, mask_mode={self.mask_mode!r}"
         )
 
-    def forward(self, corr: torch.Tensor) -> PseudoPrompts:
+    def class_posterior(self, corr: torch.Tensor) -> Optional[torch.Tensor]:
+        """What the "posterior" mask needs of the whole vocabulary: the softmax over classes of ``corr``
+        [B, N, h, w] (float32); None for the other mask modes. A caller that generates prompts for a slice of
+        the classes at a time computes it once on all of them and passes the matching slice to :meth:`forward`."""
+        return corr.float().softmax(dim=1) if self.mask_mode == "posterior" else None
+
+    def forward(self, corr: torch.Tensor, posterior: Optional[torch.Tensor] = None) -> PseudoPrompts:
         """
         Args:
             corr: [B, N, h, w] correlation (or logit) maps, any floating dtype.
+            posterior: [B, N, h, w] the matching slice of :meth:`class_posterior` of the whole vocabulary (mask mode
+                "posterior"; computed from ``corr`` when not given, which is right when ``corr`` holds every class).
 
         Returns:
             PseudoPrompts with points [B*N, K, 2], labels [B*N, K], masks [B*N, 1, h, w] and boxes [B*N, 4] (or None).
@@ -120,10 +153,25 @@ class PseudoPromptGenerator(nn.Module):
         num_pixels = h * w
         prob = corr.reshape(B * N, num_pixels).float().softmax(dim=1)  # [M, P]
         with torch.no_grad():
-            points, labels, kept, boxes, _ = self._discrete_prompts(prob.detach(), (h, w))
-        masks = prob * kept
-        masks = masks / masks.amax(dim=1, keepdim=True)  # the peak (kept, > 0) divides itself: exactly 1
+            points, labels, kept, boxes, assign = self._discrete_prompts(prob.detach(), (h, w))
+        masks = self._masks(prob, kept, assign, corr, posterior)
         return PseudoPrompts(points, labels, masks.view(B * N, 1, h, w), boxes)
+
+    def _masks(self, prob, kept, assign, corr, posterior) -> torch.Tensor:
+        """The pseudo masks [M, P] of step 5 (prob [M, P]; kept [M, P] bool; assign [M, P] cluster ids)."""
+        if self.mask_mode == "posterior":
+            if posterior is None:
+                posterior = self.class_posterior(corr)
+            if posterior.shape != corr.shape:
+                raise ValueError(f"posterior of shape {tuple(posterior.shape)} does not match the maps' {tuple(corr.shape)}")
+            return posterior.reshape(prob.shape).float() * kept
+        if self.mask_mode == "peak":
+            masks = prob * kept
+            return masks / masks.amax(dim=1, keepdim=True)  # the peak (kept, > 0) divides itself: exactly 1
+        # "region": each cluster's pixels relative to the cluster's own peak, in [0.5, 1] where kept
+        cluster = torch.where(kept, assign, self.num_points)  # pixels outside every cluster in a spare slot
+        peaks = prob.new_zeros(len(prob), self.num_points + 1).scatter_reduce(1, cluster, prob, "amax")
+        return (0.5 + 0.5 * prob / peaks.gather(1, cluster).clamp_min(torch.finfo(prob.dtype).tiny)) * kept
 
     @torch.no_grad()
     def clusters(self, corr: torch.Tensor) -> torch.Tensor:

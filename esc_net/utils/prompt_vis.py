@@ -88,7 +88,10 @@ class PromptRecorder:
                 )
             one = corr[self.image_index, self.class_index][None, None].detach()
             with torch.no_grad():
-                prompts = block.prompt_generator(one)
+                posterior = block.prompt_generator.class_posterior(corr.detach())
+                if posterior is not None:  # the mask reads the class's share among the whole vocabulary
+                    posterior = posterior[self.image_index, self.class_index][None, None]
+                prompts = block.prompt_generator(one, posterior)
                 regions = block.prompt_generator.clusters(one)
             self.records[position] = BlockPrompts(
                 corr=one[0, 0].float().cpu(),
