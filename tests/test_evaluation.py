@@ -18,7 +18,7 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
-from esc_net.evaluation.sem_seg_evaluation import group_means
+from esc_net.evaluation.sem_seg_evaluation import group_means, union_miou
 from esc_net.evaluation.iou_chart import MAX_BARS, iou_chart
 
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
@@ -106,6 +106,19 @@ def test_metrics_match_hand_computation(tmp_path, register):
         assert res[f"IoU-{c}"] == pytest.approx(100 * iou[c])
         assert res[f"ACC-{c}"] == pytest.approx(100 * acc[c])
     assert math.isnan(res["IoU-d"]) and math.isnan(res["ACC-d"])
+    # The other convention, from the same matrix: d was predicted once and is in no ground truth, so it counts 0.
+    assert res["mIoU-union"] == pytest.approx(100 * (3 / 5 + 3 / 4 + 1 / 3 + 0) / 4)
+
+
+def test_union_miou_on_a_hand_made_confusion_matrix():
+    """[pred, gt] counts, the last row and column (ignored pixels) left out: a class neither in the ground truth nor
+    predicted takes no part; one predicted but absent counts 0 in mIoU-union only."""
+    conf = np.zeros((5, 5), np.int64)
+    conf[0, 0], conf[1, 0], conf[1, 1], conf[3, 1] = 6, 2, 4, 2  # class 2 never occurs; class 3 only predicted
+    conf[4, 0] = conf[0, 4] = 50  # ignored pixels
+    iou = {0: 6 / 8, 1: 4 / 8, 3: 0.0}
+    assert union_miou(conf) == pytest.approx(100 * sum(iou.values()) / 3)
+    assert math.isnan(union_miou(np.zeros((3, 3), np.int64)))
 
 
 def _random_dataset(tmp_path, num_images=4, num_classes=5, seed=0):
@@ -132,8 +145,9 @@ def test_agrees_with_detectron2_semseg_evaluator(tmp_path, register):
     reference = _run(SemSegEvaluator(name, distributed=False), inputs, scores)
 
     assert math.isnan(ours["IoU-class 4"])  # predicted but never labelled
-    assert list(ours) == [k for k in reference if k in ours]
-    assert set(ours) == set(SUMMARY) | {f"{m}-{c}" for m in ("IoU", "ACC") for c in classes}
+    assert [k for k in ours if k != "mIoU-union"] == [k for k in reference if k in ours]  # ours adds mIoU-union
+    assert set(ours) == set(SUMMARY) | {f"{m}-{c}" for m in ("IoU", "ACC") for c in classes} | {"mIoU-union"}
+    assert ours.pop("mIoU-union") < ours["mIoU"]  # class 4 is predicted and never labelled: it counts 0 there
     for key, value in ours.items():
         np.testing.assert_allclose(value, reference[key], rtol=0, atol=1e-6, err_msg=key)
 
@@ -266,11 +280,13 @@ def test_benchmark_report_table_and_files(tmp_path, register):
     }
     table = summarize_benchmarks(results, str(tmp_path))
 
-    header, _, row = table.splitlines()
+    header, _, row, union = table.splitlines()
     assert [c.strip() for c in header.split("|")[2:-1]] == ["A-150", "PAS-20b", "my_custom_set"]
     # A-150: wall 6/8, floor 2/4, tree absent -> 62.5; PAS-20b: cat 3/4, background 4/5 -> 77.5;
     # custom: x 5/7, y 3/5 -> 65.71
     assert [c.strip() for c in row.split("|")[1:-1]] == ["mIoU", "62.5", "77.5", "65.7"]
+    # no class is predicted without being in the ground truth here: both conventions agree
+    assert [c.strip() for c in union.split("|")[1:-1]] == ["mIoU-union", "62.5", "77.5", "65.7"]
 
     summary = json.loads((tmp_path / "benchmark_results.json").read_text())
     assert summary["benchmarks"] == ["A-150", "PAS-20b", "my_custom_set"]
@@ -370,7 +386,7 @@ def test_class_groups_give_seen_unseen_and_harmonic_means(tmp_path, register):
         str(tmp_path),
     )
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
-    assert rows["mIoU-unseen"] == ["33.3", ""] and rows["hIoU"] == [f"{2 * seen * unseen / (seen + unseen):.1f}", ""]
+    assert rows["mIoU-union"][1] and rows["mIoU-unseen"] == ["33.3", ""] and rows["hIoU"] == [f"{2 * seen * unseen / (seen + unseen):.1f}", ""]
     summary = json.loads((tmp_path / "benchmark_results.json").read_text())["results"]
     assert summary[name]["hIoU"] == pytest.approx(metrics["hIoU"]) and "hIoU" not in summary[plain]
     with pytest.raises(KeyError, match="rabbit"):

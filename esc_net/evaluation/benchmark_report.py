@@ -19,8 +19,9 @@ __all__ = ["PAPER_BENCHMARK_ORDER", "summarize_benchmarks"]
 # Column order of the paper's Table 1; other benchmarks follow in the order they were given.
 PAPER_BENCHMARK_ORDER = ("A-847", "PC-459", "A-150", "PC-59", "PAS-20", "PAS-20b")
 _SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
-# Reported where the evaluator computed them (datasets with seen / unseen class groups).
-_GROUP_METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU")
+# Reported where the evaluator computed them: the other convention for classes absent from the ground truth, and the
+# means of the seen and unseen classes (datasets with class groups).
+_GROUP_METRICS = ("mIoU-union", "mIoU-seen", "mIoU-unseen", "hIoU")
 
 
 def _benchmark_name(dataset_name: str) -> str:
@@ -53,11 +54,12 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
         output_dir: if given, these files are written there:
 
             * ``benchmark_results.json``: ``{"benchmarks": [column order], "results": {dataset_name:
-              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", ["mIoU-seen", "mIoU-unseen", "hIoU",]
+              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", ["mIoU-union", "mIoU-seen", "mIoU-unseen", "hIoU",]
               "IoU": {class: value}, "ACC": {class: value}}}}`` (the group means where the dataset has class groups;
               NaN values, for classes absent from the ground truth, are written as null);
-            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, and,
-              when some dataset has class groups, mIoU-seen, mIoU-unseen, hIoU (empty where not computed);
+            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, and the
+              metrics of ``mIoU-union``, ``mIoU-seen``, ``mIoU-unseen``, ``hIoU`` that some dataset has (empty
+              where not computed);
             * ``per_class_iou.csv``: one row per dataset and class: dataset, benchmark, class, IoU, ACC (NaN as
               an empty cell);
             * ``per_class_iou.png``: the per-class IoU as bars, one panel per benchmark, best class first, the
@@ -66,8 +68,9 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
     Returns:
         The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present),
-        an "mIoU" row and, when some dataset has class groups, rows "mIoU-seen", "mIoU-unseen" and "hIoU" (empty
-        cells for the datasets without them).
+        an "mIoU" row (the paper-comparable convention) and, where computed, rows "mIoU-union" (absent classes that
+        are predicted count as 0), "mIoU-seen", "mIoU-unseen" and "hIoU" (empty cells for the datasets without
+        them).
     """
     rows = []
     for dataset_name, result in results.items():

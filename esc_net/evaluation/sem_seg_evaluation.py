@@ -14,6 +14,12 @@ how one image's prediction is counted, for the open-vocabulary protocol:
 * predictions, label maps and metadata that do not fit raise errors naming the file or the dataset;
 * Detectron2's boundary IoU and its per-image RLE predictions are not computed (the first only exists below 255
   classes; the second would be gathered into memory for a whole benchmark, and nothing here reads it);
+* two conventions for classes absent from the ground truth, from the same confusion matrix: ``mIoU`` leaves
+  them out even where they are predicted (Detectron2's current rule, and the one under which the published
+  PC-459 figures of CAT-Seg and FC-CLIP reproduce: users who counted them got 14.6 instead of 19.0 and 13.8
+  instead of 18.2, cvlab-kaist/CAT-Seg issue 24, bytedance/fc-clip issue 27); ``mIoU-union`` counts every class
+  that is in the ground truth or the prediction, a predicted but absent class with IoU 0. The paper tables are
+  compared with ``mIoU``; the two differ most on large vocabularies, where many absent classes win a few pixels;
 * a dataset whose metadata hold ``class_groups`` (``{"seen": [names], "unseen": [names]}``, the classes seen and
   unseen in segmentation training) also gets the mean IoU of each group, ``mIoU-<group>``, and their harmonic
   mean ``hIoU`` (the usual figure of zero-shot segmentation, which rewards neither group alone).
@@ -31,7 +37,22 @@ from detectron2.utils.file_io import PathManager
 
 from esc_net.data.vocabulary import get_dataset_vocabulary
 
-__all__ = ["OpenVocabSemSegEvaluator", "group_means"]
+__all__ = ["OpenVocabSemSegEvaluator", "group_means", "union_miou"]
+
+
+def union_miou(conf_matrix: np.ndarray) -> float:
+    """Mean IoU (percent) over the classes in the ground truth or the prediction: a class predicted somewhere but
+    absent from the ground truth counts with IoU 0.
+
+    Args:
+        conf_matrix: Detectron2's [K + 1, K + 1] matrix, entry [p, g] = pixels predicted p with ground truth g (the
+            last row and column for ignored pixels, left out here).
+    """
+    counts = conf_matrix[:-1, :-1].astype(float)
+    tp, pos_pred, pos_gt = counts.diagonal(), counts.sum(axis=1), counts.sum(axis=0)
+    union = pos_gt + pos_pred - tp
+    valid = union > 0
+    return float(100.0 * np.mean(tp[valid] / union[valid])) if valid.any() else math.nan
 
 
 def group_means(metrics: Mapping[str, float], groups: Mapping[str, Sequence[str]]) -> Dict[str, float]:
@@ -144,8 +165,11 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
             raise ValueError(
                 f"no labelled pixel of {self._dataset_name!r} was evaluated: the confusion matrix is empty"
             )
+        if results is None:
+            return None
+        results["sem_seg"]["mIoU-union"] = union_miou(self._conf_matrix)
         groups = MetadataCatalog.get(self._dataset_name).get("class_groups", None)
-        if results is not None and groups:
+        if groups:
             results["sem_seg"].update(group_means(results["sem_seg"], groups))
         return results
 
