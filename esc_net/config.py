@@ -92,6 +92,11 @@ def add_esc_net_config(cfg: CN) -> None:
     # allocator reuse memory between chunks; scores do not depend on it beyond float rounding.
     m.CLASS_CHUNK = 16
     m.TEXT_GUIDANCE_DIM = 128
+    # Vocabularies smaller than this are padded to this many tokens in the class attention with a learnt padding
+    # token, as CAT-Seg pads to 256, so that a class attends over as many tokens at test (PAS-20: 20 classes) as in
+    # training (171); 0 = no padding (the attention averages over the N classes, whatever N is). Must exceed the
+    # training vocabulary. See esc_net/modeling/vlf_block.py (TextGuidance).
+    m.CLASS_ATTENTION_PAD = 0
 
     # --- decoder and loss ---------------------------------------------------------------------------------------
     # Channels after the first and second 2x upsampling (24 -> 48 -> 96 for a 24x24 grid).

@@ -345,3 +345,20 @@ def test_training_vocabulary_larger_than_the_class_cap_is_refused():
         model(_train_batch())
     model.inference = model.inference.replace(max_classes_per_view=4)
     assert torch.isfinite(sum(model(_train_batch()).values()))
+
+
+def test_class_attention_pad_must_exceed_the_training_vocabulary():
+    """Padding tokens that a training vocabulary never needs would get no gradient (DistributedDataParallel waits for
+    one): such a pad length is refused when training starts, with both numbers."""
+    from detectron2.utils.events import EventStorage
+
+    model = build_model(tiny_cfg("MODEL.ESC_NET.CLASS_ATTENTION_PAD", "2")).train()
+    batch = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "sem_seg": torch.zeros(64, 64, dtype=torch.long),
+              "vocabulary": ["cat", "dog"]}]
+    with EventStorage(0), pytest.raises(ValueError, match=r"CLASS_ATTENTION_PAD \(2\).*2 classes"):
+        model(batch)
+    padded = build_model(tiny_cfg("MODEL.ESC_NET.CLASS_ATTENTION_PAD", "4")).train()
+    with EventStorage(0):
+        losses = padded(batch)
+    sum(losses.values()).backward()
+    assert padded.blocks[0].vlf.text_guidance.pad_token.grad.abs().sum() > 0

@@ -9,7 +9,7 @@ from esc_net.modeling.vlf_block import ClassLinearAttention, ConcatLinear, Visio
 HIDDEN, GUIDANCE, TEXT = 16, 16, 32
 
 
-def make_vlf(grid=(8, 8), window=12):
+def make_vlf(grid=(8, 8), window=12, class_pad=0):
     torch.manual_seed(0)
     return VisionLanguageFusion(
         hidden_dim=HIDDEN,
@@ -19,6 +19,7 @@ def make_vlf(grid=(8, 8), window=12):
         num_heads=4,
         window_size=window,
         text_guidance_dim=16,
+        class_pad=class_pad,
     ).eval()
 
 
@@ -187,7 +188,8 @@ def test_bad_inputs_raise_clear_errors():
 
 def reference_vlf(vlf, corr, guidance, text):
     """The straightforward computation the VLF block speeds up: all classes at once, timm's Swin blocks with their
-    explicit (non-fused) attention, the class attention as an explicit N x N matrix of linear-attention scores."""
+    explicit (non-fused) attention, the class attention as an explicit N x N matrix of linear-attention scores (with
+    ``pad_to`` > N: over the N classes and pad_to - N copies of the padding token, whose outputs are dropped)."""
     import copy
 
     B, N, C, h, w = corr.shape
@@ -199,11 +201,16 @@ def reference_vlf(vlf, corr, guidance, text):
     tg = vlf.text_guidance
     attn = tg.attn
     heads = (attn.num_heads, C // attn.num_heads)
-    q, k = (F.elu(t) + 1 for t in attn.qk(tg.norm1(x), tg.text_proj(text).unsqueeze(2)).unflatten(-1, (2,) + heads).unbind(-3))
-    v = attn.v(tg.norm1(x)).unflatten(-1, heads)
+    tokens, guides = x, tg.text_proj(text).unsqueeze(2)
+    if tg.pad_to > N:
+        pads = tg.pad_to - N
+        tokens = torch.cat([x, tg.pad_token.expand(B, pads, h * w, C)], dim=1)
+        guides = torch.cat([guides, tg.pad_text.expand(B, pads, 1, -1)], dim=1)
+    q, k = (F.elu(t) + 1 for t in attn.qk(tg.norm1(tokens), guides).unflatten(-1, (2,) + heads).unbind(-3))
+    v = attn.v(tg.norm1(tokens)).unflatten(-1, heads)
     scores = torch.einsum("bnphd,bmphd->bphnm", q, k)
     out = attn.proj(torch.einsum("bphnm,bmphd->bnphd", scores / scores.sum(-1, keepdim=True), v).flatten(-2))
-    x = x + out
+    x = x + out[:, :N]
     x = x + tg.mlp(tg.norm2(x))
     return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3)
 
@@ -247,3 +254,22 @@ def test_class_chunks_on_cpu_and_gpu():
     assert class_chunks(5, 0, cpu) == [slice(0, 5)]
     # on a GPU chunks would only add kernel launches: all classes at once
     assert class_chunks(5, 2, gpu) == [slice(0, 5)]
+
+
+def test_padded_class_attention_matches_explicit_padding_tokens():
+    """CLASS_ATTENTION_PAD: a vocabulary smaller than the pad length attends as if the learnt padding token were
+    appended pad_to - N times (CAT-Seg's padding), chunks included; a vocabulary that is not smaller is unchanged."""
+    vlf = make_vlf(class_pad=6)
+    tg = vlf.text_guidance
+    with torch.no_grad():
+        tg.pad_token.normal_(generator=torch.Generator().manual_seed(3))
+        tg.pad_text.normal_(generator=torch.Generator().manual_seed(4))
+    plain = make_vlf()
+    plain.load_state_dict({k: v for k, v in vlf.state_dict().items() if "pad_" not in k})
+    small, large = make_inputs(2, 3), make_inputs(1, 7)
+    with torch.no_grad():
+        for chunk in (0, 2):
+            vlf.class_chunk = chunk
+            torch.testing.assert_close(vlf(*small), reference_vlf(vlf, *small), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(vlf(*small), plain(*small), atol=1e-3)  # the padding changes the attention
+        torch.testing.assert_close(vlf(*large), plain(*large), atol=1e-6, rtol=1e-6)

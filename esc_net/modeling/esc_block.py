@@ -56,6 +56,7 @@ class ESCBlock(nn.Module):
         swin_depth: int = 2,
         block_index: int = 0,
         class_chunk: int = 0,
+        class_pad: int = 0,
     ):
         super().__init__()
         self.hidden_dim = hidden_dim
@@ -87,6 +88,7 @@ class ESCBlock(nn.Module):
             # Regular and shifted windows alternate through the whole stack of blocks.
             swin_shifts=[0 if (block_index * swin_depth + j) % 2 == 0 else None for j in range(swin_depth)],
             class_chunk=class_chunk,
+            class_pad=class_pad,
         )
         self.corr_head = nn.Conv2d(hidden_dim, 1, kernel_size=1) if map_head else None
 

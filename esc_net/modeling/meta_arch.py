@@ -167,6 +167,7 @@ class ESCNet(nn.Module):
                 swin_depth=m.SWIN_DEPTH,
                 block_index=i,
                 class_chunk=m.CLASS_CHUNK,
+                class_pad=m.CLASS_ATTENTION_PAD,
             )
             for i in range(m.NUM_BLOCKS)
         ]
@@ -265,6 +266,12 @@ class ESCNet(nn.Module):
                 f"the training vocabulary has {len(vocabulary)} classes, more than MODEL.ESC_NET."
                 f"MAX_CLASSES_PER_VIEW ({cap}), the most classes a view refines at inference; "
                 "raise the cap to at least the training vocabulary's size (0 = no cap)"
+            )
+        pad = self.blocks[0].vlf.text_guidance.pad_to
+        if pad and len(vocabulary) >= pad:
+            raise ValueError(
+                f"MODEL.ESC_NET.CLASS_ATTENTION_PAD ({pad}) must be larger than the training vocabulary "
+                f"({len(vocabulary)} classes) or 0: the padding tokens would take no part in training"
             )
         images = ImageList.from_tensors([self._normalize(x["image"]) for x in batched_inputs]).tensor
         targets = ImageList.from_tensors(

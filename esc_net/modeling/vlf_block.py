@@ -171,9 +171,24 @@ class ClassLinearAttention(nn.Module):
 class TextGuidance(nn.Module):
     """The weights of a pre-norm transformer layer across classes: text-guided linear attention, then an MLP,
     each residual. :class:`VisionLanguageFusion` runs it over chunks of classes in two passes (the attention's
-    class sums first, then every class's output)."""
+    class sums first, then every class's output).
 
-    def __init__(self, hidden_dim: int, text_dim: int, text_guidance_dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    With ``pad_to`` > 0, a vocabulary of N < ``pad_to`` classes is padded to ``pad_to`` tokens with a learnt
+    padding token (a correlation-embedding token and its text-guidance token, the same at every position), as
+    CAT-Seg pads its class attention to 256: every class then attends over the same number of tokens in training
+    and at test, whatever the vocabulary's size. The padding tokens only enter the attention's sums and produce
+    no output.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        text_dim: int,
+        text_guidance_dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        pad_to: int = 0,
+    ):
         super().__init__()
         # The LayerNorm puts the projected text tokens on the same scale as the normalised correlation features
         # they are concatenated with (CLIP text embeddings are unit vectors, i.e. tiny per entry).
@@ -182,6 +197,22 @@ class TextGuidance(nn.Module):
         self.attn = ClassLinearAttention(hidden_dim, text_guidance_dim, num_heads)
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.mlp = Mlp(hidden_dim, int(hidden_dim * mlp_ratio))
+        self.pad_to = pad_to
+        if pad_to > 0:
+            self.pad_token = nn.Parameter(torch.zeros(hidden_dim))
+            self.pad_text = nn.Parameter(torch.zeros(text_guidance_dim))
+
+    def token_count(self, num_classes: int) -> int:
+        """The number of tokens the class attention averages over for a vocabulary of ``num_classes``."""
+        return max(num_classes, self.pad_to)
+
+    def padding_sums(self, num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The padding tokens' share of the class sums of :meth:`ClassLinearAttention.class_sums` for a vocabulary of
+        ``num_classes`` < ``pad_to``: ([1, 1, H, d, d], [1, 1, H, d]), broadcast over images and positions."""
+        count = self.token_count(num_classes)
+        _, k, v = self.attn.features(self.norm1(self.pad_token).view(1, 1, 1, -1), self.pad_text.view(1, 1, 1, -1))
+        kv, k_sum = self.attn.class_sums(k, v, count)  # one token: [1, 1, H, d, d], [1, 1, H, d]
+        return kv * (count - num_classes), k_sum * (count - num_classes)
 
 
 # The class-specific image guidance of a slice of classes, [B, n, G, h, w]: a tensor for all classes, or a function
@@ -203,6 +234,8 @@ class VisionLanguageFusion(nn.Module):
 
     Args:
         swin_shifts: the shift of each Swin block of the image guidance (0: regular windows, None: half a window).
+        class_pad: pad vocabularies smaller than this to this many tokens in the class attention (0: never; see
+            :class:`TextGuidance`).
     """
 
     def __init__(
@@ -216,6 +249,7 @@ class VisionLanguageFusion(nn.Module):
         text_guidance_dim: int = 128,
         swin_shifts: Sequence[Optional[int]] = (0, None),
         class_chunk: int = 0,
+        class_pad: int = 0,
     ):
         super().__init__()
         if hidden_dim % num_heads != 0:
@@ -228,7 +262,7 @@ class VisionLanguageFusion(nn.Module):
         self.image_guidance = ImageGuidance(
             hidden_dim, guidance_dim, self.grid_size, num_heads, window_size, swin_shifts
         )
-        self.text_guidance = TextGuidance(hidden_dim, text_dim, text_guidance_dim, num_heads)
+        self.text_guidance = TextGuidance(hidden_dim, text_dim, text_guidance_dim, num_heads, pad_to=class_pad)
 
     def _check_inputs(self, corr_embed: torch.Tensor, text_embeds: torch.Tensor):
         if corr_embed.dim() != 5:
@@ -274,14 +308,15 @@ class VisionLanguageFusion(nn.Module):
 
         # Pass 1: image guidance of every chunk, and the class attention's sums over all classes.
         spatial: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        kv = k_sum = 0
+        count = tg.token_count(N)
+        kv, k_sum = tg.padding_sums(N) if count > N else (0, 0)
         for classes in chunks:
             n = classes.stop - classes.start
             guidance = self._guidance(image_guidance, classes, (B, n, self.guidance_dim, h, w))
             corr = corr_embed[:, classes].permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*n, h, w, C], a view if stored so
             x = self.image_guidance(corr, guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)).reshape(B, n, h * w, C)
             q, k, v = tg.attn.features(tg.norm1(x), text[:, classes])
-            chunk_kv, chunk_k_sum = tg.attn.class_sums(k, v, N)
+            chunk_kv, chunk_k_sum = tg.attn.class_sums(k, v, count)
             kv, k_sum = kv + chunk_kv, k_sum + chunk_k_sum
             spatial.append((x, q))
 

@@ -45,7 +45,7 @@ GENERATE_COMMAND = "esc-net-prepare synthetic_shapes"
 # Bump when the drawing or the classes change, so that an old dataset on disk is not mistaken for a current one.
 FORMAT_VERSION = 2
 
-DEFAULT_NUM_IMAGES = {"train": 600, "val": 60}
+DEFAULT_NUM_IMAGES = {"train": 5000, "val": 60}
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_MAX_SHAPES = 3
 DEFAULT_IGNORE_BAND = 1
