@@ -12,6 +12,7 @@ from esc_net.data.datasets import BENCHMARK_DATASETS, VOC_NAMES_IN_PASCAL_CONTEX
 from esc_net.data.paths import dataset_root
 from esc_net.data.prepare.cli import COMMANDS, PROG, prepare
 from esc_net.data.vocabulary import get_dataset_vocabulary
+from esc_net.data.datasets.register_benchmarks import PROTOCOL_NAMES
 
 EXPECTED = {
     # name: (benchmark, number of evaluated classes, ignore label)
@@ -75,8 +76,26 @@ def test_registered_metadata(name):
     assert meta.image_root and meta.sem_seg_root
     assert get_dataset_vocabulary(name) == list(meta.vocabulary)
     if name != "voc_20b_val":
-        assert list(meta.vocabulary) == list(meta.stuff_classes)
+        # scored as the evaluated classes, except the two names the published tables (CAT-Seg's lists) use
+        differ = {(c, v) for c, v in zip(meta.stuff_classes, meta.vocabulary) if c != v}
+        assert len(meta.vocabulary) == len(meta.stuff_classes)
+        assert differ == {
+            "ade20k_150_val": {(load_class_names("ade20k_150")[89], PROTOCOL_NAMES["ade20k_150"][
+                load_class_names("ade20k_150")[89]])},
+            "pascal_context_59_val": {("table", "diningtable")},
+        }.get(name, set())
         assert meta.get("background_index", None) is None
+
+
+def test_scored_names_are_the_published_protocols():
+    """With SYNONYM_MODE "first", the prompt names are CAT-Seg's evaluation lists: A-150 class 89 is "television
+    receiver", PC-59 class 49 "diningtable"; every other A-150 prompt is the official first synonym."""
+    from esc_net.modeling.clip.text_prompts import build_prompts
+
+    ade = get_dataset_vocabulary("ade20k_150_val")
+    prompts, _ = build_prompts(ade, ["{}"], "first")
+    assert prompts[89] == "television receiver" and prompts[0] == "wall" and prompts[1] == "building"
+    assert get_dataset_vocabulary("pascal_context_59_val")[49] == "diningtable"
 
 
 def test_registration_table_is_complete():

@@ -9,7 +9,8 @@ Metadata of every dataset:
 * ``stuff_classes``: the evaluated class names, in label order (PAS-20b: the 20 VOC names + "background");
 * ``vocabulary``: the names the model scores; equal to ``stuff_classes`` except for PAS-20b, which scores the 20
   VOC names followed by the PASCAL-Context-59 classes that are not VOC classes, and counts every prediction from
-  ``background_index`` (20) on as "background";
+  ``background_index`` (20) on as "background", and for the two names of :data:`PROTOCOL_NAMES`, which are scored
+  under the name the published tables used (CAT-Seg's class lists);
 * ``ignore_label``: 255, or 65535 for the uint16 benchmarks A-847 and PC-459, as
   :func:`esc_net.utils.label_maps.ignore_value` gives for the number of evaluated classes;
 * ``evaluator_type`` ("sem_seg"), ``benchmark`` (the short name of the paper's tables), and ``image_root`` /
@@ -28,7 +29,7 @@ from esc_net.data.class_names import load_class_names
 from esc_net.data.paths import dataset_root
 from esc_net.utils.label_maps import ignore_value
 
-__all__ = ["BENCHMARK_DATASETS", "VOC_NAMES_IN_PASCAL_CONTEXT", "BenchmarkDataset", "register_benchmarks"]
+__all__ = ["BENCHMARK_DATASETS", "PROTOCOL_NAMES", "VOC_NAMES_IN_PASCAL_CONTEXT", "BenchmarkDataset", "register_benchmarks"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,17 @@ BENCHMARK_DATASETS = (
     ),
 )
 
+# The names under which the paper's tables (CAT-Seg's evaluation lists) score two classes, where the official class
+# list (kept in stuff_classes and in our data files) differs: A-150's first synonym is "television" (CAT-Seg:
+# "television receiver"), PC-59's "table" is "diningtable" there. With SYNONYM_MODE "first" every other prompt
+# already equals CAT-Seg's (A-150's lists keep their synonyms; CAT-Seg's use the first one).
+PROTOCOL_NAMES: Dict[str, Dict[str, str]] = {
+    "ade20k_150": {
+        "television, television receiver, television set, tv, tv set, idiot box, boob tube, telly, goggle box":
+            "television receiver, television, television set, tv, tv set, idiot box, boob tube, telly, goggle box",
+    },
+    "pascal_context_59": {"table": "diningtable"},
+}
 # VOC class names that PASCAL-Context-59 spells differently; every other VOC name is also a PC-59 name
 # (aeroplane, motorbike, pottedplant, tvmonitor, ... are spelled alike).
 VOC_NAMES_IN_PASCAL_CONTEXT: Dict[str, str] = {"diningtable": "table"}
@@ -137,9 +149,10 @@ def pas20b_vocabulary() -> List[str]:
 
 def _metadata(dataset: BenchmarkDataset, root: Path) -> dict:
     classes = load_class_names(dataset.class_names)
+    renamed = PROTOCOL_NAMES.get(dataset.class_names, {})
     meta = {
         "stuff_classes": classes,
-        "vocabulary": classes,
+        "vocabulary": [renamed.get(name, name) for name in classes],
         "evaluator_type": "sem_seg",
         "benchmark": dataset.benchmark,
         "image_root": str(root / dataset.image_dir),
