@@ -32,8 +32,9 @@ def add_esc_net_config(cfg: CN) -> None:
     # Square CLIP input size; the grid is CLIP_IMAGE_SIZE / patch size (384 / 16 = 24 for ViT-B/16). Also the side
     # of the training crops (INPUT.CROP.SIZE must match) and of the sliding windows by default.
     m.CLIP_IMAGE_SIZE = 384
-    # "attention": only the q and v projections of CLIP's attention layers train (the paper fine-tunes
-    # attention; we keep k frozen); "full" or "frozen" otherwise.
+    # "attention": only the q and v projection weights of CLIP's attention layers train, as in CAT-Seg (the paper
+    # fine-tunes attention; k stays frozen); "attention_with_bias" also trains their biases (this project's first
+    # reading); "full" or "frozen" otherwise.
     m.CLIP_FINETUNE = "attention"
     # How the last CLIP image block makes the dense features: "attention" (the block as CLIP runs it, global
     # attention) or "value" (CAT-Seg's dense last layer: each position through the value and output projections

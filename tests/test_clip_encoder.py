@@ -272,10 +272,12 @@ def test_pretrained_tag_offline_fails_fast(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------------- fine-tuning
 
 
-def test_attention_finetuning_changes_only_q_and_v():
-    enc = tiny_encoder(finetune="attention")
+@pytest.mark.parametrize("mode, kinds", [("attention", ("weight",)), ("attention_with_bias", ("weight", "bias"))])
+def test_attention_finetuning_changes_only_q_and_v(mode, kinds):
+    """"attention" trains the q and v weights (CAT-Seg's choice), "attention_with_bias" their biases too."""
+    enc = tiny_encoder(finetune=mode)
     trainable = {name for name, p in enc.named_parameters() if p.requires_grad}
-    assert trainable == {f"{layer}.{p}_{k}" for layer in ATTENTION_LAYERS for p in "qv" for k in ("weight", "bias")}
+    assert trainable == {f"{layer}.{p}_{k}" for layer in ATTENTION_LAYERS for p in "qv" for k in kinds}
     before = {key: value.clone() for key, value in enc.state_dict().items()}
     # Every CLIP parameter goes to the optimizer, with weight decay: frozen tensors must still not move.
     optimizer = torch.optim.AdamW(enc.parameters(), lr=1e-2, weight_decay=0.1)
@@ -298,7 +300,8 @@ def test_attention_finetuning_changes_only_q_and_v():
             q0, k0, v0 = before[key].chunk(3)
             q1, k1, v1 = value.chunk(3)
             assert torch.equal(k0, k1), key
-            assert not torch.equal(q0, q1) and not torch.equal(v0, v1), key
+            trained = key.endswith("weight") or "bias" in kinds
+            assert (not torch.equal(q0, q1) and not torch.equal(v0, v1)) == trained, key
         else:
             assert torch.equal(before[key], value), key
 

@@ -18,7 +18,7 @@ __all__ = ["CLIPEncoder", "DENSE_LAYERS", "FINETUNE_MODES"]
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_MODES = ("attention", "full", "frozen")
+FINETUNE_MODES = ("attention", "attention_with_bias", "full", "frozen")
 # How the last image block makes the dense features (see CLIPEncoder): "attention" runs it as it is; "value" is the
 # dense last layer of CAT-Seg's CLIP, which reads each position through the value and output projections only.
 DENSE_LAYERS = ("attention", "value")
@@ -53,9 +53,11 @@ class CLIPEncoder(nn.Module):
     """Dense CLIP image features and class text embeddings, from any open_clip ViT CLIP.
 
     Fine-tuning modes (``finetune``):
-        "attention": only the query and value projections (weights and biases) of every attention layer of the image
-            and text towers are trainable. The key projections are buffers (see :class:`SplitQKVAttention`) and
-            every other tensor has ``requires_grad=False``, so they stay bit-identical under any optimizer.
+        "attention": only the query and value projection weights of every attention layer of the image and text
+            towers are trainable, as CAT-Seg fine-tunes CLIP (its q/v biases stay in the frozen packed bias). The key
+            projections are buffers (see :class:`SplitQKVAttention`) and every other tensor has
+            ``requires_grad=False``, so they stay bit-identical under any optimizer.
+        "attention_with_bias": the same with the q and v biases trainable too (this project's first reading).
         "full": every CLIP tensor is trainable. "frozen": none is.
     The state dict is open_clip's CLIP state dict under the prefix ``clip.`` in every mode.
 
@@ -98,7 +100,7 @@ class CLIPEncoder(nn.Module):
             model_cfg: an open_clip model config dict (embed_dim, vision_cfg, text_cfg), built with
                 ``open_clip.CLIP``; the text uses open_clip's SimpleTokenizer with the config's context length.
             image_size: square input size; positional embeddings are interpolated to image_size // patch_size.
-            finetune: one of "attention", "full", "frozen" (see the class docstring).
+            finetune: one of FINETUNE_MODES (see the class docstring).
             skip_layers: 0-based indices of image transformer blocks whose patch tokens feed the decoder.
             templates: prompt templates with one "{}"; several templates are ensembled.
             synonym_mode: "first" or "average" (see :mod:`esc_net.modeling.clip.text_prompts`).
@@ -164,9 +166,10 @@ class CLIPEncoder(nn.Module):
         for name in _NON_TEXT_TENSORS:
             if getattr(clip, name, None) is not None:
                 getattr(clip, name).requires_grad_(False)
-        if finetune == "attention":
+        if finetune.startswith("attention"):
+            kinds = ("weight", "bias") if finetune == "attention_with_bias" else ("weight",)
             for module in attention:
-                for parameter in module.qv_parameters():
+                for parameter in module.qv_parameters(kinds):
                     parameter.requires_grad_(True)
         if dense_layer == "value":
             # The last image block reads no query or key: they cannot change the output, so nothing trains them.

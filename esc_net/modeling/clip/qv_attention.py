@@ -7,7 +7,7 @@ module here holds q, k and v as separate tensors and packs them back for the for
 so checkpoints keep open_clip's keys and shapes whatever is being trained.
 """
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +52,10 @@ class SplitQKVAttention(nn.Module):
                     self.register_parameter(f"{name}_{kind}", nn.Parameter(part.clone(), requires_grad=requires_grad))
         self.out_proj = mha.out_proj
 
-    def qv_parameters(self) -> Iterator[nn.Parameter]:
-        """The query and value projection parameters (weights [C, C] and biases [C])."""
+    def qv_parameters(self, kinds: Sequence[str] = _KINDS) -> Iterator[nn.Parameter]:
+        """The query and value projection parameters of the given kinds (weights [C, C], biases [C])."""
         for name in ("q", "v"):
-            for kind in _KINDS:
+            for kind in kinds:
                 yield getattr(self, f"{name}_{kind}")
 
     def packed(self, kind: str) -> Tensor:
