@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esc_net.data.synthetic_shapes import render_sample, sample_rng
+from esc_net.data.synthetic_shapes import DEFAULT_MAX_SHAPES, render_split_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "datasets").glob("*.py"))
@@ -129,7 +129,7 @@ def test_generate_synthetic_shapes_script(tmp_path):
     base = tmp_path / "data" / "synthetic_shapes"
     manifest = json.loads((base / "manifest.json").read_text())
     assert tuple(manifest[k] for k in ("num_train", "num_val", "image_size", "ignore_band")) == (2, 1, 32, 0)
-    image, label, _ = render_sample(sample_rng(0, "val", 0), image_size=32, ignore_band=0)
+    image, label = render_split_sample(0, "val", 0, 32, DEFAULT_MAX_SHAPES, 0)
     np.testing.assert_array_equal(np.asarray(Image.open(base / "images/val/00000.png")), image)
     np.testing.assert_array_equal(np.asarray(Image.open(base / "labels/val/00000.png")), label)
     assert sorted(p.name for p in (base / "images/train").iterdir()) == ["00000.png", "00001.png"]

@@ -37,7 +37,7 @@ import numpy as np
 from detectron2.utils.logger import setup_logger
 
 from esc_net.data import check_vocabulary
-from esc_net.data.synthetic_shapes import render_sample, sample_rng
+from esc_net.data.synthetic_shapes import render_split_sample
 from esc_net.demo.cli import (
     InputError,
     dataset_colors,
@@ -117,13 +117,14 @@ def ensure_default_checkpoint() -> str:
 
 
 def write_examples(folder: str) -> List[str]:
-    """Writes the example images (synthetic shapes, as the embedded default is trained on) and returns them."""
+    """Writes the example images (held-out images of the Synthetic Shapes world with every class, unseen ones
+    included, drawn at 256 px) and returns them."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     for i in range(NUM_EXAMPLES):
         path = os.path.join(folder, f"shapes_{i}.png")
         if not os.path.isfile(path):
-            image, _, _ = render_sample(sample_rng(1000, "val", i), image_size=256)
+            image, _ = render_split_sample(1000, "val_all", i, 256, 3, 0)
             if not cv2.imwrite(path, image[:, :, ::-1]):
                 raise OSError(f"could not write the example image {path}")
         paths.append(path)
