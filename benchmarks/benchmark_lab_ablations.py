@@ -27,17 +27,25 @@ from typing import Dict, List, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
-# name -> (what it changes, config overrides). The first is the embedded default itself.
+# name -> (what it changes, config overrides). The first is the embedded default itself; then the paper's ablations
+# (SAM, prompt types, number of blocks) and the readings the paper leaves open, each against the default.
 VARIANTS: Dict[str, tuple] = {
     "default": ("the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks)", []),
     "random_sam": ("SAM blocks from random weights", ["MODEL.ESC_NET.SAM_CHECKPOINT", "",
                                                        "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]),
     "no_sam": ("no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)", ["MODEL.ESC_NET.USE_SAM_BLOCK", "False"]),
-    "points_only": ("prompts: points only", ["MODEL.ESC_NET.PROMPT_TYPES", "['points']"]),
+    "points_only": ("prompts: points only (deep supervision 0.4 trains the maps)",
+                    ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]),
     "mask_only": ("prompts: mask only", ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]),
     "blocks_1": ("1 ESC-Block", ["MODEL.ESC_NET.NUM_BLOCKS", "1"]),
-    "blocks_4": ("4 ESC-Blocks (the paper's N)", ["MODEL.ESC_NET.NUM_BLOCKS", "4"]),
-    "clip_from_scratch": ("CLIP randomly initialised (no stage-1 pre-training)", ["MODEL.ESC_NET.CLIP_PRETRAINED", "none"]),
+    "blocks_3": ("3 ESC-Blocks", ["MODEL.ESC_NET.NUM_BLOCKS", "3"]),
+    "mask_peak": ("pseudo mask relative to the map's single peak (the first reading)", ["MODEL.ESC_NET.PSEUDO_MASK", "peak"]),
+    "mask_region": ("pseudo mask: every kept pixel positive, per K-means region", ["MODEL.ESC_NET.PSEUDO_MASK", "region"]),
+    "dense_attention": ("CLIP's ordinary last block for the dense features", ["MODEL.ESC_NET.CLIP_DENSE_LAYER", "attention"]),
+    "skips_reversed": ("decoder skips deepest first (the first reading)", ["MODEL.ESC_NET.CLIP_SKIP_LAYERS", "[2, 1]"]),
+    "deep_supervision": ("deep supervision of every block at 0.4 (the first reading)", ["MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]),
+    "class_pad": ("class attention padded to 48 tokens (CAT-Seg pads to 256)", ["MODEL.ESC_NET.CLASS_ATTENTION_PAD", "48"]),
+    "qv_bias": ("CLIP's q/v biases fine-tuned too (the first reading)", ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"]),
 }
 # (dataset, metric) columns of the summary
 COLUMNS = (

@@ -36,10 +36,11 @@ def add_esc_net_config(cfg: CN) -> None:
     # fine-tunes attention; k stays frozen); "attention_with_bias" also trains their biases (this project's first
     # reading); "full" or "frozen" otherwise.
     m.CLIP_FINETUNE = "attention"
-    # How the last CLIP image block makes the dense features: "attention" (the block as CLIP runs it, global
-    # attention) or "value" (CAT-Seg's dense last layer: each position through the value and output projections
-    # only, the class token's input as the residual, then the MLP; see esc_net/modeling/clip/encoder.py).
-    m.CLIP_DENSE_LAYER = "attention"
+    # How the last CLIP image block makes the dense features: "value" (CAT-Seg's dense last layer, on which ESC-Net
+    # builds: each position through the value and output projections only, the class token's input as the
+    # residual, then the MLP) or "attention" (the block as CLIP runs it, global attention; this project's first
+    # reading). See esc_net/modeling/clip/encoder.py; the laboratory's A/B row is in docs/laboratory.md.
+    m.CLIP_DENSE_LAYER = "value"
     # 0-based indices of CLIP image blocks whose outputs feed the decoder's skip connections, in the order of the
     # decoder's stages: block 3 joins the first upsampling (48x48), block 7 the second (96x96), as in CAT-Seg.
     # [7, 3] is the reverse order (this project's before 2026-12).
@@ -107,9 +108,11 @@ def add_esc_net_config(cfg: CN) -> None:
     # "bce": per-pixel binary cross-entropy on one-hot targets; "ce": softmax cross-entropy over classes.
     m.LOSS = "bce"
     # Weight of the same loss on every ESC-Block's refined correlation map (deep supervision, computed at the
-    # decoder's output resolution). The next block's pseudo prompts come from that map and prompt generation is
-    # not differentiable, so this is what teaches it; the paper does not say how it is trained.
-    m.BLOCK_LOSS_WEIGHT = 0.4
+    # decoder's output resolution). The paper states none: with the mask prompt the loss reaches every map head
+    # through the (differentiable) pseudo mask. Without it (PROMPT_TYPES of points and boxes only) the maps that
+    # later blocks draw prompts from learn only through this, so it must be > 0 then. 0.4 was this project's first
+    # reading; the laboratory's A/B row is in docs/laboratory.md.
+    m.BLOCK_LOSS_WEIGHT = 0.0
     m.IGNORE_VALUE = 255
     # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
     # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades memory

@@ -87,7 +87,7 @@ def test_bfloat16_autocast_with_class_cap(cuda_model):
 
 def test_bfloat16_autocast_training_step():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("MODEL.DEVICE", "cuda")).train()
+    model = build_model(tiny_cfg("MODEL.DEVICE", "cuda", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.4)).train()
     optimizer = build_optimizer(tiny_cfg(), model)
     batch = _inputs(count=4, labels=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):

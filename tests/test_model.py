@@ -114,14 +114,14 @@ def _train_batch(num_classes=4, vocabulary=TRAIN_VOCABULARY):
     "opts",
     [
         (),
-        ("MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.0),
-        ("MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.0, "MODEL.ESC_NET.NUM_BLOCKS", 3),
+        ("MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.4),
+        ("MODEL.ESC_NET.NUM_BLOCKS", 3),
         ("MODEL.ESC_NET.PROMPT_TYPES", ["points", "boxes", "mask"]),
-        ("MODEL.ESC_NET.PROMPT_TYPES", ["points"]),
+        ("MODEL.ESC_NET.PROMPT_TYPES", ["points"], "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.4),
         ("MODEL.ESC_NET.PROMPT_TYPES", ["mask"]),
         ("MODEL.ESC_NET.USE_SAM_BLOCK", False, "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.0),
     ],
-    ids=["default", "no-deep-supervision", "3-blocks", "all-prompts", "points-only", "mask-only", "no-sam"],
+    ids=["default", "deep-supervision", "3-blocks", "all-prompts", "points-only", "mask-only", "no-sam"],
 )
 def test_every_trainable_parameter_gets_a_gradient(opts):
     """One training step: every parameter with requires_grad has a non-zero gradient, in every supported config
@@ -286,7 +286,7 @@ def test_ablation_switches_change_the_forward_pass():
     assert no_sam(inputs)[0]["sem_seg"].shape == (3, 64, 64)
 
     for types, expected_tokens in ((["mask"], 1), (["points"], 1 + 3 + 1), (["boxes", "mask"], 1 + 2)):
-        model = build("MODEL.ESC_NET.PROMPT_TYPES", types)
+        model = build("MODEL.ESC_NET.PROMPT_TYPES", types, "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.4)
         sam = model.blocks[0].sam
         seen = {}
         sam.transformer.layers[0].norm1.register_forward_hook(
