@@ -110,7 +110,7 @@ def pretrain_clip(
     steps: int = 1500,
     batch_size: int = 128,
     num_images: int = 24576,
-    lr: float = 2e-3,
+    lr: float = 4e-3,
     weight_decay: float = 0.1,
     warmup: int = 100,
     max_shapes: int = 1,
@@ -124,7 +124,8 @@ def pretrain_clip(
     ``num_images`` captioned images (1 to ``max_shapes`` objects each; one object per image learnt the kinds faster
     than two: 41% against 30% zero-shot after 1000 steps) are drawn once and shown in random order
     with a random flip / rotation per batch, for ``steps`` steps of ``batch_size``; AdamW with a warm-up and a
-    cosine decay. Returns (and, with ``report_path``, writes as JSON) the settings, the loss and the zero-shot
+    cosine decay (learning rate 4e-3: 55% zero-shot against 48% at 2e-3 after 1500 steps of 128; 3000 steps of 64
+    at 2e-3, the same compute, gave 42%). Returns (and, with ``report_path``, writes as JSON) the settings, the loss and the zero-shot
     accuracies before and after training.
     """
     torch.manual_seed(seed)
