@@ -127,6 +127,14 @@ def add_esc_net_config(cfg: CN) -> None:
     # in bounded memory. The evaluator takes either.
     m.INFERENCE_OUTPUT = "scores"
     m.INFERENCE_TOP_K = 0
+    # The class names an input is scored against when it carries no "vocabulary" of its own (Detectron2's
+    # DefaultPredictor, stock DatasetMapper and other tools give none): a list of names (synonyms after commas,
+    # ["cat", "sofa, couch"]) or the name of a registered dataset (its "vocabulary" metadata, else
+    # "stuff_classes"). None = the first DATASETS.TEST dataset's (no default if DATASETS.TEST is empty). Resolved
+    # once, when the model is built (ESCNet.vocabulary), so register a dataset before building the model; the
+    # model reads no catalog in forward. Training inputs without a vocabulary take DATASETS.TRAIN's instead, the
+    # names their label ids index. None accepts a list or a string; once merged, yacs keeps that type.
+    m.VOCABULARY = None
 
     # --- solver ---------------------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"

@@ -9,7 +9,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
-from .data.vocabulary import get_dataset_vocabulary, split_synonyms
+from .data.vocabulary import split_synonyms
 from .utils.checkpoint import load_model_weights
 
 __all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
@@ -51,8 +51,9 @@ class ESCNetPredictor:
     def __init__(self, cfg):
         """
         Args:
-            cfg: a Detectron2 config with ``add_esc_net_config`` applied. Its vocabulary at start is that of
-                ``DATASETS.TEST[0]`` (none if ``DATASETS.TEST`` is empty: call :meth:`set_vocabulary`).
+            cfg: a Detectron2 config with ``add_esc_net_config`` applied. The vocabulary at start is the model's
+                default (``MODEL.ESC_NET.VOCABULARY``, else ``DATASETS.TEST[0]``'s; none if both are empty:
+                call :meth:`set_vocabulary`).
 
         Raises:
             FileNotFoundError, ValueError: ``cfg.MODEL.WEIGHTS`` is missing or does not fit the model.
@@ -66,9 +67,7 @@ class ESCNetPredictor:
             load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised ESC-Net modules")
-        self._vocabulary: Optional[List[str]] = None
-        if self.cfg.DATASETS.TEST:
-            self.set_vocabulary(get_dataset_vocabulary(self.cfg.DATASETS.TEST[0]))
+        self._vocabulary: Optional[List[str]] = self.model.vocabulary
 
     @property
     def vocabulary(self) -> Optional[List[str]]:
@@ -97,8 +96,9 @@ class ESCNetPredictor:
 
         Args:
             image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it; H and W at least 1.
-            vocabulary: class names for this call only (the predictor's :attr:`vocabulary` is left unchanged,
-                so that callers in several threads can each pass their own); default :attr:`vocabulary`.
+            vocabulary: class names for this call only, checked as :meth:`set_vocabulary` checks them (the
+                predictor's :attr:`vocabulary` is left unchanged, so that callers in several threads can each pass
+                their own); default :attr:`vocabulary`.
             output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
             top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
 
@@ -113,6 +113,7 @@ class ESCNetPredictor:
             ValueError: the image is not an [H, W, 3] uint8 array, is empty (a side of 0), no vocabulary is set,
                 ``vocabulary`` is empty or holds an empty name, ``output`` is unknown, ``top_k`` is outside
                 [0, N], or the model's scores hold NaN.
+            TypeError: ``vocabulary`` is a single string instead of a list, or holds a name that is not a string.
         """
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", None)
@@ -127,7 +128,7 @@ class ESCNetPredictor:
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if vocabulary is None and self._vocabulary is None:
             raise ValueError("the predictor has no vocabulary: call set_vocabulary(names) or pass vocabulary=")
-        vocabulary = self._vocabulary if vocabulary is None else list(vocabulary)
+        vocabulary = self._vocabulary if vocabulary is None else self.model.check_vocabulary(vocabulary)
         request = {"image": image, "height": height, "width": width, "vocabulary": vocabulary}
         if output is not None:
             request["output"] = output

@@ -95,6 +95,16 @@ def test_vocabulary_of_one_call(predictor):
         predictor(image, [])
 
 
+def test_vocabulary_of_one_call_is_checked_like_set_vocabulary(predictor):
+    image = _image(24, 24)
+    with pytest.raises(TypeError, match="not one string: 'red circle'"):
+        predictor(image, "red circle")  # not split into characters
+    with pytest.raises(ValueError, match="repeats class names"):
+        predictor(image, ["cat", "Cat"])
+    with pytest.raises(TypeError, match="1: None"):
+        predictor(image, ["cat", None])
+
+
 def test_vocabulary_is_checked(predictor):
     with pytest.raises(ValueError, match="empty"):
         predictor.set_vocabulary([])

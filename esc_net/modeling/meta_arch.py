@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..data.vocabulary import check_vocabulary
+from ..data.vocabulary import check_vocabulary, default_vocabulary_source, resolve_vocabulary, shared_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
 from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .clip import CLIPEncoder
@@ -42,10 +42,13 @@ class ESCNet(nn.Module):
     decoder.
 
     Input: the list of dicts that Detectron2 mappers produce, each with ``"image"`` ([3, H, W], channels in
-    ``INPUT.FORMAT``), ``"vocabulary"`` (the class names to score, the same list for every input of a batch;
-    :class:`SemanticSegmentationMapper` attaches its dataset's, ``ESCNetPredictor`` its own),
-    ``"height"``/``"width"`` (the size to predict at) and, in training, ``"sem_seg"`` ([H, W] ids into the
-    vocabulary). The model reads no dataset catalog: the vocabulary rides with the data.
+    ``INPUT.FORMAT``, any size: the model resizes it to its views), optionally ``"height"``/``"width"`` (the
+    size to predict at; default the image's), in training ``"sem_seg"`` ([H, W] ids into the vocabulary), and
+    optionally ``"vocabulary"``, the class names to score (the same list for every input of a batch;
+    :class:`SemanticSegmentationMapper` attaches its dataset's, ``ESCNetPredictor`` its own). An input without
+    one is scored against the model's default, :attr:`vocabulary` (:attr:`train_vocabulary` in training),
+    resolved when the model is built (``MODEL.ESC_NET.VOCABULARY``), so Detectron2's own tools
+    (``DefaultPredictor``, the stock ``DatasetMapper``) feed it unchanged. The model reads no dataset catalog.
 
     Output: in training a dict of losses; in inference ``[{"sem_seg": Tensor[N, height, width]}]``, per-class
     scores in [0, 1] for the N names of the vocabulary. With ``INFERENCE_OUTPUT "labels"`` (or an input's
@@ -70,6 +73,8 @@ class ESCNet(nn.Module):
         input_format: str = "RGB",
         inference_output: str = "scores",
         inference_top_k: int = 0,
+        vocabulary: Optional[Sequence[str]] = None,
+        train_vocabulary: Optional[Sequence[str]] = None,
     ):
         """
         Args:
@@ -89,6 +94,9 @@ class ESCNet(nn.Module):
             input_format: channel order of the input images ("RGB" or "BGR"); CLIP reads RGB.
             inference_output: "scores" (per-class scores at full resolution) or "labels" (label map, and top-k
                 when ``inference_top_k`` > 0, in bounded memory); an input's "output" / "top_k" override them.
+            vocabulary: the class names scored at inference for inputs that carry none (None: such inputs are
+                refused).
+            train_vocabulary: the same in training; training labels are ids into it (None: refused).
         """
         super().__init__()
         if input_format not in ("RGB", "BGR"):
@@ -123,6 +131,9 @@ class ESCNet(nn.Module):
             raise ValueError(f"INFERENCE_OUTPUT must be one of {OUTPUT_MODES}, got {inference_output!r}")
         self.inference_output = inference_output
         self.inference_top_k = inference_top_k
+        # plain attributes, not state: a checkpoint loads into a model with any default vocabulary
+        self.vocabulary = check_vocabulary(vocabulary) if vocabulary is not None else None
+        self.train_vocabulary = check_vocabulary(train_vocabulary) if train_vocabulary is not None else None
         self.image_size = clip.grid_size[0] * clip.patch_size
         if inference.image_size != self.image_size:
             raise ValueError(f"the inference protocol's views are {inference.image_size} pixels, the CLIP input is "
@@ -210,7 +221,21 @@ class ESCNet(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "inference_output": m.INFERENCE_OUTPUT,
             "inference_top_k": m.INFERENCE_TOP_K,
+            **cls._default_vocabularies(cfg),
         }
+
+    @staticmethod
+    def _default_vocabularies(cfg) -> Dict[str, Optional[List[str]]]:
+        """``vocabulary`` from MODEL.ESC_NET.VOCABULARY, else DATASETS.TEST[0]; ``train_vocabulary`` from
+        DATASETS.TRAIN (see esc_net/config.py). Raises KeyError naming the key of an unregistered dataset."""
+        source, key = default_vocabulary_source(cfg)
+        try:
+            vocabulary = resolve_vocabulary(source) if source else None
+            key = "DATASETS.TRAIN"
+            train_vocabulary = shared_vocabulary(cfg.DATASETS.TRAIN)
+        except KeyError as error:
+            raise KeyError(f"{key}: {error.args[0]}") from error
+        return {"vocabulary": vocabulary, "train_vocabulary": train_vocabulary}
 
     @property
     def device(self) -> torch.device:
@@ -239,17 +264,21 @@ class ESCNet(nn.Module):
             return self._forward_train(batched_inputs, vocabulary)
         return self._forward_inference(batched_inputs, vocabulary)
 
-    @staticmethod
-    def _vocabulary(batched_inputs: List[Dict]) -> List[str]:
-        if any("vocabulary" not in x for x in batched_inputs):
+    def _vocabulary(self, batched_inputs: List[Dict]) -> List[str]:
+        """The class names of the batch: the inputs' own "vocabulary", else the model's default."""
+        default = self.train_vocabulary if self.training else self.vocabulary
+        vocabularies = [x.get("vocabulary", default) for x in batched_inputs]
+        if any(v is None for v in vocabularies):
+            source = "DATASETS.TRAIN" if self.training else "MODEL.ESC_NET.VOCABULARY or DATASETS.TEST"
             raise ValueError(
-                "every input needs a 'vocabulary' (the list of class names to score): SemanticSegmentationMapper "
-                "attaches its dataset's, ESCNetPredictor the one given to set_vocabulary"
+                "an input carries no 'vocabulary' (the list of class names to score) and the model has no default "
+                f"one: give each input its 'vocabulary', or build the model from a config whose {source} names "
+                "the classes (a list of names or a registered dataset)"
             )
-        first = batched_inputs[0]["vocabulary"]
+        first = vocabularies[0]
         names = check_vocabulary(first)
         # a mapper attaches one list object to every input: compare contents only when the objects differ
-        if any(x["vocabulary"] is not first and list(x["vocabulary"]) != list(first) for x in batched_inputs[1:]):
+        if any(v is not first and list(v) != list(first) for v in vocabularies[1:]):
             raise ValueError("the inputs of one batch carry different vocabularies")
         return names
 
