@@ -19,21 +19,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ..data.vocabulary import check_vocabulary, default_vocabulary_source, resolve_vocabulary, shared_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
-from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .clip import CLIPEncoder
 from .criterion import esc_net_losses
 from .decoder import CorrelationDecoder
-from .esc_block import ESCBlock
+from .esc_block import ESCBlock, build_esc_blocks
 from .full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
 from .inference import InferenceProtocol
-from .sam_block import load_sam_state, sam_checkpoint_state
 
 logger = logging.getLogger(__name__)
-
-
-def _plain_dict(node) -> dict:
-    """A config node as nested plain dicts (open_clip's config dataclasses take plain values)."""
-    return {k: _plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
 
 
 @META_ARCH_REGISTRY.register()
@@ -101,6 +94,16 @@ class ESCNet(nn.Module):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {input_format!r}")
+        if block_loss_weight > 0 and any(block.corr_head is None for block in blocks):
+            raise ValueError("BLOCK_LOSS_WEIGHT > 0 supervises every block's map: build the blocks with "
+                             "deep_supervision=True (build_esc_blocks)")
+        if blocks[0].use_sam and "mask" not in blocks[0].sam.prompt_types and len(blocks) > 1 \
+                and block_loss_weight <= 0:
+            raise ValueError(
+                f"MODEL.ESC_NET.PROMPT_TYPES {list(blocks[0].sam.prompt_types)} without 'mask' needs "
+                "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and boxes are not differentiable, so only deep "
+                "supervision can train the map heads that later blocks draw their prompts from"
+            )
         self.clip = clip
         self.blocks = nn.ModuleList(blocks)
         self.decoder = decoder
@@ -138,59 +141,47 @@ class ESCNet(nn.Module):
         if inference.image_size != self.image_size:
             raise ValueError(f"the inference protocol's views are {inference.image_size} pixels, the CLIP input is "
                              f"{self.image_size}")
+        out_size = clip.grid_size[0] * decoder.upscale
+        if inference.out_size != out_size:
+            raise ValueError(f"the inference protocol's score maps are {inference.out_size} pixels, the decoder's "
+                             f"are {out_size}")
 
     @classmethod
     def from_config(cls, cfg):
         m = cfg.MODEL.ESC_NET
-        if m.USE_SAM_BLOCK and "mask" not in m.PROMPT_TYPES and m.NUM_BLOCKS > 1 and m.BLOCK_LOSS_WEIGHT <= 0:
-            raise ValueError(
-                f"MODEL.ESC_NET.PROMPT_TYPES {list(m.PROMPT_TYPES)} without 'mask' needs "
-                "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and boxes are not differentiable, so only deep "
-                "supervision can train the map heads that later blocks draw their prompts from"
-            )
         clip = CLIPEncoder(
             model_name=m.CLIP_MODEL_NAME,
             pretrained=m.CLIP_PRETRAINED,
-            model_cfg=_plain_dict(m.CLIP_MODEL_CFG) or None,
+            model_cfg=m.CLIP_MODEL_CFG or None,
             image_size=m.CLIP_IMAGE_SIZE,
             finetune=m.CLIP_FINETUNE,
             skip_layers=m.CLIP_SKIP_LAYERS,
             templates=m.PROMPT_TEMPLATES,
             synonym_mode=m.SYNONYM_MODE,
         )
-        blocks = [
-            ESCBlock(
-                clip_dim=clip.embed_dim,
-                hidden_dim=m.HIDDEN_DIM,
-                grid_size=clip.grid_size,
-                num_points=m.NUM_POINTS,
-                threshold_factor=m.PPG_THRESHOLD_FACTOR,
-                kmeans_iters=m.KMEANS_ITERS,
-                sam_embed_dim=m.SAM_EMBED_DIM,
-                sam_depth=m.SAM_DEPTH,
-                sam_mlp_dim=m.SAM_MLP_DIM,
-                sam_num_heads=m.SAM_NUM_HEADS,
-                num_heads=m.NUM_HEADS,
-                window_size=m.WINDOW_SIZE,
-                text_guidance_dim=m.TEXT_GUIDANCE_DIM,
-                use_sam=m.USE_SAM_BLOCK,
-                prompt_types=m.PROMPT_TYPES,
-                # A block's refined map is read by the next block's prompt generator and by deep supervision.
-                map_head=m.BLOCK_LOSS_WEIGHT > 0 or (m.USE_SAM_BLOCK and i < m.NUM_BLOCKS - 1),
-                swin_depth=m.SWIN_DEPTH,
-                block_index=i,
-                class_chunk=m.CLASS_CHUNK,
-            )
-            for i in range(m.NUM_BLOCKS)
-        ]
-        if m.USE_SAM_BLOCK and m.SAM_CHECKPOINT:
-            try:
-                sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
-            except READ_ERRORS as error:  # name the file of an empty, truncated or code-running checkpoint
-                raise unreadable_weights_error(m.SAM_CHECKPOINT, error) from error
-            for block in blocks:
-                load_sam_state(block.sam, sam_state, m.SAM_CHECKPOINT)
-        elif m.USE_SAM_BLOCK and not m.ALLOW_RANDOM_SAM:
+        blocks = build_esc_blocks(
+            m.NUM_BLOCKS,
+            deep_supervision=m.BLOCK_LOSS_WEIGHT > 0,
+            sam_checkpoint=m.SAM_CHECKPOINT,
+            use_sam=m.USE_SAM_BLOCK,
+            clip_dim=clip.embed_dim,
+            hidden_dim=m.HIDDEN_DIM,
+            grid_size=clip.grid_size,
+            num_points=m.NUM_POINTS,
+            threshold_factor=m.PPG_THRESHOLD_FACTOR,
+            kmeans_iters=m.KMEANS_ITERS,
+            sam_embed_dim=m.SAM_EMBED_DIM,
+            sam_depth=m.SAM_DEPTH,
+            sam_mlp_dim=m.SAM_MLP_DIM,
+            sam_num_heads=m.SAM_NUM_HEADS,
+            num_heads=m.NUM_HEADS,
+            window_size=m.WINDOW_SIZE,
+            text_guidance_dim=m.TEXT_GUIDANCE_DIM,
+            prompt_types=m.PROMPT_TYPES,
+            swin_depth=m.SWIN_DEPTH,
+            class_chunk=m.CLASS_CHUNK,
+        )
+        if m.USE_SAM_BLOCK and not m.SAM_CHECKPOINT and not m.ALLOW_RANDOM_SAM:
             logger.info(
                 "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM blocks keep random weights unless MODEL.WEIGHTS "
                 "provides them (training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"

@@ -1,13 +1,13 @@
 """Builds an open_clip CLIP at a chosen input size and loads its weights (pretrained tag, local file, or none)."""
 
-import copy
 import logging
 import os
 from dataclasses import asdict
-from typing import Callable, Optional, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import open_clip
 from open_clip.transform import PreprocessCfg
+import torch
 from torch import nn
 
 from ...utils.checkpoint import READ_ERRORS, unreadable_weights_error
@@ -18,6 +18,16 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 _NO_WEIGHTS = ("", "none")
+
+
+def _plain(value):
+    """A config value as plain dicts and lists: open_clip tests its nested configs with ``isinstance(x, dict)``,
+    which a LazyConfig's DictConfig is not."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _is_weights_path(pretrained: str) -> bool:
@@ -70,7 +80,7 @@ def build_open_clip(
                 f"CLIP pretrained={pretrained!r} looks like an open_clip pretrained tag, but tags need a named model "
                 "and an explicit model config was given; use a local weights file path or 'none'"
             )
-        cfg = copy.deepcopy(dict(model_cfg))
+        cfg = _plain(model_cfg)
         missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in cfg]
         if missing:
             raise ValueError(f"CLIP model config {model_name!r} lacks the keys {missing}; got {sorted(cfg)}")
@@ -87,6 +97,9 @@ def build_open_clip(
                 force_image_size=image_size,
                 force_patch_dropout=0.0,
                 pretrained_text=False,
+                # where torch creates tensors now (the CPU, or the meta device for a model built only for its
+                # shapes), not open_clip's default move to the CPU
+                device=torch.get_default_device(),
             )
         except RuntimeError as error:
             if not use_tag:
