@@ -1,4 +1,6 @@
 """The ESCNet meta-architecture on the tiny config: shapes, vocabularies, gradients, class cap, optimizer."""
+import logging
+
 import pytest
 import torch
 from conftest import tiny_cfg
@@ -382,3 +384,20 @@ def test_training_vocabulary_larger_than_the_class_cap_is_refused():
         model(_train_batch())
     model.inference = model.inference.replace(max_classes_per_view=4)
     assert torch.isfinite(sum(model(_train_batch()).values()))
+
+
+def test_random_clip_is_warned_about_only_when_no_weights_will_load(caplog):
+    """A config with MODEL.WEIGHTS gets every tensor from the checkpoint: CLIP_PRETRAINED "none" is not news."""
+    logger = logging.getLogger("esc_net.modeling.meta_arch")
+    logger.addHandler(caplog.handler)  # the "esc_net" logger may not propagate (Detectron2's setup_logger)
+    try:
+        with caplog.at_level(logging.INFO):
+            build_model(tiny_cfg("MODEL.WEIGHTS", "trained.pth", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", False))
+        assert "randomly initialised" not in caplog.text and "random weights" not in caplog.text
+        with caplog.at_level(logging.INFO):
+            build_model(tiny_cfg("MODEL.ESC_NET.ALLOW_RANDOM_SAM", False))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "CLIP tiny-clip is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED 'none') and MODEL.WEIGHTS is " \
+           "empty" in caplog.text
+    assert "the SAM blocks keep random weights" in caplog.text

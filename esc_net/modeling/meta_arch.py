@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ..data.vocabulary import check_vocabulary, default_vocabulary_source, resolve_vocabulary, shared_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
 from .clip import CLIPEncoder
+from .clip.build import is_random_init
 from .criterion import esc_net_losses
 from .decoder import CorrelationDecoder
 from .esc_block import ESCBlock, build_esc_blocks
@@ -181,10 +182,14 @@ class ESCNet(nn.Module):
             swin_depth=m.SWIN_DEPTH,
             class_chunk=m.CLASS_CHUNK,
         )
-        if m.USE_SAM_BLOCK and not m.SAM_CHECKPOINT and not m.ALLOW_RANDOM_SAM:
+        # Only true when no weights will be loaded: MODEL.WEIGHTS holds every tensor, CLIP's and SAM's included.
+        if not cfg.MODEL.WEIGHTS and is_random_init(m.CLIP_PRETRAINED):
+            logger.warning(f"CLIP {m.CLIP_MODEL_NAME} is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED "
+                           f"{m.CLIP_PRETRAINED!r}) and MODEL.WEIGHTS is empty")
+        if not cfg.MODEL.WEIGHTS and m.USE_SAM_BLOCK and not m.SAM_CHECKPOINT and not m.ALLOW_RANDOM_SAM:
             logger.info(
-                "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM blocks keep random weights unless MODEL.WEIGHTS "
-                "provides them (training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
+                "MODEL.ESC_NET.SAM_CHECKPOINT and MODEL.WEIGHTS are empty: the SAM blocks keep random weights "
+                "(training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
             )
         decoder = CorrelationDecoder(
             m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS, class_chunk=m.CLASS_CHUNK

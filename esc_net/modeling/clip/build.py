@@ -12,12 +12,17 @@ from torch import nn
 
 from ...utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
-__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "load_weights_file"]
+__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "is_random_init", "load_weights_file"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 _NO_WEIGHTS = ("", "none")
+
+
+def is_random_init(pretrained: Optional[str]) -> bool:
+    """Whether a ``pretrained`` value of :func:`build_open_clip` leaves CLIP randomly initialised."""
+    return (pretrained or "").strip().lower() in _NO_WEIGHTS
 
 
 def _plain(value):
@@ -73,9 +78,9 @@ def build_open_clip(
         (model, tokenizer, preprocess config dict with "mean" / "std" in the 0-1 scale).
     """
     pretrained = (pretrained or "").strip()
-    from_file = pretrained.lower() not in _NO_WEIGHTS and _is_weights_path(pretrained)
+    from_file = not is_random_init(pretrained) and _is_weights_path(pretrained)
     if model_cfg:
-        if pretrained.lower() not in _NO_WEIGHTS and not from_file:
+        if not is_random_init(pretrained) and not from_file:
             raise ValueError(
                 f"CLIP pretrained={pretrained!r} looks like an open_clip pretrained tag, but tags need a named model "
                 "and an explicit model config was given; use a local weights file path or 'none'"
@@ -89,7 +94,7 @@ def build_open_clip(
         tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
         preprocess = asdict(PreprocessCfg())
     else:
-        use_tag = pretrained.lower() not in _NO_WEIGHTS and not from_file
+        use_tag = not is_random_init(pretrained) and not from_file
         try:
             model = open_clip.create_model(
                 model_name,
@@ -112,6 +117,5 @@ def build_open_clip(
         preprocess = model.visual.preprocess_cfg
     if from_file:
         load_weights_file(model, pretrained, model_name)
-    elif not pretrained or pretrained.lower() == "none":
-        logger.warning("CLIP %s is randomly initialised (pretrained=%r)", model_name, pretrained)
+    # A random CLIP is not warned about here: the model's weights usually load next (ESCNet.from_config knows).
     return model, tokenizer, preprocess
