@@ -1,5 +1,6 @@
 """A one-image predictor for ESC-Net (in the style of Detectron2's ``DefaultPredictor``) and the metadata to
 visualise its output with Detectron2's ``Visualizer``."""
+import hashlib
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -12,11 +13,15 @@ from matplotlib.colors import hsv_to_rgb
 from .data.vocabulary import split_synonyms
 from .utils.checkpoint import load_model_weights
 
-__all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
+__all__ = [
+    "BACKGROUND_NAMES", "ESCNetPredictor", "class_color", "class_colors", "class_index", "display_name",
+    "vocabulary_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
-_GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+# Class names drawn in a neutral grey: what is not an object of interest.
+BACKGROUND_NAMES = frozenset({"background", "void", "other", "others", "unlabeled", "unlabelled", "nothing"})
 
 
 class ESCNetPredictor:
@@ -160,23 +165,30 @@ def class_index(vocabulary: Sequence[str], name: str) -> Optional[int]:
     return None
 
 
-def distinct_colors(n: int) -> List[List[int]]:
-    """``n`` RGB colours (0-255) that differ from their neighbours in the list.
+def class_color(class_name: str) -> List[int]:
+    """The RGB colour (0-255) of a class, a function of its shown name alone (its first synonym, without case
+    or extra spaces), so that a class keeps its colour whatever the vocabulary around it.
 
-    Hues follow the golden-ratio sequence, which keeps any run of consecutive classes well spread around the
-    colour wheel for any ``n``; brightness and saturation cycle through three levels so that classes with
-    nearby hues still differ.
+    Background-like names (:data:`BACKGROUND_NAMES`, or ending in "background") get a grey; other names a
+    saturated colour whose hue, saturation and brightness come from a hash of the name. Two names may happen to
+    get similar colours (the overlay also writes the names).
     """
-    index = np.arange(n)
-    hsv = np.stack(
-        [
-            (index * _GOLDEN_RATIO_CONJUGATE) % 1.0,
-            np.array([0.85, 0.6, 0.95])[index % 3],
-            np.array([0.95, 0.8, 0.65])[(index // 3) % 3],
-        ],
-        axis=1,
-    )
+    shown = " ".join(display_name(class_name).lower().split())
+    code = int.from_bytes(hashlib.blake2b(shown.encode("utf-8"), digest_size=8).digest(), "little")
+    if shown in BACKGROUND_NAMES or shown.endswith(" background"):
+        return [96 + code % 64] * 3  # neutral, a little lighter or darker per name
+    hue, saturation, value = (code & 0xFFFF) / 0x10000, (code >> 16 & 0xFF) / 255, (code >> 24 & 0xFF) / 255
+    hsv = (hue, 0.55 + 0.4 * saturation, 0.6 + 0.4 * value)  # never pale or dark enough to read as grey
     return np.round(hsv_to_rgb(hsv) * 255).astype(int).tolist()
+
+
+def class_colors(class_names: Sequence[str], reference: Optional[Metadata] = None) -> List[List[int]]:
+    """One RGB colour per class: the ``reference`` dataset's own (its ``stuff_colors``) for the names it has,
+    :func:`class_color` for the others."""
+    known = {}
+    if reference is not None and reference.get("stuff_colors", None):
+        known = {display_name(n).lower(): list(c) for n, c in zip(reference.stuff_classes, reference.stuff_colors)}
+    return [known.get(display_name(name).lower()) or class_color(name) for name in class_names]
 
 
 def vocabulary_metadata(class_names: Sequence[str], colors: Optional[Sequence[Sequence[int]]] = None) -> Metadata:
@@ -184,13 +196,13 @@ def vocabulary_metadata(class_names: Sequence[str], colors: Optional[Sequence[Se
 
     Args:
         class_names: the vocabulary, in label order; synonyms are shown by their first name.
-        colors: one RGB colour (0-255) per class; default :func:`distinct_colors`.
+        colors: one RGB colour (0-255) per class; default :func:`class_colors` (a colour per name).
 
     Returns:
         A ``Metadata`` (not registered in the ``MetadataCatalog``) with ``stuff_classes`` and ``stuff_colors``.
     """
     if colors is None:
-        colors = distinct_colors(len(class_names))
+        colors = class_colors(class_names)
     elif len(colors) != len(class_names):
         raise ValueError(f"got {len(colors)} colours for {len(class_names)} classes")
     return Metadata(name="esc_net_vocabulary").set(
