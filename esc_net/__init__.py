@@ -1,8 +1,9 @@
 """ESC-Net (Effective SAM Combination for open-vocabulary semantic segmentation) as a Detectron2 plugin.
 
 Importing the package registers the benchmark datasets with Detectron2 (importing Detectron2's data and modeling
-packages) and nothing heavier: the model code (and with it open_clip, segment_anything and timm) loads when a config is built with :func:`add_esc_net_config`,
-which registers the ``ESCNet`` meta-architecture, or when :class:`ESCNetPredictor` is first used.
+packages) and nothing heavier: the model code (and with it open_clip, segment_anything and timm) loads when a
+config is built with :func:`add_esc_net_config`, which registers the ``ESCNet`` meta-architecture, or when
+:class:`ESCNetPredictor` is first used.
 """
 import warnings
 

@@ -56,8 +56,8 @@ def test_detectron2_lazy_training_script_trains_the_tiny_config(tmp_path):
     datasets = tmp_path / "datasets"
     ss.generate_synthetic_shapes(root=str(datasets), num_train=4, num_val=2)
     out = tmp_path / "out"
-    command = [sys.executable, LAZY_TRAIN_NET, "--config-file", os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.py"),
-               f"train.output_dir={out}", "train.max_iter=3", "train.log_period=1", "train.checkpointer.period=3",
+    config = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.py")
+    command = [sys.executable, LAZY_TRAIN_NET, "--config-file", config, f"train.output_dir={out}", "train.max_iter=3", "train.log_period=1", "train.checkpointer.period=3",
                "dataloader.train.total_batch_size=2"]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))

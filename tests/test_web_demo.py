@@ -160,7 +160,7 @@ def test_a_taken_port_names_the_port_option(files):
                              "DATASETS.TEST", "()", "MODEL.WEIGHTS", str(files / "model.pth")])
     message = str(info.value.code)
     assert message.startswith("esc-net-web-demo: error: cannot listen on 127.0.0.1:") and str(port) in message
-    assert "choose another with --port" in message and "GRADIO_SERVER_PORT" not in message
+    assert "choose another port with --port" in message and "GRADIO_SERVER_PORT" not in message
 
 
 @pytest.mark.parametrize(

@@ -347,16 +347,20 @@ def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary:
 
 
 def check_port(host: str, port: int) -> None:
-    """Raises InputError naming ``--port`` when ``host:port`` cannot be listened on (another server holds it)."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    """Raises InputError, naming ``--port`` or ``--host``, when ``host:port`` cannot be listened on."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError as e:
+        raise InputError(f"--host {host!r} is not an address this machine can listen on ({e})") from e
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
         try:
             probe.bind((host, port))
-        except OSError as e:
+        except (OSError, OverflowError) as e:  # OverflowError: a port outside 0-65535
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise InputError(
-                f"cannot listen on {host}:{port} ({e.strerror}): another server (an earlier demo?) holds the port; "
-                "choose another with --port"
+                f"cannot listen on {host}:{port} ({reason}): choose another port with --port (another server, an "
+                "earlier demo perhaps, may hold this one)"
             ) from e
 
 
