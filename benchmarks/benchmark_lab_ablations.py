@@ -31,6 +31,12 @@ CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml")
 # (SAM, prompt types, number of blocks) and the readings the paper leaves open, each against the default.
 VARIANTS: Dict[str, tuple] = {
     "default": ("the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks)", []),
+    # the settings of the embedded default before the laboratory: CLIP and SAM from random weights, all of CLIP
+    # fine-tuned at the full learning rate
+    "previous_default": ("CLIP and SAM from random weights, CLIP fully fine-tuned (the embedded default before the "
+                         "laboratory)", ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.CLIP_FINETUNE", "full",
+                                         "SOLVER.CLIP_MULTIPLIER", "1.0", "MODEL.ESC_NET.SAM_CHECKPOINT", "",
+                                         "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True", "SOLVER.SAM_MULTIPLIER", "1.0"]),
     "random_sam": ("SAM blocks from random weights", ["MODEL.ESC_NET.SAM_CHECKPOINT", "",
                                                        "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]),
     "no_sam": ("no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)", ["MODEL.ESC_NET.USE_SAM_BLOCK", "False"]),

@@ -148,6 +148,14 @@ def add_esc_net_config(cfg: CN) -> None:
     # in bounded memory. The evaluator takes either.
     m.INFERENCE_OUTPUT = "scores"
     m.INFERENCE_TOP_K = 0
+    # The class names an input is scored against when it carries no "vocabulary" of its own (Detectron2's
+    # DefaultPredictor, stock DatasetMapper and other tools give none): a list of names (synonyms after commas,
+    # ["cat", "sofa, couch"]) or the name of a registered dataset (its "vocabulary" metadata, else
+    # "stuff_classes"). None = the first DATASETS.TEST dataset's (no default if DATASETS.TEST is empty). Resolved
+    # once, when the model is built (ESCNet.vocabulary), so register a dataset before building the model; the
+    # model reads no catalog in forward. Training inputs without a vocabulary take DATASETS.TRAIN's instead, the
+    # names their label ids index. None accepts a list or a string; once merged, yacs keeps that type.
+    m.VOCABULARY = None
 
     # --- solver ---------------------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -166,11 +174,6 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.INPUT.COLOR_AUG_SSD = True
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-
-
-def plain_dict(node) -> dict:
-    """A config node as nested plain dicts (open_clip's config dataclasses take plain values)."""
-    return {k: plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
 
 
 def check_input_geometry(cfg: CN) -> None:

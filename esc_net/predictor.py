@@ -1,5 +1,6 @@
 """A one-image predictor for ESC-Net (in the style of Detectron2's ``DefaultPredictor``) and the metadata to
 visualise its output with Detectron2's ``Visualizer``."""
+import hashlib
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -9,14 +10,18 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
-from .data.vocabulary import get_dataset_vocabulary, split_synonyms
+from .data.vocabulary import split_synonyms
 from .utils.checkpoint import load_model_weights
 
-__all__ = ["ESCNetPredictor", "class_index", "display_name", "distinct_colors", "vocabulary_metadata"]
+__all__ = [
+    "BACKGROUND_NAMES", "ESCNetPredictor", "class_color", "class_colors", "class_index", "display_name",
+    "vocabulary_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
-_GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+# Class names drawn in a neutral grey: what is not an object of interest.
+BACKGROUND_NAMES = frozenset({"background", "void", "other", "others", "unlabeled", "unlabelled", "nothing"})
 
 
 class ESCNetPredictor:
@@ -51,8 +56,9 @@ class ESCNetPredictor:
     def __init__(self, cfg):
         """
         Args:
-            cfg: a Detectron2 config with ``add_esc_net_config`` applied. Its vocabulary at start is that of
-                ``DATASETS.TEST[0]`` (none if ``DATASETS.TEST`` is empty: call :meth:`set_vocabulary`).
+            cfg: a Detectron2 config with ``add_esc_net_config`` applied. The vocabulary at start is the model's
+                default (``MODEL.ESC_NET.VOCABULARY``, else ``DATASETS.TEST[0]``'s; none if both are empty:
+                call :meth:`set_vocabulary`).
 
         Raises:
             FileNotFoundError, ValueError: ``cfg.MODEL.WEIGHTS`` is missing or does not fit the model.
@@ -66,9 +72,7 @@ class ESCNetPredictor:
             load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised ESC-Net modules")
-        self._vocabulary: Optional[List[str]] = None
-        if self.cfg.DATASETS.TEST:
-            self.set_vocabulary(get_dataset_vocabulary(self.cfg.DATASETS.TEST[0]))
+        self._vocabulary: Optional[List[str]] = self.model.vocabulary
 
     @property
     def vocabulary(self) -> Optional[List[str]]:
@@ -97,8 +101,9 @@ class ESCNetPredictor:
 
         Args:
             image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it; H and W at least 1.
-            vocabulary: class names for this call only (the predictor's :attr:`vocabulary` is left unchanged,
-                so that callers in several threads can each pass their own); default :attr:`vocabulary`.
+            vocabulary: class names for this call only, checked as :meth:`set_vocabulary` checks them (the
+                predictor's :attr:`vocabulary` is left unchanged, so that callers in several threads can each pass
+                their own); default :attr:`vocabulary`.
             output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
             top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
 
@@ -113,6 +118,7 @@ class ESCNetPredictor:
             ValueError: the image is not an [H, W, 3] uint8 array, is empty (a side of 0), no vocabulary is set,
                 ``vocabulary`` is empty or holds an empty name, ``output`` is unknown, ``top_k`` is outside
                 [0, N], or the model's scores hold NaN.
+            TypeError: ``vocabulary`` is a single string instead of a list, or holds a name that is not a string.
         """
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", None)
@@ -127,7 +133,7 @@ class ESCNetPredictor:
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if vocabulary is None and self._vocabulary is None:
             raise ValueError("the predictor has no vocabulary: call set_vocabulary(names) or pass vocabulary=")
-        vocabulary = self._vocabulary if vocabulary is None else list(vocabulary)
+        vocabulary = self._vocabulary if vocabulary is None else self.model.check_vocabulary(vocabulary)
         request = {"image": image, "height": height, "width": width, "vocabulary": vocabulary}
         if output is not None:
             request["output"] = output
@@ -159,23 +165,30 @@ def class_index(vocabulary: Sequence[str], name: str) -> Optional[int]:
     return None
 
 
-def distinct_colors(n: int) -> List[List[int]]:
-    """``n`` RGB colours (0-255) that differ from their neighbours in the list.
+def class_color(class_name: str) -> List[int]:
+    """The RGB colour (0-255) of a class, a function of its shown name alone (its first synonym, without case
+    or extra spaces), so that a class keeps its colour whatever the vocabulary around it.
 
-    Hues follow the golden-ratio sequence, which keeps any run of consecutive classes well spread around the
-    colour wheel for any ``n``; brightness and saturation cycle through three levels so that classes with
-    nearby hues still differ.
+    Background-like names (:data:`BACKGROUND_NAMES`, or ending in "background") get a grey; other names a
+    saturated colour whose hue, saturation and brightness come from a hash of the name. Two names may happen to
+    get similar colours (the overlay also writes the names).
     """
-    index = np.arange(n)
-    hsv = np.stack(
-        [
-            (index * _GOLDEN_RATIO_CONJUGATE) % 1.0,
-            np.array([0.85, 0.6, 0.95])[index % 3],
-            np.array([0.95, 0.8, 0.65])[(index // 3) % 3],
-        ],
-        axis=1,
-    )
+    shown = " ".join(display_name(class_name).lower().split())
+    code = int.from_bytes(hashlib.blake2b(shown.encode("utf-8"), digest_size=8).digest(), "little")
+    if shown in BACKGROUND_NAMES or shown.endswith(" background"):
+        return [96 + code % 64] * 3  # neutral, a little lighter or darker per name
+    hue, saturation, value = (code & 0xFFFF) / 0x10000, (code >> 16 & 0xFF) / 255, (code >> 24 & 0xFF) / 255
+    hsv = (hue, 0.55 + 0.4 * saturation, 0.6 + 0.4 * value)  # never pale or dark enough to read as grey
     return np.round(hsv_to_rgb(hsv) * 255).astype(int).tolist()
+
+
+def class_colors(class_names: Sequence[str], reference: Optional[Metadata] = None) -> List[List[int]]:
+    """One RGB colour per class: the ``reference`` dataset's own (its ``stuff_colors``) for the names it has,
+    :func:`class_color` for the others."""
+    known = {}
+    if reference is not None and reference.get("stuff_colors", None):
+        known = {display_name(n).lower(): list(c) for n, c in zip(reference.stuff_classes, reference.stuff_colors)}
+    return [known.get(display_name(name).lower()) or class_color(name) for name in class_names]
 
 
 def vocabulary_metadata(class_names: Sequence[str], colors: Optional[Sequence[Sequence[int]]] = None) -> Metadata:
@@ -183,13 +196,13 @@ def vocabulary_metadata(class_names: Sequence[str], colors: Optional[Sequence[Se
 
     Args:
         class_names: the vocabulary, in label order; synonyms are shown by their first name.
-        colors: one RGB colour (0-255) per class; default :func:`distinct_colors`.
+        colors: one RGB colour (0-255) per class; default :func:`class_colors` (a colour per name).
 
     Returns:
         A ``Metadata`` (not registered in the ``MetadataCatalog``) with ``stuff_classes`` and ``stuff_colors``.
     """
     if colors is None:
-        colors = distinct_colors(len(class_names))
+        colors = class_colors(class_names)
     elif len(colors) != len(class_names):
         raise ValueError(f"got {len(colors)} colours for {len(class_names)} classes")
     return Metadata(name="esc_net_vocabulary").set(

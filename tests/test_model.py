@@ -1,7 +1,10 @@
 """The ESCNet meta-architecture on the tiny config: shapes, vocabularies, gradients, class cap, optimizer."""
+import logging
+
 import pytest
 import torch
 from conftest import tiny_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from esc_net.solver import build_optimizer
@@ -39,9 +42,10 @@ def test_inference_shapes(num_classes, mode):
 
 
 def test_the_vocabulary_rides_with_the_inputs():
-    """The model scores the names each input carries; it has no vocabulary of its own and reads no catalog."""
+    """The model scores the names each input carries; without a default of its own it refuses an input without."""
     model = _model()
-    with pytest.raises(ValueError, match="every input needs a 'vocabulary'"):
+    assert model.vocabulary is None and model.train_vocabulary is None  # no key, no DATASETS.TEST / TRAIN
+    with pytest.raises(ValueError, match="carries no 'vocabulary'.*MODEL.ESC_NET.VOCABULARY or DATASETS.TEST"):
         model([{"image": _image(32, 32)}])
     with pytest.raises(ValueError, match="empty"):
         model([{"image": _image(32, 32), "vocabulary": []}])
@@ -51,7 +55,42 @@ def test_the_vocabulary_rides_with_the_inputs():
     assert out[0]["sem_seg"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="different vocabularies"):
         model([{"image": _image(32, 32), "vocabulary": ["cat"]}, {"image": _image(32, 32), "vocabulary": ["dog"]}])
-    assert not any(hasattr(model, name) for name in ("set_vocabulary", "test_vocabulary", "train_vocabulary"))
+
+
+def _register(name, classes):
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    MetadataCatalog.get(name).set(stuff_classes=list(classes))
+    return name
+
+
+def test_default_vocabulary_is_resolved_when_the_model_is_built():
+    """MODEL.ESC_NET.VOCABULARY (names, or a registered dataset), else DATASETS.TEST[0]'s; DATASETS.TRAIN's in
+    training. An input's own vocabulary overrides it; forward reads no catalog."""
+    test = _register("model_test_default_vocabulary", ["sky", "grass"])
+    train = _register("model_test_train_vocabulary", ["cat", "dog", "sofa, couch"])
+    assert _model("DATASETS.TEST", (test,)).vocabulary == ["sky", "grass"]
+    assert _model("MODEL.ESC_NET.VOCABULARY", test).vocabulary == ["sky", "grass"]
+    listed = _model("MODEL.ESC_NET.VOCABULARY", '["road", "car, automobile"]', "DATASETS.TEST", (test,),
+                    "DATASETS.TRAIN", (train,))
+    assert listed.vocabulary == ["road", "car, automobile"]  # the key wins over DATASETS.TEST
+    assert listed.train_vocabulary == ["cat", "dog", "sofa, couch"]
+
+    model = _model("DATASETS.TEST", (test,))
+    MetadataCatalog.remove(test)  # resolved at build: forward does not look the dataset up
+    image = _image(40, 48, 2)
+    default = model([{"image": image, "height": 20, "width": 24}])[0]["sem_seg"]
+    explicit = model([{"image": image, "height": 20, "width": 24, "vocabulary": ["sky", "grass"]}])[0]["sem_seg"]
+    assert default.shape == (2, 20, 24)
+    torch.testing.assert_close(default, explicit)
+    assert model([{"image": image, "vocabulary": ["a", "b", "c"]}])[0]["sem_seg"].shape[0] == 3  # overrides
+
+    with pytest.raises(KeyError, match="MODEL.ESC_NET.VOCABULARY: dataset 'no_such_dataset'"):
+        _model("MODEL.ESC_NET.VOCABULARY", "no_such_dataset")
+    with pytest.raises(KeyError, match="DATASETS.TRAIN: dataset 'no_such_train_set'"):
+        _model("DATASETS.TRAIN", ("no_such_train_set",))
+    with pytest.raises(ValueError, match="repeats class names"):
+        _model("MODEL.ESC_NET.VOCABULARY", '["cat", "Cat"]')
 
 
 def test_vocabulary_order_permutes_scores():
@@ -362,3 +401,20 @@ def test_class_attention_pad_must_exceed_the_training_vocabulary():
         losses = padded(batch)
     sum(losses.values()).backward()
     assert padded.blocks[0].vlf.text_guidance.pad_token.grad.abs().sum() > 0
+
+
+def test_random_clip_is_warned_about_only_when_no_weights_will_load(caplog):
+    """A config with MODEL.WEIGHTS gets every tensor from the checkpoint: CLIP_PRETRAINED "none" is not news."""
+    logger = logging.getLogger("esc_net.modeling.meta_arch")
+    logger.addHandler(caplog.handler)  # the "esc_net" logger may not propagate (Detectron2's setup_logger)
+    try:
+        with caplog.at_level(logging.INFO):
+            build_model(tiny_cfg("MODEL.WEIGHTS", "trained.pth", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", False))
+        assert "randomly initialised" not in caplog.text and "random weights" not in caplog.text
+        with caplog.at_level(logging.INFO):
+            build_model(tiny_cfg("MODEL.ESC_NET.ALLOW_RANDOM_SAM", False))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "CLIP tiny-clip is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED 'none') and MODEL.WEIGHTS is " \
+           "empty" in caplog.text
+    assert "the SAM blocks keep random weights" in caplog.text

@@ -120,3 +120,14 @@ def test_installed_demo_commands_run(tmp_path):
     result = subprocess.run([_installed_command("esc-net-web-demo"), "--help"], capture_output=True, text=True,
                             timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0 and result.stdout.startswith("usage: esc-net-web-demo")
+
+
+@pytest.mark.parametrize("script", ["train_net.py", "demo/demo.py", "tools/analyze_model.py"])
+def test_commands_print_no_deprecation_noise(script):
+    """Python's default warning filters, as a user runs a command: no FutureWarning from the libraries' imports
+    (torch.jit.script in fvcore and detectron2.modeling) or anything else on stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300,
+                            cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0 and result.stdout.startswith("usage:")
+    assert result.stderr == ""

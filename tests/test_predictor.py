@@ -4,9 +4,13 @@ import pytest
 import torch
 from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from esc_net.predictor import ESCNetPredictor, class_index, display_name, distinct_colors, vocabulary_metadata
+from esc_net.data import get_dataset_vocabulary
+from esc_net.predictor import (
+    ESCNetPredictor, class_color, class_colors, class_index, display_name, vocabulary_metadata
+)
 
 VOCABULARY = ["red circle", "blue square", "sofa, couch"]
 
@@ -95,6 +99,16 @@ def test_vocabulary_of_one_call(predictor):
         predictor(image, [])
 
 
+def test_vocabulary_of_one_call_is_checked_like_set_vocabulary(predictor):
+    image = _image(24, 24)
+    with pytest.raises(TypeError, match="not one string: 'red circle'"):
+        predictor(image, "red circle")  # not split into characters
+    with pytest.raises(ValueError, match="repeats class names"):
+        predictor(image, ["cat", "Cat"])
+    with pytest.raises(TypeError, match="1: None"):
+        predictor(image, ["cat", None])
+
+
 def test_vocabulary_is_checked(predictor):
     with pytest.raises(ValueError, match="empty"):
         predictor.set_vocabulary([])
@@ -118,12 +132,28 @@ def test_visualisation_metadata():
     meta = vocabulary_metadata(["sofa, couch", "cat"])
     assert meta.stuff_classes == ["sofa", "cat"]
     assert display_name(" grass , lawn") == "grass"
-    colors = distinct_colors(847)
-    assert len({tuple(c) for c in colors}) == 847
-    assert all(0 <= v <= 255 for c in colors for v in c)
     assert vocabulary_metadata(["a", "b"], colors=[[1, 2, 3], [4, 5, 6]]).stuff_colors == [[1, 2, 3], [4, 5, 6]]
     with pytest.raises(ValueError, match="2 colours for 3 classes"):
         vocabulary_metadata(["a", "b", "c"], colors=[[1, 2, 3], [4, 5, 6]])
+
+
+def test_class_colours_follow_the_name_not_the_position():
+    """The same name gets the same colour in any vocabulary; background-like names a grey."""
+    first = vocabulary_metadata(["background", "blue circle", "red square"]).stuff_colors
+    second = vocabulary_metadata(["red square", "sky", "Blue  Circle, disc", "Background"]).stuff_colors
+    assert first[1] == second[2] and first[2] == second[0]
+    assert len(set(first[0])) == 1 and second[3] == first[0]
+    assert len(set(vocabulary_metadata(["black background"]).stuff_colors[0])) == 1
+    ade = get_dataset_vocabulary("ade20k_847_val")
+    colors = class_colors(ade)
+    assert all(0 <= v <= 255 for c in colors for v in c)
+    shown = {display_name(n).lower() for n in ade}  # 837: some ADE classes share a first synonym
+    assert len({tuple(c) for c in colors}) >= 0.99 * len(shown)  # names hashed apart, a rare collision allowed
+    assert all(max(c) - min(c) >= 40 for name, c in zip(ade, colors) if "background" not in name)  # not grey
+    # A dataset's own colours for the names it has (the synthetic shapes' blue for "blue circle").
+    shapes = MetadataCatalog.get("synthetic_shapes_val")
+    blue = shapes.stuff_colors[shapes.stuff_classes.index("blue circle")]
+    assert class_colors(["sky", "blue circle"], shapes) == [class_color("sky"), blue]
 
 
 def test_class_index_by_entry_or_first_synonym():

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from segment_anything.modeling import Sam
 
 from esc_net.pretrain import cli
-from esc_net.pretrain.clip import build_clip, pretrain_clip, tokenizer_for
+from esc_net.pretrain.clip import build_clip, pretrain_clip
 from esc_net.pretrain.sam import build_sam, decode_masks, pretrain_sam
 
 SAM_SIZES = dict(embed_dim=32, depth=1, mlp_dim=64, num_heads=2)  # the tiny config's SAM block
@@ -36,7 +36,7 @@ def sam_file(tmp_path_factory):
 def test_clip_stage_writes_an_open_clip_state_dict_that_esc_net_loads(clip_file):
     path, report = clip_file
     state = torch.load(path, weights_only=True)
-    reference = build_clip(TINY_CLIP_CFG, 64).state_dict()
+    reference = build_clip(TINY_CLIP_CFG, 64)[0].state_dict()
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}
     model = build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", path))
     loaded = model.clip.clip.state_dict()
@@ -110,5 +110,6 @@ def test_command_refuses_a_config_without_a_clip_model_config(tmp_path):
 
 
 def test_tokenizer_has_the_configs_context():
-    assert tokenizer_for(TINY_CLIP_CFG)(["a photo of a red star."]).shape == (1, TINY_CLIP_CFG["text_cfg"]["context_length"])
-    assert np.isfinite(build_clip(TINY_CLIP_CFG, 64).logit_scale.item())
+    model, tokenizer = build_clip(TINY_CLIP_CFG, 64)
+    assert tokenizer(["a photo of a red star."]).shape == (1, TINY_CLIP_CFG["text_cfg"]["context_length"])
+    assert np.isfinite(model.logit_scale.item())

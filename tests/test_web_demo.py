@@ -4,7 +4,9 @@ Chromium (Selenium).
 Every server here listens on 127.0.0.1 and serves a tiny random-weight checkpoint written by the test.
 """
 import json
+import logging
 import os
+import socket
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
@@ -91,9 +94,73 @@ def test_http_segmentation(client, files):
     assert set(names) <= {"red square", "black background"} and names
     assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(100, abs=0.2)
     heat = cv2.imread(score_map)
-    assert heat is not None and heat.shape[:2] == (80, 100)  # the score map is at the image's size
+    # beside the overlay at its size, with the colour bar at its right
+    assert heat is not None and heat.shape[:2] == (picture.shape[0], picture.shape[1] + app_module.COLOR_BAR_WIDTH)
     _, _, no_map = _segment(client, files / "square.png")
     assert no_map is None
+
+
+def test_score_map_is_drawn_at_the_given_size_with_a_colour_bar():
+    image = np.zeros((6, 8, 3), np.uint8)
+    scores = np.zeros((6, 8), np.float32)
+    scores[:, 4:] = 1.0  # right half certain
+    drawn = app_module.draw_score_map(image, scores, (384, 512))[:, :, ::-1]  # back to BGR
+    assert drawn.shape == (384, 512 + app_module.COLOR_BAR_WIDTH, 3)
+    viridis = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_VIRIDIS)[0].astype(int)  # 0, 1
+    dark = (0.65 * viridis).round()  # over a black image
+    assert np.abs(drawn[200, 100].astype(int) - dark[0]).max() <= 2
+    assert np.abs(drawn[200, 400].astype(int) - dark[1]).max() <= 2
+    bar = drawn[:, 512:]
+    strip = bar[:, 4:18].reshape(-1, 3)
+    # the bar runs from the colour of 1 at the top to that of 0 at the bottom
+    assert np.abs(bar[9, 10].astype(int) - viridis[1]).max() <= 2
+    assert np.abs(bar[384 - 9, 10].astype(int) - viridis[0]).max() <= 2
+    assert len({tuple(c) for c in strip}) > 100
+
+
+def test_class_colours_are_the_names_whatever_the_vocabulary():
+    """The embedded default's page draws a vocabulary that is not its dataset's with the dataset's colours for the
+    names it has (grey background, blue circle in blue) and a colour per name for the others."""
+    shapes = MetadataCatalog.get("synthetic_shapes_val")
+    segmenter = app_module.Segmenter(predictor=None, max_side=MAX_SIDE, colors=shapes)
+    small = segmenter.metadata(["background", "blue circle"]).stuff_colors
+    large = segmenter.metadata(["red square", "sky", "blue circle", "background"]).stuff_colors
+    blue = shapes.stuff_colors[shapes.stuff_classes.index("blue circle")]
+    assert small == [large[3], large[2]] == [shapes.stuff_colors[0], blue]
+    assert large[1] == app_module.Segmenter(None, MAX_SIDE).metadata(["grass", "sky"]).stuff_colors[1]
+
+
+def test_user_errors_are_logged_in_one_line_without_a_traceback(client, files, capfd):
+    logger = logging.getLogger("esc_net.web_demo")
+    records, handler, level = [], logging.Handler(logging.INFO), logger.level
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    capfd.readouterr()
+    try:
+        with pytest.raises(gradio_client.exceptions.AppError):
+            _segment(client, files / "square.png", " ; ")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    assert [r.getMessage() for r in records] == [
+        "refused a request: The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch')."
+    ]
+
+
+def test_a_taken_port_names_the_port_option(files):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            app_module.main(["--config-file", TINY_CONFIG, "--port", str(port), "--opts", "DATASETS.TRAIN", "()",
+                             "DATASETS.TEST", "()", "MODEL.WEIGHTS", str(files / "model.pth")])
+    message = str(info.value.code)
+    assert message.startswith("esc-net-web-demo: error: cannot listen on 127.0.0.1:") and str(port) in message
+    assert "choose another port with --port" in message and "GRADIO_SERVER_PORT" not in message
 
 
 @pytest.mark.parametrize(

@@ -19,16 +19,15 @@ import argparse
 import logging
 from typing import Dict, Optional, Sequence
 
-import torch
-from tabulate import tabulate
+from esc_net import add_esc_net_config  # first: it imports fvcore without fvcore's deprecation noise
 
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from fvcore.nn import parameter_count_table  # noqa: E402
+from tabulate import tabulate  # noqa: E402
 
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-from detectron2.utils.logger import setup_logger
-from fvcore.nn import parameter_count_table
-
-from esc_net import add_esc_net_config
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")

@@ -1,5 +1,5 @@
 """The class names a model scores for a registered dataset (its open vocabulary)."""
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 from detectron2.data import MetadataCatalog
 
@@ -18,6 +18,25 @@ def get_dataset_vocabulary(dataset_name: str) -> List[str]:
             "(importing esc_net registers the benchmarks; see datasets/README.md)"
         )
     return list(names)
+
+
+def resolve_vocabulary(source: Union[str, Sequence[str]]) -> List[str]:
+    """The class names ``source`` stands for: a string names a registered dataset (:func:`get_dataset_vocabulary`),
+    a list holds the names themselves (checked by :func:`check_vocabulary`)."""
+    if isinstance(source, str):
+        return get_dataset_vocabulary(source)
+    return check_vocabulary(source)
+
+
+def default_vocabulary_source(cfg) -> Tuple[Optional[Union[str, List[str]]], str]:
+    """What the model's default vocabulary comes from (``MODEL.ESC_NET.VOCABULARY``, else ``DATASETS.TEST[0]``),
+    and the config key that names it: ``(None, "")`` when neither does."""
+    source = cfg.MODEL.ESC_NET.VOCABULARY
+    if source:
+        return source, "MODEL.ESC_NET.VOCABULARY"
+    if cfg.DATASETS.TEST:
+        return cfg.DATASETS.TEST[0], "DATASETS.TEST[0]"
+    return None, ""
 
 
 def shared_vocabulary(dataset_names: Sequence[str]) -> Optional[List[str]]:

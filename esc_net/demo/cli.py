@@ -12,12 +12,13 @@ The ``esc-net-demo`` command (``python demo/demo.py`` in a source checkout runs 
         --vocabulary "cat; dog; sofa, couch; floor" --output output/demo --save-labels \\
         --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cuda
 
-Vocabulary (one of; default: the classes of the config's first DATASETS.TEST):
+Vocabulary (one of; default: the model's, MODEL.ESC_NET.VOCABULARY, else the config's first DATASETS.TEST):
   --vocabulary TEXT         classes separated by ';', synonyms of a class by ',': "cat; sofa, couch" is two
                             classes, the second one with two synonyms. May be repeated: each value adds classes.
   --vocabulary-file FILE    one class per line (synonyms by ','); blank lines and lines starting with '#' skipped.
   --dataset-vocabulary NAME the classes of a registered dataset, e.g. ade20k_150_val, synthetic_shapes_val.
-  The overlay shows a class by its first synonym.
+  The overlay shows a class by its first synonym, in a colour of its own whatever the vocabulary (the dataset's
+  colour for a class of the dataset named; grey for background-like names).
 
 Outputs in --output, for each input image <stem>.<ext>:
   <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer; images
@@ -43,25 +44,27 @@ import glob
 import logging
 import os
 from collections import Counter
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from esc_net import add_esc_net_config
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
-from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
+from esc_net.data.vocabulary import default_vocabulary_source
+from esc_net.predictor import ESCNetPredictor, class_colors, class_index, vocabulary_metadata
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "dataset_colors",
-    "draw_overlay", "is_truncated_jpeg", "label_map", "main", "parse_args", "parse_vocabulary_text",
+    "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "draw_overlay",
+    "is_truncated_jpeg", "label_map", "main", "palette", "parse_args", "parse_vocabulary_text",
     "prompt_class_index", "read_image", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
     "segment_images", "setup_cfg", "write_vocabulary",
 ]
@@ -198,29 +201,24 @@ def read_vocabulary_file(path: str) -> List[str]:
     return names
 
 
-def dataset_colors(dataset_name: str, vocabulary: Sequence[str]) -> Optional[List[List[int]]]:
-    """The dataset's own ``stuff_colors`` when its ``stuff_classes`` are exactly ``vocabulary``, else None."""
-    meta = MetadataCatalog.get(dataset_name)
-    colors = meta.get("stuff_colors", None)
-    if colors and list(meta.get("stuff_classes", [])) == list(vocabulary):
-        return [list(c) for c in colors]
+def resolve_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
+    """The vocabulary the options ask for, checked; None when they name none (the model's default then)."""
+    if args.vocabulary is not None:
+        return check_vocabulary(parse_vocabulary_text(args.vocabulary))
+    if args.vocabulary_file is not None:
+        return check_vocabulary(read_vocabulary_file(args.vocabulary_file))
+    if args.dataset_vocabulary is not None:
+        return check_vocabulary(get_dataset_vocabulary(args.dataset_vocabulary))
     return None
 
 
-def resolve_vocabulary(args: argparse.Namespace, cfg) -> Tuple[List[str], Optional[List[List[int]]]]:
-    """The vocabulary the options ask for, checked, and the colours to draw it with (None: generated ones)."""
-    if args.vocabulary is not None:
-        return check_vocabulary(parse_vocabulary_text(args.vocabulary)), None
-    if args.vocabulary_file is not None:
-        return check_vocabulary(read_vocabulary_file(args.vocabulary_file)), None
-    dataset = args.dataset_vocabulary or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+def palette(cfg, dataset: Optional[str] = None) -> Optional[Metadata]:
+    """The metadata whose ``stuff_colors`` draw the classes it has (:func:`class_colors`): ``dataset``'s, else
+    that of the dataset the model's default vocabulary comes from; None if neither names one."""
     if dataset is None:
-        raise InputError(
-            "no vocabulary: give --vocabulary, --vocabulary-file or --dataset-vocabulary (the config names no "
-            "DATASETS.TEST to take one from)"
-        )
-    vocabulary = check_vocabulary(get_dataset_vocabulary(dataset))
-    return vocabulary, dataset_colors(dataset, vocabulary)
+        source, _ = default_vocabulary_source(cfg)
+        dataset = source if isinstance(source, str) else None
+    return MetadataCatalog.get(dataset) if dataset else None
 
 
 def prompt_class_index(vocabulary: Sequence[str], name: str) -> int:
@@ -308,16 +306,23 @@ def run(args: argparse.Namespace) -> List[str]:
     paths = collect_inputs(args.input)
     cfg = setup_cfg(args)
     try:
-        vocabulary, colors = resolve_vocabulary(args, cfg)
+        vocabulary = resolve_vocabulary(args)
         predictor = ESCNetPredictor(cfg)
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
         raise InputError(_message(e)) from e
+    if vocabulary is not None:
+        predictor.set_vocabulary(vocabulary)
+    vocabulary = predictor.vocabulary
+    if vocabulary is None:
+        raise InputError(
+            "no vocabulary: give --vocabulary, --vocabulary-file or --dataset-vocabulary (the config sets neither "
+            "MODEL.ESC_NET.VOCABULARY nor DATASETS.TEST to take one from)"
+        )
     if not 0 <= args.save_top_k <= len(vocabulary):
         raise InputError(f"--save-top-k must be between 0 and the {len(vocabulary)} classes, got {args.save_top_k}")
-    predictor.set_vocabulary(vocabulary)
     prompt_class = prompt_class_index(vocabulary, args.show_prompts) if args.show_prompts else None
-    metadata = vocabulary_metadata(vocabulary, colors)
+    metadata = vocabulary_metadata(vocabulary, class_colors(vocabulary, palette(cfg, args.dataset_vocabulary)))
     os.makedirs(args.output, exist_ok=True)
     write_vocabulary(os.path.join(args.output, "vocabulary.txt"), vocabulary)
     logger.info(f"segmenting {len(paths)} image(s) into {len(vocabulary)} classes; results in {args.output}")

@@ -12,12 +12,14 @@ The ``esc-net-web-demo`` command (``python demo/app.py`` in a source checkout ru
         MODEL.DEVICE cuda
 
 The page takes classes separated by ';' (synonyms of one class by ',': "sofa, couch"), and shows the overlay
-(Detectron2's Visualizer), a legend of the classes present with their share of the pixels, and, for a class named
-in "score map of", that class's scores. Bad uploads, an empty vocabulary or an unknown class give a message on
-the page.
+(Detectron2's Visualizer; each class in a colour of its name, the same in any vocabulary, grey for background-like
+names), a legend of the classes present with their share of the pixels, and, for a class named in "score map
+of", that class's scores at the overlay's size with a colour bar. Bad uploads, an empty vocabulary or an unknown
+class give a message on the page and one line in the server's log.
 
-It listens on 127.0.0.1 only unless --host says otherwise, refuses uploads over --max-upload-mb and images with a
-side over --max-side, and serves several browsers at once: requests queue (up to --queue-size waiting), at most
+It listens on 127.0.0.1 only unless --host says otherwise, on --port (7860; a port that another server holds is
+refused, naming --port, before the model loads), refuses uploads over --max-upload-mb and images with a side over
+--max-side, and serves several browsers at once: requests queue (up to --queue-size waiting), at most
 --concurrency run at a time, and the model itself runs one image at a time.
 """
 import argparse
@@ -25,6 +27,7 @@ import functools
 import html
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,20 +37,21 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 
 from esc_net.data import check_vocabulary
 from esc_net.data.synthetic_shapes import render_split_sample
 from esc_net.demo.cli import (
     InputError,
-    dataset_colors,
     draw_overlay,
     label_map,
+    palette,
     parse_vocabulary_text,
     read_image,
     setup_cfg,
 )
-from esc_net.predictor import ESCNetPredictor, class_index, display_name, vocabulary_metadata
+from esc_net.predictor import ESCNetPredictor, class_colors, class_index, display_name, vocabulary_metadata
 
 logger = logging.getLogger("esc_net.web_demo")
 
@@ -95,7 +99,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the page "
                              "to the network)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (MB)")
     parser.add_argument("--max-side", type=int, default=4096, help="longest image side accepted (pixels)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
@@ -131,22 +135,30 @@ def write_examples(folder: str) -> List[str]:
     return paths
 
 
+def user_error(message: str) -> Exception:
+    """A ``gradio.Error`` for a problem the user can fix: the page shows ``message``; the server log gets it as
+    one line, not Gradio's traceback."""
+    logger.info(f"refused a request: {message}")
+    return gradio().Error(message, print_exception=False)
+
+
 class Segmenter:
     """The page's one action: an image file and a vocabulary text in, overlay, legend and score map out.
 
-    Errors the user can fix raise ``gradio.Error`` with the reason, which the page shows as a message.
+    Errors the user can fix raise :func:`user_error` with the reason, which the page shows as a message.
     """
 
-    def __init__(self, predictor: ESCNetPredictor, max_side: int, dataset: Optional[str] = None):
+    def __init__(self, predictor: ESCNetPredictor, max_side: int, colors: Optional[Metadata] = None):
         """
         Args:
             predictor: the model; its own vocabulary is the page's default.
             max_side: longest image side accepted.
-            dataset: a registered dataset whose colours draw its own vocabulary (e.g. grey background).
+            colors: a dataset's metadata whose ``stuff_colors`` draw the classes it has (e.g. grey background);
+                the other classes get a colour of their name (:func:`esc_net.predictor.class_colors`).
         """
         self.predictor = predictor
         self.max_side = max_side
-        self.dataset = dataset
+        self.colors = colors
         self._model_lock = threading.Lock()  # one image at a time through the model; the drawing runs in parallel
 
     def read(self, upload: Optional[dict]) -> np.ndarray:
@@ -154,16 +166,16 @@ class Segmenter:
         ...}; the page's image input is not preprocessed, so that an unreadable file gets this message rather
         than Gradio's own)."""
         if not upload:
-            raise gradio().Error("Upload an image or pick an example first.")
+            raise user_error("Upload an image or pick an example first.")
         path = upload["path"]
         try:
             image = read_image(path)
         except InputError as e:
             name = upload.get("orig_name") or os.path.basename(path)
             message = f"The upload {name!r} is not an image that can be read (PNG, JPEG, BMP, TIFF, WebP)."
-            raise gradio().Error(message) from e
+            raise user_error(message) from e
         if max(image.shape[:2]) > self.max_side:
-            raise gradio().Error(
+            raise user_error(
                 f"The image is {image.shape[1]}x{image.shape[0]} pixels; this page accepts sides up to "
                 f"{self.max_side} pixels. Resize it and upload again."
             )
@@ -171,11 +183,12 @@ class Segmenter:
 
     @staticmethod
     def vocabulary(text: str) -> List[str]:
+        """The classes of the vocabulary text, checked."""
         try:
             return check_vocabulary(parse_vocabulary_text([text or ""]))
         except ValueError as e:
             message = "The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch')."
-            raise gradio().Error(message) from e
+            raise user_error(message) from e
 
     def __call__(
         self,
@@ -195,7 +208,8 @@ class Segmenter:
         Returns:
             overlay: [h, w, 3] uint8 RGB (enlarged for small images).
             legend: HTML table of the classes present, most pixels first.
-            score map: [H, W, 3] uint8 RGB of the ``score_class`` scores over the image, or None.
+            score map: [h, w + bar, 3] uint8 RGB, the ``score_class`` scores over the image at the overlay's size,
+                with a colour bar; or None.
         """
         progress = progress or _no_progress
         progress(0.0, desc="reading the image")
@@ -209,12 +223,17 @@ class Segmenter:
         seconds = time.perf_counter() - start
         progress(0.8, desc="drawing")
         labels = label_map(scores)
-        colors = dataset_colors(self.dataset, vocabulary) if self.dataset else None
-        metadata = vocabulary_metadata(vocabulary, colors)
+        metadata = self.metadata(vocabulary)
         overlay = draw_overlay(image, labels, metadata)[:, :, ::-1]
         legend = legend_html(labels, metadata, seconds)
-        score_map = None if score_index is None else draw_score_map(image, scores[score_index])
+        score_map = None
+        if score_index is not None:
+            score_map = draw_score_map(image, scores[score_index], overlay.shape[:2])
         return overlay, legend, score_map
+
+    def metadata(self, vocabulary: Sequence[str]):
+        """The Visualizer metadata of ``vocabulary``: every class in the colour of its name."""
+        return vocabulary_metadata(vocabulary, class_colors(vocabulary, self.colors))
 
     @staticmethod
     def _score_index(vocabulary: Sequence[str], name: str) -> Optional[int]:
@@ -225,7 +244,7 @@ class Segmenter:
         if index is None:
             shown = ", ".join(display_name(v) for v in vocabulary)
             message = f"'{name}' is not a class of the vocabulary ({shown}): clear 'score map of' or pick one."
-            raise gradio().Error(message)
+            raise user_error(message)
         return index
 
 
@@ -255,10 +274,46 @@ def legend_html(labels: np.ndarray, metadata, seconds: float) -> str:
     )
 
 
-def draw_score_map(image_bgr: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """One class's [H, W] scores in [0, 1] as a colour map over the image: [H, W, 3] uint8 RGB."""
-    heat = cv2.applyColorMap(np.round(np.clip(scores, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    return cv2.addWeighted(image_bgr, 0.35, heat, 0.65, 0)[:, :, ::-1]
+def draw_score_map(image_bgr: np.ndarray, scores: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """One class's scores as a colour map over the image, at the overlay's size, with a colour bar.
+
+    Args:
+        image_bgr: [H, W, 3] uint8.
+        scores: [H, W] in [0, 1].
+        size: (h, w) of the overlay beside which it is shown.
+
+    Returns:
+        [h, w + COLOR_BAR_WIDTH, 3] uint8 RGB.
+    """
+    height, width = size
+    # The image's pixels enlarged as the overlay shows them; the scores interpolated between pixels.
+    image = cv2.resize(image_bgr, (width, height), interpolation=cv2.INTER_NEAREST)
+    scores = cv2.resize(scores.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    blend = cv2.addWeighted(image, 0.35, _score_colors(scores), 0.65, 0)
+    return np.concatenate([blend, color_bar(height)], axis=1)[:, :, ::-1]
+
+
+def _score_colors(scores: np.ndarray) -> np.ndarray:
+    """[H, W] scores in [0, 1] -> [H, W, 3] uint8 BGR of the viridis colour map."""
+    return cv2.applyColorMap(np.round(np.clip(scores, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+
+
+COLOR_BAR_WIDTH = 56
+
+
+def color_bar(height: int) -> np.ndarray:
+    """The key of the score map: [height, COLOR_BAR_WIDTH, 3] uint8 BGR, white, with the colour map from 1 (top)
+    to 0 (bottom) in a strip at its left and the scores 1.0, 0.5 and 0.0 written beside it."""
+    bar = np.full((height, COLOR_BAR_WIDTH, 3), 255, np.uint8)
+    margin, strip = 8, 14
+    span = max(height - 2 * margin, 1)
+    levels = 1.0 - np.arange(span) / max(span - 1, 1)  # top to bottom
+    bar[margin : margin + span, 4 : 4 + strip] = _score_colors(levels[:, None].repeat(strip, axis=1))
+    for value in (1.0, 0.5, 0.0):
+        y = margin + round((1.0 - value) * (span - 1))
+        cv2.putText(bar, f"{value:.1f}", (4 + strip + 4, min(max(y + 4, 10), height - 2)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar
 
 
 def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary: str, title: str):
@@ -292,9 +347,28 @@ def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary:
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """Raises InputError, naming ``--port`` or ``--host``, when ``host:port`` cannot be listened on."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError as e:
+        raise InputError(f"--host {host!r} is not an address this machine can listen on ({e})") from e
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            probe.bind((host, port))
+        except (OSError, OverflowError) as e:  # OverflowError: a port outside 0-65535
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise InputError(
+                f"cannot listen on {host}:{port} ({reason}): choose another port with --port (another server, an "
+                "earlier demo perhaps, may hold this one)"
+            ) from e
+
+
 def create(args: argparse.Namespace) -> Tuple[Any, dict]:
     """The page for ``args`` (a ``gradio.Blocks``) and the keyword arguments of its ``launch``."""
     gradio()  # before any model work: without gradio, say so at once
+    check_port(args.host, args.port)  # and so for a port another server holds
     opts = list(args.opts)
     if args.config_file is None:
         if not os.path.isfile(DEFAULT_CONFIG):
@@ -313,8 +387,7 @@ def create(args: argparse.Namespace) -> Tuple[Any, dict]:
     default_vocabulary = "; ".join(predictor.vocabulary or [])
     examples = write_examples(os.path.join(tempfile.gettempdir(), "esc_net_web_demo_examples"))
     title = f"`{os.path.basename(args.config_file)}`, weights `{cfg.MODEL.WEIGHTS or 'random'}`"
-    dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
-    app = build_app(Segmenter(predictor, args.max_side, dataset), examples, default_vocabulary, title)
+    app = build_app(Segmenter(predictor, args.max_side, palette(cfg)), examples, default_vocabulary, title)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     launch = {
         "server_name": args.host,

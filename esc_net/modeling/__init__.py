@@ -1,7 +1,8 @@
 """ESC-Net's modules; importing this registers the ``ESCNet`` meta-architecture with Detectron2."""
 from .clip import CLIPEncoder
 from .decoder import CorrelationDecoder
-from .esc_block import ESCBlock
+from .esc_block import ESCBlock, build_esc_blocks
+from .inference import InferenceProtocol
 from .meta_arch import ESCNet
 from .prompt_generator import PseudoPromptGenerator, PseudoPrompts
 from .sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
@@ -12,10 +13,12 @@ __all__ = [
     "CorrelationDecoder",
     "ESCBlock",
     "ESCNet",
+    "InferenceProtocol",
     "PseudoPromptGenerator",
     "PseudoPrompts",
     "SAMBlock",
     "VisionLanguageFusion",
+    "build_esc_blocks",
     "load_sam_state",
     "sam_checkpoint_state",
 ]

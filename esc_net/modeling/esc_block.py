@@ -3,14 +3,15 @@
 Notation: B images, N classes, h x w the CLIP grid, D the CLIP joint-embedding width, C the correlation-embedding
 width (``HIDDEN_DIM``), S the SAM transformer width.
 """
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .prompt_generator import PseudoPromptGenerator
-from .sam_block import SAMBlock
+from .sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
 from .vlf_block import VisionLanguageFusion
 
 
@@ -134,3 +135,40 @@ class ESCBlock(nn.Module):
         if self.corr_head is None:
             return corr_embed, None
         return corr_embed, self.corr_head(corr_embed.flatten(0, 1)).view(B, N, h, w)
+
+
+def build_esc_blocks(
+    num_blocks: int, *, deep_supervision: bool, sam_checkpoint: str = "", use_sam: bool = True, **block_args
+) -> List[ESCBlock]:
+    """The ``num_blocks`` consecutive ESC-Blocks of a model (a config's ``MODEL.ESC_NET`` keys, or a LazyConfig's
+    ``model.blocks``).
+
+    Args:
+        num_blocks: N, the paper's 4.
+        deep_supervision: whether every block's refined map is supervised (``BLOCK_LOSS_WEIGHT > 0``). A block
+            gets a map head when something reads its map: deep supervision, or the next block's prompt generator.
+        sam_checkpoint: an official SAM checkpoint (``sam_vit_b_01ec64.pth``) loaded into every block's SAM parts,
+            read once; "" keeps them random (MODEL.WEIGHTS usually provides them).
+        use_sam, block_args: the :class:`ESCBlock` arguments shared by every block (``block_index`` is the
+            block's position).
+
+    Raises:
+        ValueError: naming the file of an unreadable SAM checkpoint, or the keys of one that does not fit.
+    """
+    blocks = [
+        ESCBlock(
+            use_sam=use_sam,
+            map_head=deep_supervision or (use_sam and i < num_blocks - 1),
+            block_index=i,
+            **block_args,
+        )
+        for i in range(num_blocks)
+    ]
+    if use_sam and sam_checkpoint:
+        try:
+            sam_state = sam_checkpoint_state(sam_checkpoint)  # read the file once for all blocks
+        except READ_ERRORS as error:  # name the file of an empty, truncated or code-running checkpoint
+            raise unreadable_weights_error(sam_checkpoint, error) from error
+        for block in blocks:
+            load_sam_state(block.sam, sam_state, sam_checkpoint)
+    return blocks

@@ -125,6 +125,7 @@ class InferenceProtocol:
         )
         self.mode = mode
         self.image_size = image_size
+        self.out_size = out_size
         self.max_classes_per_view = max_classes_per_view
         self.view_classes_per_pass = view_classes_per_pass
         self.sliding_window = SlidingWindow(

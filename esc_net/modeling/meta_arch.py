@@ -17,17 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..config import plain_dict
-from ..data.vocabulary import check_vocabulary
+from ..data.vocabulary import check_vocabulary, default_vocabulary_source, resolve_vocabulary, shared_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
-from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .clip import CLIPEncoder
+from .clip.build import is_random_init
 from .criterion import esc_net_losses
 from .decoder import CorrelationDecoder
-from .esc_block import ESCBlock
+from .esc_block import ESCBlock, build_esc_blocks
 from .full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
 from .inference import InferenceProtocol
-from .sam_block import load_sam_state, sam_checkpoint_state
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +36,13 @@ class ESCNet(nn.Module):
     decoder.
 
     Input: the list of dicts that Detectron2 mappers produce, each with ``"image"`` ([3, H, W], channels in
-    ``INPUT.FORMAT``), ``"vocabulary"`` (the class names to score, the same list for every input of a batch;
-    :class:`SemanticSegmentationMapper` attaches its dataset's, ``ESCNetPredictor`` its own),
-    ``"height"``/``"width"`` (the size to predict at) and, in training, ``"sem_seg"`` ([H, W] ids into the
-    vocabulary). The model reads no dataset catalog: the vocabulary rides with the data.
+    ``INPUT.FORMAT``, any size: the model resizes it to its views), optionally ``"height"``/``"width"`` (the
+    size to predict at; default the image's), in training ``"sem_seg"`` ([H, W] ids into the vocabulary), and
+    optionally ``"vocabulary"``, the class names to score (the same list for every input of a batch;
+    :class:`SemanticSegmentationMapper` attaches its dataset's, ``ESCNetPredictor`` its own). An input without
+    one is scored against the model's default, :attr:`vocabulary` (:attr:`train_vocabulary` in training),
+    resolved when the model is built (``MODEL.ESC_NET.VOCABULARY``), so Detectron2's own tools
+    (``DefaultPredictor``, the stock ``DatasetMapper``) feed it unchanged. The model reads no dataset catalog.
 
     Output: in training a dict of losses; in inference ``[{"sem_seg": Tensor[N, height, width]}]``, per-class
     scores in [0, 1] for the N names of the vocabulary. With ``INFERENCE_OUTPUT "labels"`` (or an input's
@@ -66,6 +67,8 @@ class ESCNet(nn.Module):
         input_format: str = "RGB",
         inference_output: str = "scores",
         inference_top_k: int = 0,
+        vocabulary: Optional[Sequence[str]] = None,
+        train_vocabulary: Optional[Sequence[str]] = None,
     ):
         """
         Args:
@@ -85,10 +88,23 @@ class ESCNet(nn.Module):
             input_format: channel order of the input images ("RGB" or "BGR"); CLIP reads RGB.
             inference_output: "scores" (per-class scores at full resolution) or "labels" (label map, and top-k
                 when ``inference_top_k`` > 0, in bounded memory); an input's "output" / "top_k" override them.
+            vocabulary: the class names scored at inference for inputs that carry none (None: such inputs are
+                refused).
+            train_vocabulary: the same in training; training labels are ids into it (None: refused).
         """
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {input_format!r}")
+        if block_loss_weight > 0 and any(block.corr_head is None for block in blocks):
+            raise ValueError("BLOCK_LOSS_WEIGHT > 0 supervises every block's map: build the blocks with "
+                             "deep_supervision=True (build_esc_blocks)")
+        if blocks[0].use_sam and "mask" not in blocks[0].sam.prompt_types and len(blocks) > 1 \
+                and block_loss_weight <= 0:
+            raise ValueError(
+                f"MODEL.ESC_NET.PROMPT_TYPES {list(blocks[0].sam.prompt_types)} without 'mask' needs "
+                "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and boxes are not differentiable, so only deep "
+                "supervision can train the map heads that later blocks draw their prompts from"
+            )
         self.clip = clip
         self.blocks = nn.ModuleList(blocks)
         self.decoder = decoder
@@ -119,24 +135,25 @@ class ESCNet(nn.Module):
             raise ValueError(f"INFERENCE_OUTPUT must be one of {OUTPUT_MODES}, got {inference_output!r}")
         self.inference_output = inference_output
         self.inference_top_k = inference_top_k
+        # plain attributes, not state: a checkpoint loads into a model with any default vocabulary
+        self.vocabulary = check_vocabulary(vocabulary) if vocabulary is not None else None
+        self.train_vocabulary = check_vocabulary(train_vocabulary) if train_vocabulary is not None else None
         self.image_size = clip.grid_size[0] * clip.patch_size
         if inference.image_size != self.image_size:
             raise ValueError(f"the inference protocol's views are {inference.image_size} pixels, the CLIP input is "
                              f"{self.image_size}")
+        out_size = clip.grid_size[0] * decoder.upscale
+        if inference.out_size != out_size:
+            raise ValueError(f"the inference protocol's score maps are {inference.out_size} pixels, the decoder's "
+                             f"are {out_size}")
 
     @classmethod
     def from_config(cls, cfg):
         m = cfg.MODEL.ESC_NET
-        if m.USE_SAM_BLOCK and "mask" not in m.PROMPT_TYPES and m.NUM_BLOCKS > 1 and m.BLOCK_LOSS_WEIGHT <= 0:
-            raise ValueError(
-                f"MODEL.ESC_NET.PROMPT_TYPES {list(m.PROMPT_TYPES)} without 'mask' needs "
-                "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and boxes are not differentiable, so only deep "
-                "supervision can train the map heads that later blocks draw their prompts from"
-            )
         clip = CLIPEncoder(
             model_name=m.CLIP_MODEL_NAME,
             pretrained=m.CLIP_PRETRAINED,
-            model_cfg=plain_dict(m.CLIP_MODEL_CFG) or None,
+            model_cfg=m.CLIP_MODEL_CFG or None,
             image_size=m.CLIP_IMAGE_SIZE,
             finetune=m.CLIP_FINETUNE,
             skip_layers=m.CLIP_SKIP_LAYERS,
@@ -144,44 +161,38 @@ class ESCNet(nn.Module):
             synonym_mode=m.SYNONYM_MODE,
             dense_layer=m.CLIP_DENSE_LAYER,
         )
-        blocks = [
-            ESCBlock(
-                clip_dim=clip.embed_dim,
-                hidden_dim=m.HIDDEN_DIM,
-                grid_size=clip.grid_size,
-                num_points=m.NUM_POINTS,
-                threshold_factor=m.PPG_THRESHOLD_FACTOR,
-                kmeans_iters=m.KMEANS_ITERS,
-                sam_embed_dim=m.SAM_EMBED_DIM,
-                sam_depth=m.SAM_DEPTH,
-                sam_mlp_dim=m.SAM_MLP_DIM,
-                sam_num_heads=m.SAM_NUM_HEADS,
-                num_heads=m.NUM_HEADS,
-                window_size=m.WINDOW_SIZE,
-                text_guidance_dim=m.TEXT_GUIDANCE_DIM,
-                use_sam=m.USE_SAM_BLOCK,
-                prompt_types=m.PROMPT_TYPES,
-                mask_mode=m.PSEUDO_MASK,
-                # A block's refined map is read by the next block's prompt generator and by deep supervision.
-                map_head=m.BLOCK_LOSS_WEIGHT > 0 or (m.USE_SAM_BLOCK and i < m.NUM_BLOCKS - 1),
-                swin_depth=m.SWIN_DEPTH,
-                block_index=i,
-                class_chunk=m.CLASS_CHUNK,
-                class_pad=m.CLASS_ATTENTION_PAD,
-            )
-            for i in range(m.NUM_BLOCKS)
-        ]
-        if m.USE_SAM_BLOCK and m.SAM_CHECKPOINT:
-            try:
-                sam_state = sam_checkpoint_state(m.SAM_CHECKPOINT)  # read the file once for all blocks
-            except READ_ERRORS as error:  # name the file of an empty, truncated or code-running checkpoint
-                raise unreadable_weights_error(m.SAM_CHECKPOINT, error) from error
-            for block in blocks:
-                load_sam_state(block.sam, sam_state, m.SAM_CHECKPOINT)
-        elif m.USE_SAM_BLOCK and not m.ALLOW_RANDOM_SAM:
+        blocks = build_esc_blocks(
+            m.NUM_BLOCKS,
+            deep_supervision=m.BLOCK_LOSS_WEIGHT > 0,
+            sam_checkpoint=m.SAM_CHECKPOINT,
+            use_sam=m.USE_SAM_BLOCK,
+            clip_dim=clip.embed_dim,
+            hidden_dim=m.HIDDEN_DIM,
+            grid_size=clip.grid_size,
+            num_points=m.NUM_POINTS,
+            threshold_factor=m.PPG_THRESHOLD_FACTOR,
+            kmeans_iters=m.KMEANS_ITERS,
+            sam_embed_dim=m.SAM_EMBED_DIM,
+            sam_depth=m.SAM_DEPTH,
+            sam_mlp_dim=m.SAM_MLP_DIM,
+            sam_num_heads=m.SAM_NUM_HEADS,
+            num_heads=m.NUM_HEADS,
+            window_size=m.WINDOW_SIZE,
+            text_guidance_dim=m.TEXT_GUIDANCE_DIM,
+            prompt_types=m.PROMPT_TYPES,
+            mask_mode=m.PSEUDO_MASK,
+            swin_depth=m.SWIN_DEPTH,
+            class_chunk=m.CLASS_CHUNK,
+            class_pad=m.CLASS_ATTENTION_PAD,
+        )
+        # Only true when no weights will be loaded: MODEL.WEIGHTS holds every tensor, CLIP's and SAM's included.
+        if not cfg.MODEL.WEIGHTS and is_random_init(m.CLIP_PRETRAINED):
+            logger.warning(f"CLIP {m.CLIP_MODEL_NAME} is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED "
+                           f"{m.CLIP_PRETRAINED!r}) and MODEL.WEIGHTS is empty")
+        if not cfg.MODEL.WEIGHTS and m.USE_SAM_BLOCK and not m.SAM_CHECKPOINT and not m.ALLOW_RANDOM_SAM:
             logger.info(
-                "MODEL.ESC_NET.SAM_CHECKPOINT is empty: the SAM blocks keep random weights unless MODEL.WEIGHTS "
-                "provides them (training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
+                "MODEL.ESC_NET.SAM_CHECKPOINT and MODEL.WEIGHTS are empty: the SAM blocks keep random weights "
+                "(training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
             )
         decoder = CorrelationDecoder(
             m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS, class_chunk=m.CLASS_CHUNK
@@ -209,7 +220,21 @@ class ESCNet(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "inference_output": m.INFERENCE_OUTPUT,
             "inference_top_k": m.INFERENCE_TOP_K,
+            **cls._default_vocabularies(cfg),
         }
+
+    @staticmethod
+    def _default_vocabularies(cfg) -> Dict[str, Optional[List[str]]]:
+        """``vocabulary`` from MODEL.ESC_NET.VOCABULARY, else DATASETS.TEST[0]; ``train_vocabulary`` from
+        DATASETS.TRAIN (see esc_net/config.py). Raises KeyError naming the key of an unregistered dataset."""
+        source, key = default_vocabulary_source(cfg)
+        try:
+            vocabulary = resolve_vocabulary(source) if source else None
+            key = "DATASETS.TRAIN"
+            train_vocabulary = shared_vocabulary(cfg.DATASETS.TRAIN)
+        except KeyError as error:
+            raise KeyError(f"{key}: {error.args[0]}") from error
+        return {"vocabulary": vocabulary, "train_vocabulary": train_vocabulary}
 
     @property
     def device(self) -> torch.device:
@@ -238,17 +263,21 @@ class ESCNet(nn.Module):
             return self._forward_train(batched_inputs, vocabulary)
         return self._forward_inference(batched_inputs, vocabulary)
 
-    @staticmethod
-    def _vocabulary(batched_inputs: List[Dict]) -> List[str]:
-        if any("vocabulary" not in x for x in batched_inputs):
+    def _vocabulary(self, batched_inputs: List[Dict]) -> List[str]:
+        """The class names of the batch: the inputs' own "vocabulary", else the model's default."""
+        default = self.train_vocabulary if self.training else self.vocabulary
+        vocabularies = [x.get("vocabulary", default) for x in batched_inputs]
+        if any(v is None for v in vocabularies):
+            source = "DATASETS.TRAIN" if self.training else "MODEL.ESC_NET.VOCABULARY or DATASETS.TEST"
             raise ValueError(
-                "every input needs a 'vocabulary' (the list of class names to score): SemanticSegmentationMapper "
-                "attaches its dataset's, ESCNetPredictor the one given to set_vocabulary"
+                "an input carries no 'vocabulary' (the list of class names to score) and the model has no default "
+                f"one: give each input its 'vocabulary', or build the model from a config whose {source} names "
+                "the classes (a list of names or a registered dataset)"
             )
-        first = batched_inputs[0]["vocabulary"]
+        first = vocabularies[0]
         names = check_vocabulary(first)
         # a mapper attaches one list object to every input: compare contents only when the objects differ
-        if any(x["vocabulary"] is not first and list(x["vocabulary"]) != list(first) for x in batched_inputs[1:]):
+        if any(v is not first and list(v) != list(first) for v in vocabularies[1:]):
             raise ValueError("the inputs of one batch carry different vocabularies")
         return names
 

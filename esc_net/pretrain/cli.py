@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from esc_net.config import plain_dict
 from esc_net.modeling.clip.build import load_weights_file
 from esc_net.utils.checkpoint import READ_ERRORS
 
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _clip_loads(path: str, model_cfg: dict, image_size: int) -> bool:
     try:
-        load_weights_file(clip_stage.build_clip(model_cfg, image_size), path, "the config's CLIP")
+        load_weights_file(clip_stage.build_clip(model_cfg, image_size)[0], path, "the config's CLIP")
     except (FileNotFoundError, ValueError, *READ_ERRORS) as error:
         if os.path.exists(path):
             logger.warning("%s does not load (%s): training again", path, error)
@@ -82,7 +81,7 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             raise ValueError(f"{args.config_file}: the CLIP stage pre-trains the CLIP of MODEL.ESC_NET.CLIP_MODEL_CFG, "
                              "which this config does not define")
         output = args.output or m.CLIP_PRETRAINED
-        model_cfg = plain_dict(m.CLIP_MODEL_CFG)
+        model_cfg = m.CLIP_MODEL_CFG
         if not args.force and _clip_loads(output, model_cfg, m.CLIP_IMAGE_SIZE):
             logger.info("%s loads: the CLIP stage is done (--force trains again)", output)
             return None

@@ -10,10 +10,9 @@ among the 36 object names with the prompt "a photo of a {}." (top-1), and the te
 """
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
@@ -29,6 +28,8 @@ from esc_net.data.synthetic_shapes import (
     sample_rng,
 )
 
+from esc_net.modeling.clip.build import build_open_clip
+
 from .common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
 
 logger = logging.getLogger("esc_net.pretrain")
@@ -36,15 +37,12 @@ logger = logging.getLogger("esc_net.pretrain")
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 
 
-def build_clip(model_cfg: Dict, image_size: int) -> torch.nn.Module:
-    """open_clip's CLIP for the config ``model_cfg`` (embed_dim, vision_cfg, text_cfg) at ``image_size``."""
-    cfg = dict(model_cfg)
-    cfg["vision_cfg"] = {**cfg["vision_cfg"], "image_size": image_size}
-    return open_clip.CLIP(**cfg)
-
-
-def tokenizer_for(model_cfg: Dict) -> open_clip.SimpleTokenizer:
-    return open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
+def build_clip(model_cfg: Dict, image_size: int) -> Tuple[torch.nn.Module, Callable]:
+    """open_clip's CLIP for the config ``model_cfg`` (embed_dim, vision_cfg, text_cfg) at ``image_size``, built as
+    ESC-Net builds it (:func:`~esc_net.modeling.clip.build.build_open_clip`), with random weights; and its
+    tokenizer."""
+    model, tokenizer, _ = build_open_clip("the laboratory's CLIP", "none", model_cfg, image_size)
+    return model, tokenizer
 
 
 def render_captioned(seed: int, stream: str, count: int, image_size: int, max_shapes: int):
@@ -131,8 +129,7 @@ def pretrain_clip(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    model = build_clip(model_cfg, image_size)
-    tokenizer = tokenizer_for(model_cfg)
+    model, tokenizer = build_clip(model_cfg, image_size)
     images, captions = render_captioned(seed, "clip", num_images, image_size, max_shapes)
     tokens = tokenizer(captions)
     before = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)

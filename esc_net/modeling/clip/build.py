@@ -1,23 +1,38 @@
 """Builds an open_clip CLIP at a chosen input size and loads its weights (pretrained tag, local file, or none)."""
 
-import copy
 import logging
 import os
 from dataclasses import asdict
-from typing import Callable, Optional, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import open_clip
 from open_clip.transform import PreprocessCfg
+import torch
 from torch import nn
 
 from ...utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
-__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "load_weights_file"]
+__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "is_random_init", "load_weights_file"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 _NO_WEIGHTS = ("", "none")
+
+
+def is_random_init(pretrained: Optional[str]) -> bool:
+    """Whether a ``pretrained`` value of :func:`build_open_clip` leaves CLIP randomly initialised."""
+    return (pretrained or "").strip().lower() in _NO_WEIGHTS
+
+
+def _plain(value):
+    """A config value as plain dicts and lists: open_clip tests its nested configs with ``isinstance(x, dict)``,
+    which a LazyConfig's DictConfig is not."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _is_weights_path(pretrained: str) -> bool:
@@ -63,14 +78,14 @@ def build_open_clip(
         (model, tokenizer, preprocess config dict with "mean" / "std" in the 0-1 scale).
     """
     pretrained = (pretrained or "").strip()
-    from_file = pretrained.lower() not in _NO_WEIGHTS and _is_weights_path(pretrained)
+    from_file = not is_random_init(pretrained) and _is_weights_path(pretrained)
     if model_cfg:
-        if pretrained.lower() not in _NO_WEIGHTS and not from_file:
+        if not is_random_init(pretrained) and not from_file:
             raise ValueError(
                 f"CLIP pretrained={pretrained!r} looks like an open_clip pretrained tag, but tags need a named model "
                 "and an explicit model config was given; use a local weights file path or 'none'"
             )
-        cfg = copy.deepcopy(dict(model_cfg))
+        cfg = _plain(model_cfg)
         missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in cfg]
         if missing:
             raise ValueError(f"CLIP model config {model_name!r} lacks the keys {missing}; got {sorted(cfg)}")
@@ -79,7 +94,7 @@ def build_open_clip(
         tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
         preprocess = asdict(PreprocessCfg())
     else:
-        use_tag = pretrained.lower() not in _NO_WEIGHTS and not from_file
+        use_tag = not is_random_init(pretrained) and not from_file
         try:
             model = open_clip.create_model(
                 model_name,
@@ -87,6 +102,9 @@ def build_open_clip(
                 force_image_size=image_size,
                 force_patch_dropout=0.0,
                 pretrained_text=False,
+                # where torch creates tensors now (the CPU, or the meta device for a model built only for its
+                # shapes), not open_clip's default move to the CPU
+                device=torch.get_default_device(),
             )
         except RuntimeError as error:
             if not use_tag:
@@ -99,6 +117,5 @@ def build_open_clip(
         preprocess = model.visual.preprocess_cfg
     if from_file:
         load_weights_file(model, pretrained, model_name)
-    elif not pretrained or pretrained.lower() == "none":
-        logger.warning("CLIP %s is randomly initialised (pretrained=%r)", model_name, pretrained)
+    # A random CLIP is not warned about here: the model's weights usually load next (ESCNet.from_config knows).
     return model, tokenizer, preprocess

@@ -1,0 +1,57 @@
+"""The README's Python snippets run as written, from a folder laid out as the repository root after
+scripts/run_default.sh: configs/, the embedded default's checkpoint (here a tiny model with random weights, saved by
+Detectron2's checkpointer) and the synthetic shapes dataset."""
+import os
+import re
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import esc_net
+from esc_net.data import synthetic_shapes as ss
+
+with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+    README = f.read()
+# (section heading, code) of every ```python block
+SNIPPETS = [
+    (re.findall(r"^## (.+)$", README[: match.start()], flags=re.M)[-1], match.group(1))
+    for match in re.finditer(r"^```python\n(.*?)^```$", README, flags=re.M | re.S)
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repository")
+    os.symlink(os.path.join(REPO_ROOT, "configs"), root / "configs")
+    ss.generate_synthetic_shapes(root=str(root / "datasets"), num_train=1, num_val=1)
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    (root / "output" / "esc_net_tiny_shapes").mkdir(parents=True)
+    DetectionCheckpointer(model, save_dir=str(root / "output" / "esc_net_tiny_shapes")).save("model_final")
+    return root, model.state_dict()
+
+
+def test_the_readme_has_its_python_snippets():
+    sections = [section for section, _ in SNIPPETS]
+    assert sections.count("Using the model in your own pipeline") == 2 and "Demo and predictor" in sections
+
+
+@pytest.mark.parametrize("index", range(len(SNIPPETS)), ids=[f"{s}:{i}" for i, (s, _) in enumerate(SNIPPETS)])
+def test_readme_snippet_runs(root, index, monkeypatch):
+    folder, saved = root
+    monkeypatch.chdir(folder)
+    section, code = SNIPPETS[index]
+    namespace = {}
+    exec(compile(code, f"README.md, python snippet {index}", "exec"), namespace)
+    if "model" in namespace:  # the own-pipeline snippet: the trained weights, loaded by Detectron2's checkpointer
+        state = namespace["model"].state_dict()
+        assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    if "scores" in namespace:
+        assert namespace["scores"].shape[-2:] == (96, 96)
