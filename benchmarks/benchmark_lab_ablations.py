@@ -4,7 +4,8 @@
 Every run is the embedded default's training (configs/esc_net_tiny_shapes.yaml: ESC-Net on the seen classes of
 Synthetic Shapes, from the pre-trained tiny CLIP and SAM of scripts/run_default.sh) with the variant's config
 overrides and ``SEED s``, followed by its zero-shot evaluation (seen, unseen and all-class benchmarks). Runs go
-through ``train_net.py`` in subprocesses, ``--workers`` at a time, one CPU thread each; a run whose
+through ``train_net.py`` in subprocesses, ``--workers`` at a time, each in ``--processes`` CPU processes of one
+thread (2, as the main command trains, so that the default row is the main command's figure); a run whose
 ``benchmark_results.json`` exists is not run again, so an interrupted benchmark resumes. The summary (mean +-
 sample standard deviation over the seeds, and every seed's value) is printed and written to
 ``<output>/ablations.md`` and ``.json``.
@@ -71,6 +72,7 @@ def run_one(variant: str, seed: int, args) -> Dict:
         os.makedirs(out, exist_ok=True)
         command = [
             sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, "--resume",
+            "--num-gpus", str(args.processes),
             "OUTPUT_DIR", out, "SEED", str(seed),
             "MODEL.ESC_NET.CLIP_PRETRAINED", os.path.join(args.pretrained, "clip_tiny_shapes.pt"),
             "MODEL.ESC_NET.SAM_CHECKPOINT", os.path.join(args.pretrained, "sam_tiny_shapes.pth"),
@@ -114,7 +116,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time")
+    parser.add_argument("--processes", type=int, default=2, help="CPU training processes of one thread per run")
     parser.add_argument("--iters", type=int, default=0, help="training iterations (0: the config's)")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "ablations"))
     parser.add_argument("--pretrained", default=os.path.join(ROOT, "output", "pretrained"))
