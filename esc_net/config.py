@@ -11,6 +11,8 @@ Image geometry has one source, ``MODEL.ESC_NET.CLIP_IMAGE_SIZE``: training crops
 Pixel normalisation has one source too, the CLIP model's own statistics (``CLIPEncoder.pixel_mean/pixel_std``);
 Detectron2's ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are not read.
 """
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
 
 
@@ -174,6 +176,18 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.INPUT.COLOR_AUG_SSD = True
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's config with ESC-Net's options, merged from ``config_file`` (and its ``_BASE_`` chain) and the
+    overrides ``opts`` (key, value, ...)."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_esc_net_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def check_input_geometry(cfg: CN) -> None:

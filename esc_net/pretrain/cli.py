@@ -17,12 +17,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from esc_net.config import load_config
 from esc_net.modeling.clip.build import load_weights_file
 from esc_net.utils.checkpoint import READ_ERRORS
 
 from . import clip as clip_stage
 from . import sam as sam_stage
-from .common import load_esc_net_config
 
 __all__ = ["PROG", "build_parser", "main", "pretrain"]
 
@@ -72,7 +72,8 @@ def _sam_loads(path: str, sam: torch.nn.Module) -> bool:
 def pretrain(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Runs the stage ``argv`` names; returns its report, or None when its output already loads."""
     args = build_parser().parse_args(argv)
-    cfg = load_esc_net_config(args.config_file, args.opts)
+    # the sizes the pre-trained models must have: the CLIP of CLIP_MODEL_CFG at CLIP_IMAGE_SIZE, SAM's decoder of SAM_*
+    cfg = load_config(args.config_file, args.opts)
     m = cfg.MODEL.ESC_NET
     torch.set_num_threads(args.threads)
     common = dict(steps=args.steps, batch_size=args.batch_size, num_images=args.num_images, lr=args.lr, seed=args.seed)

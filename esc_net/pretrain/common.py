@@ -1,9 +1,9 @@
-"""What both pre-training loops share: the ESC-Net config they read sizes from, image batches, saving, logging."""
+"""What both pre-training loops share: image batches, the schedule, saving."""
 import json
 import logging
 import math
 import os
-from typing import Dict, Sequence
+from typing import Dict
 
 import numpy as np
 import torch
@@ -12,20 +12,6 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from esc_net.utils.checkpoint import atomic_write
 
 logger = logging.getLogger("esc_net.pretrain")
-
-
-def load_esc_net_config(config_file: str, opts: Sequence[str] = ()):
-    """The ESC-Net config whose CLIP (``MODEL.ESC_NET.CLIP_MODEL_CFG``, ``CLIP_IMAGE_SIZE``) and SAM block sizes
-    (``SAM_EMBED_DIM``, ``SAM_DEPTH``, ``SAM_MLP_DIM``, ``SAM_NUM_HEADS``) the pre-trained models must have."""
-    from detectron2.config import get_cfg
-
-    from esc_net.config import add_esc_net_config
-
-    cfg = get_cfg()
-    add_esc_net_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
