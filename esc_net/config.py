@@ -95,6 +95,12 @@ def add_esc_net_config(cfg: CN) -> None:
     # once (always on GPUs, where chunks only add kernel launches; see esc_net/modeling/class_chunks.py). Lets the
     # allocator reuse memory between chunks; scores do not depend on it beyond float rounding.
     m.CLASS_CHUNK = 16
+    # "fast": the SAM block, the VLF block and the decoder run their fast variants (the image side once per image,
+    # SAM's cross attentions reassociated, classes in chunks, channels-last); "reference": their plain forms
+    # (segment_anything's TwoWayTransformer call, the straightforward compositions). The same function; change the
+    # reference first, and the equivalence tests (tests/test_*_block.py, tests/test_decoder.py) tell how the fast
+    # path must follow.
+    m.IMPLEMENTATION = "fast"
     m.TEXT_GUIDANCE_DIM = 128
     # Vocabularies smaller than this are padded to this many tokens in the class attention with a learnt padding
     # token, as CAT-Seg pads to 256, so that a class attends over as many tokens at test (PAS-20: 20 classes) as in

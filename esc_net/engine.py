@@ -35,7 +35,7 @@ from detectron2.utils.logger import setup_logger
 from .config import add_esc_net_config
 from .data import SemanticSegmentationMapper, get_dataset_vocabulary
 from .evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
-from .modeling.sam_block import check_sam_source
+from .modeling.sam_checkpoint import check_sam_source
 from .solver import build_optimizer
 from .utils.checkpoint import ESCNetCheckpointer, check_weights_fit
 

@@ -1,36 +1,23 @@
 """The upsampling decoder against the plain computation it speeds up."""
 import pytest
 import torch
-from torch.nn import functional as F
 
 from esc_net.modeling.decoder import CorrelationDecoder
 
 
-def plain_decoder(decoder, corr_embed, skips):
-    """All classes at once, NCHW, each stage's first conv over the concatenation [x ; skip copied per class]."""
-    B, N, C, h, w = corr_embed.shape
-    x = corr_embed.flatten(0, 1)
-    guidance = [project(skip) for project, skip in zip(decoder.skip_projections, skips)]
-    for stage, skip in zip(decoder.stages, guidance):
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        skip = skip.repeat_interleave(N, dim=0)
-        weight = torch.cat([stage.conv_x.weight, stage.conv_skip.weight], dim=1)
-        y = F.conv2d(torch.cat([x, skip], dim=1), weight, stage.conv_x.bias, padding=1)
-        y = F.gelu(stage.norm1(y))
-        x = F.gelu(stage.norm2(stage.conv2(y)))
-    return decoder.head(x).view(B, N, *x.shape[-2:])
-
-
 @pytest.mark.parametrize("class_chunk", [0, 1, 3])
-def test_decoder_matches_the_plain_computation(class_chunk):
-    """Class chunks, the split first conv and the CPU's channels-last layout change no logit beyond rounding."""
+def test_fast_path_equals_the_reference(class_chunk):
+    """CorrelationDecoder.forward_fast (class chunks, the split first conv, the CPU's channels-last layout) computes
+    forward_reference (all classes at once, NCHW, each first conv over the concatenation [x ; skip copied per class])
+    to float32 rounding."""
     torch.manual_seed(0)
     decoder = CorrelationDecoder(32, 48, [32, 16], [16, 8], class_chunk=class_chunk).eval()
     corr_embed = torch.randn(2, 5, 32, 8, 8)
     skips = [torch.randn(2, 48, 8, 8), torch.randn(2, 48, 8, 8)]
     with torch.no_grad():
         logits = decoder(corr_embed, skips)
-        expected = plain_decoder(decoder, corr_embed, skips)
+        decoder.reference = True
+        expected = decoder(corr_embed, skips)
     assert logits.shape == (2, 5, 32, 32)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 

@@ -418,3 +418,28 @@ def test_random_clip_is_warned_about_only_when_no_weights_will_load(caplog):
     assert "CLIP tiny-clip is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED 'none') and MODEL.WEIGHTS is " \
            "empty" in caplog.text
     assert "the SAM blocks keep random weights" in caplog.text
+
+
+def test_reference_implementation_computes_the_same_model():
+    """IMPLEMENTATION "reference" (segment_anything's TwoWayTransformer, the plain VLF block and decoder, all classes
+    at once) and "fast" give the same scores and the same training losses for the same weights."""
+    fast = _model()
+    reference = _model("MODEL.ESC_NET.IMPLEMENTATION", "reference")
+    reference.load_state_dict(fast.state_dict())
+    assert reference.blocks[0].sam.reference and reference.decoder.reference and not fast.decoder.reference
+    inputs = [{"image": _image(64, 64), "height": 64, "width": 64, "vocabulary": ["cat", "dog", "grass"]}]
+    with torch.no_grad():
+        torch.testing.assert_close(reference(inputs)[0]["sem_seg"], fast(inputs)[0]["sem_seg"], atol=1e-5, rtol=1e-4)
+    fast.train(), reference.train()
+    losses = [model(_train_batch()) for model in (fast, reference)]
+    torch.testing.assert_close(sum(losses[1].values()), sum(losses[0].values()), atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoints_with_the_former_map_head_name_load():
+    """The 1x1 map head was called corr_head: checkpoints written then load into map_head."""
+    model = _model()
+    state = {k.replace(".map_head.", ".corr_head."): v for k, v in model.state_dict().items()}
+    assert any(".corr_head." in k for k in state)
+    other = _model()
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.blocks[0].map_head.weight, model.blocks[0].map_head.weight)

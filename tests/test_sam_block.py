@@ -7,7 +7,8 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import PromptEncoder
 from torch.nn import functional as F
 
-from esc_net.modeling.sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
+from esc_net.modeling.sam_block import SAMBlock
+from esc_net.modeling.sam_checkpoint import load_sam_state, sam_checkpoint_state
 
 SMALL = dict(clip_dim=24, text_dim=16, embed_dim=32, depth=1, mlp_dim=64, num_heads=2)
 SAM_GRID = (24, 24)
@@ -140,7 +141,7 @@ def test_official_checkpoint_loads_prompt_encoder_and_transformer(
         assert not torch.allclose(block.prompt_encoder(**prompts)[0], reference_prompt_encoder(**prompts)[0])
     proj_before = block.image_proj[0].weight.clone()
 
-    with caplog.at_level(logging.INFO, logger="esc_net.modeling.sam_block"):
+    with caplog.at_level(logging.INFO, logger="esc_net.modeling.sam_checkpoint"):
         _load(block, str(sam_checkpoint))
     assert str(sam_checkpoint) in caplog.text
 
@@ -174,24 +175,6 @@ def test_grid_points_are_encoded_where_sam_encodes_the_cell_centre(sam, loaded_b
     assert torch.equal(ours[1], theirs[1])
 
 
-def plain_sam_composition(block, sam, reference_prompt_encoder, x, types):
-    """What the block computes, as segment_anything's modules compute it: the image embedding and PE repeated per
-    class as SAM's mask decoder does, the pseudo mask given as logits of its bilinearly upsampled probabilities,
-    SAM's own TwoWayTransformer. Returns [B*N, 256, 24, 24]."""
-    B, N = x["text_embeds"].shape[:2]
-    mask_logits = torch.logit(F.interpolate(x["masks"], size=(96, 96), mode="bilinear"), eps=1e-4)
-    sparse, dense = reference_prompt_encoder(
-        points=(x["points"], x["labels"]) if "points" in types else None,
-        boxes=x["boxes"] if "boxes" in types else None,
-        masks=mask_logits if "mask" in types else None,
-    )
-    image = torch.repeat_interleave(block.image_proj(x["image_feats"]), N, dim=0) + dense
-    pe = torch.repeat_interleave(reference_prompt_encoder.get_dense_pe(), B * N, dim=0)
-    tokens = torch.cat([block.text_proj(x["text_embeds"]).reshape(B * N, 1, 256), sparse.expand(B * N, -1, -1)], 1)
-    _, keys = sam.mask_decoder.transformer(image, pe, tokens)
-    return keys.permute(0, 2, 1).reshape(B * N, 256, 24, 24)
-
-
 def sam_block_and_inputs(sam_checkpoint, types):
     torch.manual_seed(1)
     block = SAMBlock(clip_dim=32, text_dim=16, grid_size=SAM_GRID, prompt_types=types).eval()
@@ -203,33 +186,51 @@ def sam_block_and_inputs(sam_checkpoint, types):
 
 
 @pytest.mark.parametrize("types", [("points", "mask"), ("points",), ("mask",), ("points", "boxes")])
-def test_forward_is_sam_decoder_transformer_on_clip_features(sam, sam_checkpoint, reference_prompt_encoder, types):
-    """End to end against segment_anything's modules, the plain composition that the block computes faster (with
-    the image side split per image / per class and the cross attentions reassociated)."""
+def test_reference_is_segment_anythings_decoder_transformer_on_clip_features(sam, sam_checkpoint,
+                                                                              reference_prompt_encoder, types):
+    """The reference path is SAM's own modules (a segment_anything Sam loaded from the same checkpoint): the image
+    embedding and PE repeated per class as SAM's mask decoder does, the pseudo mask given as logits of its bilinearly
+    upsampled probabilities, SAM's TwoWayTransformer."""
     block, x = sam_block_and_inputs(sam_checkpoint, types)
+    block.reference = True
+    B, N = x["text_embeds"].shape[:2]
     with torch.no_grad():
         out = block(**x)
-        expected = plain_sam_composition(block, sam, reference_prompt_encoder, x, types)
+        mask_logits = torch.logit(F.interpolate(x["masks"], size=(96, 96), mode="bilinear"), eps=1e-4)
+        sparse, dense = reference_prompt_encoder(
+            points=(x["points"], x["labels"]) if "points" in types else None,
+            boxes=x["boxes"] if "boxes" in types else None,
+            masks=mask_logits if "mask" in types else None,
+        )
+        image = torch.repeat_interleave(block.image_proj(x["image_feats"]), N, dim=0) + dense
+        pe = torch.repeat_interleave(reference_prompt_encoder.get_dense_pe(), B * N, dim=0)
+        text = block.text_proj(x["text_embeds"]).reshape(B * N, 1, 256)
+        _, keys = sam.mask_decoder.transformer(image, pe, torch.cat([text, sparse.expand(B * N, -1, -1)], 1))
     assert out.shape == (6, 256, 24, 24)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, keys.permute(0, 2, 1).reshape(B * N, 256, 24, 24), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("types", [("points", "mask"), ("points", "boxes")])
-def test_gradients_are_those_of_sams_decoder_transformer(sam, sam_checkpoint, reference_prompt_encoder, types):
-    """Training differentiates the same function: the gradients of the block's inputs and of its own projections
-    equal those of the plain composition, for the same upstream gradient."""
+@pytest.mark.parametrize("types", [("points", "mask"), ("points",), ("mask",), ("points", "boxes")])
+def test_fast_path_equals_the_reference(sam_checkpoint, types):
+    """SAMBlock.forward_fast computes SAMBlock.forward_reference (the image side once per image, the cross
+    attentions reassociated): the same outputs, and the same gradients of the block's inputs and of its own
+    projections for the same upstream gradient."""
     block, x = sam_block_and_inputs(sam_checkpoint, types)
     upstream = torch.randn(6, 256, 24, 24, generator=torch.Generator().manual_seed(3))
-    grads = []
-    for forward in (lambda: block(**x), lambda: plain_sam_composition(block, sam, reference_prompt_encoder, x, types)):
+    outputs, grads = [], []
+    for reference in (False, True):
+        block.reference = reference
         differentiable = ("image_feats", "text_embeds", "masks")
         inputs = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if k in differentiable}
         x.update(inputs)
         block.zero_grad(set_to_none=True)
-        (forward() * upstream).sum().backward()
+        out = block(**x)
+        (out * upstream).sum().backward()
+        outputs.append(out.detach())
         projections = {n: p for n, p in block.named_parameters() if n.startswith(("image_proj", "text_proj"))}
         grads.append({k: v.grad for k, v in inputs.items()})
         grads[-1].update({f"{n}.grad": p.grad for n, p in projections.items()})
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
     assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 3
     for name, ours in grads[0].items():
         torch.testing.assert_close(ours, grads[1][name], atol=1e-4, rtol=1e-4, msg=name)

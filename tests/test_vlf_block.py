@@ -186,40 +186,27 @@ def test_bad_inputs_raise_clear_errors():
         VisionLanguageFusion(hidden_dim=18, num_heads=4)
 
 
-def reference_vlf(vlf, corr, guidance, text):
-    """The straightforward computation the VLF block speeds up: all classes at once, timm's Swin blocks with their
-    explicit (non-fused) attention, the class attention as an explicit N x N matrix of linear-attention scores (with
-    ``pad_to`` > N: over the N classes and pad_to - N copies of the padding token, whose outputs are dropped)."""
-    import copy
-
-    B, N, C, h, w = corr.shape
-    image_guidance = copy.deepcopy(vlf.image_guidance)
-    for block in image_guidance.blocks:
+def reference(vlf, *inputs):
+    """The block's reference path on ``inputs``, with timm's explicit (non-fused) window attention: the plain
+    computation the fast path must equal."""
+    image_blocks = vlf.image_guidance.blocks
+    vlf.reference = True
+    for block in image_blocks:
         block.attn.fused_attn = False
-    x = image_guidance(corr.permute(0, 1, 3, 4, 2).flatten(0, 1), guidance.permute(0, 1, 3, 4, 2).flatten(0, 1))
-    x = x.reshape(B, N, h * w, C)
-    tg = vlf.text_guidance
-    attn = tg.attn
-    heads = (attn.num_heads, C // attn.num_heads)
-    tokens, guides = x, tg.text_proj(text).unsqueeze(2)
-    if tg.pad_to > N:
-        pads = tg.pad_to - N
-        tokens = torch.cat([x, tg.pad_token.expand(B, pads, h * w, C)], dim=1)
-        guides = torch.cat([guides, tg.pad_text.expand(B, pads, 1, -1)], dim=1)
-    q, k = (F.elu(t) + 1 for t in attn.qk(tg.norm1(tokens), guides).unflatten(-1, (2,) + heads).unbind(-3))
-    v = attn.v(tg.norm1(tokens)).unflatten(-1, heads)
-    scores = torch.einsum("bnphd,bmphd->bphnm", q, k)
-    out = attn.proj(torch.einsum("bphnm,bmphd->bnphd", scores / scores.sum(-1, keepdim=True), v).flatten(-2))
-    x = x + out[:, :N]
-    x = x + tg.mlp(tg.norm2(x))
-    return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3)
+    try:
+        return vlf(*inputs)
+    finally:
+        vlf.reference = False
+        for block in image_blocks:
+            block.attn.fused_attn = True
 
 
 @pytest.mark.parametrize("class_chunk", [0, 1, 2, 4])
-def test_chunked_fused_vlf_matches_the_straightforward_computation(vlf24, class_chunk):
-    """Chunks of classes, fused window attention and the two-pass class attention compute the same function as
-    timm's Swin blocks and an explicit class attention over all classes, to float32 tolerance; the guidance may be
-    computed per chunk by a function."""
+def test_fast_path_equals_the_reference(vlf24, class_chunk):
+    """VisionLanguageFusion.forward_fast (chunks of classes, fused window attention, the two-pass class attention)
+    computes forward_reference (timm's Swin blocks with explicit attention, then TextGuidance.forward's explicit
+    class attention over all classes), to float32 tolerance; the guidance may be computed per chunk by a
+    function."""
     corr, guidance, text = make_inputs(2, 5, grid=(24, 24))
     vlf24.class_chunk = class_chunk
     asked = []
@@ -229,7 +216,7 @@ def test_chunked_fused_vlf_matches_the_straightforward_computation(vlf24, class_
         return guidance[:, classes]
 
     with torch.no_grad():
-        expected = reference_vlf(vlf24, corr, guidance, text)
+        expected = reference(vlf24, corr, guidance, text)
         out = vlf24(corr, guidance, text)
         from_function = vlf24(corr, guidance_of, text)
     vlf24.class_chunk = 0
@@ -270,6 +257,6 @@ def test_padded_class_attention_matches_explicit_padding_tokens():
     with torch.no_grad():
         for chunk in (0, 2):
             vlf.class_chunk = chunk
-            torch.testing.assert_close(vlf(*small), reference_vlf(vlf, *small), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(vlf(*small), reference(vlf, *small), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(vlf(*small), plain(*small), atol=1e-3)  # the padding changes the attention
         torch.testing.assert_close(vlf(*large), plain(*large), atol=1e-6, rtol=1e-6)

@@ -5,7 +5,8 @@ from .esc_block import ESCBlock, build_esc_blocks
 from .inference import InferenceProtocol
 from .meta_arch import ESCNet
 from .prompt_generator import PseudoPromptGenerator, PseudoPrompts
-from .sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
+from .sam_block import SAMBlock
+from .sam_checkpoint import load_sam_state, sam_checkpoint_state
 from .vlf_block import VisionLanguageFusion
 
 __all__ = [

@@ -67,9 +67,19 @@ class CorrelationDecoder(nn.Module):
         decoder_dims: Sequence[int],
         guidance_dims: Sequence[int],
         class_chunk: int = 0,
+        reference: bool = False,
     ):
+        """
+        Args:
+            hidden_dim: C, the correlation embedding's width; clip_width: C_clip.
+            decoder_dims: the channels after each upsampling stage; guidance_dims: the skip features' channels
+                there.
+            class_chunk: classes per chunk of the fast path (0: all at once).
+            reference: run :meth:`forward_reference` instead of :meth:`forward_fast` (``IMPLEMENTATION``).
+        """
         super().__init__()
         self.class_chunk = class_chunk
+        self.reference = reference
         if len(decoder_dims) != len(guidance_dims):
             raise ValueError(
                 f"DECODER_DIMS {list(decoder_dims)} and DECODER_GUIDANCE_DIMS {list(guidance_dims)} must have "
@@ -101,6 +111,29 @@ class CorrelationDecoder(nn.Module):
         if len(skips) != len(self.stages):
             raise ValueError(f"the decoder has {len(self.stages)} stages but got {len(skips)} skip features")
         guidance = [project(skip) for project, skip in zip(self.skip_projections, skips)]
+        if self.reference:
+            return self.forward_reference(corr_embed, guidance)
+        return self.forward_fast(corr_embed, guidance)
+
+    def forward_reference(self, corr_embed: torch.Tensor, guidance: List[torch.Tensor]) -> torch.Tensor:
+        """The decoder as its plain composition, all classes at once: each stage upsamples, convolves the
+        concatenation [x ; the stage's skip feature copied per class], then its second conv; the head gives the
+        logits. ``guidance``: the projected skip features [B, G_i, 2^(i+1) h, 2^(i+1) w]."""
+        B, N = corr_embed.shape[:2]
+        x = corr_embed.flatten(0, 1)
+        for stage, skip in zip(self.stages, guidance):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            weight = torch.cat([stage.conv_x.weight, stage.conv_skip.weight], dim=1)
+            y = F.conv2d(torch.cat([x, skip.repeat_interleave(N, dim=0)], dim=1), weight, stage.conv_x.bias, padding=1)
+            y = F.gelu(stage.norm1(y))
+            x = F.gelu(stage.norm2(stage.conv2(y)))
+        return self.head(x).view(B, N, *x.shape[-2:])
+
+    def forward_fast(self, corr_embed: torch.Tensor, guidance: List[torch.Tensor]) -> torch.Tensor:
+        """The fast variant of :meth:`forward_reference`, the same function
+        (tests/test_decoder.py::test_fast_path_equals_the_reference): each stage's first conv split into a conv of
+        x per class plus a conv of the skip once per image (:class:`UpsampleStage`), classes in chunks, and on the
+        CPU the channels-last layout."""
         B, N = corr_embed.shape[:2]
         # oneDNN's CPU convolutions run on channels-last data; given NCHW they reorder every input and output
         # (a 3x3 conv of a 16-class chunk at 96x96 took twice as long). Values are the same up to float rounding.

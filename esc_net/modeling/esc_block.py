@@ -1,7 +1,7 @@
 """One ESC-Block: pseudo prompts -> SAM block -> feature merge -> Vision-Language Fusion.
 
 Notation: B images, N classes, h x w the CLIP grid, D the CLIP joint-embedding width, C the correlation-embedding
-width (``HIDDEN_DIM``), S the SAM transformer width.
+width (``HIDDEN_DIM``), E the SAM transformer width.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
 from .prompt_generator import PseudoPromptGenerator
-from .sam_block import SAMBlock, load_sam_state, sam_checkpoint_state
+from .sam_block import SAMBlock
+from .sam_checkpoint import load_sam_state, sam_checkpoint_state
 from .vlf_block import VisionLanguageFusion
 
 
@@ -25,12 +26,12 @@ class ESCBlock(nn.Module):
        a conv of F_v (once per image) and a conv of (F_v^n)' (per class), which is the same function without
        materialising N copies of the D-channel CLIP features.
     4. The VLF block refines the correlation embedding with F_v'^n (image guidance) and the text embeddings
-       (text guidance); a 1x1 conv (``corr_head``) reads the refined correlation map that the next block's prompts
+       (text guidance); a 1x1 conv (``map_head``) reads the refined correlation map that the next block's prompts
        come from.
 
     Ablation switches: ``use_sam=False`` skips steps 1-2 and guides the VLF block with the plain CLIP features
     (F_v'^n = conv1x1(F_v) for every class); ``prompt_types`` chooses SAM's prompts (see :class:`SAMBlock`).
-    ``map_head=False`` builds no ``corr_head``: the last block's map is only needed for deep supervision, and a
+    ``with_map_head=False`` builds no ``map_head``: the last block's map is only needed for deep supervision, and a
     head that nothing reads would get no gradient.
     """
 
@@ -53,12 +54,17 @@ class ESCBlock(nn.Module):
         use_sam: bool = True,
         prompt_types: Sequence[str] = ("points", "mask"),
         mask_mode: str = "posterior",
-        map_head: bool = True,
-        swin_depth: int = 2,
+        with_map_head: bool = True,
+        swin_depth: int = 1,
         block_index: int = 0,
-        class_chunk: int = 0,
+        class_chunk: int = 16,
         class_pad: int = 0,
+        reference: bool = False,
     ):
+        """Keyword arguments are the ``MODEL.ESC_NET`` keys of the same meaning (defaults: the config's);
+        ``with_map_head``: build the 1x1 map head (see the class docstring); ``block_index``: the block's place in
+        the stack (it decides which Swin blocks shift their windows); ``reference``: the plain form of the SAM
+        and VLF blocks, computed on all classes at once (``IMPLEMENTATION``)."""
         super().__init__()
         self.hidden_dim = hidden_dim
         self.use_sam = use_sam
@@ -75,6 +81,7 @@ class ESCBlock(nn.Module):
                 mlp_dim=sam_mlp_dim,
                 num_heads=sam_num_heads,
                 prompt_types=prompt_types,
+                reference=reference,
             )
             self.merge_sam = nn.Conv2d(sam_embed_dim, hidden_dim, kernel_size=1, bias=False)
         self.merge_clip = nn.Conv2d(clip_dim, hidden_dim, kernel_size=1)
@@ -90,8 +97,11 @@ class ESCBlock(nn.Module):
             swin_shifts=[0 if (block_index * swin_depth + j) % 2 == 0 else None for j in range(swin_depth)],
             class_chunk=class_chunk,
             class_pad=class_pad,
+            reference=reference,
         )
-        self.corr_head = nn.Conv2d(hidden_dim, 1, kernel_size=1) if map_head else None
+        self.map_head = nn.Conv2d(hidden_dim, 1, kernel_size=1) if with_map_head else None
+        # checkpoints written before the head was named map_head keep loading
+        self._register_load_state_dict_pre_hook(_rename_corr_head)
 
     def forward(
         self,
@@ -110,12 +120,13 @@ class ESCBlock(nn.Module):
 
         Returns:
             corr_embed: [B, N, C, h, w] refined correlation embedding.
-            corr_map: [B, N, h, w] refined correlation map, or None for a block built without ``map_head``.
+            corr_map: [B, N, h, w] refined correlation map, or None for a block built without a map head.
         """
         B, N, C, h, w = corr_embed.shape
         clip_guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w], shared by the classes
         if self.use_sam:
-            sam_image_side = self.sam.image_side(image_feats)  # once per image, not once per chunk of classes
+            # once per image, not once per chunk of classes (the reference path needs none)
+            sam_image_side = None if self.sam.reference else self.sam.image_side(image_feats)
             posterior = self.prompt_generator.class_posterior(corr_map)  # over the whole vocabulary, once
 
             def guidance(classes: slice) -> torch.Tensor:
@@ -126,15 +137,20 @@ class ESCBlock(nn.Module):
                 sam_feats = self.sam(
                     image_feats, text[:, classes], prompts.points, prompts.labels, prompts.masks, prompts.boxes,
                     image_side=sam_image_side,
-                )  # [B*n, S, h, w]
+                )  # [B*n, E, h, w]
                 return F.gelu(self.merge_sam(sam_feats).unflatten(0, (B, -1)) + clip_guidance)
 
         else:
             guidance = F.gelu(clip_guidance).expand(B, N, C, h, w)
         corr_embed = self.vlf(corr_embed, guidance, text)
-        if self.corr_head is None:
+        if self.map_head is None:
             return corr_embed, None
-        return corr_embed, self.corr_head(corr_embed.flatten(0, 1)).view(B, N, h, w)
+        return corr_embed, self.map_head(corr_embed.flatten(0, 1)).view(B, N, h, w)
+
+
+def _rename_corr_head(state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "corr_head.")]:
+        state_dict[prefix + "map_head." + key[len(prefix + "corr_head."):]] = state_dict.pop(key)
 
 
 def build_esc_blocks(
@@ -158,7 +174,7 @@ def build_esc_blocks(
     blocks = [
         ESCBlock(
             use_sam=use_sam,
-            map_head=deep_supervision or (use_sam and i < num_blocks - 1),
+            with_map_head=deep_supervision or (use_sam and i < num_blocks - 1),
             block_index=i,
             **block_args,
         )

@@ -95,7 +95,7 @@ class ESCNet(nn.Module):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {input_format!r}")
-        if block_loss_weight > 0 and any(block.corr_head is None for block in blocks):
+        if block_loss_weight > 0 and any(block.map_head is None for block in blocks):
             raise ValueError("BLOCK_LOSS_WEIGHT > 0 supervises every block's map: build the blocks with "
                              "deep_supervision=True (build_esc_blocks)")
         if blocks[0].use_sam and "mask" not in blocks[0].sam.prompt_types and len(blocks) > 1 \
@@ -184,6 +184,7 @@ class ESCNet(nn.Module):
             swin_depth=m.SWIN_DEPTH,
             class_chunk=m.CLASS_CHUNK,
             class_pad=m.CLASS_ATTENTION_PAD,
+            reference=m.IMPLEMENTATION == "reference",
         )
         # Only true when no weights will be loaded: MODEL.WEIGHTS holds every tensor, CLIP's and SAM's included.
         if not cfg.MODEL.WEIGHTS and is_random_init(m.CLIP_PRETRAINED):
@@ -195,7 +196,8 @@ class ESCNet(nn.Module):
                 "(training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
             )
         decoder = CorrelationDecoder(
-            m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS, class_chunk=m.CLASS_CHUNK
+            m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS, class_chunk=m.CLASS_CHUNK,
+            reference=m.IMPLEMENTATION == "reference",
         )
         inference = InferenceProtocol(
             mode=m.INFERENCE_MODE,

@@ -169,9 +169,9 @@ class ClassLinearAttention(nn.Module):
 
 
 class TextGuidance(nn.Module):
-    """The weights of a pre-norm transformer layer across classes: text-guided linear attention, then an MLP,
-    each residual. :class:`VisionLanguageFusion` runs it over chunks of classes in two passes (the attention's
-    class sums first, then every class's output).
+    """A pre-norm transformer layer across classes: text-guided linear attention, then an MLP, each residual. Its
+    :meth:`forward` is the plain form; :meth:`VisionLanguageFusion.forward_fast` runs the same weights over chunks
+    of classes in two passes (the attention's class sums first, then every class's output).
 
     With ``pad_to`` > 0, a vocabulary of N < ``pad_to`` classes is padded to ``pad_to`` tokens with a learnt
     padding token (a correlation-embedding token and its text-guidance token, the same at every position), as
@@ -201,6 +201,29 @@ class TextGuidance(nn.Module):
         if pad_to > 0:
             self.pad_token = nn.Parameter(torch.zeros(hidden_dim))
             self.pad_text = nn.Parameter(torch.zeros(text_guidance_dim))
+
+    def forward(self, x: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The layer as its plain composition: every class token attends to every class token (and to the padding
+        tokens) through an explicit N x N matrix of linear-attention scores, then the MLP; both residual.
+        :meth:`VisionLanguageFusion.forward_fast` computes the same in chunks of classes, through the attention's
+        class sums.
+
+        Args:
+            x: [B, N, P, C] correlation embedding after the image guidance; text_embeds: [B, N, T] class embeddings.
+        Returns:
+            [B, N, P, C].
+        """
+        B, N, P, C = x.shape
+        tokens, guides = x, self.text_proj(text_embeds).unsqueeze(2)  # [B, N, 1, T']
+        if self.pad_to > N:
+            pads = self.pad_to - N
+            tokens = torch.cat([x, self.pad_token.expand(B, pads, P, C)], dim=1)
+            guides = torch.cat([guides, self.pad_text.expand(B, pads, 1, -1)], dim=1)
+        q, k, v = self.attn.features(self.norm1(tokens), guides)  # [B, N', P, H, d] each
+        scores = torch.einsum("bnphd,bmphd->bphnm", q, k)  # non-negative (elu + 1 feature maps)
+        attended = torch.einsum("bphnm,bmphd->bnphd", scores / scores.sum(dim=-1, keepdim=True), v)
+        x = x + self.attn.proj(attended.flatten(-2))[:, :N]
+        return x + self.mlp(self.norm2(x))
 
     def token_count(self, num_classes: int) -> int:
         """The number of tokens the class attention averages over for a vocabulary of ``num_classes``."""
@@ -236,6 +259,7 @@ class VisionLanguageFusion(nn.Module):
         swin_shifts: the shift of each Swin block of the image guidance (0: regular windows, None: half a window).
         class_pad: pad vocabularies smaller than this to this many tokens in the class attention (0: never; see
             :class:`TextGuidance`).
+        reference: run :meth:`forward_reference` instead of :meth:`forward_fast` (``IMPLEMENTATION``).
     """
 
     def __init__(
@@ -250,8 +274,10 @@ class VisionLanguageFusion(nn.Module):
         swin_shifts: Sequence[Optional[int]] = (0, None),
         class_chunk: int = 0,
         class_pad: int = 0,
+        reference: bool = False,
     ):
         super().__init__()
+        self.reference = reference
         if hidden_dim % num_heads != 0:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
         self.hidden_dim = hidden_dim
@@ -298,9 +324,30 @@ class VisionLanguageFusion(nn.Module):
             text_embeds: [B, N, T] class text embeddings.
 
         Returns:
-            [B, N, C, h, w] refined correlation embedding, a view of channels-last storage [B, N, h, w, C].
+            [B, N, C, h, w] refined correlation embedding (the fast path's: a view of channels-last storage
+            [B, N, h, w, C]).
         """
         self._check_inputs(corr_embed, text_embeds)
+        if self.reference:
+            return self.forward_reference(corr_embed, image_guidance, text_embeds)
+        return self.forward_fast(corr_embed, image_guidance, text_embeds)
+
+    def forward_reference(self, corr_embed, image_guidance: GuidanceSource, text_embeds) -> torch.Tensor:
+        """The VLF block as the plain composition of its two stages on all classes at once: the image guidance
+        (:class:`ImageGuidance`, timm's Swin blocks), then the text guidance (:meth:`TextGuidance.forward`, an
+        explicit class attention). Arguments and result as :meth:`forward`."""
+        B, N, C, h, w = corr_embed.shape
+        guidance = self._guidance(image_guidance, slice(0, N), (B, N, self.guidance_dim, h, w))
+        x = self.image_guidance(corr_embed.permute(0, 1, 3, 4, 2).flatten(0, 1), guidance.permute(0, 1, 3, 4, 2).flatten(0, 1))
+        x = self.text_guidance(x.reshape(B, N, h * w, C), text_embeds)
+        return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3)
+
+    def forward_fast(self, corr_embed, image_guidance: GuidanceSource, text_embeds) -> torch.Tensor:
+        """The fast variant of :meth:`forward_reference`, the same function
+        (tests/test_vlf_block.py::test_fast_path_equals_the_reference): classes in chunks of ``class_chunk`` (only
+        the class attention's sums cross chunks: pass 1 forms them, pass 2 lets every class attend to them), which
+        keeps the temporaries small; the correlation embedding kept channels-last. Arguments and result as
+        :meth:`forward`."""
         B, N, C, h, w = corr_embed.shape
         chunks = class_chunks(N, self.class_chunk, corr_embed.device)
         tg = self.text_guidance
