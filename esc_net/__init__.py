@@ -5,9 +5,9 @@ with it open_clip, segment_anything and timm) loads when a config is built with 
 which registers the ``ESCNet`` meta-architecture, or when :class:`ESCNetPredictor` is first used.
 """
 from . import data  # noqa: F401  (registers the datasets)
-from .config import add_esc_net_config
+from .config import add_esc_net_config, merge_config_file
 
-__all__ = ["ESCNetPredictor", "add_esc_net_config"]
+__all__ = ["ESCNetPredictor", "add_esc_net_config", "merge_config_file"]
 
 
 def __getattr__(name: str):

@@ -32,7 +32,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import add_esc_net_config
+from .config import add_esc_net_config, merge_config_file
 from .data import SemanticSegmentationMapper, get_dataset_vocabulary
 from .evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from .modeling.sam_block import check_sam_source
@@ -135,10 +135,14 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR."""
+    """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR.
+
+    Raises:
+        ConfigFileError: the config file (or a ``_BASE_`` of it) is unsafe, not YAML, or does not fit.
+    """
     cfg = get_cfg()
     add_esc_net_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)

@@ -28,7 +28,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import parameter_count_table
 
-from esc_net import add_esc_net_config
+from esc_net import add_esc_net_config, merge_config_file
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")
@@ -58,7 +58,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     add_esc_net_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     # Random weights: the counts do not depend on them, and no weights file is needed.
     cfg.merge_from_list(["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.SAM_CHECKPOINT", "",

@@ -54,6 +54,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from esc_net import add_esc_net_config
+from esc_net.config import ConfigFileError, merge_config_file
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
 from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
 from esc_net.utils.label_maps import label_dtype
@@ -238,11 +239,14 @@ def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     add_esc_net_config(cfg)
     try:
-        cfg.merge_from_file(args.config_file)
+        merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
+    except ConfigFileError as e:
+        raise InputError(str(e)) from e
+    try:
         cfg.merge_from_list(args.opts)
     except (AssertionError, KeyError, ValueError) as e:
         # yacs reports an unknown key or an odd --opts list with these; the message is what the user needs.
-        raise InputError(f"bad config ({args.config_file}, --opts {args.opts}): {_message(e)}") from e
+        raise InputError(f"bad --opts {args.opts} for the config {args.config_file}: {_message(e)}") from e
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
