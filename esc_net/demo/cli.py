@@ -20,8 +20,9 @@ Vocabulary (one of; default: the classes of the config's first DATASETS.TEST):
   The overlay shows a class by its first synonym.
 
 Outputs in --output, for each input image <stem>.<ext>:
-  <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer; images
-                      smaller than 512 px are drawn enlarged so that the names stay legible)
+  <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer), drawn with
+                      its longer side shrunk to --display-side (2048) at most, and enlarged to 512 px for smaller
+                      images so that the names stay legible
   <stem>_labels.png   (--save-labels) the label map at the input's size: the index of the best-scoring class
                       per pixel, uint8 PNG, or uint16 PNG for a vocabulary of more than 255 classes
   <stem>_scores.npy   (--save-scores) the per-class scores, float16 [N, H, W] in [0, 1]; needs N x H x W floats
@@ -34,9 +35,12 @@ Outputs in --output, for each input image <stem>.<ext>:
   vocabulary.txt      the label index and class name of every class, one per line
 
 Inputs (--input) are image files, folders (their .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files) or glob patterns
-(quote them so that the shell leaves them to this script). A missing or unreadable image, a truncated JPEG (which
-OpenCV would decode only in part), an empty vocabulary, a bad config or weights that are unreadable or do not fit
-the config stop the demo with an error message and exit status 1.
+(quote them so that the shell leaves them to this script). Images over --max-side (4096) or --max-pixels (16.8 M)
+are refused from their header, before they are decoded (the web page's limits; raise them for larger photos).
+A missing or unreadable image, a damaged or truncated JPEG (which OpenCV would decode only in part), an empty
+vocabulary, a bad or unsafe config or weights that are unreadable or do not fit the config stop the demo with an
+error message and exit status 1. Without --save-labels, --save-scores or --save-top-k the model predicts at the
+overlay's size only, so memory does not grow with the image beyond the decoded image itself.
 """
 import argparse
 import glob
@@ -56,14 +60,23 @@ from tqdm import tqdm
 from esc_net import add_esc_net_config
 from esc_net.config import ConfigFileError, merge_config_file
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
+from esc_net.demo.images import (
+    ImageLimits,
+    ImageTooLargeError,
+    UnreadableImageError,
+    display_size,
+    nearest_resize,
+    read_image,
+    resize_to,
+)
 from esc_net.predictor import ESCNetPredictor, class_index, vocabulary_metadata
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "dataset_colors",
-    "draw_overlay", "is_truncated_jpeg", "label_map", "main", "parse_args", "parse_vocabulary_text",
-    "prompt_class_index", "read_image", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
+    "DISPLAY_SIDE", "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "add_image_limit_arguments",
+    "collect_inputs", "dataset_colors", "draw_overlay", "image_limits", "label_map", "main", "parse_args",
+    "parse_vocabulary_text", "prompt_class_index", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
     "segment_images", "setup_cfg", "write_vocabulary",
 ]
 
@@ -75,9 +88,9 @@ PROG = "esc-net-demo"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Overlays of small images are drawn enlarged to this longer side, so that class names are legible.
 MIN_OVERLAY_SIDE = 512
-# Label maps are uint8 up to this many classes (ids 0..254; 255 is the usual ignore value), uint16 above.
-# A JPEG's end-of-image marker is looked for in this many bytes at the end of the file.
-_JPEG_TAIL_BYTES = 4096
+# Overlays of large images are drawn shrunk to this longer side (--display-side): drawing costs memory per pixel
+# and per class present, so it is bounded here rather than by the photo.
+DISPLAY_SIDE = 2048
 
 
 class InputError(Exception):
@@ -104,10 +117,26 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
                         help="also write the K best classes per pixel and their scores (.npz), in bounded memory")
     parser.add_argument("--show-prompts", metavar="CLASS",
                         help="also draw every block's pseudo prompts for this class of the vocabulary")
+    parser.add_argument("--display-side", type=int, default=DISPLAY_SIDE, metavar="PIXELS",
+                        help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})")
+    add_image_limit_arguments(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last")
     return parser.parse_args(argv)
+
+
+def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-side and --max-pixels, shared by the command line and the web page (the same defaults)."""
+    limits = ImageLimits()
+    parser.add_argument("--max-side", type=int, default=limits.max_side, metavar="PIXELS",
+                        help=f"longest image side accepted (default {limits.max_side}); checked before decoding")
+    parser.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="PIXELS",
+                        help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding")
+
+
+def image_limits(args: argparse.Namespace) -> ImageLimits:
+    return ImageLimits(args.max_side, args.max_pixels)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,37 +179,6 @@ def collect_inputs(specs: Sequence[str]) -> List[str]:
 
 def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
-
-
-def is_truncated_jpeg(path: str) -> bool:
-    """Whether ``path`` is a JPEG file that ends before its end-of-image marker (FF D9).
-
-    OpenCV decodes such a file partially (grey bottom rows), warns on stderr and returns it as if it were whole.
-    The marker cannot occur inside the compressed data (a 0xFF byte there is always followed by 0x00 or a restart
-    marker), so its absence near the end means the file was cut; a few KB of trailing data after it are allowed.
-    """
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":  # not a JPEG
-            return False
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - _JPEG_TAIL_BYTES))
-        return b"\xff\xd9" not in f.read()
-
-
-def read_image(path: str) -> np.ndarray:
-    """The image at ``path`` as [H, W, 3] uint8 BGR (grey and 16-bit images converted as OpenCV does).
-
-    Refuses (InputError) a file OpenCV cannot decode and a truncated JPEG, which OpenCV would decode partially.
-    """
-    if is_truncated_jpeg(path):
-        raise InputError(
-            f"the JPEG {path} is truncated (it ends before its end-of-image marker): only part of it could be "
-            "decoded; copy or export it again"
-        )
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"cannot read the image {path}: OpenCV cannot decode it (not an image, or corrupt)")
-    return image
 
 
 def parse_vocabulary_text(values: Sequence[str]) -> List[str]:
@@ -267,10 +265,23 @@ def _write_png(path: str, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata) -> np.ndarray:
-    """The image with the label map's segments and class names drawn on it: [h, w, 3] uint8 BGR, enlarged to
-    ``MIN_OVERLAY_SIDE`` for small images."""
-    scale = max(1.0, MIN_OVERLAY_SIDE / max(image_bgr.shape[:2]))
+def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata, max_side: int = DISPLAY_SIDE) -> np.ndarray:
+    """The image with the label map's segments and class names drawn on it, at the display size.
+
+    Args:
+        image_bgr: [H, W, 3] uint8.
+        labels: [h, w] class indices, at the image's size or at its :func:`display_size` (what the model
+            returns when asked for that size).
+        max_side: the display size's longer side at most; smaller images are drawn enlarged to
+            ``MIN_OVERLAY_SIDE`` instead.
+
+    Returns:
+        [h', w', 3] uint8 BGR, with h', w' the display size (or the enlarged one).
+    """
+    size = display_size(*image_bgr.shape[:2], max_side)
+    image_bgr = resize_to(image_bgr, size)
+    labels = nearest_resize(labels, size)
+    scale = max(1.0, MIN_OVERLAY_SIDE / max(size))
     visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     return visualizer.draw_sem_seg(labels, alpha=0.5).get_image()[:, :, ::-1]
 
@@ -281,16 +292,19 @@ def label_map(scores: np.ndarray) -> np.ndarray:
 
 
 def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namespace):
-    """(label map [H, W] as for the PNG, per-class scores [N, H, W] or None, top-k dict or None) of one image.
+    """(label map as for the PNG, per-class scores [N, H, W] or None, top-k dict or None) of one image.
 
     Without ``--save-scores`` the model returns the label map (and the top-k) computed in tiles, so a large
-    photo with a large vocabulary does not need N x H x W floats.
+    photo with a large vocabulary does not need N x H x W floats; when no file at the image's size is asked for,
+    the label map is at the overlay's display size [h, w] only.
     """
     dtype = label_dtype(len(predictor.vocabulary))
     if args.save_scores:
         scores = predictor(image, output="scores")["sem_seg"].cpu().numpy()
         return label_map(scores), scores, None
-    result = predictor(image, output="labels", top_k=args.save_top_k)
+    full_size = args.save_labels or args.save_top_k
+    size = None if full_size else display_size(*image.shape[:2], args.display_side)
+    result = predictor(image, output="labels", top_k=args.save_top_k, output_size=size)
     labels = result["sem_seg_labels"].cpu().numpy().astype(dtype)
     if not args.save_top_k:
         return labels, None, None
@@ -327,11 +341,16 @@ def run(args: argparse.Namespace) -> List[str]:
     logger.info(f"segmenting {len(paths)} image(s) into {len(vocabulary)} classes; results in {args.output}")
 
     overlays = []
+    limits = image_limits(args)
     for path in tqdm(paths, desc="ESC-Net demo", unit="img"):
-        image = read_image(path)
+        try:
+            image = read_image(path, limits)
+        except UnreadableImageError as e:
+            hint = " (raise them with --max-side / --max-pixels)" if isinstance(e, ImageTooLargeError) else ""
+            raise InputError(f"{e}{hint}") from e
         labels, scores, top = segment(predictor, image, args)
         out = os.path.join(args.output, _stem(path))
-        _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata))
+        _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
         overlays.append(out + "_overlay.png")
         if args.save_labels:
             _write_png(out + "_labels.png", labels)
