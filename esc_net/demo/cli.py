@@ -77,7 +77,7 @@ __all__ = [
     "DISPLAY_SIDE", "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "add_image_limit_arguments",
     "collect_inputs", "dataset_colors", "draw_overlay", "image_limits", "label_map", "main", "parse_args",
     "parse_vocabulary_text", "prompt_class_index", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
-    "segment_images", "setup_cfg", "write_vocabulary",
+    "segment_file", "segment_images", "setup_cfg", "write_vocabulary",
 ]
 
 logger = logging.getLogger("esc_net.demo")
@@ -321,6 +321,29 @@ def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def segment_file(predictor: ESCNetPredictor, path: str, args: argparse.Namespace, metadata,
+                 prompt_class: Optional[int] = None) -> str:
+    """Reads one image, segments it into the predictor's vocabulary and writes what ``args`` asks for into
+    ``args.output``; returns the overlay's path. ``metadata``: the vocabulary's names and colours to draw."""
+    try:
+        image = read_image(path, image_limits(args))
+    except UnreadableImageError as e:
+        hint = " (raise them with --max-side / --max-pixels)" if isinstance(e, ImageTooLargeError) else ""
+        raise InputError(f"{e}{hint}") from e
+    labels, scores, top = segment(predictor, image, args)
+    out = os.path.join(args.output, _stem(path))
+    _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
+    if args.save_labels:
+        _write_png(out + "_labels.png", labels)
+    if args.save_scores:
+        np.save(out + "_scores.npy", scores.astype(np.float16))
+    if top is not None:
+        np.savez(out + f"_top{args.save_top_k}.npz", **top)
+    if prompt_class is not None:
+        _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
+    return out + "_overlay.png"
+
+
 def run(args: argparse.Namespace) -> List[str]:
     """Segments every input; returns the paths of the overlays written."""
     paths = collect_inputs(args.input)
@@ -340,26 +363,10 @@ def run(args: argparse.Namespace) -> List[str]:
     write_vocabulary(os.path.join(args.output, "vocabulary.txt"), vocabulary)
     logger.info(f"segmenting {len(paths)} image(s) into {len(vocabulary)} classes; results in {args.output}")
 
-    overlays = []
-    limits = image_limits(args)
-    for path in tqdm(paths, desc="ESC-Net demo", unit="img"):
-        try:
-            image = read_image(path, limits)
-        except UnreadableImageError as e:
-            hint = " (raise them with --max-side / --max-pixels)" if isinstance(e, ImageTooLargeError) else ""
-            raise InputError(f"{e}{hint}") from e
-        labels, scores, top = segment(predictor, image, args)
-        out = os.path.join(args.output, _stem(path))
-        _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
-        overlays.append(out + "_overlay.png")
-        if args.save_labels:
-            _write_png(out + "_labels.png", labels)
-        if args.save_scores:
-            np.save(out + "_scores.npy", scores.astype(np.float16))
-        if top is not None:
-            np.savez(out + f"_top{args.save_top_k}.npz", **top)
-        if prompt_class is not None:
-            _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
+    overlays = [
+        segment_file(predictor, path, args, metadata, prompt_class)
+        for path in tqdm(paths, desc="ESC-Net demo", unit="img")
+    ]
     logger.info(f"wrote {len(overlays)} overlay(s) to {args.output}")
     return overlays
 

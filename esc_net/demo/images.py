@@ -53,7 +53,7 @@ def _header(path: str, name: str) -> Tuple[str, int, int]:
             return image.format, image.width, image.height
     except Image.DecompressionBombError as e:
         # Pillow's own ceiling (about 179 M pixels) is far above any limit here; its message gives the count.
-        raise ImageTooLargeError(f"{name} is too large to decode: {e}") from e
+        raise ImageTooLargeError(f"{name} is too large to decode: {str(e).rstrip('.')}") from e
     except FileNotFoundError as e:
         raise UnreadableImageError(f"image not found: {name}") from e
     except Exception as e:
