@@ -91,6 +91,9 @@ MIN_OVERLAY_SIDE = 512
 # Overlays of large images are drawn shrunk to this longer side (--display-side): drawing costs memory per pixel
 # and per class present, so it is bounded here rather than by the photo.
 DISPLAY_SIDE = 2048
+# The overlay's opacity and the line between segments (Detectron2's draw_sem_seg at alpha 0.5, its off-white edge).
+_OVERLAY_ALPHA = 0.5
+_EDGE_COLOR = (255, 255, 240)
 
 
 class InputError(Exception):
@@ -268,10 +271,16 @@ def _write_png(path: str, image: np.ndarray) -> None:
 def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata, max_side: int = DISPLAY_SIDE) -> np.ndarray:
     """The image with the label map's segments and class names drawn on it, at the display size.
 
+    The segments are filled as Detectron2's ``Visualizer.draw_sem_seg(labels, alpha=0.5)`` fills them, with a
+    light line between them, and the Visualizer writes each class's name where ``draw_sem_seg`` would (on its
+    largest region). ``draw_sem_seg`` itself is not called: it keeps a float RGBA copy of the whole picture for
+    every class whose region has a hole until it renders (16 bytes per pixel and class, gigabytes for a few
+    hundred classes); here the fill is one uint8 picture, so memory grows with the display size only.
+
     Args:
         image_bgr: [H, W, 3] uint8.
-        labels: [h, w] class indices, at the image's size or at its :func:`display_size` (what the model
-            returns when asked for that size).
+        labels: [h, w] class indices into ``metadata.stuff_classes``, at the image's size or at its
+            :func:`display_size` (what the model returns when asked for that size).
         max_side: the display size's longer side at most; smaller images are drawn enlarged to
             ``MIN_OVERLAY_SIDE`` instead.
 
@@ -279,11 +288,21 @@ def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata, max_side: 
         [h', w', 3] uint8 BGR, with h', w' the display size (or the enlarged one).
     """
     size = display_size(*image_bgr.shape[:2], max_side)
-    image_bgr = resize_to(image_bgr, size)
+    image_rgb = np.ascontiguousarray(resize_to(image_bgr, size)[:, :, ::-1])
     labels = nearest_resize(labels, size)
+    colors = np.asarray(metadata.stuff_colors, np.uint8)
+    picture = cv2.addWeighted(image_rgb, 1 - _OVERLAY_ALPHA, colors[labels], _OVERLAY_ALPHA, 0)
+    edges = np.zeros(size, bool)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:] |= labels[1:] != labels[:-1]
+    picture[edges] = _EDGE_COLOR
     scale = max(1.0, MIN_OVERLAY_SIDE / max(size))
-    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
-    return visualizer.draw_sem_seg(labels, alpha=0.5).get_image()[:, :, ::-1]
+    visualizer = Visualizer(picture, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+    areas = np.bincount(labels.ravel(), minlength=len(colors))
+    for label in np.argsort(-areas, kind="stable")[: np.count_nonzero(areas)]:  # largest first, as draw_sem_seg
+        text_color = visualizer._change_color_brightness(colors[label] / 255, brightness_factor=0.7)
+        visualizer._draw_text_in_mask((labels == label).astype(np.uint8), metadata.stuff_classes[label], text_color)
+    return visualizer.output.get_image()[:, :, ::-1]
 
 
 def label_map(scores: np.ndarray) -> np.ndarray:
