@@ -190,6 +190,10 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.INPUT.COLOR_AUG_SSD = True
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # A dataset with images without label maps (or label maps without images) is refused, the files named.
+    # True uses only its complete pairs (with a warning naming the others); the evaluation reports how many images
+    # it scored (esc_net/data/datasets/complete_sem_seg.py).
+    cfg.DATASETS.ALLOW_INCOMPLETE = False
 
 
 def check_input_geometry(cfg: CN) -> None:

@@ -19,6 +19,8 @@ __all__ = ["PAPER_BENCHMARK_ORDER", "summarize_benchmarks"]
 # Column order of the paper's Table 1; other benchmarks follow in the order they were given.
 PAPER_BENCHMARK_ORDER = ("A-847", "PC-459", "A-150", "PC-59", "PAS-20", "PAS-20b")
 _SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+# How many images each benchmark scored (a dataset accepted incomplete scores fewer than it lists).
+_IMAGES = "images"
 
 
 def _benchmark_name(dataset_name: str) -> str:
@@ -46,14 +48,14 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
     Args:
         results: ``{dataset_name: evaluator result}``, each result being what
-            :class:`OpenVocabSemSegEvaluator` returns: ``{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC",
+            :class:`OpenVocabSemSegEvaluator` returns: ``{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", "images",
             "IoU-<class>"..., "ACC-<class>"...}}``. Column names come from each dataset's ``benchmark`` metadata.
         output_dir: if given, these files are written there:
 
             * ``benchmark_results.json``: ``{"benchmarks": [column order], "results": {dataset_name:
-              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", "IoU": {class: value}, "ACC": {class: value}}}}``
-              (NaN values, for classes absent from the ground truth, are written as null);
-            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC;
+              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", "images", "IoU": {class: value}, "ACC": {class:
+              value}}}}`` (NaN values, for classes absent from the ground truth, are written as null);
+            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, images;
             * ``per_class_iou.csv``: one row per dataset and class: dataset, benchmark, class, IoU, ACC (NaN as
               an empty cell);
             * ``per_class_iou.png``: the per-class IoU as bars, one panel per benchmark, best class first, the
@@ -61,17 +63,17 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
         precision: decimals of the mIoU values in the table (the paper uses one).
 
     Returns:
-        The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present)
-        and one "mIoU" row.
+        The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present),
+        an "mIoU" row and an "images" row (how many images were scored).
     """
     rows = []
     for dataset_name, result in results.items():
         metrics = result.get("sem_seg") if isinstance(result, dict) else None
-        missing = [k for k in _SUMMARY_METRICS if metrics is None or k not in metrics]
+        missing = [k for k in (*_SUMMARY_METRICS, _IMAGES) if metrics is None or k not in metrics]
         if missing:
             raise ValueError(
                 f"results of dataset {dataset_name!r} lack {missing}: expected an evaluator result "
-                '{"sem_seg": {"mIoU": ..., "fwIoU": ..., "mACC": ..., "pACC": ..., "IoU-<class>": ...}}'
+                '{"sem_seg": {"mIoU": ..., "fwIoU": ..., "mACC": ..., "pACC": ..., "images": ..., "IoU-<class>": ...}}'
             )
         rows.append((dataset_name, _benchmark_name(dataset_name), metrics))
 
@@ -83,12 +85,14 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
     # sorted() is stable, so benchmarks outside the paper's keep the order in which they were given.
     rows.sort(key=lambda row: paper_rank.get(row[1], len(PAPER_BENCHMARK_ORDER)))
 
+    # formatted here: tabulate formats a column as one type, and the image counts share the mIoU's columns
     table = tabulate(
-        [["mIoU"] + [float(m["mIoU"]) for _, _, m in rows]],
+        [["mIoU"] + [f"{float(m['mIoU']):.{precision}f}" for _, _, m in rows],
+         [_IMAGES] + [str(int(m[_IMAGES])) for _, _, m in rows]],
         headers=[""] + [b for _, b, _ in rows],
         tablefmt="pipe",
-        floatfmt=f".{precision}f",
-        numalign="center",
+        disable_numparse=True,
+        stralign="center",
     )
     logging.getLogger("detectron2").info("Open-vocabulary semantic segmentation benchmarks:\n" + table)
     if output_dir:
@@ -103,6 +107,7 @@ def _write_results(rows: List, output_dir: str):
     for dataset_name, benchmark, metrics in rows:
         entry = {"benchmark": benchmark}
         entry.update({k: _json_number(float(metrics[k])) for k in _SUMMARY_METRICS})
+        entry[_IMAGES] = int(metrics[_IMAGES])
         for kind in ("IoU", "ACC"):
             entry[kind] = {c: _json_number(v) for c, v in _per_class(metrics, kind + "-").items()}
         summary["results"][dataset_name] = entry
@@ -111,10 +116,10 @@ def _write_results(rows: List, output_dir: str):
 
     with PathManager.open(os.path.join(output_dir, "benchmark_results.csv"), "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["dataset", "benchmark", *_SUMMARY_METRICS])
+        writer.writerow(["dataset", "benchmark", *_SUMMARY_METRICS, _IMAGES])
         for dataset_name, benchmark, metrics in rows:
             values = [_csv_number(float(metrics[k])) for k in _SUMMARY_METRICS]
-            writer.writerow([dataset_name, benchmark, *values])
+            writer.writerow([dataset_name, benchmark, *values, int(metrics[_IMAGES])])
 
     with PathManager.open(os.path.join(output_dir, "per_class_iou.csv"), "w") as f:
         writer = csv.writer(f, lineterminator="\n")
