@@ -81,8 +81,8 @@ class ESCNetPredictor:
         Warns (UserWarning) about names too long for the text encoder, whose ends are cut off.
 
         Raises:
-            ValueError: the list is empty or holds an empty name.
-            TypeError: a single string was given instead of a list.
+            ValueError: the list is empty, holds an empty name or one with a line break, or repeats a name.
+            TypeError: a single string, None or another non-list was given instead of a list.
         """
         self._vocabulary = self.model.check_vocabulary(class_names)
 

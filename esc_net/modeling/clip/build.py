@@ -28,10 +28,16 @@ def load_weights_file(model: nn.Module, path: str, label: str) -> None:
     """Loads an open_clip state dict file (.safetensors, or a torch-saved .bin/.pt/.pth) into ``model`` through
     open_clip's ``load_checkpoint`` (which also interpolates the positional embeddings to the model's grid and
     context length), with ``weights_only=True``. Raises ValueError naming the file and every missing / unexpected
-    key when it does not fit, and UnreadableCheckpointError (a ValueError) naming the file when it is empty,
-    truncated, or asks to run code."""
+    key when it does not fit or has another suffix (.npy, .npz, ...), and UnreadableCheckpointError (a ValueError)
+    naming the file when it is empty, truncated, or asks to run code."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    if not path.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        # open_clip would read a .npy/.npz as big_vision (JAX) weights, which only its SigLIP towers take, and fail
+        # deep inside with an AttributeError.
+        raise ValueError(
+            f"CLIP weights file {path}: expected an open_clip state dict saved as {', '.join(WEIGHT_FILE_SUFFIXES)}"
+        )
     try:
         incompatible = open_clip.load_checkpoint(model, path, strict=False, weights_only=True)
     except READ_ERRORS as error:
