@@ -52,9 +52,9 @@ def merge_config_file(cfg: CN, path: str) -> None:
         raise ConfigFileError(f"the _BASE_ chain of the config {path} loops (a file is its own base)") from e
     except OSError as e:
         raise ConfigFileError(f"cannot read the config {path} or a file of its _BASE_ chain: {e}") from e
-    except (AssertionError, KeyError, TypeError, ValueError) as e:
-        # yacs and fvcore report an unknown key, a value of the wrong type or a file that is not a mapping with
-        # these; str(KeyError) would quote its message.
+    except (AssertionError, AttributeError, KeyError, TypeError, ValueError) as e:
+        # yacs and fvcore report an unknown key, a value of the wrong type, a file that is not a mapping or a
+        # _BASE_ that is not a path with these; str(KeyError) would quote its message.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ConfigFileError(f"bad config {path}: {message}") from e
 

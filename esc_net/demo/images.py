@@ -58,10 +58,12 @@ def _header(path: str, name: str) -> Tuple[str, int, int]:
         raise UnreadableImageError(f"image not found: {name}") from e
     except Exception as e:
         # Pillow's parsers raise many types for a malformed header (OSError, SyntaxError, struct.error, ...):
-        # whichever it is, the file is refused as unreadable, the parser's reason chained.
+        # whichever it is, the file is refused as unreadable with the parser's reason, in which the file is
+        # called by ``name`` too (the page must not show the server's path).
+        reason = str(e).replace(path, name)
         raise UnreadableImageError(
             f"cannot read the image {name}: not a {', '.join(FORMATS)} file that can be decoded "
-            f"({type(e).__name__}: {e})"
+            f"({type(e).__name__}: {reason})"
         ) from e
 
 
