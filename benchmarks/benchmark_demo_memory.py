@@ -28,24 +28,11 @@ import time
 
 import cv2
 import numpy as np
+from benchmark_large_image import _proc_status_kb, _reset_peak_rss  # the same resident-memory measurement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny.yaml")
 GB = 2**30
-
-
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> None:
-    # Writing 5 to clear_refs resets the resident-set high-water mark (VmHWM), Linux 4.0+.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _write_image(path: str, height: int, width: int) -> None:

@@ -16,13 +16,6 @@ from esc_net.engine import setup
 TAG = "tag:yaml.org,2002:python/object/apply:os.system"
 
 
-@pytest.fixture
-def marker(tmp_path):
-    path = tmp_path / "MARKER"
-    yield path
-    assert not path.exists(), "the config ran a command"
-
-
 def _write(path, text):
     path.write_text(text)
     return str(path)
