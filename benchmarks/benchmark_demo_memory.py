@@ -153,7 +153,7 @@ def main() -> None:
         print(f"\nPNG bomb: 20000x20000, {os.path.getsize(bomb) / 1e3:.0f} KB on disk, default limits")
         for kind in ("page-bomb", "demo-bomb"):
             extra, _, seconds, refusal = run(kind, bomb, 10)
-            print(f"- {kind.split('-')[0]}: refused in {seconds * 1e3:.0f} ms, {extra * 1024:.1f} MB above the model "
+            print(f"- {kind.split('-')[0]}: refused in {seconds * 1e3:.1f} ms, {extra * 1024:.1f} MB above the model "
                   f"({refusal})")
 
 
