@@ -51,12 +51,16 @@ setup(
         # No floor: imread/imwrite, resize, fillPoly, circle, erode/dilate, applyColorMap with COLORMAP_VIRIDIS and
         # addWeighted are all in the oldest headless release on PyPI (3.4.10), and still in 5.0's bindings.
         "opencv-python-headless",
+        # The demos check every JPEG with libjpeg-turbo in strict mode before OpenCV decodes it (OpenCV fills in a
+        # damaged file silently): decode_jpeg(strict=...) appeared in 1.7.
+        "simplejpeg>=1.7",
         # No floor for these: esc_net calls long-standing APIs (fvcore.nn.jit_handles.get_shape is in every fvcore
-        # release on PyPI; tabulate's "pipe" format; tqdm's iterator; PIL's open/fromarray/save).
+        # release on PyPI; tabulate's "pipe" format; tqdm's iterator).
         "fvcore",
         "tabulate",
         "tqdm",
-        "Pillow",
+        # Image.open(formats=...), which the demos use to read an image's header before decoding it, is from 8.0.
+        "Pillow>=8.0",
     ],
     extras_require={
         # Dataset preparation (datasets/*.py, esc-net-prepare) beyond the core requirements.

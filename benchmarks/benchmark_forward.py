@@ -79,7 +79,7 @@ def build(config_file: str, device: str, opts=()):
     """The model of ``config_file`` (plus ``opts``) with random weights, in eval mode, and its config."""
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
-    cfg.merge_from_file(config_file)
+    esc_net.merge_config_file(cfg, config_file)
     cfg.merge_from_list(
         ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
         + list(opts)

@@ -57,7 +57,7 @@ def main() -> None:
 
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
-    cfg.merge_from_file(TINY_CONFIG)
+    esc_net.merge_config_file(cfg, TINY_CONFIG)
     cfg.merge_from_list(["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.DEVICE", args.device])
     torch.manual_seed(0)
     predictor = esc_net.ESCNetPredictor(cfg)

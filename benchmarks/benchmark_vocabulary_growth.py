@@ -70,7 +70,7 @@ def main():
 
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    esc_net.merge_config_file(cfg, args.config_file)
     cfg.MODEL.WEIGHTS = args.weights
     caps = args.caps if args.caps is not None else [cfg.MODEL.ESC_NET.MAX_CLASSES_PER_VIEW]
     predictor = esc_net.ESCNetPredictor(cfg)

@@ -17,9 +17,9 @@ with warnings.catch_warnings():
     import fvcore.nn  # noqa: F401
 
 from . import data  # noqa: F401,E402  (registers the datasets)
-from .config import add_esc_net_config  # noqa: E402
+from .config import add_esc_net_config, merge_config_file  # noqa: E402
 
-__all__ = ["ESCNetPredictor", "add_esc_net_config"]
+__all__ = ["ESCNetPredictor", "add_esc_net_config", "merge_config_file"]
 
 
 def __getattr__(name: str):

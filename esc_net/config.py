@@ -10,10 +10,55 @@ Image geometry has one source, ``MODEL.ESC_NET.CLIP_IMAGE_SIZE``: training crops
 :func:`check_input_geometry`), images smaller than a crop are padded to it, and the sliding windows default to it.
 Pixel normalisation has one source too, the CLIP model's own statistics (``CLIPEncoder.pixel_mean/pixel_std``);
 Detectron2's ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are not read.
+
+Config files are read by :func:`merge_config_file`, with YAML's safe loader only (see there).
 """
 from typing import Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
+
+__all__ = ["ConfigFileError", "add_esc_net_config", "check_input_geometry", "load_config", "merge_config_file"]
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be merged: unsafe, not YAML, or not fitting the config. The message names it."""
+
+
+def merge_config_file(cfg: CN, path: str) -> None:
+    """``cfg.merge_from_file(path)`` with YAML's safe loader for the file and every file of its ``_BASE_`` chain.
+
+    Detectron2's ``merge_from_file`` (through fvcore) retries a file that ``yaml.safe_load`` refuses with
+    ``yaml.unsafe_load``, which constructs whatever Python object a tag names (``!!python/object/apply:os.system``
+    runs a command). With ``allow_unsafe=False`` fvcore passes the refusal on instead, for the bases too; it is
+    reported here naming the file and the tag. ESC-Net's configs hold only plain values (numbers, strings, lists,
+    mappings), so no config needs more.
+
+    Raises:
+        ConfigFileError: the file or a base asks for a Python object, is not valid YAML or not a mapping, its
+            ``_BASE_`` chain is missing a file or loops, or a key or value does not fit ``cfg`` (yacs's message).
+    """
+    try:
+        cfg.merge_from_file(path, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        # The problem mark names the file of the chain that holds the tag and where; the problem names the tag.
+        mark = e.problem_mark
+        where = f"{mark.name}, line {mark.line + 1}" if mark is not None else path
+        raise ConfigFileError(
+            f"refusing the config {where}: {e.problem}; a config holds only plain values (numbers, strings, lists, "
+            "mappings), and a tag that constructs a Python object could run code"
+        ) from e
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"the config {path} (or a file of its _BASE_ chain) is not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigFileError(f"the _BASE_ chain of the config {path} loops (a file is its own base)") from e
+    except OSError as e:
+        raise ConfigFileError(f"cannot read the config {path} or a file of its _BASE_ chain: {e}") from e
+    except (AssertionError, AttributeError, KeyError, TypeError, ValueError) as e:
+        # yacs and fvcore report an unknown key, a value of the wrong type, a file that is not a mapping or a
+        # _BASE_ that is not a path with these; str(KeyError) would quote its message.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigFileError(f"bad config {path}: {message}") from e
 
 
 def add_esc_net_config(cfg: CN) -> None:
@@ -26,7 +71,9 @@ def add_esc_net_config(cfg: CN) -> None:
 
     # --- CLIP (open_clip) ---------------------------------------------------------------------------------
     m.CLIP_MODEL_NAME = "ViT-B-16"
-    # An open_clip pretrained tag ("openai"), a local weights file (.bin/.pt/.safetensors) or "none".
+    # An open_clip pretrained tag ("openai"), a local weights file (.bin/.pt/.safetensors) or "none". Read only when
+    # MODEL.WEIGHTS is empty (a checkpoint of the whole model holds CLIP's tensors); a tag's activation (OpenAI's
+    # QuickGELU) and image statistics apply either way.
     m.CLIP_PRETRAINED = "openai"
     # An open_clip model config (embed_dim, vision_cfg, text_cfg) that replaces the named model; empty = unused.
     # Lets a config define a small CLIP of its own (see configs/esc_net_tiny.yaml).
@@ -182,6 +229,10 @@ def add_esc_net_config(cfg: CN) -> None:
     cfg.INPUT.COLOR_AUG_SSD = True
     # Training crops are re-drawn (up to 10 times) while one class covers more than this fraction; 1.0 = off.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # A dataset with images without label maps (or label maps without images) is refused, the files named.
+    # True uses only its complete pairs (with a warning naming the others); the evaluation reports how many images
+    # it scored (esc_net/data/datasets/complete_sem_seg.py).
+    cfg.DATASETS.ALLOW_INCOMPLETE = False
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
@@ -191,7 +242,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     cfg = get_cfg()
     add_esc_net_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
     return cfg
 

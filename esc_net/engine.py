@@ -32,8 +32,9 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import add_esc_net_config
+from .config import add_esc_net_config, merge_config_file
 from .data import SemanticSegmentationMapper, get_dataset_vocabulary
+from .data.datasets import incomplete_datasets_allowed
 from .evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from .modeling.sam_checkpoint import check_sam_source
 from .solver import build_optimizer
@@ -94,20 +95,26 @@ class Trainer(DefaultTrainer):
             self.checkpointer.save("model_final", iteration=self.iter)
         return super().train()
 
+    # Each builder below loads its dataset's records, where an incomplete dataset is refused unless
+    # DATASETS.ALLOW_INCOMPLETE says otherwise.
+
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
+        with incomplete_datasets_allowed(cfg.DATASETS.ALLOW_INCOMPLETE):
+            return build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """Inputs carry ``dataset_name``'s vocabulary (PAS-20b's scored names included)."""
         mapper = SemanticSegmentationMapper(cfg, is_train=False, dataset_name=dataset_name)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        with incomplete_datasets_allowed(cfg.DATASETS.ALLOW_INCOMPLETE):
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
         """The open-vocabulary evaluator; it writes no files (the benchmark table goes to OUTPUT_DIR)."""
-        return OpenVocabSemSegEvaluator(dataset_name, distributed=True)
+        with incomplete_datasets_allowed(cfg.DATASETS.ALLOW_INCOMPLETE):
+            return OpenVocabSemSegEvaluator(dataset_name, distributed=True)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -135,10 +142,14 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR."""
+    """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR.
+
+    Raises:
+        ConfigFileError: the config file (or a ``_BASE_`` of it) is unsafe, not YAML, or does not fit.
+    """
     cfg = get_cfg()
     add_esc_net_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)

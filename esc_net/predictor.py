@@ -2,7 +2,7 @@
 visualise its output with Detectron2's ``Visualizer``."""
 import hashlib
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -85,8 +85,8 @@ class ESCNetPredictor:
         Warns (UserWarning) about names too long for the text encoder, whose ends are cut off.
 
         Raises:
-            ValueError: the list is empty or holds an empty name.
-            TypeError: a single string was given instead of a list.
+            ValueError: the list is empty, holds an empty name or one with a line break, or repeats a name.
+            TypeError: a single string, None or another non-list was given instead of a list.
         """
         self._vocabulary = self.model.check_vocabulary(class_names)
 
@@ -96,6 +96,7 @@ class ESCNetPredictor:
         vocabulary: Optional[Sequence[str]] = None,
         output: Optional[str] = None,
         top_k: Optional[int] = None,
+        output_size: Optional[Tuple[int, int]] = None,
     ) -> Dict[str, torch.Tensor]:
         """Segments one image.
 
@@ -106,13 +107,15 @@ class ESCNetPredictor:
                 their own); default :attr:`vocabulary`.
             output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
             top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
+            output_size: the (H, W) to predict at (Detectron2's "height"/"width" of the input); default the
+                image's. The demos ask for their display size, so that a large photo costs no full-size output.
 
         Returns:
             "scores": ``{"sem_seg": Tensor[N, H, W]}``, per-class scores in [0, 1] for the N names of the
             vocabulary used (N x H x W floats). "labels": ``{"sem_seg_labels": Tensor[H, W]}``, the index of the
             best class (uint8 up to 255 classes, else int16), plus ``"sem_seg_topk_labels"`` and
             ``"sem_seg_topk_scores"`` (float16) [k, H, W] with ``top_k``; computed in tiles, in working memory
-            that does not grow with the image or the vocabulary. On the model's device.
+            that does not grow with the image or the vocabulary. On the model's device; H, W as ``output_size``.
 
         Raises:
             ValueError: the image is not an [H, W, 3] uint8 array, is empty (a side of 0), no vocabulary is set,
@@ -134,6 +137,8 @@ class ESCNetPredictor:
         if vocabulary is None and self._vocabulary is None:
             raise ValueError("the predictor has no vocabulary: call set_vocabulary(names) or pass vocabulary=")
         vocabulary = self._vocabulary if vocabulary is None else self.model.check_vocabulary(vocabulary)
+        if output_size is not None:
+            height, width = output_size
         request = {"image": image, "height": height, "width": width, "vocabulary": vocabulary}
         if output is not None:
             request["output"] = output

@@ -40,6 +40,14 @@ def tiny_cfg(*opts):
     return cfg
 
 
+@pytest.fixture
+def marker(tmp_path):
+    """A file that code carried by a weights or config file would create; the test fails if it exists."""
+    path = tmp_path / "code_ran"
+    yield path
+    assert not path.exists(), "loading the file ran the code it carried"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for servers and process groups that tests start)."""
     with socket.socket() as s:

@@ -483,3 +483,16 @@ def test_value_dense_layer_is_catsegs_dense_last_layer(reference):
     assert enc.clip.visual.transformer.resblocks[-2].attn.q_weight.requires_grad
     with pytest.raises(ValueError, match="dense_layer"):
         tiny_encoder(dense_layer="values")
+
+
+def test_a_tag_gives_its_activation_and_statistics_without_its_weights():
+    """OpenAI's CLIP was trained with QuickGELU: the "openai" tag builds it so (open_clip itself only warns when
+    "ViT-B-16" is given that tag), and a model whose weights come from a checkpoint gets the tag's activation and
+    image statistics without downloading anything (built on the meta device: structure only)."""
+    with torch.device("meta"):
+        enc = CLIPEncoder(model_name="ViT-B-16", pretrained="openai", image_size=64, load_pretrained=False)
+    acts = {type(m).__name__ for m in enc.clip.visual.transformer.resblocks[0].mlp.modules()}
+    assert "QuickGELU" in acts
+    assert enc.pixel_std == pytest.approx(tuple(255 * v for v in open_clip.OPENAI_DATASET_STD))
+    with pytest.raises(ValueError, match="neither a local weights file nor a pretrained tag"):
+        CLIPEncoder(model_name="ViT-B-16", pretrained="opnai", image_size=64, load_pretrained=False)

@@ -3,6 +3,7 @@ documented errors."""
 import os
 import subprocess
 import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from esc_net.demo import cli as demo
+from PIL import Image
 from esc_net.predictor import ESCNetPredictor
 
 NO_DATASETS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
@@ -160,9 +162,13 @@ def test_truncated_jpeg_and_bad_vocabulary_names_are_refused(images, tmp_path):
     whole = (images / "c.jpg").read_bytes()
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(whole[: len(whole) * 2 // 3])
-    assert cv2.imread(str(cut)) is not None  # OpenCV decodes it partially, without an error
-    message = _error("--input", cut, "--output", tmp_path / "out", "--vocabulary", "a; b")
-    assert f"the JPEG {cut} is truncated" in message
+    # with an end-of-image marker appended, the cut is invisible at the end of the file
+    marked = tmp_path / "marked.jpg"
+    marked.write_bytes(whole[: len(whole) * 2 // 3] + b"\xff\xd9")
+    for path in (cut, marked):
+        assert cv2.imread(str(path)) is not None  # OpenCV decodes it partially, without an error
+        message = _error("--input", path, "--output", tmp_path / "out", "--vocabulary", "a; b")
+        assert f"the JPEG {path} is damaged or truncated" in message
     args = ("--input", images / "a.png", "--output", tmp_path / "out")
     assert "without any synonym" in _error(*args, "--vocabulary", " , ; cat")
     assert "repeats class names" in _error(*args, "--vocabulary", "cat; dog; Cat")
@@ -190,3 +196,37 @@ def test_main_returns_none_for_the_console_script(images, weights, tmp_path):
             "--vocabulary", "cat; dog", "--opts", *NO_DATASETS, "MODEL.WEIGHTS", weights]
     assert demo.main(argv) is None
     assert (tmp_path / "a_overlay.png").is_file()
+
+
+def test_large_images_are_refused_before_decoding_unless_the_limits_are_raised(weights, tmp_path):
+    large = tmp_path / "large.png"
+    Image.new("1", (5000, 1200)).save(large, optimize=True)  # a few KB; 18 MB decoded
+    args = ("--input", large, "--output", tmp_path / "out", "--vocabulary", "a; b")
+    message = _error(*args)
+    assert f"{large} is 5000x1200 pixels; the limits are sides up to 4096 pixels" in message
+    assert "raise them with --max-side / --max-pixels" in message
+    huge = tmp_path / "huge.png"  # a header beyond OpenCV's own ceiling: refused, not a cv2.error
+    data = bytearray(cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1].tobytes())
+    data[16:24] = (40000).to_bytes(4, "big") * 2
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    huge.write_bytes(bytes(data))
+    assert f"{huge} is too large to decode" in _error("--input", huge, "--output", tmp_path / "out", "--vocabulary", "a")
+    # raised limits: the overlay is drawn at --display-side, the saved labels are at the image's size
+    _run(*args, "--max-side", 5000, "--display-side", 600, "--save-labels", opts=["MODEL.WEIGHTS", weights])
+    assert cv2.imread(str(tmp_path / "out" / "large_overlay.png")).shape == (144, 600, 3)
+    assert cv2.imread(str(tmp_path / "out" / "large_labels.png"), cv2.IMREAD_UNCHANGED).shape == (1200, 5000)
+
+
+def test_without_full_size_files_the_model_predicts_at_the_display_size(images, weights, tmp_path):
+    """The overlay of a large image without --save-* comes from labels at its display size; it matches the
+    overlay drawn from the full-size labels up to the pixels where the two label maps sample differently."""
+    image = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    assert cv2.imwrite(str(path), image)
+    _run("--input", path, "--output", tmp_path / "a", "--vocabulary", "a; b; c", "--display-side", 600,
+         opts=["MODEL.WEIGHTS", weights])
+    _run("--input", path, "--output", tmp_path / "b", "--vocabulary", "a; b; c", "--display-side", 600,
+         "--save-labels", opts=["MODEL.WEIGHTS", weights])
+    small, large = (cv2.imread(str(tmp_path / d / "photo_overlay.png")) for d in "ab")
+    assert small.shape == large.shape == (450, 600, 3)
+    assert (small != large).any(axis=2).mean() < 0.05

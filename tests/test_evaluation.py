@@ -145,6 +145,7 @@ def test_agrees_with_detectron2_semseg_evaluator(tmp_path, register):
     reference = _run(SemSegEvaluator(name, distributed=False), inputs, scores)
 
     assert math.isnan(ours["IoU-class 4"])  # predicted but never labelled
+    assert ours.pop("images") == len(records)  # how many images were scored, beside Detectron2's metrics
     assert [k for k in ours if k != "mIoU-union"] == [k for k in reference if k in ours]  # ours adds mIoU-union
     assert set(ours) == set(SUMMARY) | {f"{m}-{c}" for m in ("IoU", "ACC") for c in classes} | {"mIoU-union"}
     assert ours.pop("mIoU-union") < ours["mIoU"]  # class 4 is predicted and never labelled: it counts 0 there
@@ -280,13 +281,14 @@ def test_benchmark_report_table_and_files(tmp_path, register):
     }
     table = summarize_benchmarks(results, str(tmp_path))
 
-    header, _, row, union = table.splitlines()
+    header, _, row, union, images = table.splitlines()
     assert [c.strip() for c in header.split("|")[2:-1]] == ["A-150", "PAS-20b", "my_custom_set"]
     # A-150: wall 6/8, floor 2/4, tree absent -> 62.5; PAS-20b: cat 3/4, background 4/5 -> 77.5;
     # custom: x 5/7, y 3/5 -> 65.71
     assert [c.strip() for c in row.split("|")[1:-1]] == ["mIoU", "62.5", "77.5", "65.7"]
     # no class is predicted without being in the ground truth here: both conventions agree
     assert [c.strip() for c in union.split("|")[1:-1]] == ["mIoU-union", "62.5", "77.5", "65.7"]
+    assert [c.strip() for c in images.split("|")[1:-1]] == ["images", "1", "1", "1"]
 
     summary = json.loads((tmp_path / "benchmark_results.json").read_text())
     assert summary["benchmarks"] == ["A-150", "PAS-20b", "my_custom_set"]
@@ -298,6 +300,7 @@ def test_benchmark_report_table_and_files(tmp_path, register):
         rows = list(csv.DictReader(f))
     assert [(r["dataset"], r["benchmark"]) for r in rows] == [(ade, "A-150"), (pas, "PAS-20b"), ("my_custom_set",) * 2]
     assert float(rows[1]["mIoU"]) == pytest.approx(77.5) and float(rows[1]["pACC"]) == pytest.approx(87.5)
+    assert rows[1]["images"] == "1" and summary["results"][pas]["images"] == 1
 
     with open(tmp_path / "per_class_iou.csv") as f:
         per_class = {(r["dataset"], r["class"]): r for r in csv.DictReader(f)}
@@ -339,7 +342,7 @@ def test_iou_chart_of_a_large_vocabulary_shows_the_best_and_the_worst():
 
 
 def test_benchmark_report_rejects_malformed_results():
-    with pytest.raises(ValueError, match="'broken' lack \\['mIoU', 'fwIoU', 'mACC', 'pACC'\\]"):
+    with pytest.raises(ValueError, match="'broken' lack \\['mIoU', 'fwIoU', 'mACC', 'pACC', 'images'\\]"):
         summarize_benchmarks({"broken": {"mIoU": 40.0}})
 
 

@@ -443,3 +443,14 @@ def test_checkpoints_with_the_former_map_head_name_load():
     other = _model()
     other.load_state_dict(state)
     torch.testing.assert_close(other.blocks[0].map_head.weight, model.blocks[0].map_head.weight)
+
+
+def test_model_weights_make_the_part_files_unread(tmp_path):
+    """With MODEL.WEIGHTS, the whole model's checkpoint holds every tensor: CLIP_PRETRAINED and SAM_CHECKPOINT are
+    not read (here they name no file), so evaluating a checkpoint needs neither file nor network."""
+    missing = str(tmp_path / "nowhere.pt")
+    model = build_model(tiny_cfg("MODEL.WEIGHTS", "model.pth", "MODEL.ESC_NET.CLIP_PRETRAINED", missing,
+                                 "MODEL.ESC_NET.SAM_CHECKPOINT", missing))
+    assert len(model.blocks) == 2
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", missing))

@@ -6,11 +6,14 @@ Every server here listens on 127.0.0.1 and serves a tiny random-weight checkpoin
 import json
 import logging
 import os
+import re
 import socket
 import shutil
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import cv2
 import httpx
@@ -22,8 +25,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
+from PIL import Image
 
+from esc_net.config import load_config
 from esc_net.demo import web as app_module
+from esc_net.demo.images import ImageLimits
+from esc_net.predictor import ESCNetPredictor
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or a driver
@@ -46,12 +53,20 @@ def files(tmp_path_factory):
     assert cv2.imwrite(str(folder / "too_wide.png"), np.zeros((20, MAX_SIDE + 1, 3), np.uint8))
     (folder / "not_an_image.png").write_text("this is text")
     (folder / "too_big.png").write_bytes(os.urandom(int(MAX_UPLOAD_MB * 2**20) + 1000))
+    Image.new("1", (2000, 2000)).save(folder / "bomb.png", optimize=True)  # 1 KB, 12 MB decoded
+    whole = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8))[1].tobytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")  # cut, then an end marker
     return folder
 
 
+class Page(NamedTuple):
+    url: str
+    folder: str  # the folder created for the server's files
+
+
 @pytest.fixture(scope="module")
-def server(files):
-    """The page on 127.0.0.1 with the test checkpoint; yields its URL."""
+def page(files):
+    """The page on 127.0.0.1 with the test checkpoint."""
     port = free_port()
     args = app_module.parse_args(
         ["--config-file", TINY_CONFIG, "--port", str(port), "--max-side", str(MAX_SIDE),
@@ -60,9 +75,15 @@ def server(files):
     )
     app, launch = app_module.create(args)
     assert launch["server_name"] == "127.0.0.1"
+    folder = os.environ["GRADIO_TEMP_DIR"]
     app.launch(prevent_thread_lock=True, quiet=True, **launch)
-    yield f"http://127.0.0.1:{port}/"
+    yield Page(f"http://127.0.0.1:{port}/", folder)
     app.close()
+
+
+@pytest.fixture(scope="module")
+def server(page):
+    return page.url
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +141,14 @@ def test_score_map_is_drawn_at_the_given_size_with_a_colour_bar():
 
 def test_class_colours_are_the_names_whatever_the_vocabulary():
     """The embedded default's page draws a vocabulary that is not its dataset's with the dataset's colours for the
-    names it has (grey background, blue circle in blue) and a colour per name for the others."""
+    names it has (grey stripes, blue circle in blue) and a colour per name for the others."""
     shapes = MetadataCatalog.get("synthetic_shapes_val")
-    segmenter = app_module.Segmenter(predictor=None, max_side=MAX_SIDE, colors=shapes)
-    small = segmenter.metadata(["background", "blue circle"]).stuff_colors
-    large = segmenter.metadata(["red square", "sky", "blue circle", "background"]).stuff_colors
+    segmenter = app_module.Segmenter(predictor=None, colors=shapes)
+    small = segmenter.metadata(["stripes", "blue circle"]).stuff_colors
+    large = segmenter.metadata(["red square", "sky", "blue circle", "stripes"]).stuff_colors
     blue = shapes.stuff_colors[shapes.stuff_classes.index("blue circle")]
     assert small == [large[3], large[2]] == [shapes.stuff_colors[0], blue]
-    assert large[1] == app_module.Segmenter(None, MAX_SIDE).metadata(["grass", "sky"]).stuff_colors[1]
+    assert large[1] == app_module.Segmenter(None).metadata(["grass", "sky"]).stuff_colors[1]
 
 
 def test_user_errors_are_logged_in_one_line_without_a_traceback(client, files, capfd):
@@ -169,6 +190,10 @@ def test_a_taken_port_names_the_port_option(files):
         ("square.png", " ; ", "", "The vocabulary is empty"),
         ("not_an_image.png", VOCABULARY, "", "The upload 'not_an_image.png' is not an image"),
         ("too_wide.png", VOCABULARY, "", f"sides up to {MAX_SIDE} pixels"),
+        ("bomb.png", VOCABULARY, "", f"The upload bomb.png is 2000x2000 pixels; the limits are sides up to {MAX_SIDE}"),
+        ("cut.jpg", VOCABULARY, "", "The upload 'cut.jpg' is not an image that can be read whole"),
+        ("square.png", "cat; dog; Cat", "", "The vocabulary repeats class names (their scores would be identical): "
+                                             "'Cat' at 0 and 2"),
         ("square.png", VOCABULARY, "dog", "'dog' is not a class of the vocabulary (red square, black background)"),
     ],
 )
@@ -209,15 +234,56 @@ def test_no_arguments_trains_the_default_first(monkeypatch, tmp_path, files):
 
     def fake_run(command, env, check):
         calls.append((command, env["ESC_NET_SKIP_SETUP"], env["ESC_NET_VENV"]))
+        # what the training would leave behind: weights of the default config (random here)
         weights.parent.mkdir(parents=True)
-        shutil.copy(files / "model.pth", weights)  # what the training would leave behind
+        cfg = load_config(app_module.DEFAULT_CONFIG, ["MODEL.ESC_NET.CLIP_PRETRAINED", "none",
+                                                      "MODEL.ESC_NET.SAM_CHECKPOINT", ""])
+        DetectionCheckpointer(build_model(cfg), save_dir=str(weights.parent)).save("model_final")
 
     monkeypatch.setattr(app_module.subprocess, "run", fake_run)
     app, launch = app_module.create(app_module.parse_args([]))
     assert calls == [(["bash", os.path.join(REPO_ROOT, "scripts", "run_default.sh")], "1", sys.prefix)]
-    assert str(weights) in json.dumps(app.config)  # the page names the weights it serves
+    assert "model_final.pth" in json.dumps(app.config)  # the page names the weights it serves, by file name
     app_module.ensure_default_checkpoint()  # present now: nothing runs again
     assert len(calls) == 1
+
+
+def test_the_page_keeps_its_files_private_and_shows_no_server_path(page, files):
+    mode = os.stat(page.folder)
+    assert stat.S_IMODE(mode.st_mode) == 0o700 and mode.st_uid == os.getuid()
+    assert sorted(os.listdir(page.folder))[:1] and "shapes_0.png" in os.listdir(page.folder)
+    config = httpx.get(page.url + "config").text
+    assert "model.pth" in config
+    for path in (str(files), REPO_ROOT, TINY_CONFIG):
+        assert path not in config
+    served = re.findall(r"/gradio_api/file=([^\"]+)", config)  # the examples, as Gradio serves them
+    assert served and all(p.startswith(page.folder + os.sep) for p in served)
+
+
+def test_a_large_image_is_drawn_at_the_display_size(files, tmp_path):
+    """The model predicts at the display size; the overlay and the score map are drawn at it."""
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(files / "model.pth")))
+    segmenter = app_module.Segmenter(predictor, ImageLimits(), display_side=600)
+    image = np.random.default_rng(0).integers(0, 256, (1000, 1500, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(tmp_path / "large.png"), image)
+    vocabulary = "; ".join(f"class {i}" for i in range(30))
+    overlay, legend, score_map = segmenter({"path": str(tmp_path / "large.png")}, vocabulary, "class 3")
+    assert overlay.shape == (400, 600, 3) and score_map.shape == (400, 600 + app_module.COLOR_BAR_WIDTH, 3)
+    names, shares = _legend_classes(legend)
+    assert names and sum(shares) == pytest.approx(100, abs=0.5)
+
+
+def test_the_score_map_is_the_class_score_among_the_top_k(files):
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", str(files / "model.pth")))
+    predictor.set_vocabulary([f"class {i}" for i in range(12)])
+    image = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    scores = predictor(image)["sem_seg"].numpy()
+    result = predictor(image, output="labels", top_k=app_module.SCORE_MAP_TOP_K)
+    shown = app_module.class_scores(result, 7)
+    in_top = (result["sem_seg_topk_labels"].numpy() == 7).any(axis=0)
+    assert in_top.any() and not in_top.all()
+    np.testing.assert_allclose(shown[in_top], scores[7][in_top], atol=1e-3)  # float16 top-k scores
+    assert (shown[~in_top] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------------------------

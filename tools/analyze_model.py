@@ -19,7 +19,7 @@ import argparse
 import logging
 from typing import Dict, Optional, Sequence
 
-from esc_net import add_esc_net_config  # first: it imports fvcore without fvcore's deprecation noise
+from esc_net import add_esc_net_config, merge_config_file  # first: it imports fvcore without its deprecation noise
 
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
@@ -57,7 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     add_esc_net_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     # Random weights: the counts do not depend on them, and no weights file is needed.
     cfg.merge_from_list(["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.SAM_CHECKPOINT", "",

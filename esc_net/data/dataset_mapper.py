@@ -10,6 +10,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..config import check_input_geometry
+from ..utils.label_maps import read_label_map
 from .vocabulary import get_dataset_vocabulary, shared_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,7 @@ class SemanticSegmentationMapper:
         label_file = dataset_dict.get("sem_seg_file_name")
         if label_file is None:
             raise KeyError(f"training image {file_name} has no 'sem_seg_file_name'")
-        try:
-            sem_seg = utils.read_image(label_file)
-        except Exception as e:
-            raise IOError(f"cannot read label map {label_file}: {e}") from e
-        if sem_seg.ndim != 2:
-            raise ValueError(f"label map {label_file} has shape {sem_seg.shape}; a single-channel map is expected")
+        sem_seg = read_label_map(label_file)
         if sem_seg.shape != image.shape[:2]:
             raise ValueError(
                 f"label map {label_file} is {sem_seg.shape[1]}x{sem_seg.shape[0]} but its image {file_name} is "

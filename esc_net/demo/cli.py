@@ -21,8 +21,9 @@ Vocabulary (one of; default: the model's, MODEL.ESC_NET.VOCABULARY, else the con
   colour for a class of the dataset named; grey for background-like names).
 
 Outputs in --output, for each input image <stem>.<ext>:
-  <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer; images
-                      smaller than 512 px are drawn enlarged so that the names stay legible)
+  <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer), drawn with
+                      its longer side shrunk to --display-side (2048) at most, and enlarged to 512 px for smaller
+                      images so that the names stay legible
   <stem>_labels.png   (--save-labels) the label map at the input's size: the index of the best-scoring class
                       per pixel, uint8 PNG, or uint16 PNG for a vocabulary of more than 255 classes
   <stem>_scores.npy   (--save-scores) the per-class scores, float16 [N, H, W] in [0, 1]; needs N x H x W floats
@@ -35,9 +36,12 @@ Outputs in --output, for each input image <stem>.<ext>:
   vocabulary.txt      the label index and class name of every class, one per line
 
 Inputs (--input) are image files, folders (their .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files) or glob patterns
-(quote them so that the shell leaves them to this script). A missing or unreadable image, a truncated JPEG (which
-OpenCV would decode only in part), an empty vocabulary, a bad config or weights that are unreadable or do not fit
-the config stop the demo with an error message and exit status 1.
+(quote them so that the shell leaves them to this script). Images over --max-side (4096) or --max-pixels (16.8 M)
+are refused from their header, before they are decoded (the web page's limits; raise them for larger photos).
+A missing or unreadable image, a damaged or truncated JPEG (which OpenCV would decode only in part), an empty
+vocabulary, a bad or unsafe config or weights that are unreadable or do not fit the config stop the demo with an
+error message and exit status 1. Without --save-labels, --save-scores or --save-top-k the model predicts at the
+overlay's size only, so memory does not grow with the image beyond the decoded image itself.
 """
 import argparse
 import glob
@@ -56,17 +60,27 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from esc_net import add_esc_net_config
+from esc_net.config import ConfigFileError, merge_config_file
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
 from esc_net.data.vocabulary import default_vocabulary_source
+from esc_net.demo.images import (
+    ImageLimits,
+    ImageTooLargeError,
+    UnreadableImageError,
+    display_size,
+    nearest_resize,
+    read_image,
+    resize_to,
+)
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, vocabulary_metadata
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "collect_inputs", "draw_overlay",
-    "is_truncated_jpeg", "label_map", "main", "palette", "parse_args", "parse_vocabulary_text",
-    "prompt_class_index", "read_image", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
-    "segment_images", "setup_cfg", "write_vocabulary",
+    "DISPLAY_SIDE", "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "add_image_limit_arguments",
+    "collect_inputs", "draw_overlay", "image_limits", "label_map", "main", "palette", "parse_args",
+    "parse_vocabulary_text", "prompt_class_index", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
+    "segment_file", "segment_images", "setup_cfg", "write_vocabulary",
 ]
 
 logger = logging.getLogger("esc_net.demo")
@@ -77,9 +91,12 @@ PROG = "esc-net-demo"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Overlays of small images are drawn enlarged to this longer side, so that class names are legible.
 MIN_OVERLAY_SIDE = 512
-# Label maps are uint8 up to this many classes (ids 0..254; 255 is the usual ignore value), uint16 above.
-# A JPEG's end-of-image marker is looked for in this many bytes at the end of the file.
-_JPEG_TAIL_BYTES = 4096
+# Overlays of large images are drawn shrunk to this longer side (--display-side): drawing costs memory per pixel
+# and per class present, so it is bounded here rather than by the photo.
+DISPLAY_SIDE = 2048
+# The overlay's opacity and the line between segments (Detectron2's draw_sem_seg at alpha 0.5, its off-white edge).
+_OVERLAY_ALPHA = 0.5
+_EDGE_COLOR = (255, 255, 240)
 
 
 class InputError(Exception):
@@ -106,10 +123,26 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
                         help="also write the K best classes per pixel and their scores (.npz), in bounded memory")
     parser.add_argument("--show-prompts", metavar="CLASS",
                         help="also draw every block's pseudo prompts for this class of the vocabulary")
+    parser.add_argument("--display-side", type=int, default=DISPLAY_SIDE, metavar="PIXELS",
+                        help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})")
+    add_image_limit_arguments(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last")
     return parser.parse_args(argv)
+
+
+def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-side and --max-pixels, shared by the command line and the web page (the same defaults)."""
+    limits = ImageLimits()
+    parser.add_argument("--max-side", type=int, default=limits.max_side, metavar="PIXELS",
+                        help=f"longest image side accepted (default {limits.max_side}); checked before decoding")
+    parser.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="PIXELS",
+                        help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding")
+
+
+def image_limits(args: argparse.Namespace) -> ImageLimits:
+    return ImageLimits(args.max_side, args.max_pixels)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -152,37 +185,6 @@ def collect_inputs(specs: Sequence[str]) -> List[str]:
 
 def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
-
-
-def is_truncated_jpeg(path: str) -> bool:
-    """Whether ``path`` is a JPEG file that ends before its end-of-image marker (FF D9).
-
-    OpenCV decodes such a file partially (grey bottom rows), warns on stderr and returns it as if it were whole.
-    The marker cannot occur inside the compressed data (a 0xFF byte there is always followed by 0x00 or a restart
-    marker), so its absence near the end means the file was cut; a few KB of trailing data after it are allowed.
-    """
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":  # not a JPEG
-            return False
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - _JPEG_TAIL_BYTES))
-        return b"\xff\xd9" not in f.read()
-
-
-def read_image(path: str) -> np.ndarray:
-    """The image at ``path`` as [H, W, 3] uint8 BGR (grey and 16-bit images converted as OpenCV does).
-
-    Refuses (InputError) a file OpenCV cannot decode and a truncated JPEG, which OpenCV would decode partially.
-    """
-    if is_truncated_jpeg(path):
-        raise InputError(
-            f"the JPEG {path} is truncated (it ends before its end-of-image marker): only part of it could be "
-            "decoded; copy or export it again"
-        )
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"cannot read the image {path}: OpenCV cannot decode it (not an image, or corrupt)")
-    return image
 
 
 def parse_vocabulary_text(values: Sequence[str]) -> List[str]:
@@ -236,11 +238,14 @@ def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     add_esc_net_config(cfg)
     try:
-        cfg.merge_from_file(args.config_file)
+        merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
+    except ConfigFileError as e:
+        raise InputError(str(e)) from e
+    try:
         cfg.merge_from_list(args.opts)
     except (AssertionError, KeyError, ValueError) as e:
         # yacs reports an unknown key or an odd --opts list with these; the message is what the user needs.
-        raise InputError(f"bad config ({args.config_file}, --opts {args.opts}): {_message(e)}") from e
+        raise InputError(f"bad --opts {args.opts} for the config {args.config_file}: {_message(e)}") from e
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
@@ -261,12 +266,41 @@ def _write_png(path: str, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata) -> np.ndarray:
-    """The image with the label map's segments and class names drawn on it: [h, w, 3] uint8 BGR, enlarged to
-    ``MIN_OVERLAY_SIDE`` for small images."""
-    scale = max(1.0, MIN_OVERLAY_SIDE / max(image_bgr.shape[:2]))
-    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
-    return visualizer.draw_sem_seg(labels, alpha=0.5).get_image()[:, :, ::-1]
+def draw_overlay(image_bgr: np.ndarray, labels: np.ndarray, metadata, max_side: int = DISPLAY_SIDE) -> np.ndarray:
+    """The image with the label map's segments and class names drawn on it, at the display size.
+
+    The segments are filled as Detectron2's ``Visualizer.draw_sem_seg(labels, alpha=0.5)`` fills them, with a
+    light line between them, and the Visualizer writes each class's name where ``draw_sem_seg`` would (on its
+    largest region). ``draw_sem_seg`` itself is not called: it keeps a float RGBA copy of the whole picture for
+    every class whose region has a hole until it renders (16 bytes per pixel and class, gigabytes for a few
+    hundred classes); here the fill is one uint8 picture, so memory grows with the display size only.
+
+    Args:
+        image_bgr: [H, W, 3] uint8.
+        labels: [h, w] class indices into ``metadata.stuff_classes``, at the image's size or at its
+            :func:`display_size` (what the model returns when asked for that size).
+        max_side: the display size's longer side at most; smaller images are drawn enlarged to
+            ``MIN_OVERLAY_SIDE`` instead.
+
+    Returns:
+        [h', w', 3] uint8 BGR, with h', w' the display size (or the enlarged one).
+    """
+    size = display_size(*image_bgr.shape[:2], max_side)
+    image_rgb = np.ascontiguousarray(resize_to(image_bgr, size)[:, :, ::-1])
+    labels = nearest_resize(labels, size)
+    colors = np.asarray(metadata.stuff_colors, np.uint8)
+    picture = cv2.addWeighted(image_rgb, 1 - _OVERLAY_ALPHA, colors[labels], _OVERLAY_ALPHA, 0)
+    edges = np.zeros(size, bool)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:] |= labels[1:] != labels[:-1]
+    picture[edges] = _EDGE_COLOR
+    scale = max(1.0, MIN_OVERLAY_SIDE / max(size))
+    visualizer = Visualizer(picture, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+    areas = np.bincount(labels.ravel(), minlength=len(colors))
+    for label in np.argsort(-areas, kind="stable")[: np.count_nonzero(areas)]:  # largest first, as draw_sem_seg
+        text_color = visualizer._change_color_brightness(colors[label] / 255, brightness_factor=0.7)
+        visualizer._draw_text_in_mask((labels == label).astype(np.uint8), metadata.stuff_classes[label], text_color)
+    return visualizer.output.get_image()[:, :, ::-1]
 
 
 def label_map(scores: np.ndarray) -> np.ndarray:
@@ -275,16 +309,19 @@ def label_map(scores: np.ndarray) -> np.ndarray:
 
 
 def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namespace):
-    """(label map [H, W] as for the PNG, per-class scores [N, H, W] or None, top-k dict or None) of one image.
+    """(label map as for the PNG, per-class scores [N, H, W] or None, top-k dict or None) of one image.
 
     Without ``--save-scores`` the model returns the label map (and the top-k) computed in tiles, so a large
-    photo with a large vocabulary does not need N x H x W floats.
+    photo with a large vocabulary does not need N x H x W floats; when no file at the image's size is asked for,
+    the label map is at the overlay's display size [h, w] only.
     """
     dtype = label_dtype(len(predictor.vocabulary))
     if args.save_scores:
         scores = predictor(image, output="scores")["sem_seg"].cpu().numpy()
         return label_map(scores), scores, None
-    result = predictor(image, output="labels", top_k=args.save_top_k)
+    full_size = args.save_labels or args.save_top_k
+    size = None if full_size else display_size(*image.shape[:2], args.display_side)
+    result = predictor(image, output="labels", top_k=args.save_top_k, output_size=size)
     labels = result["sem_seg_labels"].cpu().numpy().astype(dtype)
     if not args.save_top_k:
         return labels, None, None
@@ -299,6 +336,29 @@ def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def segment_file(predictor: ESCNetPredictor, path: str, args: argparse.Namespace, metadata,
+                 prompt_class: Optional[int] = None) -> str:
+    """Reads one image, segments it into the predictor's vocabulary and writes what ``args`` asks for into
+    ``args.output``; returns the overlay's path. ``metadata``: the vocabulary's names and colours to draw."""
+    try:
+        image = read_image(path, image_limits(args))
+    except UnreadableImageError as e:
+        hint = " (raise them with --max-side / --max-pixels)" if isinstance(e, ImageTooLargeError) else ""
+        raise InputError(f"{e}{hint}") from e
+    labels, scores, top = segment(predictor, image, args)
+    out = os.path.join(args.output, _stem(path))
+    _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
+    if args.save_labels:
+        _write_png(out + "_labels.png", labels)
+    if args.save_scores:
+        np.save(out + "_scores.npy", scores.astype(np.float16))
+    if top is not None:
+        np.savez(out + f"_top{args.save_top_k}.npz", **top)
+    if prompt_class is not None:
+        _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
+    return out + "_overlay.png"
 
 
 def run(args: argparse.Namespace) -> List[str]:
@@ -327,21 +387,10 @@ def run(args: argparse.Namespace) -> List[str]:
     write_vocabulary(os.path.join(args.output, "vocabulary.txt"), vocabulary)
     logger.info(f"segmenting {len(paths)} image(s) into {len(vocabulary)} classes; results in {args.output}")
 
-    overlays = []
-    for path in tqdm(paths, desc="ESC-Net demo", unit="img"):
-        image = read_image(path)
-        labels, scores, top = segment(predictor, image, args)
-        out = os.path.join(args.output, _stem(path))
-        _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata))
-        overlays.append(out + "_overlay.png")
-        if args.save_labels:
-            _write_png(out + "_labels.png", labels)
-        if args.save_scores:
-            np.save(out + "_scores.npy", scores.astype(np.float16))
-        if top is not None:
-            np.savez(out + f"_top{args.save_top_k}.npz", **top)
-        if prompt_class is not None:
-            _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
+    overlays = [
+        segment_file(predictor, path, args, metadata, prompt_class)
+        for path in tqdm(paths, desc="ESC-Net demo", unit="img")
+    ]
     logger.info(f"wrote {len(overlays)} overlay(s) to {args.output}")
     return overlays
 

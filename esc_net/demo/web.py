@@ -18,15 +18,21 @@ of", that class's scores at the overlay's size with a colour bar. Bad uploads, a
 class give a message on the page and one line in the server's log.
 
 It listens on 127.0.0.1 only unless --host says otherwise, on --port (7860; a port that another server holds is
-refused, naming --port, before the model loads), refuses uploads over --max-upload-mb and images with a side over
---max-side, and serves several browsers at once: requests queue (up to --queue-size waiting), at most
---concurrency run at a time, and the model itself runs one image at a time.
+refused, naming --port, before the model loads), refuses uploads over --max-upload-mb and images over --max-side
+or --max-pixels (read from the header, before decoding), and serves several browsers at once: requests queue (up
+to --queue-size waiting), at most --concurrency run at a time, and the model itself runs one image at a time. The
+model predicts at the display size (--display-side) and the page draws from the label map (and, for a score map,
+the best classes' scores), so a request's memory does not grow with the vocabulary or the photo beyond the
+decoded image. Uploads, examples and outputs live in a folder created for this server, readable by its owner only,
+and removed at exit.
 """
 import argparse
+import atexit
 import functools
 import html
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,12 +50,20 @@ from esc_net.data import check_vocabulary
 from esc_net.data.synthetic_shapes import render_split_sample
 from esc_net.demo.cli import (
     InputError,
+    add_image_limit_arguments,
     draw_overlay,
-    label_map,
+    image_limits,
     palette,
     parse_vocabulary_text,
-    read_image,
     setup_cfg,
+)
+from esc_net.demo.images import (
+    ImageLimits,
+    ImageTooLargeError,
+    UnreadableImageError,
+    display_size,
+    read_image,
+    resize_to,
 )
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, display_name, vocabulary_metadata
 
@@ -60,6 +74,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
 DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "output", "esc_net_tiny_shapes", "model_final.pth")
 NUM_EXAMPLES = 3
+# Longest side of the pictures the page shows (--display-side); the model predicts at that size.
+DISPLAY_SIDE = 1024
+# A score map shows a class's score where it is among the pixel's SCORE_MAP_TOP_K best classes (0 elsewhere): the
+# model returns those in bounded memory, where all N classes' scores would take N x h x w floats.
+SCORE_MAP_TOP_K = 5
 # The command's name in its usage and error messages (demo/app.py passes its own).
 PROG = "esc-net-web-demo"
 
@@ -101,7 +120,10 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
                              "to the network)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (MB)")
-    parser.add_argument("--max-side", type=int, default=4096, help="longest image side accepted (pixels)")
+    add_image_limit_arguments(parser)
+    parser.add_argument("--display-side", type=int, default=DISPLAY_SIDE, metavar="PIXELS",
+                        help=f"longest side of the pictures shown; the model predicts at that size (default "
+                             f"{DISPLAY_SIDE})")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
     parser.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
     parser.add_argument("--device", help="run on this device (cpu, cuda); default: the config's MODEL.DEVICE")
@@ -120,17 +142,29 @@ def ensure_default_checkpoint() -> str:
     return DEFAULT_WEIGHTS
 
 
+def private_folder() -> str:
+    """A new folder for this server's files, readable by its owner only (``mkdtemp``: mode 0700), removed at exit.
+
+    Gradio keeps uploads, examples and outputs under ``GRADIO_TEMP_DIR`` (by default a ``gradio`` folder in the
+    system's temporary folder, shared by every user of the machine); pointing it here keeps them private. A
+    ``GRADIO_TEMP_DIR`` already set is the parent of the new folder. Call it before the page is built: Gradio
+    reads the variable when its components and its server are created.
+    """
+    folder = tempfile.mkdtemp(prefix="esc_net_web_demo_", dir=os.environ.get("GRADIO_TEMP_DIR"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    return folder
+
+
 def write_examples(folder: str) -> List[str]:
     """Writes the example images (held-out images of the Synthetic Shapes world with every class, unseen ones
-    included, drawn at 256 px) and returns them."""
-    os.makedirs(folder, exist_ok=True)
+    included, drawn at 256 px) into the existing ``folder`` and returns them."""
     paths = []
     for i in range(NUM_EXAMPLES):
         path = os.path.join(folder, f"shapes_{i}.png")
-        if not os.path.isfile(path):
-            image, _ = render_split_sample(1000, "val_all", i, 256, 3, 0)
-            if not cv2.imwrite(path, image[:, :, ::-1]):
-                raise OSError(f"could not write the example image {path}")
+        image, _ = render_split_sample(1000, "val_all", i, 256, 3, 0)
+        if not cv2.imwrite(path, image[:, :, ::-1]):
+            raise OSError(f"could not write the example image {path}")
         paths.append(path)
     return paths
 
@@ -148,16 +182,19 @@ class Segmenter:
     Errors the user can fix raise :func:`user_error` with the reason, which the page shows as a message.
     """
 
-    def __init__(self, predictor: ESCNetPredictor, max_side: int, colors: Optional[Metadata] = None):
+    def __init__(self, predictor: ESCNetPredictor, limits: ImageLimits = ImageLimits(),
+                 display_side: int = DISPLAY_SIDE, colors: Optional[Metadata] = None):
         """
         Args:
             predictor: the model; its own vocabulary is the page's default.
-            max_side: longest image side accepted.
+            limits: the largest image accepted, checked on its header before decoding.
+            display_side: longest side of the pictures shown; the model predicts at that size.
             colors: a dataset's metadata whose ``stuff_colors`` draw the classes it has (e.g. grey background);
                 the other classes get a colour of their name (:func:`esc_net.predictor.class_colors`).
         """
         self.predictor = predictor
-        self.max_side = max_side
+        self.limits = limits
+        self.display_side = display_side
         self.colors = colors
         self._model_lock = threading.Lock()  # one image at a time through the model; the drawing runs in parallel
 
@@ -168,27 +205,27 @@ class Segmenter:
         if not upload:
             raise user_error("Upload an image or pick an example first.")
         path = upload["path"]
+        name = upload.get("orig_name") or os.path.basename(path)  # never the server's path
         try:
-            image = read_image(path)
-        except InputError as e:
-            name = upload.get("orig_name") or os.path.basename(path)
-            message = f"The upload {name!r} is not an image that can be read (PNG, JPEG, BMP, TIFF, WebP)."
+            return read_image(path, self.limits, name=name)
+        except ImageTooLargeError as e:
+            raise user_error(f"The upload {e}. Resize it and upload again.") from e
+        except UnreadableImageError as e:
+            message = (f"The upload {name!r} is not an image that can be read whole (PNG, JPEG, BMP, TIFF, WebP; "
+                       "damaged and truncated files are refused).")
             raise user_error(message) from e
-        if max(image.shape[:2]) > self.max_side:
-            raise user_error(
-                f"The image is {image.shape[1]}x{image.shape[0]} pixels; this page accepts sides up to "
-                f"{self.max_side} pixels. Resize it and upload again."
-            )
-        return image
 
     @staticmethod
     def vocabulary(text: str) -> List[str]:
         """The classes of the vocabulary text, checked."""
+        names = parse_vocabulary_text([text or ""])
+        if not names:
+            raise user_error("The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch').")
         try:
-            return check_vocabulary(parse_vocabulary_text([text or ""]))
-        except ValueError as e:
-            message = "The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch')."
-            raise user_error(message) from e
+            return check_vocabulary(names)
+        except ValueError as e:  # a repeated name, a name without synonyms or holding a line break: say which
+            message = str(e)
+            raise user_error(message[:1].upper() + message[1:] + ".") from e
 
     def __call__(
         self,
@@ -217,18 +254,20 @@ class Segmenter:
         vocabulary = self.vocabulary(vocabulary_text)
         score_index = self._score_index(vocabulary, score_class)
         progress(0.1, desc=f"segmenting into {len(vocabulary)} classes")
+        size = display_size(*image.shape[:2], self.display_side)
+        top_k = 0 if score_index is None else min(SCORE_MAP_TOP_K, len(vocabulary))
         start = time.perf_counter()
         with self._model_lock:
-            scores = self.predictor(image, vocabulary)["sem_seg"].cpu().numpy()  # [N, H, W]
+            result = self.predictor(image, vocabulary, output="labels", top_k=top_k, output_size=size)
         seconds = time.perf_counter() - start
         progress(0.8, desc="drawing")
-        labels = label_map(scores)
+        labels = result["sem_seg_labels"].cpu().numpy()  # [h, w] at the display size
         metadata = self.metadata(vocabulary)
-        overlay = draw_overlay(image, labels, metadata)[:, :, ::-1]
+        overlay = draw_overlay(image, labels, metadata, self.display_side)[:, :, ::-1]
         legend = legend_html(labels, metadata, seconds)
         score_map = None
         if score_index is not None:
-            score_map = draw_score_map(image, scores[score_index], overlay.shape[:2])
+            score_map = draw_score_map(resize_to(image, size), class_scores(result, score_index), overlay.shape[:2])
         return overlay, legend, score_map
 
     def metadata(self, vocabulary: Sequence[str]):
@@ -250,6 +289,14 @@ class Segmenter:
 
 def _no_progress(fraction: float, desc: str = "") -> None:
     pass
+
+
+def class_scores(result: dict, index: int) -> np.ndarray:
+    """[h, w] float32 scores of class ``index`` where it is among the pixel's top k, 0 elsewhere, from the model's
+    ``"sem_seg_topk_labels"`` / ``"sem_seg_topk_scores"`` [k, h, w]."""
+    labels = result["sem_seg_topk_labels"].cpu().numpy()
+    scores = result["sem_seg_topk_scores"].cpu().numpy().astype(np.float32)
+    return np.where(labels == index, scores, 0).max(axis=0)
 
 
 def legend_html(labels: np.ndarray, metadata, seconds: float) -> str:
@@ -385,9 +432,11 @@ def create(args: argparse.Namespace) -> Tuple[Any, dict]:
     except (OSError, ValueError, KeyError) as e:
         raise InputError(str(e)) from e
     default_vocabulary = "; ".join(predictor.vocabulary or [])
-    examples = write_examples(os.path.join(tempfile.gettempdir(), "esc_net_web_demo_examples"))
-    title = f"`{os.path.basename(args.config_file)}`, weights `{cfg.MODEL.WEIGHTS or 'random'}`"
-    app = build_app(Segmenter(predictor, args.max_side, palette(cfg)), examples, default_vocabulary, title)
+    examples = write_examples(private_folder())
+    # File names only: the page shows no path of the server's.
+    title = f"`{os.path.basename(args.config_file)}`, weights `{os.path.basename(cfg.MODEL.WEIGHTS) or 'random'}`"
+    segmenter = Segmenter(predictor, image_limits(args), args.display_side, palette(cfg))
+    app = build_app(segmenter, examples, default_vocabulary, title)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     launch = {
         "server_name": args.host,

@@ -22,6 +22,8 @@ _SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 # Reported where the evaluator computed them: the other convention for classes absent from the ground truth, and the
 # means of the seen and unseen classes (datasets with class groups).
 _GROUP_METRICS = ("mIoU-union", "mIoU-seen", "mIoU-unseen", "hIoU")
+# How many images each benchmark scored (a dataset accepted incomplete scores fewer than it lists).
+_IMAGES = "images"
 
 
 def _benchmark_name(dataset_name: str) -> str:
@@ -49,17 +51,18 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
     Args:
         results: ``{dataset_name: evaluator result}``, each result being what
-            :class:`OpenVocabSemSegEvaluator` returns: ``{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC",
+            :class:`OpenVocabSemSegEvaluator` returns: ``{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", "images",
             "IoU-<class>"..., "ACC-<class>"...}}``. Column names come from each dataset's ``benchmark`` metadata.
         output_dir: if given, these files are written there:
 
             * ``benchmark_results.json``: ``{"benchmarks": [column order], "results": {dataset_name:
-              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", ["mIoU-union", "mIoU-seen", "mIoU-unseen", "hIoU",]
-              "IoU": {class: value}, "ACC": {class: value}}}}`` (the group means where the dataset has class groups;
-              NaN values, for classes absent from the ground truth, are written as null);
-            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, and the
+              {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", "images", ["mIoU-union", "mIoU-seen", "mIoU-unseen",
+              "hIoU",] "IoU": {class: value}, "ACC": {class: value}}}}`` (where computed: ``mIoU-union`` by
+              OpenVocabSemSegEvaluator, the group means for datasets with class groups; NaN values, for classes
+              absent from the ground truth, are written as null);
+            * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, the
               metrics of ``mIoU-union``, ``mIoU-seen``, ``mIoU-unseen``, ``hIoU`` that some dataset has (empty
-              where not computed);
+              where not computed), images;
             * ``per_class_iou.csv``: one row per dataset and class: dataset, benchmark, class, IoU, ACC (NaN as
               an empty cell);
             * ``per_class_iou.png``: the per-class IoU as bars, one panel per benchmark, best class first, the
@@ -68,18 +71,18 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
     Returns:
         The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present),
-        an "mIoU" row (the paper-comparable convention) and, where computed, rows "mIoU-union" (absent classes that
+        an "mIoU" row (the paper-comparable convention), where computed rows "mIoU-union" (absent classes that
         are predicted count as 0), "mIoU-seen", "mIoU-unseen" and "hIoU" (empty cells for the datasets without
-        them).
+        them), and an "images" row (how many images were scored).
     """
     rows = []
     for dataset_name, result in results.items():
         metrics = result.get("sem_seg") if isinstance(result, dict) else None
-        missing = [k for k in _SUMMARY_METRICS if metrics is None or k not in metrics]
+        missing = [k for k in (*_SUMMARY_METRICS, _IMAGES) if metrics is None or k not in metrics]
         if missing:
             raise ValueError(
                 f"results of dataset {dataset_name!r} lack {missing}: expected an evaluator result "
-                '{"sem_seg": {"mIoU": ..., "fwIoU": ..., "mACC": ..., "pACC": ..., "IoU-<class>": ...}}'
+                '{"sem_seg": {"mIoU": ..., "fwIoU": ..., "mACC": ..., "pACC": ..., "images": ..., "IoU-<class>": ...}}'
             )
         rows.append((dataset_name, _benchmark_name(dataset_name), metrics))
 
@@ -91,13 +94,15 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
     # sorted() is stable, so benchmarks outside the paper's keep the order in which they were given.
     rows.sort(key=lambda row: paper_rank.get(row[1], len(PAPER_BENCHMARK_ORDER)))
 
+    # formatted here: tabulate formats a column as one type, and the image counts share the mIoU's columns
     table = tabulate(
-        [[metric] + [_table_number(m.get(metric)) for _, _, m in rows] for metric in ("mIoU", *_group_metrics(rows))],
+        [[metric] + [_table_number(m.get(metric), precision) for _, _, m in rows]
+         for metric in ("mIoU", *_group_metrics(rows))]
+        + [[_IMAGES] + [str(int(m[_IMAGES])) for _, _, m in rows]],
         headers=[""] + [b for _, b, _ in rows],
         tablefmt="pipe",
-        floatfmt=f".{precision}f",
-        numalign="center",
-        missingval="",
+        disable_numparse=True,
+        stralign="center",
     )
     logging.getLogger("detectron2").info("Open-vocabulary semantic segmentation benchmarks:\n" + table)
     if output_dir:
@@ -110,8 +115,8 @@ def _group_metrics(rows: List) -> List[str]:
     return [k for k in _GROUP_METRICS if any(k in metrics for _, _, metrics in rows)]
 
 
-def _table_number(value: Optional[float]) -> Optional[float]:
-    return None if value is None or math.isnan(value) else float(value)
+def _table_number(value: Optional[float], precision: int) -> str:
+    return "" if value is None or math.isnan(value) else f"{float(value):.{precision}f}"
 
 
 def _write_results(rows: List, output_dir: str):
@@ -121,6 +126,7 @@ def _write_results(rows: List, output_dir: str):
     for dataset_name, benchmark, metrics in rows:
         entry = {"benchmark": benchmark}
         entry.update({k: _json_number(float(metrics[k])) for k in _SUMMARY_METRICS + _GROUP_METRICS if k in metrics})
+        entry[_IMAGES] = int(metrics[_IMAGES])
         for kind in ("IoU", "ACC"):
             entry[kind] = {c: _json_number(v) for c, v in _per_class(metrics, kind + "-").items()}
         summary["results"][dataset_name] = entry
@@ -130,10 +136,10 @@ def _write_results(rows: List, output_dir: str):
     with PathManager.open(os.path.join(output_dir, "benchmark_results.csv"), "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         columns = [*_SUMMARY_METRICS, *_group_metrics(rows)]
-        writer.writerow(["dataset", "benchmark", *columns])
+        writer.writerow(["dataset", "benchmark", *columns, _IMAGES])
         for dataset_name, benchmark, metrics in rows:
             values = [_csv_number(float(metrics[k])) if k in metrics else "" for k in columns]
-            writer.writerow([dataset_name, benchmark, *values])
+            writer.writerow([dataset_name, benchmark, *values, int(metrics[_IMAGES])])
 
     with PathManager.open(os.path.join(output_dir, "per_class_iou.csv"), "w") as f:
         writer = csv.writer(f, lineterminator="\n")

@@ -12,6 +12,7 @@ how one image's prediction is counted, for the open-vocabulary protocol:
   indices of the model's bounded-memory ``INFERENCE_OUTPUT "labels"``;
 * label maps keep their bit depth, so 16-bit maps (A-847 and PC-459, ignore value 65535) are read as they are;
 * predictions, label maps and metadata that do not fit raise errors naming the file or the dataset;
+* the result counts the images scored (``"images"``), so that a dataset accepted incomplete says so;
 * Detectron2's boundary IoU and its per-image RLE predictions are not computed (the first only exists below 255
   classes; the second would be gathered into memory for a whole benchmark, and nothing here reads it);
 * two conventions for classes absent from the ground truth, from the same confusion matrix: ``mIoU`` leaves
@@ -29,13 +30,13 @@ from typing import Dict, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
-from detectron2.utils.file_io import PathManager
+from detectron2.utils.comm import all_gather
 
 from esc_net.data.vocabulary import get_dataset_vocabulary
+from esc_net.utils.label_maps import read_label_map
 
 __all__ = ["OpenVocabSemSegEvaluator", "group_means", "union_miou"]
 
@@ -85,7 +86,7 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
     ``vocabulary`` (the scored names; ``stuff_classes`` where absent), ``background_index`` and ``class_groups``
     (both optional).
     :meth:`evaluate` returns ``{"sem_seg": {"mIoU", "fwIoU", "IoU-<class>"..., "mACC", "pACC", "ACC-<class>"...}}``
-    in percent, as Detectron2 computes them: a class absent from the ground truth has NaN IoU and accuracy and is
+    in percent, as Detectron2 computes them, and ``"images"``, the number of images scored: a class absent from the ground truth has NaN IoU and accuracy and is
     left out of the means, even where it was predicted.
     """
 
@@ -123,6 +124,10 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
                 f"class id in [0, {self._num_classes})"
             )
 
+    def reset(self):
+        super().reset()
+        self._images = 0
+
     def process(self, inputs, outputs):
         """
         Args:
@@ -148,6 +153,7 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
             self._conf_matrix += np.bincount(
                 (self._num_classes + 1) * pred[labelled] + gt[labelled], minlength=self._conf_matrix.size
             ).reshape(self._conf_matrix.shape)
+            self._images += 1
 
     def evaluate(self):
         """
@@ -158,15 +164,18 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
         Raises:
             ValueError: no labelled pixel was evaluated (every metric would be 0 / 0).
         """
+        # every process calls this gather, as Detectron2's own in super().evaluate()
+        images = sum(all_gather(self._images)) if self._distributed else self._images
         # An empty matrix is reported below as an error rather than as NaN metrics and division warnings.
         with np.errstate(divide="ignore", invalid="ignore"):
             results = super().evaluate()
-        if results is not None and not self._conf_matrix.any():
+        if results is None:
+            return None
+        if not self._conf_matrix.any():
             raise ValueError(
                 f"no labelled pixel of {self._dataset_name!r} was evaluated: the confusion matrix is empty"
             )
-        if results is None:
-            return None
+        results["sem_seg"]["images"] = images
         results["sem_seg"]["mIoU-union"] = union_miou(self._conf_matrix)
         groups = MetadataCatalog.get(self._dataset_name).get("class_groups", None)
         if groups:
@@ -217,13 +226,7 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
 
     def _load_labels(self, gt_file: str, pred_shape) -> np.ndarray:
         """Reads a single-channel label map (uint8/uint16 values kept) and checks it against the prediction."""
-        with PathManager.open(gt_file, "rb") as f:
-            gt = np.asarray(Image.open(f))
-        if gt.ndim != 2 or not np.issubdtype(gt.dtype, np.integer):
-            raise ValueError(
-                f"label map {gt_file}: expected a single-channel integer image of class ids, "
-                f"got an array of shape {gt.shape} and dtype {gt.dtype}"
-            )
+        gt = read_label_map(gt_file)
         if gt.shape != tuple(pred_shape):
             raise ValueError(
                 f"label map {gt_file} has size {gt.shape} (H, W) but the prediction has {tuple(pred_shape)}: "

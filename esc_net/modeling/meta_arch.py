@@ -160,11 +160,14 @@ class ESCNet(nn.Module):
             templates=m.PROMPT_TEMPLATES,
             synonym_mode=m.SYNONYM_MODE,
             dense_layer=m.CLIP_DENSE_LAYER,
+            # MODEL.WEIGHTS holds every tensor, CLIP's and SAM's included: the part files are then not read (an
+            # offline machine evaluating a checkpoint needs no CLIP download, and no SAM file)
+            load_pretrained=not cfg.MODEL.WEIGHTS,
         )
         blocks = build_esc_blocks(
             m.NUM_BLOCKS,
             deep_supervision=m.BLOCK_LOSS_WEIGHT > 0,
-            sam_checkpoint=m.SAM_CHECKPOINT,
+            sam_checkpoint="" if cfg.MODEL.WEIGHTS else m.SAM_CHECKPOINT,
             use_sam=m.USE_SAM_BLOCK,
             clip_dim=clip.embed_dim,
             hidden_dim=m.HIDDEN_DIM,

@@ -52,6 +52,14 @@ def load_restricted_pickle(f: IO[bytes], encoding: str = "ASCII") -> Any:
 
     Raises:
         ForbiddenPickleError: the pickle names a callable other than the numpy and container helpers above.
-        pickle.UnpicklingError, EOFError: the file is not a complete pickle.
+        pickle.UnpicklingError, EOFError: the file is not a complete pickle, or its admitted callables were given
+            arguments they refuse (an unknown text encoding, state for an immutable type, ...).
     """
-    return _RestrictedUnpickler(f, encoding=encoding).load()
+    try:
+        return _RestrictedUnpickler(f, encoding=encoding).load()
+    except (pickle.UnpicklingError, EOFError):
+        raise
+    except Exception as e:
+        # A crafted pickle can make an admitted callable raise anything (LookupError from _codecs.encode, TypeError
+        # from setting state on numpy.dtype, ...): to the caller, who names the file, it is an unreadable pickle.
+        raise pickle.UnpicklingError(f"malformed pickle ({type(e).__name__}: {e})") from e

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
 
 from esc_net.data.class_names import load_class_names
+from esc_net.data.datasets.complete_sem_seg import load_complete_sem_seg
 from esc_net.data.paths import dataset_root
 from esc_net.utils.label_maps import ignore_value
 
@@ -46,6 +46,8 @@ class BenchmarkDataset(NamedTuple):
     image_ext: str = "jpg"
     label_ext: str = "png"
     background_class: bool = False  # PAS-20b: background is an evaluated class, scored through other names
+    # The image folder holds other splits' images too (VOC's JPEGImages): the label maps select the split's images.
+    labels_select_images: bool = False
 
 
 # The single table of registered datasets.
@@ -83,6 +85,7 @@ BENCHMARK_DATASETS = (
         label_dir="VOCdevkit/VOC2010/annotations_detectron2/pc459_val",
         prepare="esc-net-prepare pascal_context_459",
         label_ext="tif",
+        labels_select_images=True,
     ),
     BenchmarkDataset(
         name="ade20k_150_val",
@@ -99,6 +102,7 @@ BENCHMARK_DATASETS = (
         image_dir="VOCdevkit/VOC2010/JPEGImages",
         label_dir="VOCdevkit/VOC2010/annotations_detectron2/pc59_val",
         prepare="esc-net-prepare pascal_context_59",
+        labels_select_images=True,
     ),
     BenchmarkDataset(
         name="voc_20_val",
@@ -107,6 +111,7 @@ BENCHMARK_DATASETS = (
         image_dir="VOCdevkit/VOC2012/JPEGImages",
         label_dir="VOCdevkit/VOC2012/annotations_detectron2/val",
         prepare="esc-net-prepare voc",
+        labels_select_images=True,
     ),
     BenchmarkDataset(
         name="voc_20b_val",
@@ -115,6 +120,7 @@ BENCHMARK_DATASETS = (
         image_dir="VOCdevkit/VOC2012/JPEGImages",
         label_dir="VOCdevkit/VOC2012/annotations_detectron2_bg/val",
         prepare="esc-net-prepare voc",
+        labels_select_images=True,
         background_class=True,
     ),
 )
@@ -175,7 +181,13 @@ def _set_metadata(dataset: BenchmarkDataset, root: Path) -> None:
 
 
 def load_benchmark(dataset: BenchmarkDataset, root: Optional[str] = None) -> List[dict]:
-    """Detectron2 dicts (``file_name``, ``sem_seg_file_name``) of a prepared dataset under the dataset root."""
+    """Detectron2 dicts (``file_name``, ``sem_seg_file_name``) of a prepared dataset under the dataset root.
+
+    Raises:
+        FileNotFoundError: the dataset is not prepared.
+        IncompleteDatasetError: images without label maps or label maps without images (see
+            :func:`~esc_net.data.datasets.complete_sem_seg.load_complete_sem_seg`).
+    """
     root = dataset_root(root)
     image_root, label_root = root / dataset.image_dir, root / dataset.label_dir
     missing = [str(p) for p in (image_root, label_root) if not p.is_dir()]
@@ -188,7 +200,8 @@ def load_benchmark(dataset: BenchmarkDataset, root: Optional[str] = None) -> Lis
             f"`{dataset.prepare}` as datasets/README.md describes."
         )
     _set_metadata(dataset, root)
-    return load_sem_seg(str(label_root), str(image_root), gt_ext=dataset.label_ext, image_ext=dataset.image_ext)
+    return load_complete_sem_seg(str(label_root), str(image_root), gt_ext=dataset.label_ext,
+                                 image_ext=dataset.image_ext, labels_select_images=dataset.labels_select_images)
 
 
 def register_benchmarks() -> None:

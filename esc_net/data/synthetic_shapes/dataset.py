@@ -28,9 +28,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
 from tqdm import tqdm
 
+from esc_net.data.datasets.complete_sem_seg import load_complete_sem_seg
 from esc_net.data.paths import dataset_root
 from esc_net.data.prepare.common import write_label_png, write_rgb_image
 
@@ -183,7 +183,8 @@ def generate_synthetic_shapes(
 
 
 def load_synthetic_shapes(split: str, root: Optional[str] = None) -> List[Dict]:
-    """Detectron2 dataset dicts (``file_name``, ``sem_seg_file_name``) of ``split``, via ``load_sem_seg``."""
+    """Detectron2 dataset dicts (``file_name``, ``sem_seg_file_name``) of ``split``, via ``load_sem_seg``; an
+    incomplete split (an image without its label map or the reverse) raises IncompleteDatasetError."""
     image_dir, label_dir = split_dirs(root, split)
     for path in (image_dir, label_dir, manifest_path(root)):
         if not os.path.exists(path):
@@ -193,7 +194,7 @@ def load_synthetic_shapes(split: str, root: Optional[str] = None) -> List[Dict]:
                 f"under {os.path.abspath(dataset_root(root))}); generate it with `{GENERATE_COMMAND}`"
                 + ("" if root else " (it writes under $DETECTRON2_DATASETS, default ./datasets)")
             )
-    return load_sem_seg(label_dir, image_dir, gt_ext="png", image_ext="png")
+    return load_complete_sem_seg(label_dir, image_dir, gt_ext="png", image_ext="png")
 
 
 def register_synthetic_shapes(root: Optional[str] = None) -> None:

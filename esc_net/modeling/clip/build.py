@@ -43,10 +43,16 @@ def load_weights_file(model: nn.Module, path: str, label: str) -> None:
     """Loads an open_clip state dict file (.safetensors, or a torch-saved .bin/.pt/.pth) into ``model`` through
     open_clip's ``load_checkpoint`` (which also interpolates the positional embeddings to the model's grid and
     context length), with ``weights_only=True``. Raises ValueError naming the file and every missing / unexpected
-    key when it does not fit, and UnreadableCheckpointError (a ValueError) naming the file when it is empty,
-    truncated, or asks to run code."""
+    key when it does not fit or has another suffix (.npy, .npz, ...), and UnreadableCheckpointError (a ValueError)
+    naming the file when it is empty, truncated, or asks to run code."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    if not path.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        # open_clip would read a .npy/.npz as big_vision (JAX) weights, which only its SigLIP towers take, and fail
+        # deep inside with an AttributeError.
+        raise ValueError(
+            f"CLIP weights file {path}: expected an open_clip state dict saved as {', '.join(WEIGHT_FILE_SUFFIXES)}"
+        )
     try:
         incompatible = open_clip.load_checkpoint(model, path, strict=False, weights_only=True)
     except READ_ERRORS as error:
@@ -64,7 +70,7 @@ def load_weights_file(model: nn.Module, path: str, label: str) -> None:
 
 
 def build_open_clip(
-    model_name: str, pretrained: Optional[str], model_cfg: Optional[dict], image_size: int
+    model_name: str, pretrained: Optional[str], model_cfg: Optional[dict], image_size: int, load_weights: bool = True
 ) -> Tuple[nn.Module, Callable, dict]:
     """Creates the open_clip model for ``image_size`` x ``image_size`` inputs.
 
@@ -74,6 +80,13 @@ def build_open_clip(
         model_cfg: an open_clip model config (embed_dim, vision_cfg, text_cfg) built with ``open_clip.CLIP``.
         image_size: square input size; the model is built for it and loaded positional embeddings are interpolated
             to its grid by open_clip. Patch dropout is disabled, since dense prediction needs every patch token.
+        load_weights: False builds the model ``pretrained`` describes without reading its weights (no download, no
+            file read), for a caller whose weights come from elsewhere (an ESC-Net checkpoint): a tag still gives
+            its image statistics and activation.
+
+    A pretrained tag's activation is used whatever the model name says: OpenAI's CLIP weights were trained with
+    QuickGELU, and open_clip only warns when "ViT-B-16" (GELU) is given the "openai" tag.
+
     Returns:
         (model, tokenizer, preprocess config dict with "mean" / "std" in the 0-1 scale).
     """
@@ -95,12 +108,21 @@ def build_open_clip(
         preprocess = asdict(PreprocessCfg())
     else:
         use_tag = not is_random_init(pretrained) and not from_file
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if use_tag else {}
+        if use_tag and not tag_cfg:
+            raise ValueError(
+                f"CLIP pretrained={pretrained!r} is neither a local weights file nor a pretrained tag of the open_clip "
+                f"model {model_name!r} (its tags: {open_clip.list_pretrained_tags_by_model(model_name)})"
+            )
         try:
             model = open_clip.create_model(
                 model_name,
-                pretrained=pretrained if use_tag else None,
+                pretrained=pretrained if use_tag and load_weights else None,
                 force_image_size=image_size,
                 force_patch_dropout=0.0,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                # without the weights, the tag's image statistics all the same
+                force_preprocess_cfg=None if load_weights else tag_cfg,
                 pretrained_text=False,
                 # where torch creates tensors now (the CPU, or the meta device for a model built only for its
                 # shapes), not open_clip's default move to the CPU
@@ -115,7 +137,7 @@ def build_open_clip(
             ) from error
         tokenizer = open_clip.get_tokenizer(model_name)
         preprocess = model.visual.preprocess_cfg
-    if from_file:
+    if from_file and load_weights:
         load_weights_file(model, pretrained, model_name)
     # A random CLIP is not warned about here: the model's weights usually load next (ESCNet.from_config knows).
     return model, tokenizer, preprocess

@@ -88,7 +88,8 @@ class CLIPEncoder(nn.Module):
         skip_layers: Sequence[int] = (3, 7),
         templates: Sequence[str] = ("A photo of a {} in the scene.",),
         synonym_mode: str = "first",
-        dense_layer: str = "attention",
+        dense_layer: str = "value",
+        load_pretrained: bool = True,
         text_batch_size: int = 512,
         text_cache_size: int = 4,
     ):
@@ -105,6 +106,8 @@ class CLIPEncoder(nn.Module):
             templates: prompt templates with one "{}"; several templates are ensembled.
             synonym_mode: "first" or "average" (see :mod:`esc_net.modeling.clip.text_prompts`).
             dense_layer: "attention" or "value" (see the class docstring).
+            load_pretrained: False builds the CLIP that ``pretrained`` describes without reading its weights (they
+                come from a checkpoint of the whole model); see :func:`~esc_net.modeling.clip.build.build_open_clip`.
             text_batch_size: prompts per text-tower forward; larger vocabularies are encoded in chunks.
             text_cache_size: how many vocabularies' text embeddings are kept (see :meth:`encode_text`).
         """
@@ -124,7 +127,7 @@ class CLIPEncoder(nn.Module):
         self.finetune = finetune
         self.dense_layer = dense_layer
 
-        clip, self.tokenizer, preprocess = build_open_clip(model_name, pretrained, model_cfg, image_size)
+        clip, self.tokenizer, preprocess = build_open_clip(model_name, pretrained, model_cfg, image_size, load_pretrained)
         visual = clip.visual
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
             raise ValueError(

@@ -1,0 +1,116 @@
+"""Config files are read with YAML's safe loader, _BASE_ files included: a config that asks for a Python object is
+refused (naming the file and the tag) by the demo, training and the web demo, and nothing in it runs."""
+import os
+
+import pytest
+import yaml
+from conftest import TINY_CONFIG
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser
+
+import esc_net
+from esc_net.config import ConfigFileError, merge_config_file
+from esc_net.demo import cli as demo
+from esc_net.engine import setup
+
+TAG = "tag:yaml.org,2002:python/object/apply:os.system"
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def _unsafe_config(folder, marker):
+    """A tiny config whose SEED is a command: yaml.unsafe_load would run it (creating ``marker``)."""
+    return _write(folder / "unsafe.yaml",
+                  f'_BASE_: "{TINY_CONFIG}"\nSEED: !!python/object/apply:os.system ["touch {marker}"]\n')
+
+
+def test_the_payload_runs_under_yaml_unsafe_load(tmp_path):
+    """What the tests below refuse does run code when read as Detectron2 reads configs by default."""
+    marker = tmp_path / "MARKER"
+    with open(_unsafe_config(tmp_path, marker)) as f:
+        yaml.unsafe_load(f)
+    assert marker.exists()
+
+
+def test_merge_config_file_refuses_a_python_tag_naming_the_file_and_the_tag(tmp_path, marker):
+    config = _unsafe_config(tmp_path, marker)
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    with pytest.raises(ConfigFileError) as error:
+        merge_config_file(cfg, config)
+    assert f"refusing the config {config}, line 2" in str(error.value) and TAG in str(error.value)
+
+
+def test_a_python_tag_in_a_base_file_is_refused_naming_the_base(tmp_path, marker):
+    base = _unsafe_config(tmp_path, marker)
+    child = _write(tmp_path / "child.yaml", '_BASE_: "unsafe.yaml"\nSEED: 3\n')
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    with pytest.raises(ConfigFileError, match=f"refusing the config {base}, line 2"):
+        merge_config_file(cfg, child)
+
+
+def test_the_demo_refuses_it(tmp_path, marker):
+    config = _unsafe_config(tmp_path, marker)
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")  # never read: the config is refused first
+    with pytest.raises(SystemExit) as info:
+        demo.segment_images(["--config-file", config, "--input", str(image), "--output", str(tmp_path / "out"),
+                             "--vocabulary", "cat"])
+    assert info.value.code.startswith(f"esc-net-demo: error: refusing the config {config}") and TAG in info.value.code
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_and_evaluation_refuse_it(tmp_path, marker):
+    config = _unsafe_config(tmp_path, marker)
+    for extra in ([], ["--eval-only"]):
+        args = default_argument_parser().parse_args(["--config-file", config, *extra, "OUTPUT_DIR", str(tmp_path)])
+        with pytest.raises(ConfigFileError, match=f"refusing the config {config}"):
+            setup(args)
+
+
+def test_the_web_demo_refuses_it(tmp_path, marker):
+    pytest.importorskip("gradio", reason="the web demo needs gradio (pip install -e .[web])")
+    from esc_net.demo import web
+
+    config = _unsafe_config(tmp_path, marker)
+    with pytest.raises(demo.InputError, match=f"refusing the config {config}"):
+        web.create(web.parse_args(["--config-file", config]))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("MODEL: [1, 2\n", "is not valid YAML"),
+        ("MODEL:\n  NO_SUCH_KEY: 1\n", "Non-existent config key: MODEL.NO_SUCH_KEY"),
+        ('_BASE_: "loop.yaml"\n', "loops"),
+        ('_BASE_: "missing.yaml"\n', "cannot read the config"),
+        ("", "bad config"),
+    ],
+)
+def test_other_bad_files_are_named(tmp_path, text, message):
+    config = _write(tmp_path / "loop.yaml", text)
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    with pytest.raises(ConfigFileError, match=message) as error:
+        merge_config_file(cfg, config)
+    assert config in str(error.value)
+
+
+def test_the_configs_of_the_repository_and_a_dumped_config_load(tmp_path):
+    """Every shipped YAML config is plain YAML, and so is the config.yaml Detectron2 writes into OUTPUT_DIR (the
+    configs/*.py LazyConfig files are Python code by design)."""
+    folder = os.path.join(os.path.dirname(TINY_CONFIG))
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".yaml")):
+        cfg = get_cfg()
+        esc_net.add_esc_net_config(cfg)
+        merge_config_file(cfg, os.path.join(folder, name))
+    dumped = _write(tmp_path / "config.yaml", cfg.dump())
+    again = get_cfg()
+    esc_net.add_esc_net_config(again)
+    merge_config_file(again, dumped)
+    # compared as plain data: nested tuples come back as lists of lists, as from any Detectron2 dump
+    assert yaml.safe_load(again.dump()) == yaml.safe_load(cfg.dump())
