@@ -72,7 +72,7 @@ def run_one(variant: str, seed: int, args) -> Dict:
         os.makedirs(out, exist_ok=True)
         command = [
             sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, "--resume",
-            "--num-gpus", str(args.processes),
+            "--num-gpus", str(args.processes), "--dist-url", "auto",  # a free port: runs may overlap others
             "OUTPUT_DIR", out, "SEED", str(seed),
             "MODEL.ESC_NET.CLIP_PRETRAINED", os.path.join(args.pretrained, "clip_tiny_shapes.pt"),
             "MODEL.ESC_NET.SAM_CHECKPOINT", os.path.join(args.pretrained, "sam_tiny_shapes.pth"),

@@ -91,7 +91,8 @@ except ValueError as error:
     sys.exit(f"[run_default] {error}")' "$CHECKPOINT"
 }
 
-TRAIN=("$PY" train_net.py --config-file "$CONFIG" --num-gpus "$PROCESSES")
+# --dist-url auto: a free port (Detectron2's default port is fixed per user, so two runs at once would collide)
+TRAIN=("$PY" train_net.py --config-file "$CONFIG" --num-gpus "$PROCESSES" --dist-url auto)
 if checkpoint_loads; then
   log "found $CHECKPOINT: skipping training (delete $OUTPUT to train again); evaluating it"
   "${TRAIN[@]}" --eval-only "${CONFIG_OPTS[@]}" MODEL.WEIGHTS "$CHECKPOINT"
