@@ -18,7 +18,20 @@ from typing import Sequence
 import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["ConfigFileError", "add_esc_net_config", "check_input_geometry", "load_config", "merge_config_file"]
+__all__ = [
+    "AMP_PRECISIONS",
+    "IMPLEMENTATIONS",
+    "ConfigFileError",
+    "add_esc_net_config",
+    "check_config",
+    "check_input_geometry",
+    "load_config",
+    "merge_config_file",
+]
+
+# The precisions of SOLVER.AMP.PRECISION (names of torch dtypes) and the values of MODEL.ESC_NET.IMPLEMENTATION.
+AMP_PRECISIONS = ("float16", "bfloat16")
+IMPLEMENTATIONS = ("fast", "reference")
 
 
 class ConfigFileError(ValueError):
@@ -136,18 +149,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # Swin blocks in each VLF block's image guidance; regular and shifted windows alternate through the stack.
     # One per ESC-Block gives the four blocks together the spatial attention of CAT-Seg's two aggregator layers
     # (two Swin blocks each), the reading under which the paper's FLOPs (2,203.5 G against CAT-Seg's 2,121.1)
-    # add up; 2 is the heavier reading (README, "Cost").
+    # add up; 2 is the heavier reading (docs/performance.md).
     m.SWIN_DEPTH = 1
-    # Classes that go through the per-class stages (prompts, SAM, Swin, decoder) at a time on the CPU; 0 = all at
-    # once (always on GPUs, where chunks only add kernel launches; see esc_net/modeling/class_chunks.py). Lets the
-    # allocator reuse memory between chunks; scores do not depend on it beyond float rounding.
-    m.CLASS_CHUNK = 16
-    # "fast": the SAM block, the VLF block and the decoder run their fast variants (the image side once per image,
-    # SAM's cross attentions reassociated, classes in chunks, channels-last); "reference": their plain forms
-    # (segment_anything's TwoWayTransformer call, the straightforward compositions). The same function; change the
-    # reference first, and the equivalence tests (tests/test_*_block.py, tests/test_decoder.py) tell how the fast
-    # path must follow.
-    m.IMPLEMENTATION = "fast"
     m.TEXT_GUIDANCE_DIM = 128
     # Vocabularies smaller than this are padded to this many tokens in the class attention with a learnt padding
     # token, as CAT-Seg pads to 256, so that a class attends over as many tokens at test (PAS-20: 20 classes) as in
@@ -169,10 +172,6 @@ def add_esc_net_config(cfg: CN) -> None:
     # reading; the laboratory's A/B row is in docs/laboratory.md.
     m.BLOCK_LOSS_WEIGHT = 0.0
     m.IGNORE_VALUE = 255
-    # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
-    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades memory
-    # for time (benchmarks/benchmark_train_step.py measures both; README, "GPU memory").
-    m.ACTIVATION_CHECKPOINTING = False
     # Pictures of the pseudo prompts during training use Detectron2's own VIS_PERIOD (default 0 = off): every
     # VIS_PERIOD iterations, one image per ESC-Block goes to TensorBoard as "pseudo_prompts/block<i>" (the first
     # image of the batch, its most frequent class; see esc_net/utils/prompt_vis.py).
@@ -191,12 +190,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # correlation; the others keep their plain correlation, ranked below every refined class. 0 = no cap.
     # The default is the training vocabulary's size (COCO-Stuff, 171), so that the class attention of the paper
     # benchmarks never averages over more classes than in training, and A-847/PC-459 cost what 171 classes
-    # cost (README, "Vocabulary size"). Training refuses a vocabulary larger than the cap.
+    # cost (docs/method_notes.md). Training refuses a vocabulary larger than the cap.
     m.MAX_CLASSES_PER_VIEW = 171
-    # Views (sliding windows, global view, images of a batch) are refined in passes of at most
-    # max(1, VIEW_CLASSES_PER_PASS // N) views (N capped by MAX_CLASSES_PER_VIEW). Activation memory grows with
-    # views x classes; the passes bound it without changing any score (views are independent). 0 = one pass.
-    m.VIEW_CLASSES_PER_PASS = 1024
     # What inference returns per image: "scores", per-class scores [N, H, W] at the image's size (N x H x W
     # floats, which grow with the image and the vocabulary), or "labels", the label map [H, W] (and, with
     # INFERENCE_TOP_K > 0, the k best classes and their scores per pixel), upsampled in tiles and class chunks
@@ -211,6 +206,26 @@ def add_esc_net_config(cfg: CN) -> None:
     # model reads no catalog in forward. Training inputs without a vocabulary take DATASETS.TRAIN's instead, the
     # names their label ids index. None accepts a list or a string; once merged, yacs keeps that type.
     m.VOCABULARY = None
+
+    # --- speed and memory only: no score depends on these beyond float rounding ------------------------------
+    # "fast": the SAM block, the VLF block and the decoder run their fast variants (the image side once per image,
+    # SAM's cross attentions reassociated, classes in chunks, channels-last); "reference": their plain forms
+    # (segment_anything's TwoWayTransformer call, the straightforward compositions). The same function; change the
+    # reference first, and the equivalence tests (tests/test_*_block.py, tests/test_decoder.py) tell how the fast
+    # path must follow.
+    m.IMPLEMENTATION = "fast"
+    # Classes that go through the per-class stages (prompts, SAM, Swin, decoder) at a time on the CPU; 0 = all at
+    # once (always on GPUs, where chunks only add kernel launches; see esc_net/modeling/class_chunks.py). Lets the
+    # allocator reuse memory between chunks; scores do not depend on it beyond float rounding.
+    m.CLASS_CHUNK = 16
+    # Views (sliding windows, global view, images of a batch) are refined in passes of at most
+    # max(1, VIEW_CLASSES_PER_PASS // N) views (N capped by MAX_CLASSES_PER_VIEW). Activation memory grows with
+    # views x classes; the passes bound it without changing any score (views are independent). 0 = one pass.
+    m.VIEW_CLASSES_PER_PASS = 1024
+    # Training only: recompute each ESC-Block's and the decoder's activations in the backward pass instead of
+    # keeping them (torch.utils.checkpoint). Activation memory grows with images x classes; this trades memory
+    # for time (benchmarks/benchmark_train_step.py measures both; docs/performance.md).
+    m.ACTIVATION_CHECKPOINTING = False
 
     # --- solver ---------------------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -245,6 +260,90 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
     return cfg
+
+
+def check_config(cfg: CN, training: bool = False) -> None:
+    """The one validation of an ESC-Net config, run when the model is built (``ESCNet.from_config``) and, with
+    ``training``, when the trainer is: every value that must be one of a few names, the keys that must agree, and
+    for training the crop geometry and the source of SAM's weights. The modules check their own arguments too; this
+    names the config keys and runs before any weights are read.
+
+    Raises:
+        ValueError: naming the key, its value and what it may be.
+    """
+    # the accepted names live beside the code that reads them
+    from esc_net.modeling.clip.encoder import DENSE_LAYERS, FINETUNE_MODES
+    from esc_net.modeling.clip.text_prompts import SYNONYM_MODES
+    from esc_net.modeling.criterion import LOSSES
+    from esc_net.modeling.full_resolution import OUTPUT_MODES
+    from esc_net.modeling.inference import INFERENCE_MODES
+    from esc_net.modeling.prompt_generator import MASK_MODES
+    from esc_net.modeling.sam_block import PROMPT_TYPES
+
+    m = cfg.MODEL.ESC_NET
+    choices = {
+        "MODEL.ESC_NET.LOSS": (m.LOSS, LOSSES),
+        "MODEL.ESC_NET.INFERENCE_MODE": (m.INFERENCE_MODE, INFERENCE_MODES),
+        "MODEL.ESC_NET.INFERENCE_OUTPUT": (m.INFERENCE_OUTPUT, OUTPUT_MODES),
+        "MODEL.ESC_NET.PSEUDO_MASK": (m.PSEUDO_MASK, MASK_MODES),
+        "MODEL.ESC_NET.CLIP_DENSE_LAYER": (m.CLIP_DENSE_LAYER, DENSE_LAYERS),
+        "MODEL.ESC_NET.CLIP_FINETUNE": (m.CLIP_FINETUNE, FINETUNE_MODES),
+        "MODEL.ESC_NET.SYNONYM_MODE": (m.SYNONYM_MODE, SYNONYM_MODES),
+        "MODEL.ESC_NET.IMPLEMENTATION": (m.IMPLEMENTATION, IMPLEMENTATIONS),
+        "SOLVER.AMP.PRECISION": (cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS),
+        "INPUT.FORMAT": (cfg.INPUT.FORMAT, ("RGB", "BGR")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
+    kinds = list(m.PROMPT_TYPES)
+    if not kinds or any(k not in PROMPT_TYPES for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(
+            f"MODEL.ESC_NET.PROMPT_TYPES must be a non-empty list of distinct entries of {list(PROMPT_TYPES)}, "
+            f"got {kinds}"
+        )
+    if m.USE_SAM_BLOCK and "mask" not in kinds and m.NUM_BLOCKS > 1 and m.BLOCK_LOSS_WEIGHT <= 0:
+        raise ValueError(
+            f"MODEL.ESC_NET.PROMPT_TYPES {kinds} without 'mask' needs MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and "
+            "boxes are not differentiable, so only deep supervision can train the map heads that later blocks "
+            "draw their prompts from"
+        )
+    stages = {"DECODER_DIMS": m.DECODER_DIMS, "DECODER_GUIDANCE_DIMS": m.DECODER_GUIDANCE_DIMS,
+              "CLIP_SKIP_LAYERS": m.CLIP_SKIP_LAYERS}
+    if len({len(v) for v in stages.values()}) > 1:
+        listed = ", ".join(f"MODEL.ESC_NET.{k} {list(v)}" for k, v in stages.items())
+        raise ValueError(f"{listed}: the decoder takes one entry of each per upsampling stage")
+    for key in ("NUM_BLOCKS", "NUM_POINTS"):
+        if m[key] < 1:
+            raise ValueError(f"MODEL.ESC_NET.{key} must be at least 1, got {m[key]}")
+    for key in ("CLASS_CHUNK", "CLASS_ATTENTION_PAD", "MAX_CLASSES_PER_VIEW", "VIEW_CLASSES_PER_PASS"):
+        if m[key] < 0:
+            raise ValueError(f"MODEL.ESC_NET.{key} must be 0 or more, got {m[key]}")
+    if training:
+        check_input_geometry(cfg)
+        check_sam_source(cfg)
+
+
+def check_sam_source(cfg: CN) -> None:
+    """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
+
+    The SAM weights come from ``MODEL.ESC_NET.SAM_CHECKPOINT`` or, when fine-tuning or resuming, from
+    ``MODEL.WEIGHTS``; ``MODEL.ESC_NET.ALLOW_RANDOM_SAM`` opts out (tiny configs, the random-SAM ablation).
+
+    Raises:
+        ValueError: naming the key to set and where the official checkpoint comes from.
+    """
+    from esc_net.modeling.sam_checkpoint import SAM_CHECKPOINT_SOURCE
+
+    m = cfg.MODEL.ESC_NET
+    if not m.USE_SAM_BLOCK or m.SAM_CHECKPOINT or cfg.MODEL.WEIGHTS or m.ALLOW_RANDOM_SAM:
+        return
+    raise ValueError(
+        "MODEL.ESC_NET.SAM_CHECKPOINT is empty: training would start the SAM blocks from random weights, which "
+        "the paper's ablation shows to be far worse. Pass MODEL.ESC_NET.SAM_CHECKPOINT "
+        f"/path/to/sam_vit_b_01ec64.pth ({SAM_CHECKPOINT_SOURCE}), or set MODEL.ESC_NET.ALLOW_RANDOM_SAM True to "
+        "train from random SAM weights on purpose."
+    )
 
 
 def check_input_geometry(cfg: CN) -> None:

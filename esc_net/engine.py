@@ -32,16 +32,15 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import add_esc_net_config, merge_config_file
+from .config import add_esc_net_config, check_config, merge_config_file
 from .data import SemanticSegmentationMapper, get_dataset_vocabulary
 from .data.datasets import incomplete_datasets_allowed
 from .evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
-from .modeling.sam_checkpoint import check_sam_source
 from .solver import build_optimizer
 from .utils.checkpoint import ESCNetCheckpointer, check_weights_fit
 
 
-AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 
 class Trainer(DefaultTrainer):
@@ -49,11 +48,7 @@ class Trainer(DefaultTrainer):
     checkpointer (:class:`ESCNetCheckpointer`: atomic saves, resuming past damaged files), and DDP on CPUs."""
 
     def __init__(self, cfg):
-        check_sam_source(cfg)
-        if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
-            raise ValueError(
-                f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_PRECISIONS)}, got {cfg.SOLVER.AMP.PRECISION!r}"
-            )
+        check_config(cfg, training=True)
         # DefaultTrainer.__init__ is not called: it wraps the model in DistributedDataParallel with
         # device_ids=[local rank], which DDP refuses for a CPU module (`--num-gpus 2 MODEL.DEVICE cpu`), and it
         # builds Detectron2's own checkpointer. The steps are otherwise the same.
@@ -71,7 +66,8 @@ class Trainer(DefaultTrainer):
         device_ids = [comm.get_local_rank()] if next(model.parameters()).device.type == "cuda" else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         if cfg.SOLVER.AMP.ENABLED:
-            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=AMP_PRECISIONS[cfg.SOLVER.AMP.PRECISION])
+            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)  # "float16" or "bfloat16" (check_config)
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

@@ -454,3 +454,20 @@ def test_model_weights_make_the_part_files_unread(tmp_path):
     assert len(model.blocks) == 2
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", missing))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MODEL.ESC_NET.LOSS", "focal", r"MODEL\.ESC_NET\.LOSS must be one of \['bce', 'ce'\], got 'focal'"),
+        ("MODEL.ESC_NET.PSEUDO_MASK", "union", r"PSEUDO_MASK must be one of"),
+        ("MODEL.ESC_NET.IMPLEMENTATION", "fastest", r"IMPLEMENTATION must be one of \['fast', 'reference'\]"),
+        ("SOLVER.AMP.PRECISION", "float8", r"SOLVER\.AMP\.PRECISION must be one of"),
+        ("MODEL.ESC_NET.PROMPT_TYPES", ["points", "points"], r"distinct entries"),
+        ("MODEL.ESC_NET.DECODER_DIMS", [32], r"DECODER_DIMS \[32\], .*one entry of each per upsampling stage"),
+    ],
+)
+def test_config_is_validated_in_one_place_when_the_model_is_built(key, value, message):
+    """esc_net.config.check_config names the key, its value and what it may be, before any weights are read."""
+    with pytest.raises(ValueError, match=message):
+        build_model(tiny_cfg(key, value))

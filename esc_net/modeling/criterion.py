@@ -5,6 +5,9 @@ from typing import Dict, Sequence
 import torch
 from torch.nn import functional as F
 
+# The losses of MODEL.ESC_NET.LOSS (see segmentation_loss).
+LOSSES = ("bce", "ce")
+
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_value: int, kind: str = "bce") -> torch.Tensor:
     """

@@ -66,7 +66,7 @@ class CorrelationDecoder(nn.Module):
         clip_width: int,
         decoder_dims: Sequence[int],
         guidance_dims: Sequence[int],
-        class_chunk: int = 0,
+        class_chunk: int = 16,
         reference: bool = False,
     ):
         """

@@ -113,8 +113,8 @@ class InferenceProtocol:
         sliding_resize: int,
         sliding_window: int = 0,
         sliding_overlap: float = 1.0 / 3.0,
-        max_classes_per_view: int = 0,
-        view_classes_per_pass: int = 0,
+        max_classes_per_view: int = 171,
+        view_classes_per_pass: int = 1024,
     ):
         if mode not in INFERENCE_MODES:
             raise ValueError(f"INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..config import check_config
 from ..data.vocabulary import check_vocabulary, default_vocabulary_source, resolve_vocabulary, shared_vocabulary
 from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
 from .clip import CLIPEncoder
@@ -149,6 +150,7 @@ class ESCNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_config(cfg)
         m = cfg.MODEL.ESC_NET
         clip = CLIPEncoder(
             model_name=m.CLIP_MODEL_NAME,

@@ -19,26 +19,6 @@ SAM_CHECKPOINT_SOURCE = (
 )
 
 
-def check_sam_source(cfg) -> None:
-    """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
-
-    The SAM weights come from ``MODEL.ESC_NET.SAM_CHECKPOINT`` or, when fine-tuning or resuming, from
-    ``MODEL.WEIGHTS``; ``MODEL.ESC_NET.ALLOW_RANDOM_SAM`` opts out (tiny configs, the random-SAM ablation).
-
-    Raises:
-        ValueError: naming the key to set and where the official checkpoint comes from.
-    """
-    m = cfg.MODEL.ESC_NET
-    if not m.USE_SAM_BLOCK or m.SAM_CHECKPOINT or cfg.MODEL.WEIGHTS or m.ALLOW_RANDOM_SAM:
-        return
-    raise ValueError(
-        "MODEL.ESC_NET.SAM_CHECKPOINT is empty: training would start the SAM blocks from random weights, which "
-        "the paper's ablation shows to be far worse. Pass MODEL.ESC_NET.SAM_CHECKPOINT "
-        f"/path/to/sam_vit_b_01ec64.pth ({SAM_CHECKPOINT_SOURCE}), or set MODEL.ESC_NET.ALLOW_RANDOM_SAM True to "
-        "train from random SAM weights on purpose."
-    )
-
-
 def sam_checkpoint_state(checkpoint_path: str) -> Dict[str, torch.Tensor]:
     """Reads the tensors a SAMBlock takes from an official SAM checkpoint.
 

@@ -271,8 +271,8 @@ class VisionLanguageFusion(nn.Module):
         num_heads: int = 4,
         window_size: int = 12,
         text_guidance_dim: int = 128,
-        swin_shifts: Sequence[Optional[int]] = (0, None),
-        class_chunk: int = 0,
+        swin_shifts: Sequence[Optional[int]] = (0,),
+        class_chunk: int = 16,
         class_pad: int = 0,
         reference: bool = False,
     ):
