@@ -6,6 +6,7 @@ API the code calls. Detectron2 is not listed: its authors do not publish it on P
 package (``scripts/setup_env.sh``, or from source as the README's "Install" section describes), and its own
 requirements come with it.
 """
+
 from setuptools import find_packages, setup
 
 PREP = [
@@ -21,8 +22,7 @@ WEB = ["gradio>=6.0"]
 setup(
     name="esc_net",
     version="0.1.0",
-    description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, "
-    "as a Detectron2 plugin",
+    description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, as a Detectron2 plugin",
     license="MIT",
     packages=find_packages(include=["esc_net", "esc_net.*"]),
     package_data={"esc_net.data.class_names": ["*.txt"]},

@@ -17,6 +17,7 @@ The figure is the peak minus the resident memory just before (the model's own, a
 20000x20000 black 1-bit PNG (about 400 KB on disk, 1.2 GB decoded), given to both with their default limits.
 Images are smooth random patterns (PNG), written once into a temporary folder.
 """
+
 import argparse
 import datetime
 import os
@@ -72,11 +73,26 @@ def _measure(kind: str, image: str, classes: int, threads: int) -> None:
         if kind.startswith("page"):
             web.gradio()  # imported before the measurement: the page's server has it loaded
             segmenter = web.Segmenter(predictor, limits)
-            call = lambda: segmenter({"path": image, "orig_name": "image.png"}, "; ".join(vocabulary),  # noqa: E731
-                                     vocabulary[0])
+            call = lambda: segmenter(  # noqa: E731 (a thunk for the measurement helper)
+                {"path": image, "orig_name": "image.png"},
+                "; ".join(vocabulary),  # noqa: E731
+                vocabulary[0],
+            )
         else:
-            args = cli.parse_args(["--config-file", TINY_CONFIG, "--input", image, "--output", output,
-                                   "--max-side", str(limits.max_side), "--max-pixels", str(limits.max_pixels)])
+            args = cli.parse_args(
+                [
+                    "--config-file",
+                    TINY_CONFIG,
+                    "--input",
+                    image,
+                    "--output",
+                    output,
+                    "--max-side",
+                    str(limits.max_side),
+                    "--max-pixels",
+                    str(limits.max_pixels),
+                ]
+            )
             metadata = vocabulary_metadata(vocabulary)
             call = lambda: cli.segment_file(predictor, image, args, metadata)  # noqa: E731
         _reset_peak_rss()
@@ -96,8 +112,9 @@ def _measure(kind: str, image: str, classes: int, threads: int) -> None:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -144,8 +161,11 @@ def main() -> None:
             for classes in args.classes:
                 page, model, page_s, _ = run("page", image, classes)
                 demo, _, demo_s, _ = run("demo", image, classes)
-                print(f"| {size} | {classes} | {page:.2f} GB ({page_s:.0f} s) | {demo:.2f} GB ({demo_s:.0f} s) "
-                      f"| {model:.2f} GB |", flush=True)
+                print(
+                    f"| {size} | {classes} | {page:.2f} GB ({page_s:.0f} s) | {demo:.2f} GB ({demo_s:.0f} s) "
+                    f"| {model:.2f} GB |",
+                    flush=True,
+                )
         from PIL import Image
 
         bomb = os.path.join(folder, "bomb.png")
@@ -153,8 +173,10 @@ def main() -> None:
         print(f"\nPNG bomb: 20000x20000, {os.path.getsize(bomb) / 1e3:.0f} KB on disk, default limits")
         for kind in ("page-bomb", "demo-bomb"):
             extra, _, seconds, refusal = run(kind, bomb, 10)
-            print(f"- {kind.split('-')[0]}: refused in {seconds * 1e3:.1f} ms, {extra * 1024:.1f} MB above the model "
-                  f"({refusal})")
+            print(
+                f"- {kind.split('-')[0]}: refused in {seconds * 1e3:.1f} ms, {extra * 1024:.1f} MB above the model "
+                f"({refusal})"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ without the text encoder, whose output is cached per vocabulary at inference).
 
     .venv/bin/python benchmarks/benchmark_forward.py --classes 20 150 847 --repeats 3 [--device cuda] [--amp] [--full]
 """
+
 import argparse
 import contextlib
 import os
@@ -19,7 +20,6 @@ import time
 from collections import defaultdict
 
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -101,8 +101,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                              "esc_net_vitb_384.yaml"))
+    parser.add_argument(
+        "--config-file", default=os.path.join(os.path.dirname(__file__), "..", "configs", "esc_net_vitb_384.yaml")
+    )
     parser.add_argument("--classes", type=int, nargs="+", default=[20, 150, 847])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +119,10 @@ def main():
     device = model.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
 
-    print(f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; view {size}x{size}; amp: {args.amp}")
+    print(
+        f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; "
+        f"view {size}x{size}; amp: {args.amp}"
+    )
     stage_table(model, size, args.classes, args.repeats, autocast)
     if args.flops:
         flops_table(model, size, args.classes)
@@ -160,9 +164,12 @@ def stage_table(model, size: int, class_counts, repeats: int, autocast):
                     runs[stage].append(timer.totals[stage])
         med = {k: statistics.median(v) * 1000 for k, v in runs.items()}
         other = med["total"] - sum(med[s] for s in STAGES)
-        print(f"{num_classes:>5} " + " ".join(f"{med[s]:>8.1f}ms" for s in STAGES)
-              + f" {other:>6.1f}ms {med['total']:>6.1f}ms {med['total'] / med['clip_image']:>9.2f} "
-              f"{(med['total'] - med['clip_text']) / med['clip_image']:>10.2f} {peak_memory_mb(device):>9.0f}")
+        print(
+            f"{num_classes:>5} "
+            + " ".join(f"{med[s]:>8.1f}ms" for s in STAGES)
+            + f" {other:>6.1f}ms {med['total']:>6.1f}ms {med['total'] / med['clip_image']:>9.2f} "
+            f"{(med['total'] - med['clip_text']) / med['clip_image']:>10.2f} {peak_memory_mb(device):>9.0f}"
+        )
 
 
 def flops_table(model, size: int, class_counts):
@@ -174,8 +181,11 @@ def flops_table(model, size: int, class_counts):
     print(f"{'N':>5} " + " ".join(f"{s:>10}" for s in STAGES_FLOPS) + f" {'total':>8}")
     for num_classes in class_counts:
         flops = count_flops_per_stage(model, image, [f"class {i}" for i in range(num_classes)])
-        print(f"{num_classes:>5} " + " ".join(f"{flops[s] / 1e9:>10.1f}" for s in STAGES_FLOPS)
-              + f" {flops['total'] / 1e9:>8.1f}")
+        print(
+            f"{num_classes:>5} "
+            + " ".join(f"{flops[s] / 1e9:>10.1f}" for s in STAGES_FLOPS)
+            + f" {flops['total'] / 1e9:>8.1f}"
+        )
     model.inference = previous
 
 
@@ -184,8 +194,10 @@ def full_inference_table(model, class_counts, repeats: int, autocast):
     default; the vocabulary's text embeddings cached after the warm-up)."""
     device = model.device
     image = torch.randint(0, 256, (3, 512, 683), dtype=torch.uint8)
-    print(f"full inference of a 512x683 image: mode {model.inference.mode} ({model.inference.num_views} views), "
-          f"MAX_CLASSES_PER_VIEW {model.inference.max_classes_per_view}")
+    print(
+        f"full inference of a 512x683 image: mode {model.inference.mode} ({model.inference.num_views} views), "
+        f"MAX_CLASSES_PER_VIEW {model.inference.max_classes_per_view}"
+    )
     print(f"{'N':>5} {'ms/image':>9} {'peak MB':>9}")
     for num_classes in class_counts:
         vocabulary = [f"class {i}" for i in range(num_classes)]
@@ -199,6 +211,7 @@ def full_inference_table(model, class_counts, repeats: int, autocast):
             if repeat:
                 times.append(timer.totals["total"])
         print(f"{num_classes:>5} {statistics.median(times) * 1000:>7.1f}ms {peak_memory_mb(device):>9.0f}")
+
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ sample standard deviation over the seeds, and every seed's value) is printed and
 
 The pre-trained weights must exist (``scripts/run_default.sh`` writes them; ``--pretrained`` says where).
 """
+
 import argparse
 import json
 import math
@@ -34,25 +35,63 @@ VARIANTS: Dict[str, tuple] = {
     "default": ("the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks)", []),
     # the settings of the embedded default before the laboratory: CLIP and SAM from random weights, all of CLIP
     # fine-tuned at the full learning rate
-    "previous_default": ("CLIP and SAM from random weights, CLIP fully fine-tuned (the embedded default before the "
-                         "laboratory)", ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.CLIP_FINETUNE", "full",
-                                         "SOLVER.CLIP_MULTIPLIER", "1.0", "MODEL.ESC_NET.SAM_CHECKPOINT", "",
-                                         "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True", "SOLVER.SAM_MULTIPLIER", "1.0"]),
-    "random_sam": ("SAM blocks from random weights", ["MODEL.ESC_NET.SAM_CHECKPOINT", "",
-                                                       "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]),
-    "no_sam": ("no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)", ["MODEL.ESC_NET.USE_SAM_BLOCK", "False"]),
-    "points_only": ("prompts: points only (deep supervision 0.4 trains the maps)",
-                    ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]),
+    "previous_default": (
+        "CLIP and SAM from random weights, CLIP fully fine-tuned (the embedded default before the laboratory)",
+        [
+            "MODEL.ESC_NET.CLIP_PRETRAINED",
+            "none",
+            "MODEL.ESC_NET.CLIP_FINETUNE",
+            "full",
+            "SOLVER.CLIP_MULTIPLIER",
+            "1.0",
+            "MODEL.ESC_NET.SAM_CHECKPOINT",
+            "",
+            "MODEL.ESC_NET.ALLOW_RANDOM_SAM",
+            "True",
+            "SOLVER.SAM_MULTIPLIER",
+            "1.0",
+        ],
+    ),
+    "random_sam": (
+        "SAM blocks from random weights",
+        ["MODEL.ESC_NET.SAM_CHECKPOINT", "", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"],
+    ),
+    "no_sam": (
+        "no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)",
+        ["MODEL.ESC_NET.USE_SAM_BLOCK", "False"],
+    ),
+    "points_only": (
+        "prompts: points only (deep supervision 0.4 trains the maps)",
+        ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"],
+    ),
     "mask_only": ("prompts: mask only", ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]),
     "blocks_1": ("1 ESC-Block", ["MODEL.ESC_NET.NUM_BLOCKS", "1"]),
     "blocks_3": ("3 ESC-Blocks", ["MODEL.ESC_NET.NUM_BLOCKS", "3"]),
-    "mask_peak": ("pseudo mask relative to the map's single peak (the first reading)", ["MODEL.ESC_NET.PSEUDO_MASK", "peak"]),
-    "mask_region": ("pseudo mask: every kept pixel positive, per K-means region", ["MODEL.ESC_NET.PSEUDO_MASK", "region"]),
-    "dense_attention": ("CLIP's ordinary last block for the dense features", ["MODEL.ESC_NET.CLIP_DENSE_LAYER", "attention"]),
+    "mask_peak": (
+        "pseudo mask relative to the map's single peak (the first reading)",
+        ["MODEL.ESC_NET.PSEUDO_MASK", "peak"],
+    ),
+    "mask_region": (
+        "pseudo mask: every kept pixel positive, per K-means region",
+        ["MODEL.ESC_NET.PSEUDO_MASK", "region"],
+    ),
+    "dense_attention": (
+        "CLIP's ordinary last block for the dense features",
+        ["MODEL.ESC_NET.CLIP_DENSE_LAYER", "attention"],
+    ),
     "skips_reversed": ("decoder skips deepest first (the first reading)", ["MODEL.ESC_NET.CLIP_SKIP_LAYERS", "[2, 1]"]),
-    "deep_supervision": ("deep supervision of every block at 0.4 (the first reading)", ["MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]),
-    "class_pad": ("class attention padded to 48 tokens (CAT-Seg pads to 256)", ["MODEL.ESC_NET.CLASS_ATTENTION_PAD", "48"]),
-    "qv_bias": ("CLIP's q/v biases fine-tuned too (the first reading)", ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"]),
+    "deep_supervision": (
+        "deep supervision of every block at 0.4 (the first reading)",
+        ["MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"],
+    ),
+    "class_pad": (
+        "class attention padded to 48 tokens (CAT-Seg pads to 256)",
+        ["MODEL.ESC_NET.CLASS_ATTENTION_PAD", "48"],
+    ),
+    "qv_bias": (
+        "CLIP's q/v biases fine-tuned too (the first reading)",
+        ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"],
+    ),
 }
 # (dataset, metric) columns of the summary
 COLUMNS = (
@@ -71,12 +110,25 @@ def run_one(variant: str, seed: int, args) -> Dict:
     if not os.path.isfile(results):
         os.makedirs(out, exist_ok=True)
         command = [
-            sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, "--resume",
-            "--num-gpus", str(args.processes), "--dist-url", "auto",  # a free port: runs may overlap others
-            "OUTPUT_DIR", out, "SEED", str(seed),
-            "MODEL.ESC_NET.CLIP_PRETRAINED", os.path.join(args.pretrained, "clip_tiny_shapes.pt"),
-            "MODEL.ESC_NET.SAM_CHECKPOINT", os.path.join(args.pretrained, "sam_tiny_shapes.pth"),
-            "SOLVER.CHECKPOINT_PERIOD", "100000",
+            sys.executable,
+            os.path.join(ROOT, "train_net.py"),
+            "--config-file",
+            CONFIG,
+            "--resume",
+            "--num-gpus",
+            str(args.processes),
+            "--dist-url",
+            "auto",  # a free port: runs may overlap others
+            "OUTPUT_DIR",
+            out,
+            "SEED",
+            str(seed),
+            "MODEL.ESC_NET.CLIP_PRETRAINED",
+            os.path.join(args.pretrained, "clip_tiny_shapes.pt"),
+            "MODEL.ESC_NET.SAM_CHECKPOINT",
+            os.path.join(args.pretrained, "sam_tiny_shapes.pth"),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100000",
         ]
         if args.iters:
             command += ["SOLVER.MAX_ITER", str(args.iters)]

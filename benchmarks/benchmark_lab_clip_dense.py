@@ -9,6 +9,7 @@ with the names, for CLIP's ordinary last block ("attention") and CAT-Seg's dense
 
     .venv/bin/python benchmarks/benchmark_lab_clip_dense.py [--clip output/pretrained/clip_tiny_shapes.pt]
 """
+
 import argparse
 import os
 
@@ -51,15 +52,38 @@ def main():
     torch.set_num_threads(1)
     rows = []
     for layer in ("attention", "value"):
-        cfg = load_config(CONFIG, ["MODEL.ESC_NET.CLIP_PRETRAINED", args.clip, "MODEL.ESC_NET.SAM_CHECKPOINT", "",
-                                   "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True", "MODEL.ESC_NET.CLIP_DENSE_LAYER", layer])
+        cfg = load_config(
+            CONFIG,
+            [
+                "MODEL.ESC_NET.CLIP_PRETRAINED",
+                args.clip,
+                "MODEL.ESC_NET.SAM_CHECKPOINT",
+                "",
+                "MODEL.ESC_NET.ALLOW_RANDOM_SAM",
+                "True",
+                "MODEL.ESC_NET.CLIP_DENSE_LAYER",
+                layer,
+            ],
+        )
         model = build_model(cfg).eval()
         results = {d: clip_only_miou(model, d, cfg) for d in BENCHMARKS}
-        rows.append([layer] + [f"{results[d][k]:.1f}" for d, k in (
-            ("synthetic_shapes_val", "mIoU"), ("synthetic_shapes_val_unseen", "mIoU-unseen"),
-            ("synthetic_shapes_val_all", "mIoU-seen"), ("synthetic_shapes_val_all", "mIoU-unseen"))])
-    print(tabulate(rows, headers=["dense layer", "seen mIoU", "unseen: unseen", "all: seen", "all: unseen"],
-                   tablefmt="pipe"))
+        rows.append(
+            [layer]
+            + [
+                f"{results[d][k]:.1f}"
+                for d, k in (
+                    ("synthetic_shapes_val", "mIoU"),
+                    ("synthetic_shapes_val_unseen", "mIoU-unseen"),
+                    ("synthetic_shapes_val_all", "mIoU-seen"),
+                    ("synthetic_shapes_val_all", "mIoU-unseen"),
+                )
+            ]
+        )
+    print(
+        tabulate(
+            rows, headers=["dense layer", "seen mIoU", "unseen: unseen", "all: seen", "all: unseen"], tablefmt="pipe"
+        )
+    )
 
 
 if __name__ == "__main__":

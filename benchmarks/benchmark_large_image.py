@@ -11,14 +11,13 @@ On the CPU the peak is the process's resident memory (VmHWM, reset just before t
 memory before the call, so it counts the outputs as well as the working memory; on CUDA it is
 ``torch.cuda.max_memory_allocated`` above the memory allocated before the call.
 """
+
 import argparse
 import os
 import time
 
 import numpy as np
 import torch
-
-
 from detectron2.config import get_cfg
 
 import esc_net
@@ -62,8 +61,9 @@ def main() -> None:
     torch.manual_seed(0)
     predictor = esc_net.ESCNetPredictor(cfg)
     names = load_class_names("ade20k_150")
-    predictor.set_vocabulary([f"{names[i % len(names)]}{'' if i < len(names) else f' {i}'}"
-                              for i in range(args.classes)])
+    predictor.set_vocabulary(
+        [f"{names[i % len(names)]}{'' if i < len(names) else f' {i}'}" for i in range(args.classes)]
+    )
     image = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     predictor(image[:64, :64], output=args.output, top_k=args.top_k)  # warm-up: text embeddings, allocator
 
@@ -84,12 +84,16 @@ def main() -> None:
     output_bytes = sum(t.numel() * t.element_size() for t in result.values())
     full_scores = args.classes * args.height * args.width * 4
 
-    print(f"device {args.device}, {torch.get_num_threads()} CPU threads, image {args.height}x{args.width}, "
-          f"{args.classes} classes, output {args.output!r}" + (f", top-{args.top_k}" if args.top_k else ""))
+    print(
+        f"device {args.device}, {torch.get_num_threads()} CPU threads, image {args.height}x{args.width}, "
+        f"{args.classes} classes, output {args.output!r}" + (f", top-{args.top_k}" if args.top_k else "")
+    )
     print(f"  time            {seconds:.2f} s")
     print(f"  peak memory     {peak / GB:.2f} GB above the memory before the call (outputs included)")
-    print(f"  outputs         {output_bytes / GB:.3f} GB: " + ", ".join(
-        f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in result.items()))
+    print(
+        f"  outputs         {output_bytes / GB:.3f} GB: "
+        + ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in result.items())
+    )
     print(f"  for reference, float32 scores [N, H, W] would take {full_scores / GB:.1f} GB")
 
 

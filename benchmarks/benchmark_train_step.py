@@ -11,6 +11,7 @@ against the first row that fits.
 
     python benchmarks/benchmark_train_step.py --device cuda --amp --checkpointing [--batch 4] [--classes 171]
 """
+
 import argparse
 import contextlib
 import os
@@ -18,8 +19,6 @@ import statistics
 import time
 
 import torch
-
-
 from benchmark_forward import build, device_description, peak_memory_mb
 
 from esc_net.solver import build_optimizer
@@ -63,15 +62,22 @@ def time_iterations(model, optimizer, batch, repeats: int, amp: bool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                              "esc_net_vitb_384.yaml"))
+    parser.add_argument(
+        "--config-file", default=os.path.join(os.path.dirname(__file__), "..", "configs", "esc_net_vitb_384.yaml")
+    )
     parser.add_argument("--classes", type=int, default=171)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="also time bfloat16 autocast")
-    parser.add_argument("--checkpointing", nargs="?", choices=["also", "only"], const="also", default=None,
-                        help="also (or only) time each precision with MODEL.ESC_NET.ACTIVATION_CHECKPOINTING")
+    parser.add_argument(
+        "--checkpointing",
+        nargs="?",
+        choices=["also", "only"],
+        const="also",
+        default=None,
+        help="also (or only) time each precision with MODEL.ESC_NET.ACTIVATION_CHECKPOINTING",
+    )
     args = parser.parse_args()
 
     model, cfg = build(args.config_file, args.device)
@@ -82,8 +88,11 @@ def main():
     batch = random_batch(args.batch, size, args.classes, vocabulary, torch.Generator().manual_seed(0))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device = model.device
-    print(f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; batch {args.batch} x {size}x{size}; "
-          f"{args.classes} classes; {trainable / 1e6:.1f}M trainable parameters")
+    print(
+        f"device: {device_description(device)}; config: {os.path.basename(args.config_file)}; "
+        f"batch {args.batch} x {size}x{size}; "
+        f"{args.classes} classes; {trainable / 1e6:.1f}M trainable parameters"
+    )
     precisions = [("float32", False)] + ([("bfloat16", True)] if args.amp else [])
     settings = [] if args.checkpointing == "only" else [(p, amp, False) for p, amp in precisions]
     settings += [(p, amp, True) for p, amp in precisions] if args.checkpointing else []
@@ -98,8 +107,11 @@ def main():
         finally:
             optimizer.zero_grad(set_to_none=True)
         baseline = baseline or (ms, mb)
-        print(f"{precision:>9} checkpointing {str(checkpointing):>5}: {ms:8.1f} ms/iter {args.batch * 1000 / ms:6.2f} "
-              f"images/s  peak {mb:8.0f} MB  (time x{ms / baseline[0]:.2f}, memory x{mb / baseline[1]:.2f})")
+        print(
+            f"{precision:>9} checkpointing {str(checkpointing):>5}: {ms:8.1f} ms/iter {args.batch * 1000 / ms:6.2f} "
+            f"images/s  peak {mb:8.0f} MB  (time x{ms / baseline[0]:.2f}, memory x{mb / baseline[1]:.2f})"
+        )
+
 
 if __name__ == "__main__":
     main()

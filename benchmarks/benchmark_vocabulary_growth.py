@@ -11,6 +11,7 @@ configs).
 
     .venv/bin/python benchmarks/benchmark_vocabulary_growth.py --distractors 0 50 200 800 --caps 0 10 171
 """
+
 import argparse
 import os
 import time
@@ -20,7 +21,6 @@ import numpy as np
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from tqdm import tqdm
-
 
 import esc_net
 from esc_net.data.class_names import load_class_names
@@ -61,8 +61,13 @@ def main():
     parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml"))
     parser.add_argument("--weights", default=os.path.join(ROOT, "output", "esc_net_tiny_shapes", "model_final.pth"))
     parser.add_argument("--distractors", type=int, nargs="+", default=[0, 50, 200, 800])
-    parser.add_argument("--caps", type=int, nargs="+", default=None,
-                        help="MAX_CLASSES_PER_VIEW values to compare (default: the config's)")
+    parser.add_argument(
+        "--caps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="MAX_CLASSES_PER_VIEW values to compare (default: the config's)",
+    )
     parser.add_argument("--dataset", default="synthetic_shapes_val")
     args = parser.parse_args()
     if not os.path.isfile(args.weights):

@@ -7,6 +7,7 @@ them), trained on the seen classes of the Synthetic Shapes world, on a CPU:
 (Detectron2's script, in ``tools/`` of a Detectron2 checkout.) It changes esc_net_vitb_384.py where the YAML
 configs differ; like it, it is Python code that runs when loaded.
 """
+
 from detectron2.projects.point_rend import ColorAugSSDTransform
 
 from .esc_net_vitb_384 import dataloader, lr_multiplier, model, optimizer, train
@@ -25,8 +26,18 @@ model.clip.update(
     templates=["a photo of a {}."],  # the form of the captions the CLIP was pre-trained on
 )
 model.blocks.update(
-    num_blocks=2, clip_dim=32, grid_size=(8, 8), num_points=3, sam_embed_dim=32, sam_depth=2, sam_mlp_dim=64,
-    sam_num_heads=2, hidden_dim=32, num_heads=2, window_size=4, text_guidance_dim=16,
+    num_blocks=2,
+    clip_dim=32,
+    grid_size=(8, 8),
+    num_points=3,
+    sam_embed_dim=32,
+    sam_depth=2,
+    sam_mlp_dim=64,
+    sam_num_heads=2,
+    hidden_dim=32,
+    num_heads=2,
+    window_size=4,
+    text_guidance_dim=16,
     sam_checkpoint="output/pretrained/sam_tiny_shapes.pth",
 )
 model.decoder.update(clip_width=64, decoder_dims=[32, 16], guidance_dims=[16, 8])
@@ -36,8 +47,9 @@ model.loss = "ce"  # the seen classes reached 48.0 mIoU against 31.9 with BCE (d
 dataloader.train.dataset.names = "synthetic_shapes_train"
 dataloader.train.mapper.augmentations[0].update(short_edge_length=[64], max_size=256)
 # no SSD colour augmentation: the world's classes are named by their hue, which its hue jitter changes
-dataloader.train.mapper.augmentations = [a for a in dataloader.train.mapper.augmentations
-                                         if a._target_ is not ColorAugSSDTransform]
+dataloader.train.mapper.augmentations = [
+    a for a in dataloader.train.mapper.augmentations if a._target_ is not ColorAugSSDTransform
+]
 dataloader.train.num_workers = 0
 dataloader.test.dataset.names = "synthetic_shapes_val"
 dataloader.test.num_workers = 0

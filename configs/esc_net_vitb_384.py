@@ -9,6 +9,7 @@ A-847, the first benchmark of the YAML config. Run it with Detectron2's lazy-con
 esc_net/config.py. Unlike the YAML configs, a LazyConfig file is Python code: loading it runs it, so load only
 files you trust.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T

@@ -3,6 +3,7 @@
 
 The code lives in :mod:`esc_net.demo.web`; ``python demo/app.py --help`` lists the options.
 """
+
 from typing import Optional, Sequence
 
 from esc_net.demo.web import main as _main

@@ -3,6 +3,7 @@
 
 The code lives in :mod:`esc_net.demo.cli`; ``python demo/demo.py --help`` lists the options.
 """
+
 from typing import Optional, Sequence
 
 from esc_net.demo.cli import *  # noqa: F401,F403  (the names this file used to define)

@@ -5,6 +5,7 @@ packages) and nothing heavier: the model code (and with it open_clip, segment_an
 config is built with :func:`add_esc_net_config`, which registers the ``ESCNet`` meta-architecture, or when
 :class:`ESCNetPredictor` is first used.
 """
+
 import warnings
 
 with warnings.catch_warnings():
@@ -16,8 +17,8 @@ with warnings.catch_warnings():
     import detectron2.modeling  # noqa: F401
     import fvcore.nn  # noqa: F401
 
-from . import data  # noqa: F401,E402  (registers the datasets)
-from .config import add_esc_net_config, merge_config_file  # noqa: E402
+from esc_net import data  # noqa: F401,E402  (registers the datasets)
+from esc_net.config import add_esc_net_config, merge_config_file  # noqa: E402
 
 __all__ = ["ESCNetPredictor", "add_esc_net_config", "merge_config_file"]
 
@@ -25,7 +26,7 @@ __all__ = ["ESCNetPredictor", "add_esc_net_config", "merge_config_file"]
 def __getattr__(name: str):
     # PEP 562: ``esc_net.ESCNetPredictor`` imports the model code on first use only.
     if name == "ESCNetPredictor":
-        from .predictor import ESCNetPredictor
+        from esc_net.predictor import ESCNetPredictor
 
         return ESCNetPredictor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ Detectron2's ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are not read.
 
 Config files are read by :func:`merge_config_file`, with YAML's safe loader only (see there).
 """
+
 from typing import Sequence
 
 import yaml
@@ -77,7 +78,7 @@ def merge_config_file(cfg: CN, path: str) -> None:
 def add_esc_net_config(cfg: CN) -> None:
     """Adds ESC-Net's options to a Detectron2 config, in place, and registers the ``ESCNet`` meta-architecture
     (a config that names it is built through this function; importing ``esc_net`` alone stays light)."""
-    from . import modeling  # noqa: F401  (registers ESCNet in META_ARCH_REGISTRY)
+    import esc_net.modeling  # noqa: F401  (registers ESCNet in META_ARCH_REGISTRY)
 
     cfg.MODEL.ESC_NET = CN()
     m = cfg.MODEL.ESC_NET
@@ -308,8 +309,11 @@ def check_config(cfg: CN, training: bool = False) -> None:
             "boxes are not differentiable, so only deep supervision can train the map heads that later blocks "
             "draw their prompts from"
         )
-    stages = {"DECODER_DIMS": m.DECODER_DIMS, "DECODER_GUIDANCE_DIMS": m.DECODER_GUIDANCE_DIMS,
-              "CLIP_SKIP_LAYERS": m.CLIP_SKIP_LAYERS}
+    stages = {
+        "DECODER_DIMS": m.DECODER_DIMS,
+        "DECODER_GUIDANCE_DIMS": m.DECODER_GUIDANCE_DIMS,
+        "CLIP_SKIP_LAYERS": m.CLIP_SKIP_LAYERS,
+    }
     if len({len(v) for v in stages.values()}) > 1:
         listed = ", ".join(f"MODEL.ESC_NET.{k} {list(v)}" for k, v in stages.items())
         raise ValueError(f"{listed}: the decoder takes one entry of each per upsampling stage")
@@ -360,4 +364,3 @@ def check_input_geometry(cfg: CN) -> None:
             f"INPUT.CROP (TYPE {crop.TYPE!r}, SIZE {tuple(crop.SIZE)}) must be an 'absolute' crop of "
             f"MODEL.ESC_NET.CLIP_IMAGE_SIZE ({size}, {size}): training crops are the CLIP input"
         )
-

@@ -10,6 +10,7 @@ multi-benchmark evaluation, and the command line of ``train_net.py`` / ``esc-net
 its own vocabulary; the model is not changed), then prints one table (benchmark x mIoU) and writes it as JSON and
 CSV in OUTPUT_DIR.
 """
+
 import logging
 import os
 import weakref
@@ -32,15 +33,12 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import add_esc_net_config, check_config, merge_config_file
-from .data import SemanticSegmentationMapper, get_dataset_vocabulary
-from .data.datasets import incomplete_datasets_allowed
-from .evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
-from .solver import build_optimizer
-from .utils.checkpoint import ESCNetCheckpointer, check_weights_fit
-
-
-
+from esc_net.config import add_esc_net_config, check_config, merge_config_file
+from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
+from esc_net.data.datasets import incomplete_datasets_allowed
+from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
+from esc_net.solver import build_optimizer
+from esc_net.utils.checkpoint import ESCNetCheckpointer, check_weights_fit
 
 
 class Trainer(DefaultTrainer):

@@ -1,5 +1,6 @@
 """A one-image predictor for ESC-Net (in the style of Detectron2's ``DefaultPredictor``) and the metadata to
 visualise its output with Detectron2's ``Visualizer``."""
+
 import hashlib
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -10,11 +11,16 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
-from .data.vocabulary import split_synonyms
-from .utils.checkpoint import load_model_weights
+from esc_net.utils.checkpoint import load_model_weights
+from esc_net.utils.vocabulary_rules import split_synonyms
 
 __all__ = [
-    "BACKGROUND_NAMES", "ESCNetPredictor", "class_color", "class_colors", "class_index", "display_name",
+    "BACKGROUND_NAMES",
+    "ESCNetPredictor",
+    "class_color",
+    "class_colors",
+    "class_index",
+    "display_name",
     "vocabulary_metadata",
 ]
 
@@ -125,8 +131,9 @@ class ESCNetPredictor:
         """
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", None)
-            raise ValueError(f"expected a BGR image as an [H, W, 3] numpy array, got {type(image_bgr).__name__} "
-                             f"of shape {shape}")
+            raise ValueError(
+                f"expected a BGR image as an [H, W, 3] numpy array, got {type(image_bgr).__name__} of shape {shape}"
+            )
         if image_bgr.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image (0-255, as cv2.imread gives), got dtype {image_bgr.dtype}")
         height, width = image_bgr.shape[:2]

@@ -7,6 +7,7 @@ what the paper's codebase does; ``"value"`` and ``"norm"`` keep Detectron2's per
 own ``build_optimizer`` knows neither (it refuses ``"full_model"``), so a trainer of one's own takes
 :func:`build_optimizer` from here; LazyConfig files use :func:`lr_factors` and :func:`full_model_clipped`.
 """
+
 import functools
 from typing import Callable, Iterable
 
@@ -25,7 +26,7 @@ SAM_PRETRAINED_PARTS = (".sam.prompt_encoder.", ".sam.transformer.")
 
 def lr_multiplier(param_name: str, clip_multiplier: float, sam_multiplier: float) -> float:
     """The LR multiplier of one parameter of an ESCNet model, from its name."""
-    name = param_name[len("module."):] if param_name.startswith("module.") else param_name
+    name = param_name[len("module.") :] if param_name.startswith("module.") else param_name
     if name.startswith(CLIP_PREFIX):
         return clip_multiplier
     if any(part in name for part in SAM_PRETRAINED_PARTS):

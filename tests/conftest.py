@@ -1,4 +1,5 @@
 """Shared test set-up: offline, few threads, and the tiny model sizes every test builds from."""
+
 import copy
 import os
 import socket

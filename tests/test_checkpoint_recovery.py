@@ -1,5 +1,6 @@
 """Checkpoints survive kills: atomic writes, resuming past damaged checkpoints and pointers, and a real training
 killed with SIGKILL at several moments (during a periodic save mid-training, during the final save)."""
+
 import logging
 import os
 import signal
@@ -8,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
+from conftest import REPO_ROOT
 from esc_net.utils.checkpoint import ESCNetCheckpointer, read_checkpoint_file
 
 
@@ -122,20 +123,49 @@ engine.main(sys.argv[2:])
 
 def _train(tmp_path, kill, opts):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), CUDA_VISIBLE_DEVICES="")
-    argv = [sys.executable, "-c", _DRIVER, kill, "--config-file",
-            os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml"), "--resume", *opts]
+    argv = [
+        sys.executable,
+        "-c",
+        _DRIVER,
+        kill,
+        "--config-file",
+        os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml"),
+        "--resume",
+        *opts,
+    ]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_training_killed_at_several_moments_resumes_and_finishes(tmp_path):
     subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "datasets", "generate_synthetic_shapes.py"), "--root",
-         str(tmp_path / "datasets"), "--num-train", "4", "--num-val", "1"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "datasets", "generate_synthetic_shapes.py"),
+            "--root",
+            str(tmp_path / "datasets"),
+            "--num-train",
+            "4",
+            "--num-val",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
     )
     out = tmp_path / "out"
-    opts = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH",
-            "2", "DATASETS.TEST", "()", "SEED", "3"]
+    opts = [
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "SEED",
+        "3",
+    ]
     # checkpoints at iterations 1, 3, 5, then model_final at 5
     moments = [
         "save:2",  # during the save of model_0000003, mid-training

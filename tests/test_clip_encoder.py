@@ -13,10 +13,10 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CLIP_CFG
 from open_clip.model import resize_pos_embed
 from torch import nn
 
+from conftest import TINY_CLIP_CFG
 from esc_net.modeling.clip import CLIPEncoder, SplitQKVAttention
 
 NAMES = ["cat", "dog", "sofa, couch"]
@@ -274,7 +274,7 @@ def test_pretrained_tag_offline_fails_fast(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("mode, kinds", [("attention", ("weight",)), ("attention_with_bias", ("weight", "bias"))])
 def test_attention_finetuning_changes_only_q_and_v(mode, kinds):
-    """"attention" trains the q and v weights (CAT-Seg's choice), "attention_with_bias" their biases too."""
+    """ "attention" trains the q and v weights (CAT-Seg's choice), "attention_with_bias" their biases too."""
     enc = tiny_encoder(finetune=mode)
     trainable = {name for name, p in enc.named_parameters() if p.requires_grad}
     assert trainable == {f"{layer}.{p}_{k}" for layer in ATTENTION_LAYERS for p in "qv" for k in kinds}
@@ -466,7 +466,7 @@ def test_value_dense_layer_is_catsegs_dense_last_layer(reference):
     tokens = inputs["x"]  # [B, 1 + h*w, C], batch first
     width = tokens.shape[-1]
     with torch.no_grad():
-        v_weight, v_bias = block.attn.in_proj_weight[2 * width:], block.attn.in_proj_bias[2 * width:]
+        v_weight, v_bias = block.attn.in_proj_weight[2 * width :], block.attn.in_proj_bias[2 * width :]
         values = block.attn.out_proj(block.ln_1(tokens[:, 1:]) @ v_weight.T + v_bias)
         y = tokens[:, :1] + values
         z = y + block.mlp(block.ln_2(y))

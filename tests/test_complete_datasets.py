@@ -1,12 +1,13 @@
 """A dataset is complete or refused: images without label maps and label maps without images are an error naming
 the files, in training and in evaluation, unless DATASETS.ALLOW_INCOMPLETE accepts them (the report then says how
 many images were scored); a damaged label map is named."""
+
 import os
 
 import pytest
-from conftest import TINY_CONFIG
 from detectron2.engine import default_argument_parser
 
+from conftest import TINY_CONFIG
 from esc_net.data.datasets import IncompleteDatasetError, incomplete_datasets_allowed, load_complete_sem_seg
 from esc_net.data.synthetic_shapes import generate_synthetic_shapes, split_dirs
 from esc_net.engine import Trainer, run, setup
@@ -48,8 +49,9 @@ def test_a_shared_image_folder_is_selected_by_its_label_maps(tmp_path):
     """VOC's JPEGImages holds every split: there, only label maps without images are missing files."""
     _files(tmp_path / "img", ["a.jpg", "b.jpg", "c.jpg"])
     _files(tmp_path / "lab", ["a.png", "b.png"])
-    records = load_complete_sem_seg(str(tmp_path / "lab"), str(tmp_path / "img"), "png", "jpg",
-                                    labels_select_images=True)
+    records = load_complete_sem_seg(
+        str(tmp_path / "lab"), str(tmp_path / "img"), "png", "jpg", labels_select_images=True
+    )
     assert len(records) == 2
     _files(tmp_path / "lab", ["e.png"])
     with pytest.raises(IncompleteDatasetError, match="1 label map\\(s\\) without an image .*e.png"):
@@ -65,9 +67,20 @@ def shapes(tmp_path, monkeypatch):
 
 
 def _args(tmp_path, *opts, eval_only=False):
-    argv = ["--config-file", TINY_CONFIG, *(["--eval-only"] if eval_only else []),
-            "DATASETS.TRAIN", "('synthetic_shapes_train',)", "DATASETS.TEST", "('synthetic_shapes_val',)",
-            "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.IMS_PER_BATCH", "2", *opts]
+    argv = [
+        "--config-file",
+        TINY_CONFIG,
+        *(["--eval-only"] if eval_only else []),
+        "DATASETS.TRAIN",
+        "('synthetic_shapes_train',)",
+        "DATASETS.TEST",
+        "('synthetic_shapes_val',)",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        *opts,
+    ]
     return default_argument_parser().parse_args(argv)
 
 

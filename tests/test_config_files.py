@@ -1,14 +1,15 @@
 """Config files are read with YAML's safe loader, _BASE_ files included: a config that asks for a Python object is
 refused (naming the file and the tag) by the demo, training and the web demo, and nothing in it runs."""
+
 import os
 
 import pytest
 import yaml
-from conftest import TINY_CONFIG
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 
 import esc_net
+from conftest import TINY_CONFIG
 from esc_net.config import ConfigFileError, merge_config_file
 from esc_net.demo import cli as demo
 from esc_net.engine import setup
@@ -23,8 +24,9 @@ def _write(path, text):
 
 def _unsafe_config(folder, marker):
     """A tiny config whose SEED is a command: yaml.unsafe_load would run it (creating ``marker``)."""
-    return _write(folder / "unsafe.yaml",
-                  f'_BASE_: "{TINY_CONFIG}"\nSEED: !!python/object/apply:os.system ["touch {marker}"]\n')
+    return _write(
+        folder / "unsafe.yaml", f'_BASE_: "{TINY_CONFIG}"\nSEED: !!python/object/apply:os.system ["touch {marker}"]\n'
+    )
 
 
 def test_the_payload_runs_under_yaml_unsafe_load(tmp_path):
@@ -58,8 +60,9 @@ def test_the_demo_refuses_it(tmp_path, marker):
     image = tmp_path / "image.png"
     image.write_bytes(b"")  # never read: the config is refused first
     with pytest.raises(SystemExit) as info:
-        demo.segment_images(["--config-file", config, "--input", str(image), "--output", str(tmp_path / "out"),
-                             "--vocabulary", "cat"])
+        demo.segment_images(
+            ["--config-file", config, "--input", str(image), "--output", str(tmp_path / "out"), "--vocabulary", "cat"]
+        )
     assert info.value.code.startswith(f"esc-net-demo: error: refusing the config {config}") and TAG in info.value.code
     assert not (tmp_path / "out").exists()
 

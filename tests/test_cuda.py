@@ -1,14 +1,15 @@
 """ESC-Net on a CUDA GPU: the same scores as on the CPU, bfloat16 autocast in inference and training, and
 Detectron2's AMP trainer. Skipped where no GPU is present (the CPU suite covers the rest)."""
+
 import copy
 
 import pytest
 import torch
-from conftest import tiny_cfg
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from conftest import tiny_cfg
 from esc_net.solver import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -20,8 +21,12 @@ def _inputs(count=2, seed=0, labels=False):
     g = torch.Generator().manual_seed(seed)
     inputs = []
     for _ in range(count):
-        x = {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g), "height": 48, "width": 80,
-             "vocabulary": VOCABULARY}
+        x = {
+            "image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g),
+            "height": 48,
+            "width": 80,
+            "vocabulary": VOCABULARY,
+        }
         if labels:
             x["sem_seg"] = torch.randint(0, len(VOCABULARY), (64, 64), generator=g)
         inputs.append(x)

@@ -1,10 +1,11 @@
 """The semantic-segmentation dataset mapper: vocabulary, augmentation, geometry, padding and bad input."""
+
 import numpy as np
 import pytest
-from conftest import tiny_cfg
 from detectron2.data import MetadataCatalog
 from PIL import Image
 
+from conftest import tiny_cfg
 from esc_net.data import SemanticSegmentationMapper
 
 

@@ -9,10 +9,10 @@ from PIL import Image
 
 from esc_net.data.class_names import BENCHMARK_CLASS_FILES, load_class_names, load_source_ids
 from esc_net.data.datasets import BENCHMARK_DATASETS, VOC_NAMES_IN_PASCAL_CONTEXT
+from esc_net.data.datasets.register_benchmarks import PROTOCOL_NAMES
 from esc_net.data.paths import dataset_root
 from esc_net.data.prepare.cli import COMMANDS, PROG, prepare
 from esc_net.data.vocabulary import get_dataset_vocabulary
-from esc_net.data.datasets.register_benchmarks import PROTOCOL_NAMES
 
 EXPECTED = {
     # name: (benchmark, number of evaluated classes, ignore label)
@@ -80,8 +80,9 @@ def test_registered_metadata(name):
         differ = {(c, v) for c, v in zip(meta.stuff_classes, meta.vocabulary) if c != v}
         assert len(meta.vocabulary) == len(meta.stuff_classes)
         assert differ == {
-            "ade20k_150_val": {(load_class_names("ade20k_150")[89], PROTOCOL_NAMES["ade20k_150"][
-                load_class_names("ade20k_150")[89]])},
+            "ade20k_150_val": {
+                (load_class_names("ade20k_150")[89], PROTOCOL_NAMES["ade20k_150"][load_class_names("ade20k_150")[89]])
+            },
             "pascal_context_59_val": {("table", "diningtable")},
         }.get(name, set())
         assert meta.get("background_index", None) is None

@@ -1,4 +1,5 @@
 """The upsampling decoder against the plain computation it speeds up."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """scripts/run_default.sh end to end at a reduced length: the world, pre-training, training, the zero-shot table, the
 demo; then a rerun that skips the finished work."""
+
 import json
 import os
 import subprocess
@@ -8,8 +9,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 
+from conftest import REPO_ROOT
 from esc_net.data import synthetic_shapes as ss
 from esc_net.utils.checkpoint import read_checkpoint_file
 

@@ -1,5 +1,6 @@
 """The command-line demo (esc-net-demo, demo/demo.py): inputs (folder, glob), vocabularies, the files written, and the
 documented errors."""
+
 import os
 import subprocess
 import sys
@@ -9,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
-
-from esc_net.demo import cli as demo
 from PIL import Image
+
+from conftest import REPO_ROOT, TINY_CONFIG, tiny_cfg
+from esc_net.demo import cli as demo
 from esc_net.predictor import ESCNetPredictor
 
 NO_DATASETS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
@@ -56,8 +57,17 @@ def _error(*args, opts=()):
 
 def test_folder_input_writes_overlay_labels_and_scores(images, weights, tmp_path):
     out = tmp_path / "out"
-    overlays = _run("--input", images, "--output", out, "--vocabulary", "red circle; blue square; sofa, couch",
-                    "--save-labels", "--save-scores", opts=["MODEL.WEIGHTS", weights])
+    overlays = _run(
+        "--input",
+        images,
+        "--output",
+        out,
+        "--vocabulary",
+        "red circle; blue square; sofa, couch",
+        "--save-labels",
+        "--save-scores",
+        opts=["MODEL.WEIGHTS", weights],
+    )
     assert sorted(os.path.basename(p) for p in overlays) == ["a_overlay.png", "b_overlay.png", "c_overlay.png"]
     assert (out / "vocabulary.txt").read_text() == "0\tred circle\n1\tblue square\n2\tsofa, couch\n"
 
@@ -95,8 +105,16 @@ def test_dataset_vocabulary_and_repeated_vocabulary_options(images, tmp_path):
     MetadataCatalog.get(name).set(stuff_classes=["sky", "grass"], stuff_colors=[[0, 0, 255], [0, 255, 0]])
     _run("--input", images / "a.png", "--output", tmp_path / "d", "--dataset-vocabulary", name)
     assert (tmp_path / "d" / "vocabulary.txt").read_text() == "0\tsky\n1\tgrass\n"
-    _run("--input", images / "a.png", "--output", tmp_path / "v", "--vocabulary", "cat; dog",
-         "--vocabulary", "sofa, couch;")
+    _run(
+        "--input",
+        images / "a.png",
+        "--output",
+        tmp_path / "v",
+        "--vocabulary",
+        "cat; dog",
+        "--vocabulary",
+        "sofa, couch;",
+    )
     assert (tmp_path / "v" / "vocabulary.txt").read_text() == "0\tcat\n1\tdog\n2\tsofa, couch\n"
 
 
@@ -149,9 +167,22 @@ def test_weights_and_config_errors(images, weights, tmp_path):
 def test_cli_exits_with_message_and_no_traceback(tmp_path):
     missing = tmp_path / "missing.png"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "demo", "demo.py"), "--config-file", TINY_CONFIG,
-         "--input", str(missing), "--output", str(tmp_path), "--vocabulary", "cat"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "demo", "demo.py"),
+            "--config-file",
+            TINY_CONFIG,
+            "--input",
+            str(missing),
+            "--output",
+            str(tmp_path),
+            "--vocabulary",
+            "cat",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 1
     assert f"demo.py: error: input image not found: {missing}" in result.stderr
@@ -172,14 +203,25 @@ def test_truncated_jpeg_and_bad_vocabulary_names_are_refused(images, tmp_path):
     args = ("--input", images / "a.png", "--output", tmp_path / "out")
     assert "without any synonym" in _error(*args, "--vocabulary", " , ; cat")
     assert "repeats class names" in _error(*args, "--vocabulary", "cat; dog; Cat")
-    assert "--save-top-k must be between 0 and the 2 classes" in _error(*args, "--vocabulary", "a; b",
-                                                                        "--save-top-k", 3)
+    assert "--save-top-k must be between 0 and the 2 classes" in _error(
+        *args, "--vocabulary", "a; b", "--save-top-k", 3
+    )
 
 
 def test_labels_and_top_k_without_full_scores(images, weights, tmp_path):
     out = tmp_path / "out"
-    _run("--input", images / "b.png", "--output", out, "--vocabulary", "red circle; blue square; sofa, couch",
-         "--save-labels", "--save-top-k", 2, opts=["MODEL.WEIGHTS", weights])
+    _run(
+        "--input",
+        images / "b.png",
+        "--output",
+        out,
+        "--vocabulary",
+        "red circle; blue square; sofa, couch",
+        "--save-labels",
+        "--save-top-k",
+        2,
+        opts=["MODEL.WEIGHTS", weights],
+    )
     predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
     predictor.set_vocabulary(["red circle", "blue square", "sofa, couch"])
     scores = predictor(cv2.imread(str(images / "b.png")))["sem_seg"]
@@ -192,8 +234,20 @@ def test_labels_and_top_k_without_full_scores(images, weights, tmp_path):
 
 def test_main_returns_none_for_the_console_script(images, weights, tmp_path):
     """esc-net-demo's console script exits with what main returns: None (status 0) after a successful run."""
-    argv = ["--config-file", TINY_CONFIG, "--input", str(images / "a.png"), "--output", str(tmp_path),
-            "--vocabulary", "cat; dog", "--opts", *NO_DATASETS, "MODEL.WEIGHTS", weights]
+    argv = [
+        "--config-file",
+        TINY_CONFIG,
+        "--input",
+        str(images / "a.png"),
+        "--output",
+        str(tmp_path),
+        "--vocabulary",
+        "cat; dog",
+        "--opts",
+        *NO_DATASETS,
+        "MODEL.WEIGHTS",
+        weights,
+    ]
     assert demo.main(argv) is None
     assert (tmp_path / "a_overlay.png").is_file()
 
@@ -210,7 +264,9 @@ def test_large_images_are_refused_before_decoding_unless_the_limits_are_raised(w
     data[16:24] = (40000).to_bytes(4, "big") * 2
     data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
     huge.write_bytes(bytes(data))
-    assert f"{huge} is too large to decode" in _error("--input", huge, "--output", tmp_path / "out", "--vocabulary", "a")
+    assert f"{huge} is too large to decode" in _error(
+        "--input", huge, "--output", tmp_path / "out", "--vocabulary", "a"
+    )
     # raised limits: the overlay is drawn at --display-side, the saved labels are at the image's size
     _run(*args, "--max-side", 5000, "--display-side", 600, "--save-labels", opts=["MODEL.WEIGHTS", weights])
     assert cv2.imread(str(tmp_path / "out" / "large_overlay.png")).shape == (144, 600, 3)
@@ -223,10 +279,29 @@ def test_without_full_size_files_the_model_predicts_at_the_display_size(images, 
     image = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"
     assert cv2.imwrite(str(path), image)
-    _run("--input", path, "--output", tmp_path / "a", "--vocabulary", "a; b; c", "--display-side", 600,
-         opts=["MODEL.WEIGHTS", weights])
-    _run("--input", path, "--output", tmp_path / "b", "--vocabulary", "a; b; c", "--display-side", 600,
-         "--save-labels", opts=["MODEL.WEIGHTS", weights])
+    _run(
+        "--input",
+        path,
+        "--output",
+        tmp_path / "a",
+        "--vocabulary",
+        "a; b; c",
+        "--display-side",
+        600,
+        opts=["MODEL.WEIGHTS", weights],
+    )
+    _run(
+        "--input",
+        path,
+        "--output",
+        tmp_path / "b",
+        "--vocabulary",
+        "a; b; c",
+        "--display-side",
+        600,
+        "--save-labels",
+        opts=["MODEL.WEIGHTS", weights],
+    )
     small, large = (cv2.imread(str(tmp_path / d / "photo_overlay.png")) for d in "ab")
     assert small.shape == large.shape == (450, 600, 3)
     assert (small != large).any(axis=2).mean() < 0.05

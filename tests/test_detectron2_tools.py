@@ -3,6 +3,7 @@ only, named in DATASETS.TEST / TRAIN, and inputs that carry no vocabulary (the m
 when it is built). One test per tool: DefaultPredictor, the stock DatasetMapper + test loader +
 inference_on_dataset + SemSegEvaluator, Visualizer.draw_sem_seg, and a DefaultTrainer subclass of the user's own
 that trains with the stock mapper."""
+
 import functools
 import json
 import os
@@ -10,16 +11,15 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
-from detectron2.data import detection_utils
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader, detection_utils
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.evaluation import SemSegEvaluator, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import Visualizer
 
+from conftest import tiny_cfg
 from esc_net.data import synthetic_shapes as ss
 from esc_net.engine import Trainer
 from esc_net.evaluation import OpenVocabSemSegEvaluator
@@ -39,8 +39,11 @@ def shapes(tmp_path_factory):
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, functools.partial(ss.load_synthetic_shapes, split, root))
-        MetadataCatalog.get(name).set(stuff_classes=list(ss.SEEN_CLASSES),
-                                      stuff_colors=[ss.class_color(n) for n in ss.SEEN_CLASSES], ignore_label=ss.IGNORE_LABEL)
+        MetadataCatalog.get(name).set(
+            stuff_classes=list(ss.SEEN_CLASSES),
+            stuff_colors=[ss.class_color(n) for n in ss.SEEN_CLASSES],
+            ignore_label=ss.IGNORE_LABEL,
+        )
     return root
 
 
@@ -73,8 +76,12 @@ def test_default_predictor(shapes, weights):
     # the dataset's names: the same scores, so the weights were loaded and the default vocabulary is the dataset's.
     resized = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST).get_transform(image)
     rgb = resized.apply_image(image[:, :, ::-1])
-    request = {"image": torch.as_tensor(rgb.transpose(2, 0, 1).copy()), "height": image.shape[0],
-               "width": image.shape[1], "vocabulary": ss.SEEN_CLASSES}
+    request = {
+        "image": torch.as_tensor(rgb.transpose(2, 0, 1).copy()),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "vocabulary": ss.SEEN_CLASSES,
+    }
     with torch.no_grad():
         expected = weights[0]([request])[0]["sem_seg"]
     torch.testing.assert_close(scores, expected)
@@ -97,7 +104,8 @@ def test_stock_mapper_loader_and_sem_seg_evaluator(shapes, weights):
     assert stock == pytest.approx(project, abs=0.1)
     # Without the resize both see the same pixels, and Detectron2's evaluator counts as the project's does.
     unresized = build_detection_test_loader(
-        cfg, VAL, mapper=DatasetMapper(cfg, is_train=False, augmentations=[], image_format=cfg.INPUT.FORMAT))
+        cfg, VAL, mapper=DatasetMapper(cfg, is_train=False, augmentations=[], image_format=cfg.INPUT.FORMAT)
+    )
     assert _miou(model, unresized, SemSegEvaluator(VAL, distributed=False)) == pytest.approx(project, abs=1e-9)
 
 
@@ -133,8 +141,22 @@ class UsersTrainer(DefaultTrainer):
 
 def test_default_trainer_subclass_trains_with_the_stock_mapper(shapes, tmp_path):
     """Training labels are ids into DATASETS.TRAIN's classes, which the model takes as its training vocabulary."""
-    cfg = tiny_cfg("DATASETS.TRAIN", (TRAIN,), "DATASETS.TEST", (VAL,), "OUTPUT_DIR", str(tmp_path),
-                   "SOLVER.MAX_ITER", 3, "SOLVER.IMS_PER_BATCH", 2, "MODEL.ESC_NET.LOSS", "ce", "SEED", 0)
+    cfg = tiny_cfg(
+        "DATASETS.TRAIN",
+        (TRAIN,),
+        "DATASETS.TEST",
+        (VAL,),
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.MAX_ITER",
+        3,
+        "SOLVER.IMS_PER_BATCH",
+        2,
+        "MODEL.ESC_NET.LOSS",
+        "ce",
+        "SEED",
+        0,
+    )
     trainer = UsersTrainer(cfg)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.resume_or_load(resume=False)

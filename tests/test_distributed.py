@@ -1,6 +1,7 @@
 """Multi-process training on the CPU (Detectron2's launch with gloo): two processes with one image each take the
 same optimizer steps as one process with both images, and two single-process "machines" on localhost train
 together and write one checkpoint."""
+
 import os
 import subprocess
 import sys
@@ -8,12 +9,11 @@ import sys
 import cv2
 import pytest
 import torch
-from conftest import REPO_ROOT, free_port
 
+from conftest import REPO_ROOT, free_port
+from esc_net import engine
 from esc_net.data.synthetic_shapes import generate_synthetic_shapes, split_dirs
 from esc_net.utils.checkpoint import read_checkpoint_file
-
-from esc_net import engine
 
 CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
@@ -36,16 +36,38 @@ def two_images(tmp_path_factory):
 def _opts(output_dir):
     # IMS_PER_BATCH is the total over all processes: 2 images per step in every run. SGD, because AdamW divides
     # by the root of the squared gradients, which turns float rounding in near-zero gradients into full steps.
-    return ["OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1000",
-            "SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.01",
-            "SOLVER.IMS_PER_BATCH", "2", "INPUT.COLOR_AUG_SSD", "False", "DATASETS.TEST", "()", "SEED", "7"]
+    return [
+        "OUTPUT_DIR",
+        str(output_dir),
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "SOLVER.OPTIMIZER",
+        "SGD",
+        "SOLVER.BASE_LR",
+        "0.01",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "INPUT.COLOR_AUG_SSD",
+        "False",
+        "DATASETS.TEST",
+        "()",
+        "SEED",
+        "7",
+    ]
 
 
 def _run(argv, datasets):
     # No GPU even where there is one: the point is gloo and DDP on CPU modules.
     env = dict(os.environ, DETECTRON2_DATASETS=datasets, CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", CONFIG, *argv],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", CONFIG, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(process):
@@ -72,16 +94,32 @@ def test_two_cpu_processes_take_the_steps_of_one_process_with_both_images(two_im
 
     double = tmp_path / "double"
     port = free_port()
-    _finish(_run(["--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}", *_opts(double), "MODEL.DEVICE", "cpu"],
-                 two_images))
+    _finish(
+        _run(
+            ["--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}", *_opts(double), "MODEL.DEVICE", "cpu"],
+            two_images,
+        )
+    )
     _assert_same_weights(_weights(str(double)), expected)
 
     # The same steps on two single-process "machines" that meet over TCP on localhost. Each machine has its
     # own output folder, as separate machines would: only the first (global rank 0) writes checkpoints.
     port = free_port()
     machines = [
-        _run(["--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank),
-              "--dist-url", f"tcp://127.0.0.1:{port}", *_opts(tmp_path / f"machine{rank}")], two_images)
+        _run(
+            [
+                "--num-gpus",
+                "1",
+                "--num-machines",
+                "2",
+                "--machine-rank",
+                str(rank),
+                "--dist-url",
+                f"tcp://127.0.0.1:{port}",
+                *_opts(tmp_path / f"machine{rank}"),
+            ],
+            two_images,
+        )
         for rank in range(2)
     ]
     for process in machines:

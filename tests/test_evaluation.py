@@ -11,15 +11,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
+from PIL import Image
 
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
-from esc_net.evaluation.sem_seg_evaluation import group_means, union_miou
 from esc_net.evaluation.iou_chart import MAX_BARS, iou_chart
+from esc_net.evaluation.sem_seg_evaluation import group_means, union_miou
 
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
 
@@ -389,7 +388,11 @@ def test_class_groups_give_seen_unseen_and_harmonic_means(tmp_path, register):
         str(tmp_path),
     )
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
-    assert rows["mIoU-union"][1] and rows["mIoU-unseen"] == ["33.3", ""] and rows["hIoU"] == [f"{2 * seen * unseen / (seen + unseen):.1f}", ""]
+    assert (
+        rows["mIoU-union"][1]
+        and rows["mIoU-unseen"] == ["33.3", ""]
+        and rows["hIoU"] == [f"{2 * seen * unseen / (seen + unseen):.1f}", ""]
+    )
     summary = json.loads((tmp_path / "benchmark_results.json").read_text())["results"]
     assert summary[name]["hIoU"] == pytest.approx(metrics["hIoU"]) and "hIoU" not in summary[plain]
     with pytest.raises(KeyError, match="rabbit"):

@@ -1,4 +1,5 @@
 """FLOPs and parameter counts (esc_net.utils.flops, tools/analyze_model.py) on the tiny config."""
+
 import os
 import runpy
 import sys
@@ -12,9 +13,9 @@ from torch.nn import functional as F
 from conftest import REPO_ROOT, TINY_CLIP_CFG, TINY_CONFIG, tiny_cfg
 from esc_net.utils.flops import (
     STAGES,
+    baddbmm_flop_jit,
     count_flops,
     count_flops_per_stage,
-    baddbmm_flop_jit,
     count_parameters_per_stage,
     sdpa_flop_jit,
     split_by_stage,
@@ -171,8 +172,20 @@ def test_parameters_per_stage(model):
 
 
 def test_analyze_model_tool(capsys, monkeypatch):
-    argv = ["analyze_model.py", "--config-file", TINY_CONFIG, "--classes", "2", "--device", "cpu",
-            "--max-depth", "1", "--opts", "MODEL.ESC_NET.NUM_BLOCKS", "1"]
+    argv = [
+        "analyze_model.py",
+        "--config-file",
+        TINY_CONFIG,
+        "--classes",
+        "2",
+        "--device",
+        "cpu",
+        "--max-depth",
+        "1",
+        "--opts",
+        "MODEL.ESC_NET.NUM_BLOCKS",
+        "1",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(os.path.join(REPO_ROOT, "tools", "analyze_model.py"), run_name="__main__")
     out = capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Bounded-memory resampling: the tiled, class-chunked label map and top-k equal those of a full upsampling, and
 the input image is shrunk as F.interpolate shrinks it."""
+
 import pytest
 import torch
 from torch.nn import functional as F

@@ -1,6 +1,7 @@
 """Property-based fuzzing (hypothesis) of the readers of what users give: image files, config files, vocabulary
 text and label maps. Whatever the bytes, each reader returns a well-formed result or raises its own error naming the
 input; no other exception escapes. Each property runs a bounded number of examples with a deadline."""
+
 import io
 import os
 import pickle
@@ -16,11 +17,11 @@ from hypothesis import strategies as st
 
 import esc_net
 from esc_net.config import ConfigFileError, merge_config_file
-from esc_net.data.vocabulary import check_vocabulary
 from esc_net.demo.cli import InputError, parse_vocabulary_text, read_vocabulary_file, write_vocabulary
 from esc_net.demo.images import ImageLimits, UnreadableImageError, read_image
 from esc_net.utils.label_maps import read_label_map
 from esc_net.utils.safe_pickle import load_restricted_pickle
+from esc_net.utils.vocabulary_rules import check_vocabulary
 
 FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 LIMITS = ImageLimits(max_side=256, max_pixels=256 * 128)
@@ -105,15 +106,36 @@ def test_label_map_reading_returns_integer_maps_or_names_the_file(data):
 
 
 # Values a config holds, and the tags YAML would turn into Python objects.
-_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False),
-                     st.text(max_size=12))
-_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6),
-                                                                                             inner, max_size=3),
-                       max_leaves=8)
-_KEYS = st.sampled_from(["SEED", "OUTPUT_DIR", "MODEL.DEVICE", "MODEL.ESC_NET.NUM_POINTS", "MODEL.ESC_NET.CLIP_MODEL_CFG",
-                         "INPUT.MIN_SIZE_TRAIN", "DATASETS.TEST", "VIS_PERIOD", "_BASE_", "NO_SUCH_KEY"])
-_TAGS = ["!!python/object/apply:os.system", "!!python/name:os.system", "!!python/object/new:builtins.bytes",
-         "!!python/tuple", "!!binary", "!!set"]
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=False), st.text(max_size=12)
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+_KEYS = st.sampled_from(
+    [
+        "SEED",
+        "OUTPUT_DIR",
+        "MODEL.DEVICE",
+        "MODEL.ESC_NET.NUM_POINTS",
+        "MODEL.ESC_NET.CLIP_MODEL_CFG",
+        "INPUT.MIN_SIZE_TRAIN",
+        "DATASETS.TEST",
+        "VIS_PERIOD",
+        "_BASE_",
+        "NO_SUCH_KEY",
+    ]
+)
+_TAGS = [
+    "!!python/object/apply:os.system",
+    "!!python/name:os.system",
+    "!!python/object/new:builtins.bytes",
+    "!!python/tuple",
+    "!!binary",
+    "!!set",
+]
 
 
 def _nest(key: str, value):
@@ -158,20 +180,24 @@ def test_vocabulary_text_gives_checked_one_line_names_or_a_clear_error(text):
         write_vocabulary(os.path.join(folder, "vocabulary.txt"), names)
         with open(os.path.join(folder, "vocabulary.txt"), encoding="utf-8") as f:
             lines = f.read().split("\n")
-        assert lines[-1] == "" and [line.split("\t", 1) for line in lines[:-1]] == [[str(i), n] for i, n in
-                                                                                    enumerate(names)]
+        assert lines[-1] == "" and [line.split("\t", 1) for line in lines[:-1]] == [
+            [str(i), n] for i, n in enumerate(names)
+        ]
         with open(os.path.join(folder, "names.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(names))
         try:
-            assert read_vocabulary_file(os.path.join(folder, "names.txt")) == [n for n in names
-                                                                                if not n.startswith("#")]
+            assert read_vocabulary_file(os.path.join(folder, "names.txt")) == [
+                n for n in names if not n.startswith("#")
+            ]
         except InputError:
             assert all(n.startswith("#") for n in names)
 
 
 @FUZZ
-@given(data=st.binary(max_size=200) | st.builds(lambda d, cut: d[:cut], st.just(pickle.dumps({"a": [1, 2.5]}, 2)),
-                                                 st.integers(0, 30)))
+@given(
+    data=st.binary(max_size=200)
+    | st.builds(lambda d, cut: d[:cut], st.just(pickle.dumps({"a": [1, 2.5]}, 2)), st.integers(0, 30))
+)
 def test_the_restricted_unpickler_refuses_damaged_pickles_with_its_own_errors(data):
     try:
         load_restricted_pickle(io.BytesIO(data), encoding="latin1")

@@ -1,5 +1,6 @@
 """Reading the demos' images (esc_net.demo.images): limits checked on the header before decoding, damaged JPEGs
 refused, every refusal naming the file."""
+
 import resource
 import struct
 import time

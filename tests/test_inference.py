@@ -1,4 +1,5 @@
 """The inference protocol: sliding-window layout and merging."""
+
 import pytest
 import torch
 from torch.nn import functional as F

@@ -1,4 +1,5 @@
 """One rule for the integer type of label maps: uint8 up to 255 classes (255 is the ignore value), else uint16."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """Detectron2's LazyConfig builds the models of the YAML configs (configs/*.py), and Detectron2's lazy-config
 training script trains the tiny one."""
+
 import json
 import os
 import subprocess
@@ -8,10 +9,10 @@ import sys
 import detectron2
 import pytest
 import torch
-from conftest import REPO_ROOT
 from detectron2.config import LazyConfig, get_cfg, instantiate
 
 import esc_net
+from conftest import REPO_ROOT
 from esc_net.data import synthetic_shapes as ss
 from esc_net.modeling import ESCNet
 
@@ -47,8 +48,15 @@ def test_lazy_config_builds_the_model_of_the_yaml_config(name):
     trainable = [{k for k, p in m.named_parameters() if p.requires_grad} for m in (yacs, lazy)]
     assert trainable[0] == trainable[1]
     assert yacs.inference._settings == lazy.inference._settings
-    for attribute in ("loss", "block_loss_weight", "ignore_value", "input_format", "inference_output",
-                      "vocabulary", "train_vocabulary"):
+    for attribute in (
+        "loss",
+        "block_loss_weight",
+        "ignore_value",
+        "input_format",
+        "inference_output",
+        "vocabulary",
+        "train_vocabulary",
+    ):
         assert getattr(yacs, attribute) == getattr(lazy, attribute), attribute
     assert yacs.clip.templates == lazy.clip.templates
 
@@ -59,9 +67,19 @@ def test_detectron2_lazy_training_script_trains_the_tiny_config(tmp_path):
     ss.generate_synthetic_shapes(root=str(datasets), num_train=4, num_val=2)
     out = tmp_path / "out"
     config = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.py")
-    command = [sys.executable, LAZY_TRAIN_NET, "--config-file", config, f"train.output_dir={out}", "train.max_iter=3",
-               "train.log_period=1", "train.checkpointer.period=3", "dataloader.train.total_batch_size=2",
-               "model.clip.pretrained=none", "model.blocks.sam_checkpoint="]  # random weights: no files needed
+    command = [
+        sys.executable,
+        LAZY_TRAIN_NET,
+        "--config-file",
+        config,
+        f"train.output_dir={out}",
+        "train.max_iter=3",
+        "train.log_period=1",
+        "train.checkpointer.period=3",
+        "dataloader.train.total_batch_size=2",
+        "model.clip.pretrained=none",
+        "model.blocks.sam_checkpoint=",
+    ]  # random weights: no files needed
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-5000:]

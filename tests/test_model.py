@@ -1,13 +1,15 @@
 """The ESCNet meta-architecture on the tiny config: shapes, vocabularies, gradients, class cap, optimizer."""
+
 import logging
 
 import pytest
 import torch
-from conftest import tiny_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
+from conftest import tiny_cfg
 from esc_net.solver import build_optimizer
+
 
 def _image(h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -71,8 +73,9 @@ def test_default_vocabulary_is_resolved_when_the_model_is_built():
     train = _register("model_test_train_vocabulary", ["cat", "dog", "sofa, couch"])
     assert _model("DATASETS.TEST", (test,)).vocabulary == ["sky", "grass"]
     assert _model("MODEL.ESC_NET.VOCABULARY", test).vocabulary == ["sky", "grass"]
-    listed = _model("MODEL.ESC_NET.VOCABULARY", '["road", "car, automobile"]', "DATASETS.TEST", (test,),
-                    "DATASETS.TRAIN", (train,))
+    listed = _model(
+        "MODEL.ESC_NET.VOCABULARY", '["road", "car, automobile"]', "DATASETS.TEST", (test,), "DATASETS.TRAIN", (train,)
+    )
     assert listed.vocabulary == ["road", "car, automobile"]  # the key wins over DATASETS.TEST
     assert listed.train_vocabulary == ["cat", "dog", "sofa, couch"]
 
@@ -127,7 +130,10 @@ def test_class_cap_refines_top_classes_only():
 def test_views_in_passes_give_the_same_scores():
     """VIEW_CLASSES_PER_PASS splits the views of a batch into passes; it bounds memory, never changes a score."""
     vocabulary = _things(30)
-    inputs = [{"image": _image(50, 70), "vocabulary": vocabulary}, {"image": _image(64, 64, 1), "vocabulary": vocabulary}]
+    inputs = [
+        {"image": _image(50, 70), "vocabulary": vocabulary},
+        {"image": _image(64, 64, 1), "vocabulary": vocabulary},
+    ]
     outputs = {}
     for per_pass in (0, 30, 100):  # all views at once; one view per pass; three views per pass
         model = _model("MODEL.ESC_NET.INFERENCE_MODE", "sliding", "MODEL.ESC_NET.VIEW_CLASSES_PER_PASS", per_pass)
@@ -215,8 +221,16 @@ def test_training_label_outside_vocabulary_is_reported():
 
 def test_optimizer_multipliers_clipping_and_frozen_clip_weights():
     cfg = tiny_cfg(
-        "MODEL.ESC_NET.CLIP_FINETUNE", "attention", "SOLVER.CLIP_MULTIPLIER", 0.01, "SOLVER.SAM_MULTIPLIER", 0.1,
-        "SOLVER.WEIGHT_DECAY", 0.1, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.01,
+        "MODEL.ESC_NET.CLIP_FINETUNE",
+        "attention",
+        "SOLVER.CLIP_MULTIPLIER",
+        0.01,
+        "SOLVER.SAM_MULTIPLIER",
+        0.1,
+        "SOLVER.WEIGHT_DECAY",
+        0.1,
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+        0.01,
     )
     torch.manual_seed(0)
     model = build_model(cfg).train()
@@ -273,6 +287,7 @@ def openai_like_clip(tmp_path_factory):
 
     import open_clip
     import safetensors.torch
+
     from conftest import TINY_CLIP_CFG
 
     torch.manual_seed(0)
@@ -331,7 +346,9 @@ def test_ablation_switches_change_the_forward_pass():
         sam.transformer.layers[0].norm1.register_forward_hook(
             lambda module, args, out: seen.update(tokens=out.shape[1])
         )
-        sam.prompt_encoder.register_forward_hook(lambda module, args, kwargs, out: seen.update(kwargs), with_kwargs=True)
+        sam.prompt_encoder.register_forward_hook(
+            lambda module, args, kwargs, out: seen.update(kwargs), with_kwargs=True
+        )
         sam.prompt_encoder.mask_downscaling[0].register_forward_hook(lambda *_: seen.update(mask_encoded=True))
         model(inputs)
         assert seen["tokens"] == expected_tokens, types
@@ -392,8 +409,13 @@ def test_class_attention_pad_must_exceed_the_training_vocabulary():
     from detectron2.utils.events import EventStorage
 
     model = build_model(tiny_cfg("MODEL.ESC_NET.CLASS_ATTENTION_PAD", "2")).train()
-    batch = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "sem_seg": torch.zeros(64, 64, dtype=torch.long),
-              "vocabulary": ["cat", "dog"]}]
+    batch = [
+        {
+            "image": torch.zeros(3, 64, 64, dtype=torch.uint8),
+            "sem_seg": torch.zeros(64, 64, dtype=torch.long),
+            "vocabulary": ["cat", "dog"],
+        }
+    ]
     with EventStorage(0), pytest.raises(ValueError, match=r"CLASS_ATTENTION_PAD \(2\).*2 classes"):
         model(batch)
     padded = build_model(tiny_cfg("MODEL.ESC_NET.CLASS_ATTENTION_PAD", "4")).train()
@@ -415,8 +437,10 @@ def test_random_clip_is_warned_about_only_when_no_weights_will_load(caplog):
             build_model(tiny_cfg("MODEL.ESC_NET.ALLOW_RANDOM_SAM", False))
     finally:
         logger.removeHandler(caplog.handler)
-    assert "CLIP tiny-clip is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED 'none') and MODEL.WEIGHTS is " \
-           "empty" in caplog.text
+    assert (
+        "CLIP tiny-clip is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED 'none') and MODEL.WEIGHTS is "
+        "empty" in caplog.text
+    )
     assert "the SAM blocks keep random weights" in caplog.text
 
 
@@ -449,8 +473,16 @@ def test_model_weights_make_the_part_files_unread(tmp_path):
     """With MODEL.WEIGHTS, the whole model's checkpoint holds every tensor: CLIP_PRETRAINED and SAM_CHECKPOINT are
     not read (here they name no file), so evaluating a checkpoint needs neither file nor network."""
     missing = str(tmp_path / "nowhere.pt")
-    model = build_model(tiny_cfg("MODEL.WEIGHTS", "model.pth", "MODEL.ESC_NET.CLIP_PRETRAINED", missing,
-                                 "MODEL.ESC_NET.SAM_CHECKPOINT", missing))
+    model = build_model(
+        tiny_cfg(
+            "MODEL.WEIGHTS",
+            "model.pth",
+            "MODEL.ESC_NET.CLIP_PRETRAINED",
+            missing,
+            "MODEL.ESC_NET.SAM_CHECKPOINT",
+            missing,
+        )
+    )
     assert len(model.blocks) == 2
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         build_model(tiny_cfg("MODEL.ESC_NET.CLIP_PRETRAINED", missing))

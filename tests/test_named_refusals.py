@@ -1,12 +1,13 @@
 """Every refusal names what was refused: crafted .pkl files, CLIP weights of an unread format, class names that
 would break vocabulary.txt, a vocabulary that is not a list."""
+
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from conftest import TINY_CONFIG, tiny_cfg
 from esc_net.data.prepare.cli import main as prepare
 from esc_net.demo import cli as demo
 from esc_net.predictor import ESCNetPredictor
@@ -68,8 +69,23 @@ def test_the_demo_writes_no_vocabulary_file_for_a_name_with_a_line_break(tmp_pat
     image = tmp_path / "image.png"
     image.write_bytes(b"")
     with pytest.raises(SystemExit) as info:
-        demo.segment_images(["--config-file", TINY_CONFIG, "--input", str(image), "--output", str(tmp_path / "out"),
-                             "--vocabulary", "sky; cat\ndog", "--opts", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"])
+        demo.segment_images(
+            [
+                "--config-file",
+                TINY_CONFIG,
+                "--input",
+                str(image),
+                "--output",
+                str(tmp_path / "out"),
+                "--vocabulary",
+                "sky; cat\ndog",
+                "--opts",
+                "DATASETS.TRAIN",
+                "()",
+                "DATASETS.TEST",
+                "()",
+            ]
+        )
     assert "must be one line of text" in info.value.code and "'cat\\ndog'" in info.value.code
     assert not (tmp_path / "out").exists()
 

@@ -4,6 +4,7 @@ without the optional web dependency, and the installed commands run.
 The entry points esc-net-train (esc_net.engine) and esc-net-prepare (esc_net.data.prepare.cli) name modules that
 other branches add; on a branch without them, their cases here fail until those branches are merged.
 """
+
 import importlib
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Dict
 import pytest
 import setuptools
 import yaml
+
 from conftest import REPO_ROOT, TINY_CONFIG
 
 COMMANDS = {"esc-net-train", "esc-net-prepare", "esc-net-demo", "esc-net-web-demo"}
@@ -110,15 +112,28 @@ def _installed_command(name: str) -> str:
 def test_installed_demo_commands_run(tmp_path):
     missing = tmp_path / "missing.png"
     result = subprocess.run(
-        [_installed_command("esc-net-demo"), "--config-file", TINY_CONFIG, "--input", str(missing),
-         "--output", str(tmp_path), "--vocabulary", "cat"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            _installed_command("esc-net-demo"),
+            "--config-file",
+            TINY_CONFIG,
+            "--input",
+            str(missing),
+            "--output",
+            str(tmp_path),
+            "--vocabulary",
+            "cat",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 1
     assert f"esc-net-demo: error: input image not found: {missing}" in result.stderr
     assert "Traceback" not in result.stderr
-    result = subprocess.run([_installed_command("esc-net-web-demo"), "--help"], capture_output=True, text=True,
-                            timeout=300, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [_installed_command("esc-net-web-demo"), "--help"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
     assert result.returncode == 0 and result.stdout.startswith("usage: esc-net-web-demo")
 
 
@@ -127,7 +142,8 @@ def test_commands_print_no_deprecation_noise(script):
     """Python's default warning filters, as a user runs a command: no FutureWarning from the libraries' imports
     (torch.jit.script in fvcore and detectron2.modeling) or anything else on stderr."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300,
-                            cwd=REPO_ROOT, env=env)
+    result = subprocess.run(
+        [sys.executable, script, "--help"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env
+    )
     assert result.returncode == 0 and result.stdout.startswith("usage:")
     assert result.stderr == ""

@@ -1,16 +1,15 @@
 """ESCNetPredictor: BGR input at any size -> per-class scores at that size, strict weights, checked vocabulary."""
+
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
+from conftest import tiny_cfg
 from esc_net.data import get_dataset_vocabulary
-from esc_net.predictor import (
-    ESCNetPredictor, class_color, class_colors, class_index, display_name, vocabulary_metadata
-)
+from esc_net.predictor import ESCNetPredictor, class_color, class_colors, class_index, display_name, vocabulary_metadata
 
 VOCABULARY = ["red circle", "blue square", "sofa, couch"]
 

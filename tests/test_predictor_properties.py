@@ -1,14 +1,15 @@
 """Property-based: whatever image, vocabulary and output request the predictor gets, it returns a valid result or
 raises one of its documented errors (TypeError / ValueError with a message), and a refused vocabulary leaves the
 previous one in place."""
+
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from conftest import tiny_cfg
 from esc_net.predictor import ESCNetPredictor
 
 DTYPES = [np.uint8, np.uint16, np.int8, np.float32, np.float64, np.bool_]
@@ -17,7 +18,9 @@ valid_images = hnp.arrays(dtype=np.uint8, shape=st.tuples(st.integers(0, 40), st
 images = st.one_of(
     valid_images,
     # any dtype and channel count
-    hnp.arrays(dtype=st.sampled_from(DTYPES), shape=st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(0, 5))),
+    hnp.arrays(
+        dtype=st.sampled_from(DTYPES), shape=st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(0, 5))
+    ),
     # any rank
     hnp.arrays(dtype=st.sampled_from(DTYPES), shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=8)),
     st.none(),
@@ -56,8 +59,12 @@ def _check_result(result, vocabulary, height, width, output, top_k):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(image=images, vocabulary=vocabularies, output=st.sampled_from(["scores", "labels", "logits"]),
-       top_k=st.integers(-1, 4))
+@given(
+    image=images,
+    vocabulary=vocabularies,
+    output=st.sampled_from(["scores", "labels", "logits"]),
+    top_k=st.integers(-1, 4),
+)
 def test_every_input_gives_a_valid_result_or_a_documented_error(predictor, image, vocabulary, output, top_k):
     before = predictor.vocabulary
     try:
@@ -76,4 +83,6 @@ def test_every_input_gives_a_valid_result_or_a_documented_error(predictor, image
         return
     assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert output in ("scores", "labels") and 0 <= top_k <= len(predictor.vocabulary)
-    _check_result(result, predictor.vocabulary, image.shape[0], image.shape[1], output, top_k if output == "labels" else 0)
+    _check_result(
+        result, predictor.vocabulary, image.shape[0], image.shape[1], output, top_k if output == "labels" else 0
+    )

@@ -4,6 +4,7 @@
 the scripts in datasets/ must work, and neither they nor the dataset registration may load the model libraries
 (open_clip, segment_anything, timm): preparing data needs none of them.
 """
+
 import json
 import os
 import subprocess

@@ -1,15 +1,16 @@
 """The laboratory's pre-training stages: the tiny CLIP and SAM are the libraries' own classes, trained by our loops,
 saved in the official formats, and loaded by ESC-Net through CLIP_PRETRAINED and SAM_CHECKPOINT."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLIP_CFG, tiny_cfg
 from detectron2.modeling import build_model
 from segment_anything.modeling import Sam
 
+from conftest import TINY_CLIP_CFG, tiny_cfg
 from esc_net.pretrain import cli
 from esc_net.pretrain.clip import build_clip, pretrain_clip
 from esc_net.pretrain.sam import build_sam, decode_masks, pretrain_sam
@@ -20,16 +21,32 @@ SAM_SIZES = dict(embed_dim=32, depth=1, mlp_dim=64, num_heads=2)  # the tiny con
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("clip") / "clip.pt")
-    report = pretrain_clip(TINY_CLIP_CFG, 64, path, steps=2, batch_size=8, num_images=16, eval_images=12,
-                           report_path=path.replace(".pt", ".json"))
+    report = pretrain_clip(
+        TINY_CLIP_CFG,
+        64,
+        path,
+        steps=2,
+        batch_size=8,
+        num_images=16,
+        eval_images=12,
+        report_path=path.replace(".pt", ".json"),
+    )
     return path, report
 
 
 @pytest.fixture(scope="module")
 def sam_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("sam") / "sam.pth")
-    report = pretrain_sam(64, **SAM_SIZES, output=path, steps=2, batch_size=8, num_images=16, eval_images=8,
-                          report_path=path.replace(".pth", ".json"))
+    report = pretrain_sam(
+        64,
+        **SAM_SIZES,
+        output=path,
+        steps=2,
+        batch_size=8,
+        num_images=16,
+        eval_images=8,
+        report_path=path.replace(".pth", ".json"),
+    )
     return path, report
 
 
@@ -61,11 +78,12 @@ def test_sam_stage_writes_the_official_format_that_changes_the_sam_blocks(sam_fi
     block, block_random = loaded.blocks[0].sam, random.blocks[0].sam
     for key, value in state.items():
         if key.startswith("mask_decoder.transformer."):
-            torch.testing.assert_close(block.transformer.state_dict()[key[len("mask_decoder.transformer."):]], value)
+            torch.testing.assert_close(block.transformer.state_dict()[key[len("mask_decoder.transformer.") :]], value)
     changed = block.transformer.layers[0].self_attn.q_proj.weight
     assert not torch.equal(changed, block_random.transformer.layers[0].self_attn.q_proj.weight)
-    torch.testing.assert_close(block.prompt_encoder.point_embeddings[1].weight,
-                               state["prompt_encoder.point_embeddings.1.weight"])
+    torch.testing.assert_close(
+        block.prompt_encoder.point_embeddings[1].weight, state["prompt_encoder.point_embeddings.1.weight"]
+    )
     assert 0 <= report["single_point_iou"] <= 100 and report["held_out_objects"] == 8
 
 
@@ -79,9 +97,11 @@ def test_batched_decoder_equals_segment_anythings_per_image():
     pe = sam.prompt_encoder.get_dense_pe()
     masks, iou = decode_masks(sam.mask_decoder, embeddings, pe, sparse, dense)
     for b in range(3):
-        ref_masks, ref_iou = sam.mask_decoder.predict_masks(embeddings[b:b + 1], pe, sparse[b:b + 1], dense[b:b + 1])
-        torch.testing.assert_close(masks[b:b + 1], ref_masks, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(iou[b:b + 1], ref_iou, rtol=1e-4, atol=1e-5)
+        ref_masks, ref_iou = sam.mask_decoder.predict_masks(
+            embeddings[b : b + 1], pe, sparse[b : b + 1], dense[b : b + 1]
+        )
+        torch.testing.assert_close(masks[b : b + 1], ref_masks, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(iou[b : b + 1], ref_iou, rtol=1e-4, atol=1e-5)
 
 
 def test_command_skips_a_stage_whose_output_loads(tmp_path, sam_file, monkeypatch, caplog):
@@ -104,7 +124,9 @@ def test_command_skips_a_stage_whose_output_loads(tmp_path, sam_file, monkeypatc
 
 
 def test_command_refuses_a_config_without_a_clip_model_config(tmp_path):
-    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esc_net_vitb_384.yaml")
+    config = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esc_net_vitb_384.yaml"
+    )
     with pytest.raises(ValueError, match="CLIP_MODEL_CFG"):
         cli.pretrain(["clip", "--config-file", config, "--output", str(tmp_path / "c.pt")])
 

@@ -1,4 +1,5 @@
 """Pseudo Prompt Generator on constructed correlation maps."""
+
 import pytest
 import torch
 

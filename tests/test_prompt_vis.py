@@ -1,4 +1,5 @@
 """Pictures of the pseudo prompts: the recorder, the drawing, the training-time TensorBoard images and the demo."""
+
 import importlib.util
 import os
 
@@ -63,7 +64,9 @@ def test_recorder_keeps_what_each_generator_read_and_returned(model):
         assert torch.equal(first.regions >= 0, first.mask > 0)  # the clusters cover exactly the kept pixels
         real = first.points[first.labels == 1].long()
         # every pseudo point is the most probable pixel of its own cluster
-        assert sorted(first.regions[real[:, 1], real[:, 0]].tolist()) == sorted(set(first.regions[first.regions >= 0].tolist()))
+        assert sorted(first.regions[real[:, 1], real[:, 0]].tolist()) == sorted(
+            set(first.regions[first.regions >= 0].tolist())
+        )
     first = recorder.records[0]
     # Block 2 reads block 1's refined map, a different one.
     assert not torch.allclose(recorder.records[1].corr, first.corr)
@@ -82,8 +85,13 @@ def test_recorder_rejects_a_class_outside_the_vocabulary(model):
 
 def _record(mask, points, labels, regions):
     mask = torch.tensor(mask, dtype=torch.float32)
-    return BlockPrompts(corr=torch.randn(mask.shape), points=torch.tensor(points, dtype=torch.float32),
-                        labels=torch.tensor(labels), mask=mask, regions=torch.tensor(regions))
+    return BlockPrompts(
+        corr=torch.randn(mask.shape),
+        points=torch.tensor(points, dtype=torch.float32),
+        labels=torch.tensor(labels),
+        mask=mask,
+        regions=torch.tensor(regions),
+    )
 
 
 def test_drawing_shows_the_record():
@@ -140,8 +148,15 @@ def test_training_without_vis_period_draws_nothing(model):
     model.train()
     try:
         with EventStorage(start_iter=0) as storage:
-            model([{"image": torch.as_tensor(_image().transpose(2, 0, 1).copy()), "sem_seg": label,
-                    "vocabulary": VOCABULARY}])
+            model(
+                [
+                    {
+                        "image": torch.as_tensor(_image().transpose(2, 0, 1).copy()),
+                        "sem_seg": label,
+                        "vocabulary": VOCABULARY,
+                    }
+                ]
+            )
             assert storage._vis_data == []
     finally:
         model.eval()
@@ -159,13 +174,32 @@ def test_demo_show_prompts(tmp_path, model):
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
     cv2.imwrite(str(tmp_path / "shapes.png"), _image()[:, :, ::-1])
     demo = _demo()
-    common = ["--config-file", TINY_CONFIG, "--input", str(tmp_path / "shapes.png"), "--output", str(tmp_path),
-              "--vocabulary", "; ".join(VOCABULARY)]
-    opts = ["--opts", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.WEIGHTS", str(weights),
-            "MODEL.ESC_NET.INFERENCE_MODE", "sliding"]
+    common = [
+        "--config-file",
+        TINY_CONFIG,
+        "--input",
+        str(tmp_path / "shapes.png"),
+        "--output",
+        str(tmp_path),
+        "--vocabulary",
+        "; ".join(VOCABULARY),
+    ]
+    opts = [
+        "--opts",
+        "DATASETS.TRAIN",
+        "()",
+        "DATASETS.TEST",
+        "()",
+        "MODEL.WEIGHTS",
+        str(weights),
+        "MODEL.ESC_NET.INFERENCE_MODE",
+        "sliding",
+    ]
     demo.main(common + ["--show-prompts", "sky"] + opts)  # a class by its first synonym
     picture = cv2.imread(str(tmp_path / "shapes_prompts.png"))
-    row = draw_block_prompts(_image(), _record(np.ones((8, 8)), [[0, 0]], [1], np.zeros((8, 8), np.int64)), "sky", "block 1")
+    row = draw_block_prompts(
+        _image(), _record(np.ones((8, 8)), [[0, 0]], [1], np.zeros((8, 8), np.int64)), "sky", "block 1"
+    )
     assert picture.shape == (2 * row.shape[0], row.shape[1], 3)  # one row per block
 
     with pytest.raises(SystemExit, match="--show-prompts 'dog' is not a class of the vocabulary"):
@@ -176,8 +210,9 @@ def test_model_without_sam_blocks_trains_with_vis_period_and_draws_no_prompts():
     """The USE_SAM_BLOCK ablation has no pseudo prompts: training with VIS_PERIOD puts no picture (instead of
     failing), and asking the demo's drawing for prompts is refused with a message."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("VIS_PERIOD", 1, "MODEL.ESC_NET.USE_SAM_BLOCK", False,
-                                 "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.0)).train()
+    model = build_model(
+        tiny_cfg("VIS_PERIOD", 1, "MODEL.ESC_NET.USE_SAM_BLOCK", False, "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", 0.0)
+    ).train()
     image = torch.as_tensor(_image().transpose(2, 0, 1).copy())
     inputs = [{"image": image, "sem_seg": torch.ones(64, 64, dtype=torch.long), "vocabulary": VOCABULARY}]
     with EventStorage(start_iter=0) as storage:

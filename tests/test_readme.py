@@ -1,17 +1,18 @@
 """The README's Python snippets run as written, from a folder laid out as the repository root after
 scripts/run_default.sh: configs/, the embedded default's checkpoint (here a tiny model with random weights, saved by
 Detectron2's checkpointer) and the synthetic shapes dataset."""
+
 import os
 import re
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import esc_net
+from conftest import REPO_ROOT
 from esc_net.data import synthetic_shapes as ss
 
 with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:

@@ -3,6 +3,7 @@
 Every loading path gets a file whose unpickling would create a marker file (``os.system("touch ...")``): the
 load must fail with an error naming the file and the marker must never appear.
 """
+
 import logging
 import os
 import pickle
@@ -10,15 +11,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_cfg
 from detectron2.modeling import build_model
 
+from conftest import REPO_ROOT, tiny_cfg
+from esc_net import engine
 from esc_net.data.prepare.cli import prepare
 from esc_net.predictor import ESCNetPredictor
 from esc_net.utils.checkpoint import ESCNetCheckpointer, UnreadableCheckpointError
 from esc_net.utils.safe_pickle import ForbiddenPickleError, load_restricted_pickle
-
-from esc_net import engine
 
 
 class _RunsCode:
@@ -63,8 +63,19 @@ def test_model_weights_that_run_code_are_refused(tmp_path, marker, suffix):
     assert str(path) in str(info.value) and "system" in str(info.value)
     # train_net.py --eval-only
     args = engine.default_argument_parser().parse_args(
-        ["--config-file", os.path.join(REPO_ROOT, "configs", "esc_net_tiny.yaml"), "--eval-only",
-         "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", str(path)]
+        [
+            "--config-file",
+            os.path.join(REPO_ROOT, "configs", "esc_net_tiny.yaml"),
+            "--eval-only",
+            "DATASETS.TRAIN",
+            "()",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "MODEL.WEIGHTS",
+            str(path),
+        ]
     )
     with pytest.raises(UnreadableCheckpointError, match="refusing to load"):
         engine.run(args)

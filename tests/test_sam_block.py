@@ -1,4 +1,5 @@
 """SAM block: shapes, batching over images x classes, official SAM checkpoint loading, gradients."""
+
 import logging
 
 import pytest
@@ -109,8 +110,14 @@ def test_image_side_is_computed_once_for_all_chunks_of_classes():
         whole = block(**x)
         side = block.image_side(x["image_feats"])
         chunks = [
-            block(x["image_feats"], x["text_embeds"][:, i : i + 2], x["points"][i : i + 2], x["labels"][i : i + 2],
-                  x["masks"][i : i + 2], image_side=side)
+            block(
+                x["image_feats"],
+                x["text_embeds"][:, i : i + 2],
+                x["points"][i : i + 2],
+                x["labels"][i : i + 2],
+                x["masks"][i : i + 2],
+                image_side=side,
+            )
             for i in (0, 2)
         ]
     torch.testing.assert_close(torch.cat(chunks), whole)
@@ -186,8 +193,9 @@ def sam_block_and_inputs(sam_checkpoint, types):
 
 
 @pytest.mark.parametrize("types", [("points", "mask"), ("points",), ("mask",), ("points", "boxes")])
-def test_reference_is_segment_anythings_decoder_transformer_on_clip_features(sam, sam_checkpoint,
-                                                                              reference_prompt_encoder, types):
+def test_reference_is_segment_anythings_decoder_transformer_on_clip_features(
+    sam, sam_checkpoint, reference_prompt_encoder, types
+):
     """The reference path is SAM's own modules (a segment_anything Sam loaded from the same checkpoint): the image
     embedding and PE repeated per class as SAM's mask decoder does, the pseudo mask given as logits of its bilinearly
     upsampled probabilities, SAM's TwoWayTransformer."""
@@ -323,6 +331,7 @@ def test_inputs_to_sams_transformer_have_sams_scale_at_initialisation(loaded_blo
     text token enter SAM's two-way transformer at the scale of what SAM feeds it: its image encoder ends in a
     LayerNorm2d (RMS 1 against 0.71 for the dense positional encoding) and its point tokens have an RMS of about
     1.2. Whatever the scale of the CLIP features and text embeddings."""
+
     def rms(t):
         return t.pow(2).mean().sqrt().item()
 
@@ -339,8 +348,12 @@ def test_inputs_to_sams_transformer_have_sams_scale_at_initialisation(loaded_blo
 
 @pytest.mark.parametrize(
     "types, reads",
-    [(("points", "mask"), {"points", "masks"}), (("points",), {"points"}), (("mask",), {"masks"}),
-     (("boxes",), {"boxes"})],
+    [
+        (("points", "mask"), {"points", "masks"}),
+        (("points",), {"points"}),
+        (("mask",), {"masks"}),
+        (("boxes",), {"boxes"}),
+    ],
 )
 def test_prompt_types_decide_what_the_block_reads(types, reads):
     """Each prompt kind changes the output exactly when it is among the block's prompt types."""

@@ -1,4 +1,5 @@
 """The synthetic shapes dataset: generation, labels, determinism, re-runs, Detectron2 registration and loading."""
+
 import json
 import os
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_ignore_band_only_covers_boundaries():
     np.testing.assert_array_equal(banded[~ignored], hard[~ignored])
     # An ignored pixel has a 4- or 8-neighbour of another class in the hard label.
     padded = np.pad(hard, 1, mode="edge").astype(int)
-    shifted = np.stack([padded[1 + dy:65 + dy, 1 + dx:65 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    shifted = np.stack([padded[1 + dy : 65 + dy, 1 + dx : 65 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
     near_boundary = (shifted != hard[None]).any(0)
     assert near_boundary[ignored].all() and ignored[near_boundary].all()
 

@@ -1,15 +1,17 @@
-"""End to end: the engine (train_net.py) trains the tiny config on a generated dataset, checkpoints, resumes and evaluates."""
+"""End to end: the engine (train_net.py) trains the tiny config on a generated dataset, checkpoints, resumes and
+evaluates."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
+from conftest import REPO_ROOT
 from esc_net import engine
 
 CLASSES = ["red square", "blue background", "green stripe"]
@@ -38,8 +40,12 @@ def _make_dataset(root, count, seed):
         Image.fromarray(image).save(os.path.join(root, f"{i}.jpg"))
         Image.fromarray(label).save(os.path.join(root, f"{i}.png"))
         dicts.append(
-            {"file_name": os.path.join(root, f"{i}.jpg"), "sem_seg_file_name": os.path.join(root, f"{i}.png"),
-             "height": int(h), "width": int(w)}
+            {
+                "file_name": os.path.join(root, f"{i}.jpg"),
+                "sem_seg_file_name": os.path.join(root, f"{i}.png"),
+                "height": int(h),
+                "width": int(w),
+            }
         )
     return dicts
 
@@ -99,9 +105,22 @@ class _ShapeRecorder(DatasetEvaluator):
 def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
     train, test = datasets
     out = str(tmp_path / "run")
-    common = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", out,
-              "SOLVER.CHECKPOINT_PERIOD", 20, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.002,
-              "SEED", 1]  # fixed seed: the data order and the initialisation are reproducible
+    common = [
+        "DATASETS.TRAIN",
+        str(train),
+        "DATASETS.TEST",
+        str(test),
+        "OUTPUT_DIR",
+        out,
+        "SOLVER.CHECKPOINT_PERIOD",
+        20,
+        "SOLVER.IMS_PER_BATCH",
+        4,
+        "SOLVER.BASE_LR",
+        0.002,
+        "SEED",
+        1,
+    ]  # fixed seed: the data order and the initialisation are reproducible
     engine.run(_args(common + ["SOLVER.MAX_ITER", 40]))
     losses = _losses(out)
     assert [it for it, _ in losses][-1] == 39
@@ -132,7 +151,9 @@ def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
     recorders = [_ShapeRecorder(), _ShapeRecorder()]
     engine.Trainer.test(cfg, model, evaluators=recorders)
     for recorder, names in zip(recorders, (CLASSES, RENAMED_CLASSES)):
-        expected = [(d["file_name"], tuple(names), (len(names), d["height"], d["width"])) for d in DatasetCatalog.get(test[0])]
+        expected = [
+            (d["file_name"], tuple(names), (len(names), d["height"], d["width"])) for d in DatasetCatalog.get(test[0])
+        ]
         assert sorted(recorder.shapes) == sorted(expected)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
@@ -141,8 +162,16 @@ def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
     train, test = datasets
     bad = tmp_path / "bad.pth"
     torch.save({"model": {"decoder.head.weight": torch.zeros(1), "not.a.layer": torch.zeros(1)}}, bad)
-    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path / "eval"),
-            "MODEL.WEIGHTS", str(bad)]
+    opts = [
+        "DATASETS.TRAIN",
+        str(train),
+        "DATASETS.TEST",
+        str(test),
+        "OUTPUT_DIR",
+        str(tmp_path / "eval"),
+        "MODEL.WEIGHTS",
+        str(bad),
+    ]
     with pytest.raises(ValueError, match="not.a.layer") as err:
         engine.run(_args(opts, eval_only=True))
     assert "missing keys" in str(err.value) and "decoder.head.weight" in str(err.value)
@@ -151,16 +180,34 @@ def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
 @pytest.mark.parametrize("precision, dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
 def test_amp_precision_reaches_detectron2_amp_trainer(datasets, tmp_path, precision, dtype):
     train, test = datasets
-    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
-            "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision]
+    opts = [
+        "DATASETS.TRAIN",
+        str(train),
+        "DATASETS.TEST",
+        str(test),
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.PRECISION",
+        precision,
+    ]
     trainer = engine.Trainer(engine.setup(_args(opts)))
     assert type(trainer._trainer).__name__ == "AMPTrainer" and trainer._trainer.precision == dtype
 
 
 def test_unknown_amp_precision_is_refused(datasets, tmp_path):
     train, test = datasets
-    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
-            "SOLVER.AMP.PRECISION", "float8"]
+    opts = [
+        "DATASETS.TRAIN",
+        str(train),
+        "DATASETS.TEST",
+        str(test),
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.AMP.PRECISION",
+        "float8",
+    ]
     with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION must be one of"):
         engine.Trainer(engine.setup(_args(opts)))
 
@@ -168,8 +215,16 @@ def test_unknown_amp_precision_is_refused(datasets, tmp_path):
 def test_training_without_sam_weights_is_refused_unless_asked_for(datasets, tmp_path):
     """Training from random SAM weights needs an explicit opt-out; evaluation from MODEL.WEIGHTS needs no SAM file."""
     train, test = datasets
-    opts = ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(tmp_path),
-            "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "False"]
+    opts = [
+        "DATASETS.TRAIN",
+        str(train),
+        "DATASETS.TEST",
+        str(test),
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "MODEL.ESC_NET.ALLOW_RANDOM_SAM",
+        "False",
+    ]
     with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.SAM_CHECKPOINT.*sam_vit_b_01ec64\.pth.*ALLOW_RANDOM_SAM"):
         engine.Trainer(engine.setup(_args(opts)))
     assert not os.path.exists(os.path.join(tmp_path, "last_checkpoint"))

@@ -227,8 +227,9 @@ def test_fast_path_equals_the_reference(vlf24, class_chunk):
 
 
 def test_swin_shifts_alternate_through_the_blocks():
-    vlf = VisionLanguageFusion(hidden_dim=16, guidance_dim=16, text_dim=8, grid_size=(24, 24), num_heads=4,
-                               window_size=12, swin_shifts=[None])
+    vlf = VisionLanguageFusion(
+        hidden_dim=16, guidance_dim=16, text_dim=8, grid_size=(24, 24), num_heads=4, window_size=12, swin_shifts=[None]
+    )
     (block,) = vlf.image_guidance.blocks
     assert block.shift_size == (6, 6) and block.attn.fused_attn
 

@@ -3,14 +3,14 @@ Chromium (Selenium).
 
 Every server here listens on 127.0.0.1 and serves a tiny random-weight checkpoint written by the test.
 """
+
 import json
 import logging
 import os
 import re
-import socket
 import shutil
+import socket
 import stat
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -23,10 +23,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
-
-from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 from PIL import Image
 
+from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 from esc_net.config import load_config
 from esc_net.demo import web as app_module
 from esc_net.demo.images import ImageLimits
@@ -69,9 +68,23 @@ def page(files):
     """The page on 127.0.0.1 with the test checkpoint."""
     port = free_port()
     args = app_module.parse_args(
-        ["--config-file", TINY_CONFIG, "--port", str(port), "--max-side", str(MAX_SIDE),
-         "--max-upload-mb", str(MAX_UPLOAD_MB), "--opts", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
-         "MODEL.WEIGHTS", str(files / "model.pth")]
+        [
+            "--config-file",
+            TINY_CONFIG,
+            "--port",
+            str(port),
+            "--max-side",
+            str(MAX_SIDE),
+            "--max-upload-mb",
+            str(MAX_UPLOAD_MB),
+            "--opts",
+            "DATASETS.TRAIN",
+            "()",
+            "DATASETS.TEST",
+            "()",
+            "MODEL.WEIGHTS",
+            str(files / "model.pth"),
+        ]
     )
     app, launch = app_module.create(args)
     assert launch["server_name"] == "127.0.0.1"
@@ -177,8 +190,21 @@ def test_a_taken_port_names_the_port_option(files):
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(SystemExit) as info:
-            app_module.main(["--config-file", TINY_CONFIG, "--port", str(port), "--opts", "DATASETS.TRAIN", "()",
-                             "DATASETS.TEST", "()", "MODEL.WEIGHTS", str(files / "model.pth")])
+            app_module.main(
+                [
+                    "--config-file",
+                    TINY_CONFIG,
+                    "--port",
+                    str(port),
+                    "--opts",
+                    "DATASETS.TRAIN",
+                    "()",
+                    "DATASETS.TEST",
+                    "()",
+                    "MODEL.WEIGHTS",
+                    str(files / "model.pth"),
+                ]
+            )
     message = str(info.value.code)
     assert message.startswith("esc-net-web-demo: error: cannot listen on 127.0.0.1:") and str(port) in message
     assert "choose another port with --port" in message and "GRADIO_SERVER_PORT" not in message
@@ -192,8 +218,12 @@ def test_a_taken_port_names_the_port_option(files):
         ("too_wide.png", VOCABULARY, "", f"sides up to {MAX_SIDE} pixels"),
         ("bomb.png", VOCABULARY, "", f"The upload bomb.png is 2000x2000 pixels; the limits are sides up to {MAX_SIDE}"),
         ("cut.jpg", VOCABULARY, "", "The upload 'cut.jpg' is not an image that can be read whole"),
-        ("square.png", "cat; dog; Cat", "", "The vocabulary repeats class names (their scores would be identical): "
-                                             "'Cat' at 0 and 2"),
+        (
+            "square.png",
+            "cat; dog; Cat",
+            "",
+            "The vocabulary repeats class names (their scores would be identical): 'Cat' at 0 and 2",
+        ),
         ("square.png", VOCABULARY, "dog", "'dog' is not a class of the vocabulary (red square, black background)"),
     ],
 )
@@ -236,8 +266,9 @@ def test_no_arguments_trains_the_default_first(monkeypatch, tmp_path, files):
         calls.append((command, env["ESC_NET_SKIP_SETUP"], env["ESC_NET_VENV"]))
         # what the training would leave behind: weights of the default config (random here)
         weights.parent.mkdir(parents=True)
-        cfg = load_config(app_module.DEFAULT_CONFIG, ["MODEL.ESC_NET.CLIP_PRETRAINED", "none",
-                                                      "MODEL.ESC_NET.SAM_CHECKPOINT", ""])
+        cfg = load_config(
+            app_module.DEFAULT_CONFIG, ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.SAM_CHECKPOINT", ""]
+        )
         DetectionCheckpointer(build_model(cfg), save_dir=str(weights.parent)).save("model_final")
 
     monkeypatch.setattr(app_module.subprocess, "run", fake_run)
@@ -301,10 +332,17 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 # every host but this machine's loopback is unreachable: the page must need nothing else
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        # every host but this machine's loopback is unreachable: the page must need nothing else
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
 

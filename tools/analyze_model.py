@@ -15,11 +15,10 @@ convention.
     # parameters per module, four levels deep
     python tools/analyze_model.py --config-file configs/esc_net_tiny.yaml --tasks parameter --max-depth 4
 """
+
 import argparse
 import logging
 from typing import Dict, Optional, Sequence
-
-from esc_net import add_esc_net_config, merge_config_file  # first: it imports fvcore without its deprecation noise
 
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
@@ -28,6 +27,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count_table  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from esc_net import add_esc_net_config, merge_config_file  # first: it imports fvcore without its deprecation noise
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")
@@ -37,17 +37,36 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--tasks", nargs="+", choices=["flop", "parameter"], default=["flop", "parameter"])
-    parser.add_argument("--classes", type=int, nargs="+", default=[150], metavar="N",
-                        help="vocabulary sizes to count FLOPs for (default: 150)")
-    parser.add_argument("--inference-mode", choices=["whole", "sliding"],
-                        help="override MODEL.ESC_NET.INFERENCE_MODE (whole: one CLIP_IMAGE_SIZE view; sliding: "
-                             "SLIDING_RESIZE windows plus a global view)")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="input image size (default: the square the model resizes to, so no extra resize)")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=[150],
+        metavar="N",
+        help="vocabulary sizes to count FLOPs for (default: 150)",
+    )
+    parser.add_argument(
+        "--inference-mode",
+        choices=["whole", "sliding"],
+        help="override MODEL.ESC_NET.INFERENCE_MODE (whole: one CLIP_IMAGE_SIZE view; sliding: "
+        "SLIDING_RESIZE windows plus a global view)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input image size (default: the square the model resizes to, so no extra resize)",
+    )
     parser.add_argument("--max-depth", type=int, default=3, help="depth of the per-module parameter table")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. MODEL.ESC_NET.NUM_BLOCKS 2; comes last")
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.ESC_NET.NUM_BLOCKS 2; comes last",
+    )
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.classes):
         parser.error(f"--classes must be positive, got {args.classes}")
@@ -60,9 +79,22 @@ def setup_cfg(args: argparse.Namespace):
     merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     # Random weights: the counts do not depend on them, and no weights file is needed.
-    cfg.merge_from_list(["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.SAM_CHECKPOINT", "",
-                         "MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, "DATASETS.TRAIN", "()",
-                         "DATASETS.TEST", "()"])
+    cfg.merge_from_list(
+        [
+            "MODEL.ESC_NET.CLIP_PRETRAINED",
+            "none",
+            "MODEL.ESC_NET.SAM_CHECKPOINT",
+            "",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            args.device,
+            "DATASETS.TRAIN",
+            "()",
+            "DATASETS.TEST",
+            "()",
+        ]
+    )
     if args.inference_mode:
         cfg.MODEL.ESC_NET.INFERENCE_MODE = args.inference_mode
     cfg.freeze()
@@ -88,12 +120,16 @@ def analyze_flops(model, cfg, args) -> Dict[int, Dict[str, int]]:
         analysis = count_flops(model, image, [f"class number {i}" for i in range(num_classes)])
         results[num_classes] = split_by_stage(analysis.by_module(), len(model.blocks), root="model")
         skipped.update(analysis.unsupported_ops())
-    print(f"\nGFLOPs of one inference call ({model.inference.mode}: {views} view(s) of "
-          f"{m.CLIP_IMAGE_SIZE}x{m.CLIP_IMAGE_SIZE}; input {height}x{width}); "
-          "fvcore convention, 1 multiply-accumulate = 1 flop")
+    print(
+        f"\nGFLOPs of one inference call ({model.inference.mode}: {views} view(s) of "
+        f"{m.CLIP_IMAGE_SIZE}x{m.CLIP_IMAGE_SIZE}; input {height}x{width}); "
+        "fvcore convention, 1 multiply-accumulate = 1 flop"
+    )
     print(stage_table({f"N={n}": r for n, r in results.items()}, 1e9))
-    print("without the text encoder (its embeddings are cached per vocabulary at inference): "
-          + ", ".join(f"N={n}: {(r['total'] - r['clip_text']) / 1e9:,.2f}" for n, r in results.items()))
+    print(
+        "without the text encoder (its embeddings are cached per vocabulary at inference): "
+        + ", ".join(f"N={n}: {(r['total'] - r['clip_text']) / 1e9:,.2f}" for n, r in results.items())
+    )
     if skipped:
         print(f"ops without a FLOP count (element-wise, reductions, indexing): {', '.join(sorted(skipped))}")
     return results

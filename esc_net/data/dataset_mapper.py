@@ -1,4 +1,5 @@
 """Dataset mapper for semantic segmentation: reads an image and its label map, augments them for training."""
+
 import copy
 import logging
 from typing import Dict, List, Optional
@@ -9,9 +10,9 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..config import check_input_geometry
-from ..utils.label_maps import read_label_map
-from .vocabulary import get_dataset_vocabulary, shared_vocabulary
+from esc_net.config import check_input_geometry
+from esc_net.data.vocabulary import get_dataset_vocabulary, shared_vocabulary
+from esc_net.utils.label_maps import read_label_map
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,16 @@ class SemanticSegmentationMapper:
     """
 
     @configurable
-    def __init__(self, is_train: bool, *, augmentations: List[T.Augmentation], image_format: str,
-                 ignore_label: int, crop_size: int, vocabulary: Optional[List[str]] = None):
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        ignore_label: int,
+        crop_size: int,
+        vocabulary: Optional[List[str]] = None,
+    ):
         """
         Args:
             crop_size: training images and labels smaller than this are padded to it.
@@ -82,9 +91,9 @@ class SemanticSegmentationMapper:
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": cfg.MODEL.ESC_NET.IGNORE_VALUE,
             "crop_size": cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE,
-            "vocabulary": shared_vocabulary(cfg.DATASETS.TRAIN) if is_train else (
-                get_dataset_vocabulary(dataset_name) if dataset_name else None
-            ),
+            "vocabulary": shared_vocabulary(cfg.DATASETS.TRAIN)
+            if is_train
+            else (get_dataset_vocabulary(dataset_name) if dataset_name else None),
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:

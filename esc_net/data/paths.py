@@ -1,4 +1,5 @@
 """Where the datasets live: the one rule every loader, preparation command and generator follows."""
+
 import os
 from pathlib import Path
 from typing import Optional, Union

@@ -43,6 +43,7 @@ vocabulary, a bad or unsafe config or weights that are unreadable or do not fit 
 error message and exit status 1. Without --save-labels, --save-scores or --save-top-k the model predicts at the
 overlay's size only, so memory does not grow with the image beyond the decoded image itself.
 """
+
 import argparse
 import glob
 import logging
@@ -77,10 +78,28 @@ from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
 
 __all__ = [
-    "DISPLAY_SIDE", "IMAGE_EXTENSIONS", "MIN_OVERLAY_SIDE", "InputError", "add_image_limit_arguments",
-    "collect_inputs", "draw_overlay", "image_limits", "label_map", "main", "palette", "parse_args",
-    "parse_vocabulary_text", "prompt_class_index", "read_vocabulary_file", "resolve_vocabulary", "run", "segment",
-    "segment_file", "segment_images", "setup_cfg", "write_vocabulary",
+    "DISPLAY_SIDE",
+    "IMAGE_EXTENSIONS",
+    "MIN_OVERLAY_SIDE",
+    "InputError",
+    "add_image_limit_arguments",
+    "collect_inputs",
+    "draw_overlay",
+    "image_limits",
+    "label_map",
+    "main",
+    "palette",
+    "parse_args",
+    "parse_vocabulary_text",
+    "prompt_class_index",
+    "read_vocabulary_file",
+    "resolve_vocabulary",
+    "run",
+    "segment",
+    "segment_file",
+    "segment_images",
+    "setup_cfg",
+    "write_vocabulary",
 ]
 
 logger = logging.getLogger("esc_net.demo")
@@ -108,37 +127,73 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="an ESC-Net config (configs/*.yaml)")
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="image files, folders of images or glob patterns")
+    parser.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="image files, folders of images or glob patterns"
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results (created)")
     vocabulary = parser.add_mutually_exclusive_group()
-    vocabulary.add_argument("--vocabulary", action="append", metavar="TEXT",
-                            help="class names: ';' between classes, ',' between synonyms of one class; repeatable")
+    vocabulary.add_argument(
+        "--vocabulary",
+        action="append",
+        metavar="TEXT",
+        help="class names: ';' between classes, ',' between synonyms of one class; repeatable",
+    )
     vocabulary.add_argument("--vocabulary-file", metavar="FILE", help="a text file with one class per line")
     vocabulary.add_argument("--dataset-vocabulary", metavar="NAME", help="the classes of a registered dataset")
     parser.add_argument("--save-labels", action="store_true", help="also write the label map PNG of each image")
-    parser.add_argument("--save-scores", action="store_true",
-                        help="also write the per-class scores (.npy; needs N x H x W floats in memory)")
-    parser.add_argument("--save-top-k", type=int, default=0, metavar="K",
-                        help="also write the K best classes per pixel and their scores (.npz), in bounded memory")
-    parser.add_argument("--show-prompts", metavar="CLASS",
-                        help="also draw every block's pseudo prompts for this class of the vocabulary")
-    parser.add_argument("--display-side", type=int, default=DISPLAY_SIDE, metavar="PIXELS",
-                        help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})")
+    parser.add_argument(
+        "--save-scores",
+        action="store_true",
+        help="also write the per-class scores (.npy; needs N x H x W floats in memory)",
+    )
+    parser.add_argument(
+        "--save-top-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write the K best classes per pixel and their scores (.npz), in bounded memory",
+    )
+    parser.add_argument(
+        "--show-prompts",
+        metavar="CLASS",
+        help="also draw every block's pseudo prompts for this class of the vocabulary",
+    )
+    parser.add_argument(
+        "--display-side",
+        type=int,
+        default=DISPLAY_SIDE,
+        metavar="PIXELS",
+        help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})",
+    )
     add_image_limit_arguments(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last")
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last",
+    )
     return parser.parse_args(argv)
 
 
 def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """--max-side and --max-pixels, shared by the command line and the web page (the same defaults)."""
     limits = ImageLimits()
-    parser.add_argument("--max-side", type=int, default=limits.max_side, metavar="PIXELS",
-                        help=f"longest image side accepted (default {limits.max_side}); checked before decoding")
-    parser.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="PIXELS",
-                        help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding")
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=limits.max_side,
+        metavar="PIXELS",
+        help=f"longest image side accepted (default {limits.max_side}); checked before decoding",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=limits.max_pixels,
+        metavar="PIXELS",
+        help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding",
+    )
 
 
 def image_limits(args: argparse.Namespace) -> ImageLimits:
@@ -325,8 +380,10 @@ def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namesp
     labels = result["sem_seg_labels"].cpu().numpy().astype(dtype)
     if not args.save_top_k:
         return labels, None, None
-    top = {"labels": result["sem_seg_topk_labels"].cpu().numpy().astype(dtype),
-           "scores": result["sem_seg_topk_scores"].cpu().numpy()}
+    top = {
+        "labels": result["sem_seg_topk_labels"].cpu().numpy().astype(dtype),
+        "scores": result["sem_seg_topk_scores"].cpu().numpy(),
+    }
     return labels, None, top
 
 
@@ -338,8 +395,9 @@ def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def segment_file(predictor: ESCNetPredictor, path: str, args: argparse.Namespace, metadata,
-                 prompt_class: Optional[int] = None) -> str:
+def segment_file(
+    predictor: ESCNetPredictor, path: str, args: argparse.Namespace, metadata, prompt_class: Optional[int] = None
+) -> str:
     """Reads one image, segments it into the predictor's vocabulary and writes what ``args`` asks for into
     ``args.output``; returns the overlay's path. ``metadata``: the vocabulary's names and colours to draw."""
     try:

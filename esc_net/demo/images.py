@@ -7,6 +7,7 @@ anything is decoded. It also refuses a damaged JPEG: OpenCV decodes a cut file i
 in), even when an end-of-image marker was appended to it, and only prints libjpeg's warning, so every JPEG is first
 decoded at 1/8 scale by libjpeg-turbo in strict mode (simplejpeg), which turns those warnings into errors.
 """
+
 from typing import NamedTuple, Tuple
 
 import cv2
@@ -15,8 +16,14 @@ import simplejpeg
 from PIL import Image
 
 __all__ = [
-    "FORMATS", "ImageLimits", "ImageTooLargeError", "UnreadableImageError", "display_size", "nearest_resize",
-    "read_image", "resize_to",
+    "FORMATS",
+    "ImageLimits",
+    "ImageTooLargeError",
+    "UnreadableImageError",
+    "display_size",
+    "nearest_resize",
+    "read_image",
+    "resize_to",
 ]
 
 # What the demos read (Pillow's format names); the page and the command line name them in their messages.
@@ -79,8 +86,7 @@ def _check_jpeg(path: str, name: str) -> None:
         simplejpeg.decode_jpeg(data, colorspace=output, min_factor=8, strict=True)
     except ValueError as e:
         raise UnreadableImageError(
-            f"the JPEG {name} is damaged or truncated ({e}): only part of it could be decoded; copy or export it "
-            "again"
+            f"the JPEG {name} is damaged or truncated ({e}): only part of it could be decoded; copy or export it again"
         ) from e
 
 

@@ -26,6 +26,7 @@ the best classes' scores), so a request's memory does not grow with the vocabula
 decoded image. Uploads, examples and outputs live in a folder created for this server, readable by its owner only,
 and removed at exit.
 """
+
 import argparse
 import atexit
 import functools
@@ -112,23 +113,37 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", metavar="FILE",
-                        help="an ESC-Net config (default: the embedded default, configs/esc_net_tiny_shapes.yaml, "
-                             "with its trained checkpoint)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the page "
-                             "to the network)")
+    parser.add_argument(
+        "--config-file",
+        metavar="FILE",
+        help="an ESC-Net config (default: the embedded default, configs/esc_net_tiny_shapes.yaml, "
+        "with its trained checkpoint)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the page to the network)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (MB)")
     add_image_limit_arguments(parser)
-    parser.add_argument("--display-side", type=int, default=DISPLAY_SIDE, metavar="PIXELS",
-                        help=f"longest side of the pictures shown; the model predicts at that size (default "
-                             f"{DISPLAY_SIDE})")
+    parser.add_argument(
+        "--display-side",
+        type=int,
+        default=DISPLAY_SIDE,
+        metavar="PIXELS",
+        help=f"longest side of the pictures shown; the model predicts at that size (default {DISPLAY_SIDE})",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
     parser.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
     parser.add_argument("--device", help="run on this device (cpu, cuda); default: the config's MODEL.DEVICE")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth; comes last")
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth; comes last",
+    )
     return parser.parse_args(argv)
 
 
@@ -182,8 +197,13 @@ class Segmenter:
     Errors the user can fix raise :func:`user_error` with the reason, which the page shows as a message.
     """
 
-    def __init__(self, predictor: ESCNetPredictor, limits: ImageLimits = ImageLimits(),
-                 display_side: int = DISPLAY_SIDE, colors: Optional[Metadata] = None):
+    def __init__(
+        self,
+        predictor: ESCNetPredictor,
+        limits: ImageLimits = ImageLimits(),
+        display_side: int = DISPLAY_SIDE,
+        colors: Optional[Metadata] = None,
+    ):
         """
         Args:
             predictor: the model; its own vocabulary is the page's default.
@@ -211,8 +231,10 @@ class Segmenter:
         except ImageTooLargeError as e:
             raise user_error(f"The upload {e}. Resize it and upload again.") from e
         except UnreadableImageError as e:
-            message = (f"The upload {name!r} is not an image that can be read whole (PNG, JPEG, BMP, TIFF, WebP; "
-                       "damaged and truncated files are refused).")
+            message = (
+                f"The upload {name!r} is not an image that can be read whole (PNG, JPEG, BMP, TIFF, WebP; "
+                "damaged and truncated files are refused)."
+            )
             raise user_error(message) from e
 
     @staticmethod
@@ -358,8 +380,16 @@ def color_bar(height: int) -> np.ndarray:
     bar[margin : margin + span, 4 : 4 + strip] = _score_colors(levels[:, None].repeat(strip, axis=1))
     for value in (1.0, 0.5, 0.0):
         y = margin + round((1.0 - value) * (span - 1))
-        cv2.putText(bar, f"{value:.1f}", (4 + strip + 4, min(max(y + 4, 10), height - 2)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            bar,
+            f"{value:.1f}",
+            (4 + strip + 4, min(max(y + 4, 10), height - 2)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return bar
 
 
@@ -378,7 +408,9 @@ def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary:
             with gr.Column():
                 image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="image")
                 vocabulary = gr.Textbox(
-                    value=default_vocabulary, lines=2, label="vocabulary: classes separated by ';', synonyms by ','",
+                    value=default_vocabulary,
+                    lines=2,
+                    label="vocabulary: classes separated by ';', synonyms by ','",
                     elem_id="vocabulary",
                 )
                 score_class = gr.Textbox(label="score map of (optional): one class", elem_id="score-class")
@@ -389,8 +421,13 @@ def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary:
                 overlay = gr.Image(label="segmentation", elem_id="overlay", interactive=False, format="png")
                 legend = gr.HTML(elem_id="legend")
                 score_map = gr.Image(label="score map", elem_id="score-map", interactive=False, format="png")
-        button.click(segment, inputs=[image, vocabulary, score_class], outputs=[overlay, legend, score_map],
-                     api_name="segment", preprocess=False)
+        button.click(
+            segment,
+            inputs=[image, vocabulary, score_class],
+            outputs=[overlay, legend, score_map],
+            api_name="segment",
+            preprocess=False,
+        )
     return app
 
 

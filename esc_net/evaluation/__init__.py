@@ -1,6 +1,6 @@
 """Open-vocabulary semantic-segmentation evaluation and the benchmark report."""
 
-from .benchmark_report import PAPER_BENCHMARK_ORDER, summarize_benchmarks
-from .sem_seg_evaluation import OpenVocabSemSegEvaluator
+from esc_net.evaluation.benchmark_report import PAPER_BENCHMARK_ORDER, summarize_benchmarks
+from esc_net.evaluation.sem_seg_evaluation import OpenVocabSemSegEvaluator
 
 __all__ = ["OpenVocabSemSegEvaluator", "summarize_benchmarks", "PAPER_BENCHMARK_ORDER"]

@@ -7,12 +7,11 @@ import math
 import os
 from typing import Dict, List, Optional
 
-from tabulate import tabulate
-
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
+from tabulate import tabulate
 
-from .iou_chart import write_iou_chart
+from esc_net.evaluation.iou_chart import write_iou_chart
 
 __all__ = ["PAPER_BENCHMARK_ORDER", "summarize_benchmarks"]
 
@@ -96,8 +95,10 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
     # formatted here: tabulate formats a column as one type, and the image counts share the mIoU's columns
     table = tabulate(
-        [[metric] + [_table_number(m.get(metric), precision) for _, _, m in rows]
-         for metric in ("mIoU", *_group_metrics(rows))]
+        [
+            [metric] + [_table_number(m.get(metric), precision) for _, _, m in rows]
+            for metric in ("mIoU", *_group_metrics(rows))
+        ]
         + [[_IMAGES] + [str(int(m[_IMAGES])) for _, _, m in rows]],
         headers=[""] + [b for _, b, _ in rows],
         tablefmt="pipe",

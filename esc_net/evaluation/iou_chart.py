@@ -1,11 +1,11 @@
 """Per-class IoU bar chart of an evaluation, one panel per benchmark (``per_class_iou.png``)."""
+
 import math
 from typing import Dict, List, Sequence, Tuple
 
+from detectron2.utils.file_io import PathManager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from detectron2.utils.file_io import PathManager
 
 __all__ = ["MAX_BARS", "iou_chart", "write_iou_chart"]
 

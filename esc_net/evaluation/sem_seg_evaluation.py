@@ -25,12 +25,12 @@ how one image's prediction is counted, for the open-vocabulary protocol:
   unseen in segmentation training) also gets the mean IoU of each group, ``mIoU-<group>``, and their harmonic
   mean ``hIoU`` (the usual figure of zero-shot segmentation, which rewards neither group alone).
 """
+
 import math
 from typing import Dict, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.comm import all_gather
@@ -86,8 +86,8 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
     ``vocabulary`` (the scored names; ``stuff_classes`` where absent), ``background_index`` and ``class_groups``
     (both optional).
     :meth:`evaluate` returns ``{"sem_seg": {"mIoU", "fwIoU", "IoU-<class>"..., "mACC", "pACC", "ACC-<class>"...}}``
-    in percent, as Detectron2 computes them, and ``"images"``, the number of images scored: a class absent from the ground truth has NaN IoU and accuracy and is
-    left out of the means, even where it was predicted.
+    in percent, as Detectron2 computes them, and ``"images"``, the number of images scored: a class absent from the
+    ground truth has NaN IoU and accuracy and is left out of the means, even where it was predicted.
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True):
@@ -187,8 +187,7 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
             return inp["sem_seg_file_name"]
         if inp["file_name"] not in self.input_file_to_gt_file:
             raise KeyError(
-                f"{inp['file_name']} has no 'sem_seg_file_name' and is not an image of dataset "
-                f"{self._dataset_name!r}"
+                f"{inp['file_name']} has no 'sem_seg_file_name' and is not an image of dataset {self._dataset_name!r}"
             )
         return self.input_file_to_gt_file[inp["file_name"]]
 

@@ -1,13 +1,14 @@
 """ESC-Net's modules; importing this registers the ``ESCNet`` meta-architecture with Detectron2."""
-from .clip import CLIPEncoder
-from .decoder import CorrelationDecoder
-from .esc_block import ESCBlock, build_esc_blocks
-from .inference import InferenceProtocol
-from .meta_arch import ESCNet
-from .prompt_generator import PseudoPromptGenerator, PseudoPrompts
-from .sam_block import SAMBlock
-from .sam_checkpoint import load_sam_state, sam_checkpoint_state
-from .vlf_block import VisionLanguageFusion
+
+from esc_net.modeling.clip import CLIPEncoder
+from esc_net.modeling.decoder import CorrelationDecoder
+from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
+from esc_net.modeling.inference import InferenceProtocol
+from esc_net.modeling.meta_arch import ESCNet
+from esc_net.modeling.prompt_generator import PseudoPromptGenerator, PseudoPrompts
+from esc_net.modeling.sam_block import SAMBlock
+from esc_net.modeling.sam_checkpoint import load_sam_state, sam_checkpoint_state
+from esc_net.modeling.vlf_block import VisionLanguageFusion
 
 __all__ = [
     "CLIPEncoder",

@@ -1,4 +1,5 @@
 """Chunks of classes for the per-class stages of ESC-Net (prompts, SAM, Swin, decoder)."""
+
 from typing import List
 
 import torch

@@ -1,5 +1,6 @@
 """ESC-Net's training losses: a per-pixel segmentation loss on the final logits and, with deep supervision, on
 every ESC-Block's refined correlation map."""
+
 from typing import Dict, Sequence
 
 import torch
@@ -9,7 +10,9 @@ from torch.nn import functional as F
 LOSSES = ("bce", "ce")
 
 
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_value: int, kind: str = "bce") -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_value: int, kind: str = "bce"
+) -> torch.Tensor:
     """
     Args:
         logits: [B, N, H, W] one logit map per class, at the resolution of ``targets``.

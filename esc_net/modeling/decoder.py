@@ -1,11 +1,12 @@
 """U-Net-like upsampling decoder: correlation embedding + CLIP skip features -> one logit map per class."""
+
 from typing import List, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .class_chunks import class_chunks
+from esc_net.modeling.class_chunks import class_chunks
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -55,9 +56,9 @@ class CorrelationDecoder(nn.Module):
     """Upsamples the correlation embedding by 2 per stage, one CLIP skip feature per stage, in the order given.
 
     With skip layers [3, 7] and a 24x24 grid: stage 1 fuses block 3's features at 48x48, stage 2 block 7's at
-    96x96 (CAT-Seg's order; [7, 3] gives the reverse); a 3x3 conv then gives the logits [B, N, 96, 96]. Classes are independent here: they are decoded
-    ``class_chunk`` at a time on the CPU (see :func:`class_chunks`), which keeps the high-resolution temporaries
-    small.
+    96x96 (CAT-Seg's order; [7, 3] gives the reverse); a 3x3 conv then gives the logits [B, N, 96, 96]. Classes
+    are independent here: the fast path decodes them ``class_chunk`` at a time on the CPU (see
+    :func:`class_chunks`), which keeps the high-resolution temporaries small.
     """
 
     def __init__(
@@ -89,9 +90,7 @@ class CorrelationDecoder(nn.Module):
             SkipProjection(clip_width, g, 2 ** (i + 1)) for i, g in enumerate(guidance_dims)
         )
         in_dims = [hidden_dim, *decoder_dims[:-1]]
-        self.stages = nn.ModuleList(
-            UpsampleStage(i, g, o) for i, g, o in zip(in_dims, guidance_dims, decoder_dims)
-        )
+        self.stages = nn.ModuleList(UpsampleStage(i, g, o) for i, g, o in zip(in_dims, guidance_dims, decoder_dims))
         self.head = nn.Conv2d(decoder_dims[-1], 1, 3, padding=1)
 
     @property

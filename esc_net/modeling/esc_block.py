@@ -3,17 +3,18 @@
 Notation: B images, N classes, h x w the CLIP grid, D the CLIP joint-embedding width, C the correlation-embedding
 width (``HIDDEN_DIM``), E the SAM transformer width.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..utils.checkpoint import READ_ERRORS, unreadable_weights_error
-from .prompt_generator import PseudoPromptGenerator
-from .sam_block import SAMBlock
-from .sam_checkpoint import load_sam_state, sam_checkpoint_state
-from .vlf_block import VisionLanguageFusion
+from esc_net.modeling.prompt_generator import PseudoPromptGenerator
+from esc_net.modeling.sam_block import SAMBlock
+from esc_net.modeling.sam_checkpoint import load_sam_state, sam_checkpoint_state
+from esc_net.modeling.vlf_block import VisionLanguageFusion
+from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
 
 class ESCBlock(nn.Module):
@@ -135,7 +136,12 @@ class ESCBlock(nn.Module):
                     corr_map[:, classes], None if posterior is None else posterior[:, classes]
                 )
                 sam_feats = self.sam(
-                    image_feats, text[:, classes], prompts.points, prompts.labels, prompts.masks, prompts.boxes,
+                    image_feats,
+                    text[:, classes],
+                    prompts.points,
+                    prompts.labels,
+                    prompts.masks,
+                    prompts.boxes,
                     image_side=sam_image_side,
                 )  # [B*n, E, h, w]
                 return F.gelu(self.merge_sam(sam_feats).unflatten(0, (B, -1)) + clip_guidance)
@@ -150,7 +156,7 @@ class ESCBlock(nn.Module):
 
 def _rename_corr_head(state_dict, prefix, *args) -> None:
     for key in [k for k in state_dict if k.startswith(prefix + "corr_head.")]:
-        state_dict[prefix + "map_head." + key[len(prefix + "corr_head."):]] = state_dict.pop(key)
+        state_dict[prefix + "map_head." + key[len(prefix + "corr_head.") :]] = state_dict.pop(key)
 
 
 def build_esc_blocks(

@@ -11,6 +11,7 @@ image the same way, reading only the rows and columns that bilinear sampling tou
 Both compute exactly what ``F.interpolate(..., mode="bilinear", align_corners=False)`` computes (up to float
 rounding): output pixel ``d`` samples the input at ``(d + 0.5) * in / out - 0.5``, clamped to the edges.
 """
+
 from typing import Dict, Tuple
 
 import torch

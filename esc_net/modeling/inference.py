@@ -5,6 +5,7 @@ Sliding windows are laid out so that every window lands on whole cells of the ou
 scores come out at 96x96, positions are multiples of 4 input pixels (one output cell); with a 336 window and
 96x96 scores (ViT-L/14), multiples of 7 input pixels (two output cells). Merging never resamples a window.
 """
+
 import math
 from typing import List, Tuple
 
@@ -119,9 +120,14 @@ class InferenceProtocol:
         if mode not in INFERENCE_MODES:
             raise ValueError(f"INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}")
         self._settings = dict(
-            mode=mode, image_size=image_size, out_size=out_size, sliding_resize=sliding_resize,
-            sliding_window=sliding_window, sliding_overlap=sliding_overlap,
-            max_classes_per_view=max_classes_per_view, view_classes_per_pass=view_classes_per_pass,
+            mode=mode,
+            image_size=image_size,
+            out_size=out_size,
+            sliding_resize=sliding_resize,
+            sliding_window=sliding_window,
+            sliding_overlap=sliding_overlap,
+            max_classes_per_view=max_classes_per_view,
+            view_classes_per_pass=view_classes_per_pass,
         )
         self.mode = mode
         self.image_size = image_size

@@ -3,6 +3,7 @@
 Notation: B images, N classes, S x S the CLIP input size, h x w = S/patch the CLIP grid, D the CLIP joint
 embedding width, C the correlation-embedding width.
 """
+
 import contextlib
 import logging
 import warnings
@@ -17,16 +18,17 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..config import check_config
-from ..data.vocabulary import check_vocabulary, default_vocabulary_source, resolve_vocabulary, shared_vocabulary
-from ..utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
-from .clip import CLIPEncoder
-from .clip.build import is_random_init
-from .criterion import esc_net_losses
-from .decoder import CorrelationDecoder
-from .esc_block import ESCBlock, build_esc_blocks
-from .full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
-from .inference import InferenceProtocol
+from esc_net.config import check_config
+from esc_net.data.vocabulary import default_vocabulary_source, resolve_vocabulary, shared_vocabulary
+from esc_net.modeling.clip import CLIPEncoder
+from esc_net.modeling.clip.build import is_random_init
+from esc_net.modeling.criterion import esc_net_losses
+from esc_net.modeling.decoder import CorrelationDecoder
+from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
+from esc_net.modeling.full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
+from esc_net.modeling.inference import InferenceProtocol
+from esc_net.utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
+from esc_net.utils.vocabulary_rules import check_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +99,16 @@ class ESCNet(nn.Module):
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {input_format!r}")
         if block_loss_weight > 0 and any(block.map_head is None for block in blocks):
-            raise ValueError("BLOCK_LOSS_WEIGHT > 0 supervises every block's map: build the blocks with "
-                             "deep_supervision=True (build_esc_blocks)")
-        if blocks[0].use_sam and "mask" not in blocks[0].sam.prompt_types and len(blocks) > 1 \
-                and block_loss_weight <= 0:
+            raise ValueError(
+                "BLOCK_LOSS_WEIGHT > 0 supervises every block's map: build the blocks with "
+                "deep_supervision=True (build_esc_blocks)"
+            )
+        if (
+            blocks[0].use_sam
+            and "mask" not in blocks[0].sam.prompt_types
+            and len(blocks) > 1
+            and block_loss_weight <= 0
+        ):
             raise ValueError(
                 f"MODEL.ESC_NET.PROMPT_TYPES {list(blocks[0].sam.prompt_types)} without 'mask' needs "
                 "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and boxes are not differentiable, so only deep "
@@ -141,12 +149,14 @@ class ESCNet(nn.Module):
         self.train_vocabulary = check_vocabulary(train_vocabulary) if train_vocabulary is not None else None
         self.image_size = clip.grid_size[0] * clip.patch_size
         if inference.image_size != self.image_size:
-            raise ValueError(f"the inference protocol's views are {inference.image_size} pixels, the CLIP input is "
-                             f"{self.image_size}")
+            raise ValueError(
+                f"the inference protocol's views are {inference.image_size} pixels, the CLIP input is {self.image_size}"
+            )
         out_size = clip.grid_size[0] * decoder.upscale
         if inference.out_size != out_size:
-            raise ValueError(f"the inference protocol's score maps are {inference.out_size} pixels, the decoder's "
-                             f"are {out_size}")
+            raise ValueError(
+                f"the inference protocol's score maps are {inference.out_size} pixels, the decoder's are {out_size}"
+            )
 
     @classmethod
     def from_config(cls, cfg):
@@ -193,15 +203,21 @@ class ESCNet(nn.Module):
         )
         # Only true when no weights will be loaded: MODEL.WEIGHTS holds every tensor, CLIP's and SAM's included.
         if not cfg.MODEL.WEIGHTS and is_random_init(m.CLIP_PRETRAINED):
-            logger.warning(f"CLIP {m.CLIP_MODEL_NAME} is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED "
-                           f"{m.CLIP_PRETRAINED!r}) and MODEL.WEIGHTS is empty")
+            logger.warning(
+                f"CLIP {m.CLIP_MODEL_NAME} is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED "
+                f"{m.CLIP_PRETRAINED!r}) and MODEL.WEIGHTS is empty"
+            )
         if not cfg.MODEL.WEIGHTS and m.USE_SAM_BLOCK and not m.SAM_CHECKPOINT and not m.ALLOW_RANDOM_SAM:
             logger.info(
                 "MODEL.ESC_NET.SAM_CHECKPOINT and MODEL.WEIGHTS are empty: the SAM blocks keep random weights "
                 "(training refuses to start this way unless MODEL.ESC_NET.ALLOW_RANDOM_SAM is set)"
             )
         decoder = CorrelationDecoder(
-            m.HIDDEN_DIM, clip.width, m.DECODER_DIMS, m.DECODER_GUIDANCE_DIMS, class_chunk=m.CLASS_CHUNK,
+            m.HIDDEN_DIM,
+            clip.width,
+            m.DECODER_DIMS,
+            m.DECODER_GUIDANCE_DIMS,
+            class_chunk=m.CLASS_CHUNK,
             reference=m.IMPLEMENTATION == "reference",
         )
         inference = InferenceProtocol(
@@ -250,8 +266,8 @@ class ESCNet(nn.Module):
     def check_vocabulary(self, class_names: Sequence[str]) -> List[str]:
         """The validated, stripped class names of a vocabulary (names may hold synonyms: "sofa, couch").
 
-        Raises the errors of :func:`esc_net.data.vocabulary.check_vocabulary`; warns (UserWarning) about names too
-        long for this model's text encoder, whose ends are cut off.
+        Raises the errors of :func:`esc_net.utils.vocabulary_rules.check_vocabulary`; warns (UserWarning) about
+        names too long for this model's text encoder, whose ends are cut off.
         """
         names = check_vocabulary(class_names)
         truncated = self.clip.truncated_names(names)
@@ -398,7 +414,8 @@ class ESCNet(nn.Module):
         corr_map = self.first_prompt_map(corr)
         block_maps = []
         for block in self.blocks:
-            corr_embed, corr_map = self._run(block, corr_embed, corr_map, dense, text)
+            # by name: hooks (the prompt pictures' PromptRecorder) read the map as corr_map
+            corr_embed, corr_map = self._run(block, corr_embed, corr_map=corr_map, image_feats=dense, text=text)
             if corr_map is not None:
                 block_maps.append(corr_map)
         return self._run(self.decoder, corr_embed, skips), block_maps
@@ -410,8 +427,8 @@ class ESCNet(nn.Module):
             return None
         return corr * self.prompt_logit_scale.exp()
 
-    def _run(self, module: nn.Module, *args):
+    def _run(self, module: nn.Module, *args, **kwargs):
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             # The pseudo-prompt K-means is deterministic, so the recomputation draws the same prompts.
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
+            return checkpoint(module, *args, use_reentrant=False, **kwargs)
+        return module(*args, **kwargs)

@@ -6,6 +6,7 @@ P = h*w grid positions, K = N_o pseudo points per class map.
 Everything is computed for all M maps at once; the only Python loops run over the K - 1 initialisation steps and
 the fixed number of K-means iterations.
 """
+
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -163,7 +164,9 @@ class PseudoPromptGenerator(nn.Module):
             if posterior is None:
                 posterior = self.class_posterior(corr)
             if posterior.shape != corr.shape:
-                raise ValueError(f"posterior of shape {tuple(posterior.shape)} does not match the maps' {tuple(corr.shape)}")
+                raise ValueError(
+                    f"posterior of shape {tuple(posterior.shape)} does not match the maps' {tuple(corr.shape)}"
+                )
             return posterior.reshape(prob.shape).float() * kept
         if self.mask_mode == "peak":
             masks = prob * kept

@@ -8,6 +8,7 @@ on the image is formed once per image rather than once per class (:func:`per_cla
 
 Notation: M = B*N class maps, T tokens, P = h*w image positions, E the SAM width, H heads of d channels.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -78,8 +79,9 @@ def token_to_image(attention, tokens_pe: torch.Tensor, image_pe: torch.Tensor, i
     return attention.out_proj(out)
 
 
-def image_to_token(attention, image_q: torch.Tensor, tokens_pe: torch.Tensor, tokens: torch.Tensor,
-                    projected: bool) -> torch.Tensor:
+def image_to_token(
+    attention, image_q: torch.Tensor, tokens_pe: torch.Tensor, tokens: torch.Tensor, projected: bool
+) -> torch.Tensor:
     """segment_anything's ``Attention(image_pe, tokens_pe, tokens)``: the P image positions attend to T tokens.
 
     Reassociated as in :func:`token_to_image`, on the query side: a head's score (W_q x + b_q) . k is
@@ -146,4 +148,3 @@ def two_way_layer(layer, queries, query_pe, keys, key_pe, image_projections=None
 
 def _self_attention(attention, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return attend(attention, attention.q_proj(qk), attention.k_proj(qk), attention.v_proj(v))
-

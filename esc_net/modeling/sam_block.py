@@ -13,6 +13,7 @@ computes it with the image side formed once per image and the cross attentions r
 Weights come from an official SAM checkpoint through ``sam_checkpoint.py``; without it a block keeps PyTorch's
 random initialisation.
 """
+
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +30,7 @@ MASK_LOGIT_EPS = 1e-4
 
 # Prompt kinds the SAM block can be given (the paper's ablation axis; points + mask is its choice).
 PROMPT_TYPES = ("points", "boxes", "mask")
+
 
 class SAMImageSide(NamedTuple):
     """What SAM's transformer needs of the image side that does not depend on the classes (see
@@ -111,9 +113,7 @@ class SAMBlock(nn.Module):
             input_image_size=self.grid_size,
             mask_in_chans=16,
         )
-        self.transformer = TwoWayTransformer(
-            depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim
-        )
+        self.transformer = TwoWayTransformer(depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim)
         self.image_proj = nn.Sequential(nn.Conv2d(clip_dim, embed_dim, kernel_size=1), LayerNorm2d(embed_dim))
         self.text_proj = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.LayerNorm(embed_dim))
 
@@ -146,8 +146,11 @@ class SAMBlock(nn.Module):
             image = image + self.prompt_encoder.no_mask_embed.weight
         key_pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # [1, P, E]
         first = self.transformer.layers[0]
-        linears = (first.cross_attn_token_to_image.k_proj, first.cross_attn_token_to_image.v_proj,
-                   first.cross_attn_image_to_token.q_proj)
+        linears = (
+            first.cross_attn_token_to_image.k_proj,
+            first.cross_attn_token_to_image.v_proj,
+            first.cross_attn_image_to_token.q_proj,
+        )
         image_pe = image + key_pe
         projections = tuple(linear(x) for linear, x in zip(linears, (image_pe, image, image_pe)))
         mask_folds = None
@@ -228,8 +231,10 @@ class SAMBlock(nn.Module):
         N = text_embeds.shape[1]
         side = self.image_side(image_feats) if image_side is None else image_side
         if tuple(side.image.shape[:2]) != (B, h * w):
-            raise ValueError(f"image_side was computed for {tuple(side.image.shape[:2])} (images, positions), the "
-                             f"image features have {(B, h * w)}")
+            raise ValueError(
+                f"image_side was computed for {tuple(side.image.shape[:2])} (images, positions), the "
+                f"image features have {(B, h * w)}"
+            )
         tokens = self._sparse_tokens(text_embeds, points, labels, boxes)
         hidden, folds = None, (None,) * 4
         if "mask" in self.prompt_types:
@@ -295,5 +300,3 @@ def check_prompt_types(prompt_types: Sequence[str]) -> Tuple[str, ...]:
             f"got {list(kinds)}"
         )
     return kinds
-
-

@@ -1,4 +1,5 @@
 """Reading SAM's pre-trained weights from an official checkpoint into the SAM blocks of ESC-Net."""
+
 import logging
 import os
 from typing import Dict, Mapping
@@ -103,6 +104,5 @@ def load_sam_state(block: SAMBlock, state: Mapping[str, torch.Tensor], source: s
             + "; ".join(problems)
         )
     for prefix, attr in SAM_CHECKPOINT_PARTS.items():
-        getattr(block, attr).load_state_dict({k[len(prefix):]: v for k, v in given.items() if k.startswith(prefix)})
+        getattr(block, attr).load_state_dict({k[len(prefix) :]: v for k, v in given.items() if k.startswith(prefix)})
     logger.info("Loaded SAM's prompt encoder and two-way transformer (%d tensors) from %s", len(given), source)
-

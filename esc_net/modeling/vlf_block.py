@@ -23,7 +23,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 from torch.nn import functional as F
 
-from .class_chunks import class_chunks
+from esc_net.modeling.class_chunks import class_chunks
 
 
 class ConcatLinear(nn.Module):
@@ -338,7 +338,9 @@ class VisionLanguageFusion(nn.Module):
         explicit class attention). Arguments and result as :meth:`forward`."""
         B, N, C, h, w = corr_embed.shape
         guidance = self._guidance(image_guidance, slice(0, N), (B, N, self.guidance_dim, h, w))
-        x = self.image_guidance(corr_embed.permute(0, 1, 3, 4, 2).flatten(0, 1), guidance.permute(0, 1, 3, 4, 2).flatten(0, 1))
+        x = self.image_guidance(
+            corr_embed.permute(0, 1, 3, 4, 2).flatten(0, 1), guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)
+        )
         x = self.text_guidance(x.reshape(B, N, h * w, C), text_embeds)
         return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3)
 

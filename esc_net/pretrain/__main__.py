@@ -1,4 +1,5 @@
 """``python -m esc_net.pretrain``, the same as ``esc-net-pretrain``."""
-from .cli import main
+
+from esc_net.pretrain.cli import main
 
 main()

@@ -9,6 +9,7 @@ output already loads into the model it describes is skipped (``--force`` trains 
     esc-net-pretrain clip --config-file configs/esc_net_tiny_shapes.yaml
     esc-net-pretrain sam --config-file configs/esc_net_tiny_shapes.yaml --steps 300
 """
+
 import argparse
 import logging
 import os
@@ -19,10 +20,9 @@ import torch
 
 from esc_net.config import load_config
 from esc_net.modeling.clip.build import load_weights_file
+from esc_net.pretrain import clip as clip_stage
+from esc_net.pretrain import sam as sam_stage
 from esc_net.utils.checkpoint import READ_ERRORS
-
-from . import clip as clip_stage
-from . import sam as sam_stage
 
 __all__ = ["PROG", "build_parser", "main", "pretrain"]
 
@@ -31,7 +31,9 @@ logger = logging.getLogger("esc_net.pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     clip = stages.add_parser("clip", help="contrastive pre-training of the config's CLIP on captioned shapes")
     sam = stages.add_parser("sam", help="class-agnostic pre-training of a SAM with the config's decoder sizes")
@@ -40,12 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config-file", required=True, metavar="FILE", help="the ESC-Net config to pre-train for")
         command.add_argument("--output", help="weights file (default: the config's CLIP_PRETRAINED / SAM_CHECKPOINT)")
         for option, kind in (("steps", int), ("batch_size", int), ("num_images", int), ("lr", float), ("seed", int)):
-            command.add_argument(f"--{option.replace('_', '-')}", type=kind, default=defaults[option],
-                                 help=f"default {defaults[option]}")
+            command.add_argument(
+                f"--{option.replace('_', '-')}", type=kind, default=defaults[option], help=f"default {defaults[option]}"
+            )
         command.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
         command.add_argument("--force", action="store_true", help="train even if the output already loads")
-        command.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                             help="config overrides, e.g. --opts MODEL.ESC_NET.SAM_DEPTH 2")
+        command.add_argument(
+            "--opts",
+            nargs=argparse.REMAINDER,
+            default=[],
+            metavar="KEY VALUE",
+            help="config overrides, e.g. --opts MODEL.ESC_NET.SAM_DEPTH 2",
+        )
     return parser
 
 
@@ -79,8 +87,10 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     common = dict(steps=args.steps, batch_size=args.batch_size, num_images=args.num_images, lr=args.lr, seed=args.seed)
     if args.stage == "clip":
         if not m.CLIP_MODEL_CFG:
-            raise ValueError(f"{args.config_file}: the CLIP stage pre-trains the CLIP of MODEL.ESC_NET.CLIP_MODEL_CFG, "
-                             "which this config does not define")
+            raise ValueError(
+                f"{args.config_file}: the CLIP stage pre-trains the CLIP of MODEL.ESC_NET.CLIP_MODEL_CFG, "
+                "which this config does not define"
+            )
         output = args.output or m.CLIP_PRETRAINED
         model_cfg = m.CLIP_MODEL_CFG
         if not args.force and _clip_loads(output, model_cfg, m.CLIP_IMAGE_SIZE):

@@ -8,6 +8,7 @@ datasets lack. The model is open_clip's own ``CLIP`` built from ESC-Net's ``CLIP
 Zero-shot evaluation, as CLIP papers report ImageNet zero-shot: held-out images of one object each are classified
 among the 36 object names with the prompt "a photo of a {}." (top-1), and the texture among the 3 stuff names.
 """
+
 import logging
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -27,10 +28,8 @@ from esc_net.data.synthetic_shapes import (
     render_sample,
     sample_rng,
 )
-
 from esc_net.modeling.clip.build import build_open_clip
-
-from .common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
+from esc_net.pretrain.common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
 
 logger = logging.getLogger("esc_net.pretrain")
 
@@ -119,12 +118,11 @@ def pretrain_clip(
 ) -> Dict:
     """Trains the CLIP of ``model_cfg`` contrastively and saves its state dict to ``output``.
 
-    ``num_images`` captioned images (1 to ``max_shapes`` objects each; one object per image learnt the kinds faster
-    than two: 41% against 30% zero-shot after 1000 steps) are drawn once and shown in random order
-    with a random flip / rotation per batch, for ``steps`` steps of ``batch_size``; AdamW with a warm-up and a
-    cosine decay (learning rate 4e-3: 55% zero-shot against 48% at 2e-3 after 1500 steps of 128; 3000 steps of 64
-    at 2e-3, the same compute, gave 42%). Returns (and, with ``report_path``, writes as JSON) the settings, the loss and the zero-shot
-    accuracies before and after training.
+    ``num_images`` captioned images (1 to ``max_shapes`` objects each) are drawn once and shown in random order with
+    a random flip / rotation per batch, for ``steps`` steps of ``batch_size``; AdamW with a warm-up and a cosine
+    decay. The defaults are the ones the laboratory measured best (docs/laboratory.md, "Stage 1"). Returns (and,
+    with ``report_path``, writes as JSON) the settings, the loss and the zero-shot accuracies before and after
+    training.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -144,7 +142,7 @@ def pretrain_clip(
         first = (step * batch_size) % num_images
         if first + batch_size > num_images:
             order, first = rng.permutation(num_images), 0
-        index = order[first:first + batch_size]
+        index = order[first : first + batch_size]
         batch, _ = random_dihedral(images[index], None, rng)
         image_features, text_features, logit_scale = model(to_model_input(batch), tokens[index])
         loss = loss_fn(image_features, text_features, logit_scale)
@@ -157,17 +155,28 @@ def pretrain_clip(
         losses.append(loss.item())
         if (step + 1) % log_period == 0 or step + 1 == steps:
             logger.info(
-                "clip step %d/%d  loss %.3f  lr %.2e  %.1f s", step + 1, steps, np.mean(losses[-log_period:]),
-                scheduler.get_last_lr()[0], time.perf_counter() - start,
+                "clip step %d/%d  loss %.3f  lr %.2e  %.1f s",
+                step + 1,
+                steps,
+                np.mean(losses[-log_period:]),
+                scheduler.get_last_lr()[0],
+                time.perf_counter() - start,
             )
     after = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)
     save_state_dict(model.state_dict(), output)
     report = {
         "weights": output,
         "settings": {
-            "steps": steps, "batch_size": batch_size, "num_images": num_images, "lr": lr,
-            "weight_decay": weight_decay, "warmup": warmup, "max_shapes": max_shapes, "seed": seed,
-            "image_size": image_size, "template": ZERO_SHOT_TEMPLATE,
+            "steps": steps,
+            "batch_size": batch_size,
+            "num_images": num_images,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "warmup": warmup,
+            "max_shapes": max_shapes,
+            "seed": seed,
+            "image_size": image_size,
+            "template": ZERO_SHOT_TEMPLATE,
         },
         "final_loss": float(np.mean(losses[-log_period:])),
         "zero_shot_untrained": before,

@@ -1,4 +1,5 @@
 """What both pre-training loops share: image batches, the schedule, saving."""
+
 import json
 import logging
 import math

@@ -19,6 +19,7 @@ The saved file is ``Sam.state_dict()`` written with ``torch.save``, the format o
 Evaluation: the IoU of the mask SAM picks (highest predicted IoU of the three) for one random point inside each of
 a few hundred held-out objects, for the trained model and for the same model untrained.
 """
+
 import logging
 import time
 from functools import partial
@@ -33,8 +34,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from esc_net.data.synthetic_shapes import OBJECT_CLASSES, instance_masks, render_sample, sample_rng
-
-from .common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
+from esc_net.pretrain.common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
 
 logger = logging.getLogger("esc_net.pretrain")
 
@@ -86,7 +86,10 @@ def build_sam(
 
 
 def decode_masks(
-    decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+    decoder: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
     dense: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``MaskDecoder.predict_masks`` for a batch of images with one prompt each.
@@ -106,7 +109,7 @@ def decode_masks(
     tokens = torch.cat((output_tokens.expand(B, -1, -1), sparse), dim=1)
     hs, src = decoder.transformer(image_embeddings + dense, image_pe.expand(B, -1, -1, -1), tokens)
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(B, E, h, w))
-    mask_tokens = hs[:, 1:1 + decoder.num_mask_tokens]
+    mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens]
     hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1)
     masks = (hyper_in @ upscaled.flatten(2)).view(B, -1, *upscaled.shape[-2:])
     return masks, decoder.iou_prediction_head(hs[:, 0])
@@ -229,7 +232,7 @@ def single_point_iou(sam: Sam, pool: ObjectPool, seed: int, batch_size: int = 10
     sam.eval()
     rng, ious = np.random.default_rng(seed), []
     for first in range(0, len(pool.images), batch_size):
-        images, masks = pool.images[first:first + batch_size], pool.masks[first:first + batch_size]
+        images, masks = pool.images[first : first + batch_size], pool.masks[first : first + batch_size]
         embeddings = sam.image_encoder(to_model_input(images))
         logits, iou_pred = prompted_masks(sam, embeddings, masks, "point", rng)
         chosen = iou_pred.argmax(dim=1)
@@ -260,9 +263,9 @@ def pretrain_sam(
     """Trains a tiny SAM (see :func:`build_sam`) class-agnostically and saves its state dict to ``output``.
 
     Each step encodes ``batch_size`` images once and prompts one object of each, a quarter of the batch per kind
-    of prompt in PROMPT_KINDS. (1200 steps: 5 minutes on one core of the 2-core CI machine, which the main command
-    spends beside the longer CLIP stage; 600 steps gave a single-point IoU of 60.9, 800 steps 65.0.) Returns (and, with ``report_path``, writes as JSON) the settings, the loss, and the
-    single-point IoU of the trained and of the untrained model on held-out objects.
+    of prompt in PROMPT_KINDS (the number of steps: docs/laboratory.md, "Stage 2"). Returns (and, with
+    ``report_path``, writes as JSON) the settings, the loss, and the single-point IoU of the trained and of the
+    untrained model on held-out objects.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -281,7 +284,7 @@ def pretrain_sam(
         first = (step * batch_size) % num_images
         if first + batch_size > num_images:
             order, first = rng.permutation(num_images), 0
-        index = order[first:first + batch_size]
+        index = order[first : first + batch_size]
         images, masks = random_dihedral(pool.images[index], pool.masks[index], rng)
         embeddings = sam.image_encoder(to_model_input(images))
         loss = 0.0
@@ -299,16 +302,26 @@ def pretrain_sam(
         losses.append(loss.item())
         if (step + 1) % log_period == 0 or step + 1 == steps:
             logger.info(
-                "sam step %d/%d  loss %.3f  lr %.2e  %.1f s", step + 1, steps, np.mean(losses[-log_period:]),
-                scheduler.get_last_lr()[0], time.perf_counter() - start,
+                "sam step %d/%d  loss %.3f  lr %.2e  %.1f s",
+                step + 1,
+                steps,
+                np.mean(losses[-log_period:]),
+                scheduler.get_last_lr()[0],
+                time.perf_counter() - start,
             )
     trained = single_point_iou(sam, held_out, seed)
     save_state_dict(sam.state_dict(), output)
     report = {
         "weights": output,
         "settings": {
-            "steps": steps, "batch_size": batch_size, "num_images": num_images, "lr": lr,
-            "weight_decay": weight_decay, "warmup": warmup, "seed": seed, "image_size": image_size,
+            "steps": steps,
+            "batch_size": batch_size,
+            "num_images": num_images,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "warmup": warmup,
+            "seed": seed,
+            "image_size": image_size,
             "decoder": {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads},
         },
         "final_loss": float(np.mean(losses[-log_period:])),

@@ -8,6 +8,7 @@
   renamed over the target, so a kill leaves either the old file or the new one, never a partial one.
 * ``resume_or_load`` skips unreadable checkpoints with a warning and resumes from the newest one that reads.
 """
+
 import contextlib
 import logging
 import os
@@ -20,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 from safetensors import SafetensorError
 
-from .safe_pickle import ForbiddenPickleError, load_restricted_pickle
+from esc_net.utils.safe_pickle import ForbiddenPickleError, load_restricted_pickle
 
 __all__ = [
     "ESCNetCheckpointer",

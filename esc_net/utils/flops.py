@@ -8,8 +8,9 @@ small counts for normalisations and bilinear resizing). Element-wise ops, softma
 What fvcore does not count by itself and this module adds:
 
 * ``aten::scaled_dot_product_attention`` (CLIP's attention through ``F.multi_head_attention_forward``, timm's
-  Swin blocks, SAM's two-way attention): the two matrix products ``Q K^T`` and ``softmax(.) V``, i.e. ``L * S * (E + E_v)`` per batch
-  element and head, counted in full whatever the mask (CLIP's causal text mask included).
+  Swin blocks, SAM's two-way attention): the two matrix products ``Q K^T`` and ``softmax(.) V``, i.e.
+  ``L * S * (E + E_v)`` per batch element and head, counted in full whatever the mask (CLIP's causal text mask
+  included).
 * ``aten::baddbmm`` (SAM's image-to-token attention): the batched matrix product, as fvcore counts ``bmm``.
 
 The Pseudo Prompt Generator is not traced: it holds no matrix product (a softmax, K-means over pixel coordinates:
@@ -33,6 +34,7 @@ other           what runs outside those modules: the correlation, CLIP's output 
                 resizing of views and scores
 ==============  ==============================================================================================
 """
+
 import contextlib
 from collections import Counter, OrderedDict
 from typing import Dict, Iterator, List, Mapping, Sequence

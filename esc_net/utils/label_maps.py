@@ -7,6 +7,7 @@ classes and uint16 above.
 
 :func:`read_label_map` is the one reader of label map files (training and evaluation).
 """
+
 import numpy as np
 from detectron2.utils.file_io import PathManager
 from PIL import Image

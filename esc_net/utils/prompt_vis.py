@@ -8,6 +8,7 @@ are exactly the ones the block uses, although the block itself generates prompts
 :func:`draw_block_prompts` draws one block as a row of five panels: the input, the class's correlation map, its
 kept region (the pixels the pseudo mask keeps), its K-means regions and its pseudo points over the pseudo mask.
 """
+
 from typing import List, NamedTuple, Optional, Sequence
 
 import cv2
@@ -18,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from ..data.vocabulary import split_synonyms
+from esc_net.utils.vocabulary_rules import split_synonyms
 
 __all__ = [
     "BlockPrompts",
@@ -76,8 +77,8 @@ class PromptRecorder:
         self._handles = []
 
     def _hook(self, position: int):
-        def hook(block, args):
-            corr = args[1]  # ESCBlock.forward(corr_embed, corr_map, image_feats, text)
+        def hook(block, args, kwargs):
+            corr = kwargs["corr_map"]  # ESCNet.refine calls every block with its map by name
             if self.records[position] is not None or corr is None:
                 return
             B, N = corr.shape[:2]
@@ -106,7 +107,9 @@ class PromptRecorder:
     def __enter__(self) -> "PromptRecorder":
         self.records = [None] * len(self.blocks)
         self._handles = [
-            block.register_forward_pre_hook(self._hook(i)) for i, block in enumerate(self.blocks) if block.use_sam
+            block.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+            for i, block in enumerate(self.blocks)
+            if block.use_sam
         ]
         return self
 

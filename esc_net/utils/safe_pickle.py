@@ -6,6 +6,7 @@ names (``os.system`` included). :func:`load_restricted_pickle` admits only the f
 dataset indexes need, so that a pickle can build dicts, lists, tuples, strings, bytes, numbers, numpy arrays,
 numpy dtypes and numpy scalars, and nothing else.
 """
+
 import pickle
 from typing import IO, Any
 

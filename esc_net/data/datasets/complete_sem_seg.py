@@ -7,6 +7,7 @@ noticing. :func:`load_complete_sem_seg` refuses such a dataset instead, unless t
 (:func:`incomplete_datasets_allowed`; ``DATASETS.ALLOW_INCOMPLETE`` in a config), in which case it keeps the pairs
 that match, says how many, and the evaluation reports how many images it scored.
 """
+
 import contextlib
 import contextvars
 import logging
@@ -50,8 +51,9 @@ def _listing(folder: str, stems: List[str], ext: str) -> str:
     return named + (f" and {len(stems) - _NAMED_FILES} more" if len(stems) > _NAMED_FILES else "")
 
 
-def load_complete_sem_seg(gt_root: str, image_root: str, gt_ext: str = "png", image_ext: str = "jpg",
-                          labels_select_images: bool = False) -> List[dict]:
+def load_complete_sem_seg(
+    gt_root: str, image_root: str, gt_ext: str = "png", image_ext: str = "jpg", labels_select_images: bool = False
+) -> List[dict]:
     """``load_sem_seg(gt_root, image_root, gt_ext, image_ext)`` of a complete dataset.
 
     Args:
@@ -71,22 +73,30 @@ def load_complete_sem_seg(gt_root: str, image_root: str, gt_ext: str = "png", im
     if unlabelled or orphans:
         problems = []
         if unlabelled:
-            problems.append(f"{len(unlabelled)} image(s) without a label map in {gt_root}: "
-                            + _listing(image_root, unlabelled, image_ext))
+            problems.append(
+                f"{len(unlabelled)} image(s) without a label map in {gt_root}: "
+                + _listing(image_root, unlabelled, image_ext)
+            )
         if orphans:
-            problems.append(f"{len(orphans)} label map(s) without an image in {image_root}: "
-                            + _listing(gt_root, orphans, gt_ext))
+            problems.append(
+                f"{len(orphans)} label map(s) without an image in {image_root}: " + _listing(gt_root, orphans, gt_ext)
+            )
         matched = len(images & labels)
         if not _ALLOW_INCOMPLETE.get():
             raise IncompleteDatasetError(
                 f"incomplete dataset: {'; '.join(problems)}. Restore the missing files, or set "
                 f"DATASETS.ALLOW_INCOMPLETE True to use only the {matched} complete pairs"
             )
-        logger.warning(f"incomplete dataset (DATASETS.ALLOW_INCOMPLETE): using only the {matched} complete pairs; "
-                       + "; ".join(problems))
+        logger.warning(
+            f"incomplete dataset (DATASETS.ALLOW_INCOMPLETE): using only the {matched} complete pairs; "
+            + "; ".join(problems)
+        )
     records = load_sem_seg(gt_root, image_root, gt_ext=gt_ext, image_ext=image_ext)
     # load_sem_seg pairs the sorted lists by position when the two counts are equal, even if their names differ
     # (possible once files are missing on both sides): keep the pairs whose names match.
-    return [r for r in records
-            if os.path.basename(r["file_name"])[: -len(image_ext)]
-            == os.path.basename(r["sem_seg_file_name"])[: -len(gt_ext)]]
+    return [
+        r
+        for r in records
+        if os.path.basename(r["file_name"])[: -len(image_ext)]
+        == os.path.basename(r["sem_seg_file_name"])[: -len(gt_ext)]
+    ]

@@ -29,7 +29,13 @@ from esc_net.data.datasets.complete_sem_seg import load_complete_sem_seg
 from esc_net.data.paths import dataset_root
 from esc_net.utils.label_maps import ignore_value
 
-__all__ = ["BENCHMARK_DATASETS", "PROTOCOL_NAMES", "VOC_NAMES_IN_PASCAL_CONTEXT", "BenchmarkDataset", "register_benchmarks"]
+__all__ = [
+    "BENCHMARK_DATASETS",
+    "PROTOCOL_NAMES",
+    "VOC_NAMES_IN_PASCAL_CONTEXT",
+    "BenchmarkDataset",
+    "register_benchmarks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +137,9 @@ BENCHMARK_DATASETS = (
 # already equals CAT-Seg's (A-150's lists keep their synonyms; CAT-Seg's use the first one).
 PROTOCOL_NAMES: Dict[str, Dict[str, str]] = {
     "ade20k_150": {
-        "television, television receiver, television set, tv, tv set, idiot box, boob tube, telly, goggle box":
-            "television receiver, television, television set, tv, tv set, idiot box, boob tube, telly, goggle box",
+        "television, television receiver, television set, tv, tv set, idiot box, boob tube, telly, goggle box": (
+            "television receiver, television, television set, tv, tv set, idiot box, boob tube, telly, goggle box"
+        ),
     },
     "pascal_context_59": {"table": "diningtable"},
 }
@@ -200,8 +207,13 @@ def load_benchmark(dataset: BenchmarkDataset, root: Optional[str] = None) -> Lis
             f"`{dataset.prepare}` as datasets/README.md describes."
         )
     _set_metadata(dataset, root)
-    return load_complete_sem_seg(str(label_root), str(image_root), gt_ext=dataset.label_ext,
-                                 image_ext=dataset.image_ext, labels_select_images=dataset.labels_select_images)
+    return load_complete_sem_seg(
+        str(label_root),
+        str(image_root),
+        gt_ext=dataset.label_ext,
+        image_ext=dataset.image_ext,
+        labels_select_images=dataset.labels_select_images,
+    )
 
 
 def register_benchmarks() -> None:

@@ -26,8 +26,8 @@ from esc_net.data.prepare.common import (
     require_dir,
     require_file,
     run_conversion,
-    write_label_png,
 )
+from esc_net.utils.image_writers import write_label_png
 
 BENCHMARK = "ade20k_150"
 DOWNLOAD = "ADEChallengeData2016.zip (http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip)"

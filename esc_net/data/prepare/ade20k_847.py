@@ -37,12 +37,10 @@ from esc_net.data.prepare.common import (
     LabelMapping,
     add_workers_argument,
     check_class_names,
-    copy_file,
     require_file,
     run_conversion,
-    write_label_tiff16,
-    write_rgb_image,
 )
+from esc_net.utils.image_writers import copy_file, write_label_tiff16, write_rgb_image
 from esc_net.utils.safe_pickle import load_restricted_pickle
 
 BENCHMARK = "ade20k_847"

@@ -3,6 +3,7 @@
 Each sub-command prepares one dataset under the dataset root (``--root``, else ``$DETECTRON2_DATASETS``, else
 ``./datasets``); ``esc-net-prepare <dataset> --help`` describes its input, output and options.
 """
+
 import argparse
 import logging
 import sys

@@ -30,8 +30,8 @@ from esc_net.data.prepare.common import (
     require_dir,
     require_file,
     run_conversion,
-    write_label_png,
 )
+from esc_net.utils.image_writers import write_label_png
 
 BENCHMARK = "coco_stuff_171"
 SPLITS = ("train2017", "val2017")

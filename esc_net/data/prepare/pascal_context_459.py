@@ -36,8 +36,8 @@ from esc_net.data.prepare.common import (
     require_dir,
     require_file,
     run_conversion,
-    write_label_tiff16,
 )
+from esc_net.utils.image_writers import write_label_tiff16
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from esc_net.data.prepare.common import (
     require_dir,
     require_file,
     run_conversion,
-    write_label_png,
 )
+from esc_net.utils.image_writers import write_label_png
 
 BENCHMARK = "pascal_context_59"
 VOC_DOWNLOAD = "VOCtrainval_03-May-2010.tar (http://host.robots.ox.ac.uk/pascal/VOC/voc2010/)"

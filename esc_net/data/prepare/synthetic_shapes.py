@@ -5,6 +5,7 @@
 
 The layout, the classes and the rules for re-runs are described in esc_net/data/synthetic_shapes.py.
 """
+
 import argparse
 
 from esc_net.data.synthetic_shapes import (

@@ -30,8 +30,8 @@ from esc_net.data.prepare.common import (
     read_split_list,
     require_dir,
     run_conversion,
-    write_label_png,
 )
+from esc_net.utils.image_writers import write_label_png
 
 logger = logging.getLogger(__name__)
 

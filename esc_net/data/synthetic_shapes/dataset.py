@@ -20,6 +20,7 @@ files of the old run.
 Importing this package registers ``synthetic_shapes_<split>`` for every split with Detectron2 (no disk access: the
 dataset root is resolved when a dataset is loaded).
 """
+
 import functools
 import json
 import logging
@@ -32,10 +33,9 @@ from tqdm import tqdm
 
 from esc_net.data.datasets.complete_sem_seg import load_complete_sem_seg
 from esc_net.data.paths import dataset_root
-from esc_net.data.prepare.common import write_label_png, write_rgb_image
-
-from .render import IGNORE_LABEL, check_options, render_sample, sample_rng
-from .world import ALL_CLASSES, BENCHMARKS, Benchmark, class_color
+from esc_net.data.synthetic_shapes.render import IGNORE_LABEL, check_options, render_sample, sample_rng
+from esc_net.data.synthetic_shapes.world import ALL_CLASSES, BENCHMARKS, Benchmark, class_color
+from esc_net.utils.image_writers import write_label_png, write_rgb_image
 
 logger = logging.getLogger(__name__)
 

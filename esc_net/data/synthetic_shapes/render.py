@@ -5,15 +5,15 @@ generator (see :func:`sample_rng`). Images are RGB uint8; label maps hold indice
 :data:`~esc_net.data.synthetic_shapes.world.ALL_CLASSES` (uint8), with :data:`IGNORE_LABEL` on a band along every
 boundary between two classes (drawings are anti-aliased, so boundary pixels mix two classes' colours).
 """
+
 import zlib
 from typing import List, NamedTuple, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from esc_net.data.synthetic_shapes.world import ALL_CLASSES, SHAPE_COLORS, SHAPE_KINDS, STUFF_CLASSES, color_and_kind
 from esc_net.utils.label_maps import ignore_value
-
-from .world import ALL_CLASSES, SHAPE_COLORS, SHAPE_KINDS, STUFF_CLASSES, color_and_kind
 
 __all__ = ["IGNORE_LABEL", "Sample", "Shape", "caption", "instance_masks", "render_sample", "sample_rng"]
 

@@ -21,6 +21,7 @@ training in every respect, which is the strict form of the zero-shot setting. Th
 (captions) and the class-agnostic pre-training of SAM (masks) see every class, as real CLIP and SAM have seen
 objects that COCO-Stuff does not name.
 """
+
 from typing import Dict, List, NamedTuple, Tuple
 
 __all__ = [

@@ -1,8 +1,8 @@
 """CLIP image and text encoders (open_clip) with q/v-only attention fine-tuning."""
 
-from .encoder import FINETUNE_MODES, CLIPEncoder
-from .qv_attention import SplitQKVAttention, split_qkv_attention
-from .text_prompts import SYNONYM_MODES, build_prompts, pool_prompt_embeddings
+from esc_net.modeling.clip.encoder import FINETUNE_MODES, CLIPEncoder
+from esc_net.modeling.clip.qv_attention import SplitQKVAttention, split_qkv_attention
+from esc_net.modeling.clip.text_prompts import SYNONYM_MODES, build_prompts, pool_prompt_embeddings
 
 __all__ = [
     "CLIPEncoder",

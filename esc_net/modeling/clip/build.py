@@ -6,11 +6,11 @@ from dataclasses import asdict
 from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import open_clip
-from open_clip.transform import PreprocessCfg
 import torch
+from open_clip.transform import PreprocessCfg
 from torch import nn
 
-from ...utils.checkpoint import READ_ERRORS, unreadable_weights_error
+from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
 __all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "is_random_init", "load_weights_file"]
 

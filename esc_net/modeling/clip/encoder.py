@@ -10,9 +10,9 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .build import build_open_clip
-from .qv_attention import split_qkv_attention
-from .text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
+from esc_net.modeling.clip.build import build_open_clip
+from esc_net.modeling.clip.qv_attention import split_qkv_attention
+from esc_net.modeling.clip.text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
 
 __all__ = ["CLIPEncoder", "DENSE_LAYERS", "FINETUNE_MODES"]
 
@@ -127,7 +127,9 @@ class CLIPEncoder(nn.Module):
         self.finetune = finetune
         self.dense_layer = dense_layer
 
-        clip, self.tokenizer, preprocess = build_open_clip(model_name, pretrained, model_cfg, image_size, load_pretrained)
+        clip, self.tokenizer, preprocess = build_open_clip(
+            model_name, pretrained, model_cfg, image_size, load_pretrained
+        )
         visual = clip.visual
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
             raise ValueError(

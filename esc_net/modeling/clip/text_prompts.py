@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...data.vocabulary import split_synonyms
+from esc_net.utils.vocabulary_rules import split_synonyms
 
 __all__ = ["SYNONYM_MODES", "check_templates", "split_synonyms", "build_prompts", "pool_prompt_embeddings"]
 
