@@ -74,6 +74,9 @@ setup(
             "pytest>=7",  # the suite runs with 7.0 (importorskip(reason=), tmp_path_factory, monkeypatch)
             # HealthCheck.function_scoped_fixture (tests/test_predictor_properties.py) appeared in 5.49.
             "hypothesis>=5.49",
+            # lint and format (pyproject.toml's [tool.ruff]; .ci/run checks both), pinned: formatting differs between
+            # releases, and the check must pass on every machine alike
+            "ruff==0.17.6",
             "PyYAML",  # tests/conftest.py reads the tiny config
             "tensorboard",  # tests/test_prompt_vis.py reads the event files
             "huggingface_hub",  # tests/test_clip_encoder.py checks the offline hub settings

@@ -27,9 +27,12 @@ ATTENTION_LAYERS = [f"clip.visual.transformer.resblocks.{i}.attn" for i in range
 
 
 def tiny_encoder(seed=0, image_size=64, **kwargs):
+    """The tiny CLIP encoder; its dense features are those of CLIP's ordinary last block unless ``dense_layer``
+    says otherwise (open_clip's own forward computes that block, which most tests compare with)."""
     torch.manual_seed(seed)
     kwargs.setdefault("skip_layers", (1, 2))
     kwargs.setdefault("pretrained", "none")
+    kwargs.setdefault("dense_layer", "attention")
     return CLIPEncoder(model_name="tiny", model_cfg=copy.deepcopy(TINY_CLIP_CFG), image_size=image_size, **kwargs)
 
 
@@ -174,6 +177,7 @@ def test_weight_files_load_and_match_open_clip(reference, fmt):
         skip_layers=(1, 2),
         finetune="attention",
         templates=(TEMPLATE,),
+        dense_layer="attention",  # open_clip's own forward runs the ordinary last block
     )
     ours = enc.state_dict()
     for key, value in model.state_dict().items():

@@ -91,12 +91,14 @@ def test_attention_is_counted(analysis):
     per_op = analysis.by_module_and_operator()
     vision = TINY_CLIP_CFG["vision_cfg"]
     tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1  # patches and the class token
-    # every image block: softmax(Q K^T) V over all heads, width = heads x head width, for Q, K, V of one view
-    expected = vision["layers"] * tokens * tokens * 2 * vision["width"]
+    # every image block that attends: softmax(Q K^T) V over all heads, width = heads x head width, for Q, K, V of one
+    # view (CAT-Seg's dense last layer, the default, reads no attention in the last block)
+    m = tiny_cfg().MODEL.ESC_NET
+    attending = vision["layers"] - (m.CLIP_DENSE_LAYER == "value")
+    expected = attending * tokens * tokens * 2 * vision["width"]
     assert per_op["model.clip.clip.visual"]["scaled_dot_product_attention"] == expected
     # The VLF image guidance's Swin blocks (window attention through SDPA): every class map, window and head,
     # Q K^T and the weights times V.
-    m = tiny_cfg().MODEL.ESC_NET
     window = m.WINDOW_SIZE
     grid = vision["image_size"] // vision["patch_size"]
     per_window = 2 * window**4 * m.HIDDEN_DIM  # both products, all heads (heads x head width = HIDDEN_DIM)

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import REPO_ROOT, TINY_CONFIG
 
-COMMANDS = {"esc-net-train", "esc-net-prepare", "esc-net-demo", "esc-net-web-demo"}
+COMMANDS = {"esc-net-train", "esc-net-prepare", "esc-net-demo", "esc-net-web-demo", "esc-net-pretrain"}
 
 
 def _setup_kwargs() -> Dict:
@@ -80,7 +80,8 @@ def test_license_citation_and_build_system_files():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
         pyproject = tomllib.load(f)
-    assert set(pyproject) == {"build-system"}  # setup.py holds the metadata
+    # setup.py holds the metadata; pyproject.toml the build system and the tools' settings (ruff, pytest)
+    assert set(pyproject) == {"build-system", "tool"} and set(pyproject["tool"]) == {"ruff", "pytest"}
 
 
 def test_package_imports_without_gradio_and_the_web_demo_says_what_is_missing():

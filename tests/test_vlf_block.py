@@ -10,6 +10,7 @@ HIDDEN, GUIDANCE, TEXT = 16, 16, 32
 
 
 def make_vlf(grid=(8, 8), window=12, class_pad=0):
+    """A VLF block with a regular and a shifted Swin block (SWIN_DEPTH 2)."""
     torch.manual_seed(0)
     return VisionLanguageFusion(
         hidden_dim=HIDDEN,
@@ -19,6 +20,7 @@ def make_vlf(grid=(8, 8), window=12, class_pad=0):
         num_heads=4,
         window_size=window,
         text_guidance_dim=16,
+        swin_shifts=(0, None),
         class_pad=class_pad,
     ).eval()
 

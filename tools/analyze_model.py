@@ -20,6 +20,10 @@ import argparse
 import logging
 from typing import Dict, Optional, Sequence
 
+# isort: off
+from esc_net import add_esc_net_config, merge_config_file  # first: it imports fvcore without its deprecation noise
+
+# isort: on
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -27,7 +31,6 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count_table  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from esc_net import add_esc_net_config, merge_config_file  # first: it imports fvcore without its deprecation noise
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")

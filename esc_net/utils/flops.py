@@ -91,10 +91,18 @@ class _Untraced(nn.Module):
         self.module = module
 
     def forward(self, *args):
+        return self._untraced(self.module, *args)
+
+    def class_posterior(self, *args):
+        """The generator's class posterior (the "posterior" mask's), untraced too: element-wise, no matrix product."""
+        return self._untraced(self.module.class_posterior, *args)
+
+    @staticmethod
+    def _untraced(function, *args):
         state = torch._C._get_tracing_state()
         torch._C._set_tracing_state(None)
         try:
-            return self.module(*args)
+            return function(*args)
         finally:
             torch._C._set_tracing_state(state)
 
