@@ -84,7 +84,14 @@ def main():
     dataset = DatasetCatalog.get(args.dataset)
 
     print(f"{args.dataset}: {len(dataset)} images, {len(classes)} classes; weights {args.weights}")
-    columns = ["distractors", "names", "MAX_CLASSES_PER_VIEW", f"mIoU ({len(classes)} classes)", "on a distractor", "s/image"]
+    columns = [
+        "distractors",
+        "names",
+        "MAX_CLASSES_PER_VIEW",
+        f"mIoU ({len(classes)} classes)",
+        "on a distractor",
+        "s/image",
+    ]
     print("| " + " | ".join(columns) + " |")
     print("|---:|---:|---:|---:|---:|---:|")
     for cap in caps:
