@@ -13,6 +13,8 @@ import torch
 from conftest import REPO_ROOT
 from esc_net.utils.checkpoint import ESCNetCheckpointer, read_checkpoint_file
 
+pytestmark = pytest.mark.slow  # kills and resumes training processes
+
 
 class _Records(logging.Handler):
     """Collects the checkpointer's warnings (the esc_net logger may not propagate to pytest's caplog)."""

@@ -75,6 +75,7 @@ def test_training_and_evaluation_refuse_it(tmp_path, marker):
             setup(args)
 
 
+@pytest.mark.slow
 def test_the_web_demo_refuses_it(tmp_path, marker):
     pytest.importorskip("gradio", reason="the web demo needs gradio (pip install -e .[web])")
     from esc_net.demo import web

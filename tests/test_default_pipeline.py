@@ -14,6 +14,8 @@ from conftest import REPO_ROOT
 from esc_net.data import synthetic_shapes as ss
 from esc_net.utils.checkpoint import read_checkpoint_file
 
+pytestmark = pytest.mark.slow  # runs scripts/run_default.sh three times
+
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "run_default.sh")
 
 

@@ -164,6 +164,7 @@ def test_weights_and_config_errors(images, weights, tmp_path):
     assert "Non-existent key: MODEL.NO_SUCH_KEY" in _error(*args, opts=["MODEL.NO_SUCH_KEY", 1])
 
 
+@pytest.mark.slow
 def test_cli_exits_with_message_and_no_traceback(tmp_path):
     missing = tmp_path / "missing.png"
     result = subprocess.run(

@@ -148,6 +148,7 @@ class UsersTrainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
 
+@pytest.mark.slow
 def test_default_trainer_subclass_trains_with_the_stock_mapper(shapes, tmp_path):
     """Training labels are ids into DATASETS.TRAIN's classes, which the model takes as its training vocabulary."""
     cfg = tiny_cfg(

@@ -15,6 +15,8 @@ from esc_net import engine
 from esc_net.data.synthetic_shapes import generate_synthetic_shapes, split_dirs
 from esc_net.utils.checkpoint import read_checkpoint_file
 
+pytestmark = pytest.mark.slow  # starts process groups
+
 CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
 

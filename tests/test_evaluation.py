@@ -210,6 +210,7 @@ def _distributed_worker(rank, init_file, records, classes, scores, result_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_numbers(tmp_path, register):
     records, scores = _random_dataset(tmp_path, num_images=4)
     classes = [f"class {i}" for i in range(5)]

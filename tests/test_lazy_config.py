@@ -61,6 +61,7 @@ def test_lazy_config_builds_the_model_of_the_yaml_config(name):
     assert yacs.clip.templates == lazy.clip.templates
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(LAZY_TRAIN_NET), reason=f"Detectron2's {LAZY_TRAIN_NET} is not installed")
 def test_detectron2_lazy_training_script_trains_the_tiny_config(tmp_path):
     datasets = tmp_path / "datasets"

@@ -84,6 +84,7 @@ def test_license_citation_and_build_system_files():
     assert set(pyproject) == {"build-system", "tool"} and set(pyproject["tool"]) == {"ruff", "pytest"}
 
 
+@pytest.mark.slow
 def test_package_imports_without_gradio_and_the_web_demo_says_what_is_missing():
     # gradio blocked: "import gradio" raises ImportError, as where the web extra is not installed.
     code = (
@@ -110,6 +111,7 @@ def _installed_command(name: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_installed_demo_commands_run(tmp_path):
     missing = tmp_path / "missing.png"
     result = subprocess.run(
@@ -138,6 +140,7 @@ def test_installed_demo_commands_run(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("usage: esc-net-web-demo")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train_net.py", "demo/demo.py", "tools/analyze_model.py"])
 def test_commands_print_no_deprecation_noise(script):
     """Python's default warning filters, as a user runs a command: no FutureWarning from the libraries' imports

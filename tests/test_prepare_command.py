@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from esc_net.data.synthetic_shapes import DEFAULT_MAX_SHAPES, render_split_sample
@@ -51,6 +52,7 @@ def run_python(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_registration_and_commands_do_not_load_the_model_libraries():
     result = run_python("-c", _LIGHT_RUN, *map(str, SCRIPTS))
     assert result.returncode == 0, result.stderr
@@ -83,6 +85,7 @@ def test_registration_and_commands_do_not_load_the_model_libraries():
         assert f"    {dataset} " in command_help or f"    {dataset}\n" in command_help
 
 
+@pytest.mark.slow
 def test_the_predictor_is_still_exported_by_the_package():
     result = run_python("-c", "import esc_net; print(esc_net.ESCNetPredictor.__module__)")
     assert result.returncode == 0, result.stderr
@@ -91,6 +94,7 @@ def test_the_predictor_is_still_exported_by_the_package():
     assert "module 'esc_net' has no attribute 'NoSuchThing'" in result.stderr
 
 
+@pytest.mark.slow
 def test_python_m_prepares_a_dataset(tmp_path):
     """``python -m esc_net.data.prepare voc`` on a miniature VOC: both label sets are written."""
     voc = tmp_path / "VOCdevkit/VOC2012"
@@ -110,6 +114,7 @@ def test_python_m_prepares_a_dataset(tmp_path):
     np.testing.assert_array_equal(pas20b, [[20, 0, 19], [255, 10, 20]])
 
 
+@pytest.mark.slow
 def test_a_missing_download_ends_with_its_message_and_status_1(tmp_path):
     result = run_python("-m", "esc_net.data.prepare", "ade20k_150", "--root", str(tmp_path))
     assert result.returncode == 1
@@ -121,6 +126,7 @@ def test_a_missing_download_ends_with_its_message_and_status_1(tmp_path):
     assert result.returncode == 2 and "invalid choice: 'ade20k_151'" in result.stderr
 
 
+@pytest.mark.slow
 def test_generate_synthetic_shapes_script(tmp_path):
     """``python datasets/generate_synthetic_shapes.py``, run from another folder, writes the documented files."""
     script = str(REPO / "datasets" / "generate_synthetic_shapes.py")

@@ -102,6 +102,7 @@ class _ShapeRecorder(DatasetEvaluator):
         return {}
 
 
+@pytest.mark.slow
 def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
     train, test = datasets
     out = str(tmp_path / "run")

@@ -31,6 +31,8 @@ from esc_net.demo import web as app_module
 from esc_net.demo.images import ImageLimits
 from esc_net.predictor import ESCNetPredictor
 
+pytestmark = pytest.mark.slow  # serves the page (and drives a browser)
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or a driver
 
