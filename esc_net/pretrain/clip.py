@@ -29,7 +29,7 @@ from esc_net.data.synthetic_shapes import (
     sample_rng,
 )
 from esc_net.modeling.clip.build import build_open_clip
-from esc_net.pretrain.common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
+from esc_net.pretrain.common import Schedule, fit, random_dihedral, save_report, save_state_dict, to_model_input
 
 logger = logging.getLogger("esc_net.pretrain")
 
@@ -134,51 +134,30 @@ def pretrain_clip(
     render_time = time.perf_counter() - start
 
     loss_fn = ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps, warmup))
-    model.train()
-    order, losses = rng.permutation(num_images), []
-    for step in range(steps):
-        first = (step * batch_size) % num_images
-        if first + batch_size > num_images:
-            order, first = rng.permutation(num_images), 0
-        index = order[first : first + batch_size]
+
+    def step_loss(index: np.ndarray) -> torch.Tensor:
         batch, _ = random_dihedral(images[index], None, rng)
-        image_features, text_features, logit_scale = model(to_model_input(batch), tokens[index])
-        loss = loss_fn(image_features, text_features, logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        return loss_fn(*model(to_model_input(batch), tokens[index]))
+
+    def clamp_temperature() -> None:
         with torch.no_grad():  # CLIP's clamp: the temperature stays below 100
             model.logit_scale.clamp_(0, np.log(100.0))
-        losses.append(loss.item())
-        if (step + 1) % log_period == 0 or step + 1 == steps:
-            logger.info(
-                "clip step %d/%d  loss %.3f  lr %.2e  %.1f s",
-                step + 1,
-                steps,
-                np.mean(losses[-log_period:]),
-                scheduler.get_last_lr()[0],
-                time.perf_counter() - start,
-            )
+
+    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
+    final_loss = fit(model, schedule, num_images, rng, step_loss, "clip", log_period, clamp_temperature)
     after = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)
     save_state_dict(model.state_dict(), output)
     report = {
         "weights": output,
         "settings": {
-            "steps": steps,
-            "batch_size": batch_size,
+            **schedule._asdict(),
             "num_images": num_images,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "warmup": warmup,
             "max_shapes": max_shapes,
             "seed": seed,
             "image_size": image_size,
             "template": ZERO_SHOT_TEMPLATE,
         },
-        "final_loss": float(np.mean(losses[-log_period:])),
+        "final_loss": final_loss,
         "zero_shot_untrained": before,
         "zero_shot": after,
         "seconds": {"rendering": render_time, "total": time.perf_counter() - start},

@@ -4,7 +4,8 @@ import json
 import logging
 import math
 import os
-from typing import Dict
+import time
+from typing import Callable, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -34,6 +35,56 @@ def random_dihedral(images: np.ndarray, masks: np.ndarray, rng: np.random.Genera
         images = images[:, :, ::-1]
         masks = masks[..., ::-1] if masks is not None else None
     return np.ascontiguousarray(images), (np.ascontiguousarray(masks) if masks is not None else None)
+
+
+class Schedule(NamedTuple):
+    """What both pre-training loops share of their settings (AdamW with a linear warm-up and a cosine decay)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup: int
+
+
+def fit(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    num_images: int,
+    rng: np.random.Generator,
+    step_loss: Callable[[np.ndarray], torch.Tensor],
+    name: str,
+    log_period: int,
+    after_step: Optional[Callable[[], None]] = None,
+) -> float:
+    """The pre-training loop: ``schedule.steps`` AdamW steps on ``step_loss(indices)`` for batches of image indices
+    drawn from ``num_images`` without replacement (reshuffled when a pass ends); ``after_step`` runs after every
+    update. Logs the loss every ``log_period`` steps; returns the mean loss of the last ``log_period`` steps."""
+    start = time.perf_counter()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, schedule.steps, schedule.warmup)
+    )
+    model.train()
+    order, losses = rng.permutation(num_images), []
+    for step in range(schedule.steps):
+        first = (step * schedule.batch_size) % num_images
+        if first + schedule.batch_size > num_images:
+            order, first = rng.permutation(num_images), 0
+        loss = step_loss(order[first : first + schedule.batch_size])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step()
+        losses.append(loss.item())
+        if (step + 1) % log_period == 0 or step + 1 == schedule.steps:
+            logger.info(
+                "%s step %d/%d  loss %.3f  lr %.2e  %.1f s", name, step + 1, schedule.steps,
+                np.mean(losses[-log_period:]), scheduler.get_last_lr()[0], time.perf_counter() - start,
+            )  # fmt: skip
+    return float(np.mean(losses[-log_period:]))
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from esc_net.data.synthetic_shapes import OBJECT_CLASSES, instance_masks, render_sample, sample_rng
-from esc_net.pretrain.common import random_dihedral, save_report, save_state_dict, to_model_input, warmup_cosine
+from esc_net.pretrain.common import Schedule, fit, random_dihedral, save_report, save_state_dict, to_model_input
 
 logger = logging.getLogger("esc_net.pretrain")
 
@@ -276,55 +276,33 @@ def pretrain_sam(
     untrained = single_point_iou(sam, held_out, seed)
     render_time = time.perf_counter() - start
 
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps, warmup))
-    order, losses = rng.permutation(num_images), []
-    sam.train()
-    for step in range(steps):
-        first = (step * batch_size) % num_images
-        if first + batch_size > num_images:
-            order, first = rng.permutation(num_images), 0
-        index = order[first : first + batch_size]
+    def step_loss(index: np.ndarray) -> torch.Tensor:
         images, masks = random_dihedral(pool.images[index], pool.masks[index], rng)
         embeddings = sam.image_encoder(to_model_input(images))
         loss = 0.0
-        for kind, part in zip(PROMPT_KINDS, np.array_split(np.arange(batch_size), len(PROMPT_KINDS))):
+        for kind, part in zip(PROMPT_KINDS, np.array_split(np.arange(len(index)), len(PROMPT_KINDS))):
             logits, iou_pred = prompted_masks(sam, embeddings[part], masks[part], kind, rng)
             target = torch.from_numpy(masks[part]).float()
-            mask_loss = _mask_losses(logits, target)
             # the best of the candidates for an ambiguous prompt, as SAM trains its multi-mask output
+            mask_loss = _mask_losses(logits, target).min(dim=1).values.mean()
             iou_loss = F.mse_loss(iou_pred, _iou(logits.detach(), target))
-            loss = loss + (mask_loss.min(dim=1).values.mean() + iou_loss) * len(part) / batch_size
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if (step + 1) % log_period == 0 or step + 1 == steps:
-            logger.info(
-                "sam step %d/%d  loss %.3f  lr %.2e  %.1f s",
-                step + 1,
-                steps,
-                np.mean(losses[-log_period:]),
-                scheduler.get_last_lr()[0],
-                time.perf_counter() - start,
-            )
+            loss = loss + (mask_loss + iou_loss) * len(part) / len(index)
+        return loss
+
+    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
+    final_loss = fit(sam, schedule, num_images, rng, step_loss, "sam", log_period)
     trained = single_point_iou(sam, held_out, seed)
     save_state_dict(sam.state_dict(), output)
     report = {
         "weights": output,
         "settings": {
-            "steps": steps,
-            "batch_size": batch_size,
+            **schedule._asdict(),
             "num_images": num_images,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "warmup": warmup,
             "seed": seed,
             "image_size": image_size,
             "decoder": {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads},
         },
-        "final_loss": float(np.mean(losses[-log_period:])),
+        "final_loss": final_loss,
         "single_point_iou": trained,
         "single_point_iou_untrained": untrained,
         "held_out_objects": eval_images,
