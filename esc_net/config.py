@@ -14,6 +14,7 @@ Detectron2's ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are not read.
 Config files are read by :func:`merge_config_file`, with YAML's safe loader only (see there).
 """
 
+import argparse
 from typing import Sequence
 
 import yaml
@@ -24,6 +25,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "ConfigFileError",
     "add_esc_net_config",
+    "add_opts_argument",
     "check_config",
     "check_input_geometry",
     "load_config",
@@ -249,6 +251,18 @@ def add_esc_net_config(cfg: CN) -> None:
     # True uses only its complete pairs (with a warning naming the others); the evaluation reports how many images
     # it scored (esc_net/data/datasets/complete_sem_seg.py).
     cfg.DATASETS.ALLOW_INCOMPLETE = False
+
+
+def add_opts_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--opts KEY VALUE ...`` argument of the project's commands: config overrides, after every other
+    argument (Detectron2's ``merge_from_list`` takes them)."""
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last",
+    )
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:

@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count_table  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from esc_net.config import add_opts_argument
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")
@@ -63,13 +64,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-depth", type=int, default=3, help="depth of the per-module parameter table")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--opts",
-        nargs=argparse.REMAINDER,
-        default=[],
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.ESC_NET.NUM_BLOCKS 2; comes last",
-    )
+    add_opts_argument(parser)
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.classes):
         parser.error(f"--classes must be positive, got {args.classes}")

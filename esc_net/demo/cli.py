@@ -61,7 +61,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from esc_net import add_esc_net_config
-from esc_net.config import ConfigFileError, merge_config_file
+from esc_net.config import ConfigFileError, add_opts_argument, merge_config_file
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
 from esc_net.data.vocabulary import default_vocabulary_source
 from esc_net.demo.images import (
@@ -167,13 +167,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     )
     add_image_limit_arguments(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
-    parser.add_argument(
-        "--opts",
-        nargs=argparse.REMAINDER,
-        default=[],
-        metavar="KEY VALUE",
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth; comes last",
-    )
+    add_opts_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 
+from esc_net.config import add_opts_argument
 from esc_net.data import check_vocabulary
 from esc_net.data.synthetic_shapes import render_split_sample
 from esc_net.demo.cli import (
@@ -137,13 +138,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
     parser.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
     parser.add_argument("--device", help="run on this device (cpu, cuda); default: the config's MODEL.DEVICE")
-    parser.add_argument(
-        "--opts",
-        nargs=argparse.REMAINDER,
-        default=[],
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth; comes last",
-    )
+    add_opts_argument(parser)
     return parser.parse_args(argv)
 
 

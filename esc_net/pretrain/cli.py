@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from esc_net.config import load_config
+from esc_net.config import add_opts_argument, load_config
 from esc_net.modeling.clip.build import load_weights_file
 from esc_net.pretrain import clip as clip_stage
 from esc_net.pretrain import sam as sam_stage
@@ -47,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         command.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
         command.add_argument("--force", action="store_true", help="train even if the output already loads")
-        command.add_argument(
-            "--opts",
-            nargs=argparse.REMAINDER,
-            default=[],
-            metavar="KEY VALUE",
-            help="config overrides, e.g. --opts MODEL.ESC_NET.SAM_DEPTH 2",
-        )
+        add_opts_argument(command)
     return parser
 
 
