@@ -383,3 +383,15 @@ def test_in_a_real_browser(server, files):
         assert resources and all(r.startswith(server) or r.startswith("data:") for r in resources), resources
     finally:
         browser.quit()
+
+
+def test_examples_name_unseen_classes(tmp_path):
+    """The page's examples are images of the embedded default's world, each with its benchmark's names: the first
+    one's are the unseen objects (and the textures), names the model's segmentation training never saw."""
+    from esc_net.data import synthetic_shapes as ss
+
+    examples = app_module.write_examples(str(tmp_path))
+    assert [os.path.basename(p) for p, _ in examples] == ["shapes_0.png", "shapes_1.png", "shapes_2.png"]
+    assert all(cv2.imread(p).shape == (256, 256, 3) for p, _ in examples)
+    first = examples[0][1].split("; ")
+    assert set(ss.UNSEEN_OBJECTS) <= set(first) and not set(first) & set(ss.SEEN_OBJECTS)

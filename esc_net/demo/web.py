@@ -49,7 +49,7 @@ from detectron2.utils.logger import setup_logger
 
 from esc_net.config import add_opts_argument
 from esc_net.data import check_vocabulary
-from esc_net.data.synthetic_shapes import render_split_sample
+from esc_net.data.synthetic_shapes import benchmark, render_split_sample
 from esc_net.demo.cli import (
     InputError,
     add_image_limit_arguments,
@@ -75,7 +75,6 @@ logger = logging.getLogger("esc_net.web_demo")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
 DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "output", "esc_net_tiny_shapes", "model_final.pth")
-NUM_EXAMPLES = 3
 # Longest side of the pictures the page shows (--display-side); the model predicts at that size.
 DISPLAY_SIDE = 1024
 # A score map shows a class's score where it is among the pixel's SCORE_MAP_TOP_K best classes (0 elsewhere): the
@@ -166,17 +165,22 @@ def private_folder() -> str:
     return folder
 
 
-def write_examples(folder: str) -> List[str]:
-    """Writes the example images (held-out images of the Synthetic Shapes world with every class, unseen ones
-    included, drawn at 256 px) into the existing ``folder`` and returns them."""
-    paths = []
-    for i in range(NUM_EXAMPLES):
+# The examples: an image of each zero-shot benchmark of the embedded default's world, with that benchmark's names
+# (unseen objects first: the names its segmentation training never saw).
+EXAMPLE_SPLITS = ("val_unseen", "val_all", "val")
+
+
+def write_examples(folder: str) -> List[Tuple[str, str]]:
+    """Writes the example images (held-out images of the Synthetic Shapes world, drawn at 256 px) into the existing
+    ``folder`` and returns them with the vocabulary text of each: (path, "stripes; checks; ...")."""
+    examples = []
+    for i, split in enumerate(EXAMPLE_SPLITS):
         path = os.path.join(folder, f"shapes_{i}.png")
-        image, _ = render_split_sample(1000, "val_all", i, 256, 3, 0)
+        image, _ = render_split_sample(1000, split, i, 256, 3, 0)
         if not cv2.imwrite(path, image[:, :, ::-1]):
             raise OSError(f"could not write the example image {path}")
-        paths.append(path)
-    return paths
+        examples.append((path, "; ".join(benchmark(split).vocabulary)))
+    return examples
 
 
 def user_error(message: str) -> Exception:
@@ -388,7 +392,7 @@ def color_bar(height: int) -> np.ndarray:
     return bar
 
 
-def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary: str, title: str):
+def build_app(segmenter: Segmenter, examples: Sequence[Tuple[str, str]], default_vocabulary: str, title: str):
     """The page (a ``gradio.Blocks``). Element ids (for tests and styling): image, vocabulary, score-class, segment,
     overlay, legend, score-map."""
     gr = gradio()
@@ -411,7 +415,11 @@ def build_app(segmenter: Segmenter, examples: Sequence[str], default_vocabulary:
                 score_class = gr.Textbox(label="score map of (optional): one class", elem_id="score-class")
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
                 if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="examples")
+                    gr.Examples(
+                        examples=[[path, names] for path, names in examples],
+                        inputs=[image, vocabulary],
+                        label="examples (each with its benchmark's names; the first names unseen classes)",
+                    )
             with gr.Column():
                 overlay = gr.Image(label="segmentation", elem_id="overlay", interactive=False, format="png")
                 legend = gr.HTML(elem_id="legend")
@@ -474,7 +482,7 @@ def create(args: argparse.Namespace) -> Tuple[Any, dict]:
         "server_name": args.host,
         "server_port": args.port,
         "max_file_size": int(args.max_upload_mb * 2**20),  # bytes
-        "allowed_paths": [os.path.dirname(examples[0])],
+        "allowed_paths": [os.path.dirname(examples[0][0])],
         "theme": theme(),
         "show_error": True,
     }
