@@ -22,6 +22,18 @@ with open(TINY_CONFIG) as f:
     # the one configs/esc_net_tiny.yaml defines. Its text tower keeps open_clip's tokenizer vocabulary.
     TINY_CLIP_CFG = yaml.safe_load(f)["MODEL"]["ESC_NET"]["CLIP_MODEL_CFG"]
 
+# Options that turn the laboratory's config (configs/esc_net_tiny_shapes.yaml, whose CLIP and SAM weights
+# scripts/run_default.sh pre-trains into output/pretrained) into the same model with random CLIP and SAM weights:
+# for tests of the training machinery, which must not depend on files that a clean clone does not have.
+RANDOM_BACKBONES = [
+    "MODEL.ESC_NET.CLIP_PRETRAINED",
+    "none",
+    "MODEL.ESC_NET.SAM_CHECKPOINT",
+    "",
+    "MODEL.ESC_NET.ALLOW_RANDOM_SAM",
+    "True",
+]
+
 
 @pytest.fixture
 def tiny_clip_cfg():

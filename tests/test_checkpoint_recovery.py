@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import RANDOM_BACKBONES, REPO_ROOT
 from esc_net.utils.checkpoint import ESCNetCheckpointer, read_checkpoint_file
 
 pytestmark = pytest.mark.slow  # kills and resumes training processes
@@ -133,6 +133,7 @@ def _train(tmp_path, kill, opts):
         "--config-file",
         os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml"),
         "--resume",
+        *RANDOM_BACKBONES,
         *opts,
     ]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)

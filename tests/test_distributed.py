@@ -10,7 +10,7 @@ import cv2
 import pytest
 import torch
 
-from conftest import REPO_ROOT, free_port
+from conftest import RANDOM_BACKBONES, REPO_ROOT, free_port
 from esc_net import engine
 from esc_net.data.synthetic_shapes import generate_synthetic_shapes, split_dirs
 from esc_net.utils.checkpoint import read_checkpoint_file
@@ -39,6 +39,7 @@ def _opts(output_dir):
     # IMS_PER_BATCH is the total over all processes: 2 images per step in every run. SGD, because AdamW divides
     # by the root of the squared gradients, which turns float rounding in near-zero gradients into full steps.
     return [
+        *RANDOM_BACKBONES,
         "OUTPUT_DIR",
         str(output_dir),
         "SOLVER.MAX_ITER",

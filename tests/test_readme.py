@@ -12,7 +12,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import esc_net
-from conftest import REPO_ROOT
+from conftest import RANDOM_BACKBONES, REPO_ROOT
 from esc_net.data import synthetic_shapes as ss
 
 with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
@@ -32,7 +32,7 @@ def root(tmp_path_factory):
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
     cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml"))
-    cfg.merge_from_list(["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.SAM_CHECKPOINT", ""])
+    cfg.merge_from_list(RANDOM_BACKBONES)
     torch.manual_seed(0)
     model = build_model(cfg)
     (root / "output" / "esc_net_tiny_shapes").mkdir(parents=True)

@@ -25,7 +25,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
+from conftest import RANDOM_BACKBONES, REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 from esc_net.config import load_config
 from esc_net.demo import web as app_module
 from esc_net.demo.images import ImageLimits
@@ -268,9 +268,7 @@ def test_no_arguments_trains_the_default_first(monkeypatch, tmp_path, files):
         calls.append((command, env["ESC_NET_SKIP_SETUP"], env["ESC_NET_VENV"]))
         # what the training would leave behind: weights of the default config (random here)
         weights.parent.mkdir(parents=True)
-        cfg = load_config(
-            app_module.DEFAULT_CONFIG, ["MODEL.ESC_NET.CLIP_PRETRAINED", "none", "MODEL.ESC_NET.SAM_CHECKPOINT", ""]
-        )
+        cfg = load_config(app_module.DEFAULT_CONFIG, RANDOM_BACKBONES)
         DetectionCheckpointer(build_model(cfg), save_dir=str(weights.parent)).save("model_final")
 
     monkeypatch.setattr(app_module.subprocess, "run", fake_run)
@@ -279,6 +277,17 @@ def test_no_arguments_trains_the_default_first(monkeypatch, tmp_path, files):
     assert "model_final.pth" in json.dumps(app.config)  # the page names the weights it serves, by file name
     app_module.ensure_default_checkpoint()  # present now: nothing runs again
     assert len(calls) == 1
+
+
+def test_a_second_page_in_the_same_process_leaves_the_first_one_working(page, client, files):
+    """Gradio looks up its upload folder (GRADIO_TEMP_DIR) each time it accepts an upload: a second page built in
+    the same process shares the first one's private folder, so uploads to the first page are still accepted."""
+    args = app_module.parse_args(
+        ["--config-file", TINY_CONFIG, "--port", str(free_port()), "--opts", "MODEL.WEIGHTS", str(files / "model.pth")]
+    )
+    app_module.create(args)
+    _, legend, _ = _segment(client, files / "square.png")
+    assert _legend_classes(legend)[0]
 
 
 def test_the_page_keeps_its_files_private_and_shows_no_server_path(page, files):

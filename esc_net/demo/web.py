@@ -151,13 +151,17 @@ def ensure_default_checkpoint() -> str:
     return DEFAULT_WEIGHTS
 
 
+@functools.lru_cache(maxsize=None)
 def private_folder() -> str:
-    """A new folder for this server's files, readable by its owner only (``mkdtemp``: mode 0700), removed at exit.
+    """This process's folder for the pages' files, readable by its owner only (``mkdtemp``: mode 0700), removed at
+    exit.
 
     Gradio keeps uploads, examples and outputs under ``GRADIO_TEMP_DIR`` (by default a ``gradio`` folder in the
     system's temporary folder, shared by every user of the machine); pointing it here keeps them private. A
     ``GRADIO_TEMP_DIR`` already set is the parent of the new folder. Call it before the page is built: Gradio
-    reads the variable when its components and its server are created.
+    reads the variable when its components and its server are created. One folder per process, created on the
+    first call: Gradio reads the variable again each time it accepts an upload, so a second folder would make
+    the uploads of a page built earlier in the same process look foreign and be refused.
     """
     folder = tempfile.mkdtemp(prefix="esc_net_web_demo_", dir=os.environ.get("GRADIO_TEMP_DIR"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
