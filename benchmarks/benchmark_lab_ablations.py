@@ -12,6 +12,7 @@ sample standard deviation over the seeds, and every seed's value) is printed and
 
     .venv/bin/python benchmarks/benchmark_lab_ablations.py                        # every variant, seeds 0 1 2
     .venv/bin/python benchmarks/benchmark_lab_ablations.py --variants default random_sam --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/benchmark_lab_ablations.py --summarize-only       # the table of what has finished
 
 The pre-trained weights must exist (``scripts/run_default.sh`` writes them; ``--pretrained`` says where).
 """
@@ -144,6 +145,20 @@ def run_one(variant: str, seed: int, args) -> Dict:
         return json.load(f)["results"]
 
 
+def finished_runs(output: str, variants: Sequence[str]) -> Dict[str, Dict[int, Dict]]:
+    """variant -> seed -> results of the runs under ``output`` that finished (their benchmark_results.json)."""
+    runs: Dict[str, Dict[int, Dict]] = {}
+    for variant in variants:
+        folder = os.path.join(output, variant)
+        seeds = sorted(int(n[4:]) for n in os.listdir(folder) if n.startswith("seed")) if os.path.isdir(folder) else []
+        for seed in seeds:
+            results = os.path.join(folder, f"seed{seed}", "benchmark_results.json")
+            if os.path.isfile(results):
+                with open(results) as f:
+                    runs.setdefault(variant, {})[seed] = json.load(f)["results"]
+    return runs
+
+
 def _mean_std(values: List[float]) -> str:
     if not values:
         return "-"
@@ -152,13 +167,14 @@ def _mean_std(values: List[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def summarize(runs: Dict[str, Dict[int, Dict]], seeds: Sequence[int]) -> str:
-    header = ["variant"] + [f"{d.replace('synthetic_shapes_', '')} {m}" for d, m in COLUMNS]
+def summarize(runs: Dict[str, Dict[int, Dict]]) -> str:
+    """The table of ``runs`` (variant -> seed -> results): a row per variant, over the seeds it has."""
+    header = ["variant", "seeds"] + [f"{d.replace('synthetic_shapes_', '')} {m}" for d, m in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, by_seed in runs.items():
-        cells = [f"{variant}"]
+        cells = [variant, str(len(by_seed))]
         for dataset, metric in COLUMNS:
-            values = [by_seed[s][dataset][metric] for s in seeds if by_seed[s][dataset].get(metric) is not None]
+            values = [r[dataset][metric] for r in by_seed.values() if r[dataset].get(metric) is not None]
             cells.append(_mean_std(values) + " (" + ", ".join(f"{v:.1f}" for v in values) + ")")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -174,23 +190,33 @@ def main():
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "ablations"))
     parser.add_argument("--pretrained", default=os.path.join(ROOT, "output", "pretrained"))
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: summarize the finished runs of --variants found in --output, whatever their seeds",
+    )
     args = parser.parse_args()
-    for name in ("clip_tiny_shapes.pt", "sam_tiny_shapes.pth"):
-        if not os.path.isfile(os.path.join(args.pretrained, name)):
-            sys.exit(f"{os.path.join(args.pretrained, name)} not found: run scripts/run_default.sh first")
-    jobs = [(v, s) for v in args.variants for s in args.seeds]
-    with ThreadPoolExecutor(args.workers) as pool:
-        done = list(pool.map(lambda job: run_one(*job, args), jobs))
-    runs: Dict[str, Dict[int, Dict]] = {}
-    for (variant, seed), results in zip(jobs, done):
-        runs.setdefault(variant, {})[seed] = results
-    table = summarize(runs, args.seeds)
+    if args.summarize_only:
+        runs = finished_runs(args.output, args.variants)
+    else:
+        for name in ("clip_tiny_shapes.pt", "sam_tiny_shapes.pth"):
+            if not os.path.isfile(os.path.join(args.pretrained, name)):
+                sys.exit(f"{os.path.join(args.pretrained, name)} not found: run scripts/run_default.sh first")
+        jobs = [(v, s) for v in args.variants for s in args.seeds]
+        with ThreadPoolExecutor(args.workers) as pool:
+            done = list(pool.map(lambda job: run_one(*job, args), jobs))
+        runs = {}
+        for (variant, seed), results in zip(jobs, done):
+            runs.setdefault(variant, {})[seed] = results
+    if not runs:
+        sys.exit(f"no finished run of {args.variants} under {args.output}")
+    table = summarize(runs)
     print(table)
-    notes = "\n".join(f"- {v}: {VARIANTS[v][0]}" for v in args.variants)
+    notes = "\n".join(f"- {v}: {VARIANTS[v][0]}" for v in runs)
     with open(os.path.join(args.output, "ablations.md"), "w") as f:
-        f.write(f"Seeds {list(args.seeds)}; mean ± sample std (each seed's value)\n\n{table}\n\n{notes}\n")
+        f.write(f"mean ± sample std over the seeds (each seed's value)\n\n{table}\n\n{notes}\n")
     with open(os.path.join(args.output, "ablations.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "variants": {v: VARIANTS[v] for v in args.variants}, "runs": runs}, f, indent=1)
+        json.dump({"variants": {v: VARIANTS[v] for v in runs}, "runs": runs}, f, indent=1)
 
 
 if __name__ == "__main__":

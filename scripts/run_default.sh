@@ -119,7 +119,8 @@ for name, r in results.items():
     groups = "  ".join(f"{k} {r[k]:.1f}" for k in ("mIoU-seen", "mIoU-unseen", "hIoU") if r.get(k) is not None)
     print(f"[run_default] {r['benchmark']:14s} mIoU {r['mIoU']:.1f}  {groups}")
 PYEOF
-log "stage times: $(IFS=';'; echo "${TIMES[*]}")"
+STAGES="$(printf '%s; ' "${TIMES[@]}")"
+log "stage times: ${STAGES%; }"
 log "done in $((SECONDS - START)) s"
 log "pre-trained: $CLIP_WEIGHTS, $SAM_WEIGHTS (reports: .json beside them)"
 log "checkpoint:  $CHECKPOINT"

@@ -57,3 +57,19 @@ def test_readme_snippet_runs(root, index, monkeypatch):
         assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
     if "scores" in namespace:
         assert namespace["scores"].shape[-2:] == (64, 64)
+
+
+# The project's own Markdown files, whose relative links (files and folders of the repository) must resolve.
+DOCUMENTS = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md", "datasets/README.md"] + [
+    os.path.join("docs", name) for name in sorted(os.listdir(os.path.join(REPO_ROOT, "docs"))) if name.endswith(".md")
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_relative_link_resolves(document):
+    path = os.path.join(REPO_ROOT, document)
+    with open(path, encoding="utf-8") as f:
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read())
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]  # not http:, https:, mailto:
+    missing = [t for t in local if not os.path.exists(os.path.join(os.path.dirname(path), t))]
+    assert not missing, f"{document} links to files that do not exist: {missing}"
