@@ -81,6 +81,12 @@ def _args(config_opts, eval_only=False, resume=False):
     return parser.parse_args(argv + [str(x) for x in config_opts])
 
 
+def _run_opts(datasets, output_dir):
+    """The config options of a run on the ``datasets`` fixture's pair, writing to ``output_dir``."""
+    train, test = datasets
+    return ["DATASETS.TRAIN", str(train), "DATASETS.TEST", str(test), "OUTPUT_DIR", str(output_dir)]
+
+
 def _losses(output_dir):
     with open(os.path.join(output_dir, "metrics.json")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -104,15 +110,10 @@ class _ShapeRecorder(DatasetEvaluator):
 
 @pytest.mark.slow
 def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
-    train, test = datasets
+    test = datasets[1]
     out = str(tmp_path / "run")
     common = [
-        "DATASETS.TRAIN",
-        str(train),
-        "DATASETS.TEST",
-        str(test),
-        "OUTPUT_DIR",
-        out,
+        *_run_opts(datasets, out),
         "SOLVER.CHECKPOINT_PERIOD",
         20,
         "SOLVER.IMS_PER_BATCH",
@@ -162,16 +163,10 @@ def test_train_checkpoint_resume_and_evaluate(datasets, tmp_path):
 
 
 def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
-    train, test = datasets
     bad = tmp_path / "bad.pth"
     torch.save({"model": {"decoder.head.weight": torch.zeros(1), "not.a.layer": torch.zeros(1)}}, bad)
     opts = [
-        "DATASETS.TRAIN",
-        str(train),
-        "DATASETS.TEST",
-        str(test),
-        "OUTPUT_DIR",
-        str(tmp_path / "eval"),
+        *_run_opts(datasets, str(tmp_path / "eval")),
         "MODEL.WEIGHTS",
         str(bad),
     ]
@@ -182,14 +177,8 @@ def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
 
 @pytest.mark.parametrize("precision, dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
 def test_amp_precision_reaches_detectron2_amp_trainer(datasets, tmp_path, precision, dtype):
-    train, test = datasets
     opts = [
-        "DATASETS.TRAIN",
-        str(train),
-        "DATASETS.TEST",
-        str(test),
-        "OUTPUT_DIR",
-        str(tmp_path),
+        *_run_opts(datasets, str(tmp_path)),
         "SOLVER.AMP.ENABLED",
         "True",
         "SOLVER.AMP.PRECISION",
@@ -200,14 +189,8 @@ def test_amp_precision_reaches_detectron2_amp_trainer(datasets, tmp_path, precis
 
 
 def test_unknown_amp_precision_is_refused(datasets, tmp_path):
-    train, test = datasets
     opts = [
-        "DATASETS.TRAIN",
-        str(train),
-        "DATASETS.TEST",
-        str(test),
-        "OUTPUT_DIR",
-        str(tmp_path),
+        *_run_opts(datasets, str(tmp_path)),
         "SOLVER.AMP.PRECISION",
         "float8",
     ]
@@ -217,14 +200,8 @@ def test_unknown_amp_precision_is_refused(datasets, tmp_path):
 
 def test_training_without_sam_weights_is_refused_unless_asked_for(datasets, tmp_path):
     """Training from random SAM weights needs an explicit opt-out; evaluation from MODEL.WEIGHTS needs no SAM file."""
-    train, test = datasets
     opts = [
-        "DATASETS.TRAIN",
-        str(train),
-        "DATASETS.TEST",
-        str(test),
-        "OUTPUT_DIR",
-        str(tmp_path),
+        *_run_opts(datasets, str(tmp_path)),
         "MODEL.ESC_NET.ALLOW_RANDOM_SAM",
         "False",
     ]
