@@ -94,13 +94,13 @@ VARIANTS: Dict[str, tuple] = {
         ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"],
     ),
 }
-# (dataset, metric) columns of the summary
+# (dataset, metric, heading) columns of the summary
 COLUMNS = (
-    ("synthetic_shapes_val", "mIoU"),
-    ("synthetic_shapes_val_unseen", "mIoU-unseen"),
-    ("synthetic_shapes_val_all", "mIoU-seen"),
-    ("synthetic_shapes_val_all", "mIoU-unseen"),
-    ("synthetic_shapes_val_all", "hIoU"),
+    ("synthetic_shapes_val", "mIoU", "Shapes seen: mIoU"),
+    ("synthetic_shapes_val_unseen", "mIoU-unseen", "Shapes unseen: mIoU-unseen"),
+    ("synthetic_shapes_val_all", "mIoU-seen", "Shapes all: mIoU-seen"),
+    ("synthetic_shapes_val_all", "mIoU-unseen", "Shapes all: mIoU-unseen"),
+    ("synthetic_shapes_val_all", "hIoU", "Shapes all: hIoU"),
 )
 
 
@@ -169,11 +169,11 @@ def _mean_std(values: List[float]) -> str:
 
 def summarize(runs: Dict[str, Dict[int, Dict]]) -> str:
     """The table of ``runs`` (variant -> seed -> results): a row per variant, over the seeds it has."""
-    header = ["variant", "seeds"] + [f"{d.replace('synthetic_shapes_', '')} {m}" for d, m in COLUMNS]
+    header = ["variant", "seeds"] + [heading for _, _, heading in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, by_seed in runs.items():
         cells = [variant, str(len(by_seed))]
-        for dataset, metric in COLUMNS:
+        for dataset, metric, _ in COLUMNS:
             values = [r[dataset][metric] for r in by_seed.values() if r[dataset].get(metric) is not None]
             cells.append(_mean_std(values) + " (" + ", ".join(f"{v:.1f}" for v in values) + ")")
         lines.append("| " + " | ".join(cells) + " |")
