@@ -29,6 +29,7 @@ def clip_file(tmp_path_factory):
         batch_size=8,
         num_images=16,
         eval_images=12,
+        eval_period=1,
         report_path=path.replace(".pt", ".json"),
     )
     return path, report
@@ -45,6 +46,7 @@ def sam_file(tmp_path_factory):
         batch_size=8,
         num_images=16,
         eval_images=8,
+        eval_period=1,
         report_path=path.replace(".pth", ".json"),
     )
     return path, report
@@ -63,6 +65,9 @@ def test_clip_stage_writes_an_open_clip_state_dict_that_esc_net_loads(clip_file)
         written = json.load(f)
     assert written["zero_shot"].keys() >= {"object", "color", "kind", "texture", "seen", "unseen kind"}
     assert written["settings"]["steps"] == 2 and report["zero_shot"]["images"] == 12
+    # the learning curve: every eval_period steps before the last (whose figures are "zero_shot")
+    assert [point["step"] for point in written["learning_curve"]] == [1]
+    assert written["learning_curve"][0].keys() >= {"object", "kind", "unseen kind"}
 
 
 def test_sam_stage_writes_the_official_format_that_changes_the_sam_blocks(sam_file):
@@ -85,6 +90,7 @@ def test_sam_stage_writes_the_official_format_that_changes_the_sam_blocks(sam_fi
         block.prompt_encoder.point_embeddings[1].weight, state["prompt_encoder.point_embeddings.1.weight"]
     )
     assert 0 <= report["single_point_iou"] <= 100 and report["held_out_objects"] == 8
+    assert [point["step"] for point in report["learning_curve"]] == [1]
 
 
 def test_batched_decoder_equals_segment_anythings_per_image():

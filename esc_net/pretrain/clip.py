@@ -114,15 +114,17 @@ def pretrain_clip(
     seed: int = 0,
     log_period: int = 100,
     eval_images: int = 360,
+    eval_period: int = 0,
     report_path: Optional[str] = None,
 ) -> Dict:
     """Trains the CLIP of ``model_cfg`` contrastively and saves its state dict to ``output``.
 
     ``num_images`` captioned images (1 to ``max_shapes`` objects each) are drawn once and shown in random order with
     a random flip / rotation per batch, for ``steps`` steps of ``batch_size``; AdamW with a warm-up and a cosine
-    decay. The defaults are the ones the laboratory measured best (docs/laboratory.md, "Stage 1"). Returns (and,
-    with ``report_path``, writes as JSON) the settings, the loss and the zero-shot accuracies before and after
-    training.
+    decay. The defaults are the ones the laboratory measured best (docs/laboratory.md, "Stage 1"). With
+    ``eval_period``, the zero-shot accuracies are also measured every ``eval_period`` steps (the learning curve).
+    Returns (and, with ``report_path``, writes as JSON) the settings, the loss and the zero-shot accuracies before
+    and after training.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -139,12 +141,18 @@ def pretrain_clip(
         batch, _ = random_dihedral(images[index], None, rng)
         return loss_fn(*model(to_model_input(batch), tokens[index]))
 
-    def clamp_temperature() -> None:
+    curve = []
+
+    def after_step(done: int) -> None:
         with torch.no_grad():  # CLIP's clamp: the temperature stays below 100
             model.logit_scale.clamp_(0, np.log(100.0))
+        if eval_period and done % eval_period == 0 and done < steps:
+            curve.append({"step": done, **zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)})
+            logger.info("CLIP zero-shot at step %d: %s", done, _summary(curve[-1]))
+            model.train()
 
     schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
-    final_loss = fit(model, schedule, num_images, rng, step_loss, "clip", log_period, clamp_temperature)
+    final_loss = fit(model, schedule, num_images, rng, step_loss, "clip", log_period, after_step)
     after = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)
     save_state_dict(model.state_dict(), output)
     report = {
@@ -160,6 +168,7 @@ def pretrain_clip(
         "final_loss": final_loss,
         "zero_shot_untrained": before,
         "zero_shot": after,
+        "learning_curve": curve,
         "seconds": {"rendering": render_time, "total": time.perf_counter() - start},
     }
     logger.info("CLIP zero-shot (%d held-out images): %s", eval_images, _summary(after))
@@ -169,4 +178,4 @@ def pretrain_clip(
 
 
 def _summary(accuracy: Dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.1f}%" for k, v in accuracy.items() if k != "images")
+    return ", ".join(f"{k} {v:.1f}%" for k, v in accuracy.items() if k not in ("images", "step"))

@@ -55,11 +55,12 @@ def fit(
     step_loss: Callable[[np.ndarray], torch.Tensor],
     name: str,
     log_period: int,
-    after_step: Optional[Callable[[], None]] = None,
+    after_step: Optional[Callable[[int], None]] = None,
 ) -> float:
     """The pre-training loop: ``schedule.steps`` AdamW steps on ``step_loss(indices)`` for batches of image indices
-    drawn from ``num_images`` without replacement (reshuffled when a pass ends); ``after_step`` runs after every
-    update. Logs the loss every ``log_period`` steps; returns the mean loss of the last ``log_period`` steps."""
+    drawn from ``num_images`` without replacement (reshuffled when a pass ends); ``after_step(steps_done)`` runs
+    after every update. Logs the loss every ``log_period`` steps; returns the mean loss of the last ``log_period``
+    steps."""
     start = time.perf_counter()
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -77,7 +78,7 @@ def fit(
         optimizer.step()
         scheduler.step()
         if after_step is not None:
-            after_step()
+            after_step(step + 1)
         losses.append(loss.item())
         if (step + 1) % log_period == 0 or step + 1 == schedule.steps:
             logger.info(

@@ -258,12 +258,14 @@ def pretrain_sam(
     seed: int = 0,
     log_period: int = 100,
     eval_images: int = 300,
+    eval_period: int = 0,
     report_path: Optional[str] = None,
 ) -> Dict:
     """Trains a tiny SAM (see :func:`build_sam`) class-agnostically and saves its state dict to ``output``.
 
     Each step encodes ``batch_size`` images once and prompts one object of each, a quarter of the batch per kind
-    of prompt in PROMPT_KINDS (the number of steps: docs/laboratory.md, "Stage 2"). Returns (and, with
+    of prompt in PROMPT_KINDS (the number of steps: docs/laboratory.md, "Stage 2"). With ``eval_period``, the
+    single-point IoU is also measured every ``eval_period`` steps (the learning curve). Returns (and, with
     ``report_path``, writes as JSON) the settings, the loss, and the single-point IoU of the trained and of the
     untrained model on held-out objects.
     """
@@ -289,8 +291,16 @@ def pretrain_sam(
             loss = loss + (mask_loss + iou_loss) * len(part) / len(index)
         return loss
 
+    curve = []
+
+    def after_step(done: int) -> None:
+        if eval_period and done % eval_period == 0 and done < steps:
+            curve.append({"step": done, "single_point_iou": single_point_iou(sam, held_out, seed)})
+            logger.info("SAM single-point IoU at step %d: %.1f", done, curve[-1]["single_point_iou"])
+            sam.train()
+
     schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
-    final_loss = fit(sam, schedule, num_images, rng, step_loss, "sam", log_period)
+    final_loss = fit(sam, schedule, num_images, rng, step_loss, "sam", log_period, after_step)
     trained = single_point_iou(sam, held_out, seed)
     save_state_dict(sam.state_dict(), output)
     report = {
@@ -305,6 +315,7 @@ def pretrain_sam(
         "final_loss": final_loss,
         "single_point_iou": trained,
         "single_point_iou_untrained": untrained,
+        "learning_curve": curve,
         "held_out_objects": eval_images,
         "seconds": {"rendering": render_time, "total": time.perf_counter() - start},
     }
