@@ -33,12 +33,16 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from esc_net.config import add_esc_net_config, check_config, merge_config_file
-from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
+from esc_net.config import add_esc_net_config, merge_config_file
+from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary, resolve_vocabularies
 from esc_net.data.datasets import incomplete_datasets_allowed
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from esc_net.solver import build_optimizer
+from esc_net.utils.arguments import check_choice
 from esc_net.utils.checkpoint import ESCNetCheckpointer, check_weights_fit
+
+# The precisions of SOLVER.AMP.PRECISION: names of torch dtypes.
+AMP_PRECISIONS = ("float16", "bfloat16")
 
 
 class Trainer(DefaultTrainer):
@@ -46,7 +50,8 @@ class Trainer(DefaultTrainer):
     checkpointer (:class:`ESCNetCheckpointer`: atomic saves, resuming past damaged files), and DDP on CPUs."""
 
     def __init__(self, cfg):
-        check_config(cfg, training=True)
+        check_choice("SOLVER.AMP.PRECISION", cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS)
+        check_sam_source(cfg)
         # DefaultTrainer.__init__ is not called: it wraps the model in DistributedDataParallel with
         # device_ids=[local rank], which DDP refuses for a CPU module (`--num-gpus 2 MODEL.DEVICE cpu`), and it
         # builds Detectron2's own checkpointer. The steps are otherwise the same.
@@ -64,7 +69,7 @@ class Trainer(DefaultTrainer):
         device_ids = [comm.get_local_rank()] if next(model.parameters()).device.type == "cuda" else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         if cfg.SOLVER.AMP.ENABLED:
-            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)  # "float16" or "bfloat16" (check_config)
+            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)  # "float16" or "bfloat16" (checked above)
             self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
@@ -88,6 +93,16 @@ class Trainer(DefaultTrainer):
             # complete and the loop below will not run again, so write the final checkpoint now.
             self.checkpointer.save("model_final", iteration=self.iter)
         return super().train()
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's model of ``cfg``, whose default vocabularies (``MODEL.ESC_NET.VOCABULARY``,
+        ``TRAIN_VOCABULARY``) are read from the datasets the config names and handed to the model as names.
+
+        Raises:
+            KeyError: naming the key of a vocabulary whose dataset is not registered.
+        """
+        return super().build_model(resolve_vocabularies(cfg))
 
     # Each builder below loads its dataset's records, where an incomplete dataset is refused unless
     # DATASETS.ALLOW_INCOMPLETE says otherwise.
@@ -133,6 +148,28 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process() and sem_seg_results:
             summarize_benchmarks(sem_seg_results, cfg.OUTPUT_DIR)  # logs the table, writes JSON and CSV
         return results
+
+
+def check_sam_source(cfg) -> None:
+    """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
+
+    The SAM weights come from ``MODEL.ESC_NET.SAM_CHECKPOINT`` or, when fine-tuning or resuming, from
+    ``MODEL.WEIGHTS``; ``MODEL.ESC_NET.ALLOW_RANDOM_SAM`` opts out (tiny configs, the random-SAM ablation).
+
+    Raises:
+        ValueError: naming the key to set and where the official checkpoint comes from.
+    """
+    from esc_net.modeling.sam_checkpoint import SAM_CHECKPOINT_SOURCE
+
+    m = cfg.MODEL.ESC_NET
+    if not m.USE_SAM_BLOCK or m.SAM_CHECKPOINT or cfg.MODEL.WEIGHTS or m.ALLOW_RANDOM_SAM:
+        return
+    raise ValueError(
+        "MODEL.ESC_NET.SAM_CHECKPOINT is empty: training would start the SAM blocks from random weights, which "
+        "the paper's ablation shows to be far worse. Pass MODEL.ESC_NET.SAM_CHECKPOINT "
+        f"/path/to/sam_vit_b_01ec64.pth ({SAM_CHECKPOINT_SOURCE}), or set MODEL.ESC_NET.ALLOW_RANDOM_SAM True to "
+        "train from random SAM weights on purpose."
+    )
 
 
 def setup(args):

@@ -116,7 +116,7 @@ def analyze_flops(model, cfg, args) -> Dict[int, Dict[str, int]]:
     for num_classes in args.classes:
         logger.info(f"counting FLOPs for {num_classes} classes ...")
         analysis = count_flops(model, image, [f"class number {i}" for i in range(num_classes)])
-        results[num_classes] = split_by_stage(analysis.by_module(), len(model.blocks), root="model")
+        results[num_classes] = split_by_stage(analysis.by_module(), model, root="model")
         skipped.update(analysis.unsupported_ops())
     print(
         f"\nGFLOPs of one inference call ({model.inference.mode}: {views} view(s) of "

@@ -2,7 +2,7 @@
 
 from esc_net.data import datasets, synthetic_shapes  # noqa: F401  (registers the datasets with Detectron2)
 from esc_net.data.dataset_mapper import SemanticSegmentationMapper
-from esc_net.data.vocabulary import get_dataset_vocabulary
+from esc_net.data.vocabulary import get_dataset_vocabulary, resolve_vocabularies
 from esc_net.utils.vocabulary_rules import check_vocabulary
 
-__all__ = ["SemanticSegmentationMapper", "check_vocabulary", "get_dataset_vocabulary"]
+__all__ = ["SemanticSegmentationMapper", "check_vocabulary", "get_dataset_vocabulary", "resolve_vocabularies"]

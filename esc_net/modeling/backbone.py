@@ -1,0 +1,114 @@
+"""What ESC-Net needs of a vision-language backbone, and the registry that chooses one by name.
+
+A backbone encodes images into dense features in a joint image-text space (plus the intermediate features the
+decoder's skip connections read) and class names into unit vectors of the same space. open_clip's CLIP
+(:class:`~esc_net.modeling.clip.CLIPEncoder`, registered as ``"CLIPEncoder"``) is the one implementation;
+``MODEL.ESC_NET.BACKBONE`` names the class, as Detectron2's ``MODEL.BACKBONE.NAME`` names its backbones.
+
+Notation: B images, N classes, S x S the input size, h x w = S / patch the feature grid, D the joint embedding
+width, C the width of the skip features.
+"""
+
+from abc import ABCMeta, abstractmethod
+from typing import List, NamedTuple, Sequence, Tuple
+
+from detectron2.utils.registry import Registry
+from torch import Tensor, nn
+
+__all__ = ["VL_BACKBONE_REGISTRY", "BackboneShape", "VisionLanguageBackbone", "build_vl_backbone"]
+
+VL_BACKBONE_REGISTRY = Registry("VL_BACKBONE")
+VL_BACKBONE_REGISTRY.__doc__ = """
+Vision-language backbones of ESC-Net (subclasses of :class:`VisionLanguageBackbone`). The registered class is
+called with the config (``Class(cfg)``, through its ``from_config``) and must return the backbone.
+"""
+
+
+class BackboneShape(NamedTuple):
+    """The sizes the other modules of ESC-Net are built for (Detectron2's ``ShapeSpec`` for a backbone).
+
+    Attributes:
+        embed_dim: D, the width of the dense features and of the class embeddings (the joint space).
+        width: C, the width of the skip features.
+        patch_size: input pixels per feature cell (square).
+        grid_size: (h, w), the feature grid of one S x S input.
+    """
+
+    embed_dim: int
+    width: int
+    patch_size: int
+    grid_size: Tuple[int, int]
+
+    @property
+    def image_size(self) -> int:
+        """S, the side of the square input."""
+        return self.grid_size[0] * self.patch_size
+
+
+class VisionLanguageBackbone(nn.Module, metaclass=ABCMeta):
+    """The interface between ESC-Net and its vision-language model.
+
+    Fine-tuning: the backbone decides which of its parameters train (``requires_grad``; ``CLIP_FINETUNE`` for
+    CLIP). All of them belong to the pre-trained part, whose learning rate is ``SOLVER.CLIP_MULTIPLIER`` times
+    the base rate (:mod:`esc_net.solver` finds them through this class, not by name).
+
+    Attributes:
+        pixel_mean, pixel_std: 3-tuples in the 0-255 RGB scale; the images :meth:`encode_image` takes are normalised
+            with them (the model's own preprocessing: ESC-Net has no other).
+    """
+
+    pixel_mean: Tuple[float, float, float]
+    pixel_std: Tuple[float, float, float]
+
+    @abstractmethod
+    def output_shape(self) -> BackboneShape:
+        """The sizes of this backbone's outputs."""
+
+    @abstractmethod
+    def encode_image(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """
+        Args:
+            images: [B, 3, S, S], normalised with ``pixel_mean`` / ``pixel_std``.
+        Returns:
+            dense: [B, D, h, w] dense features in the joint space (not L2-normalised).
+            skips: the features of the decoder's skip connections, [B, C, h, w] each, in the decoder's stage order.
+        """
+
+    @abstractmethod
+    def encode_text(self, class_names: Sequence[str]) -> Tensor:
+        """[N, D] unit-norm embeddings of N class names ("a, b" lists synonyms)."""
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> Tensor:
+        """The logarithm of the scale that turns the backbone's cosines into logits (a scalar tensor): ESC-Net's
+        first pseudo prompts start from it."""
+
+    @property
+    @abstractmethod
+    def image_tower(self) -> nn.Module:
+        """The submodule that runs the images (FLOPs and weights are counted per tower; the rest of the backbone
+        is the text tower)."""
+
+    def truncated_names(self, class_names: Sequence[str]) -> List[str]:
+        """The names too long for the text encoder, whose ends are cut off (none by default)."""
+        return []
+
+    def clear_text_cache(self) -> None:
+        """Forgets any text embeddings kept between calls (a backbone that keeps none has nothing to do)."""
+
+
+def build_vl_backbone(cfg) -> VisionLanguageBackbone:
+    """The backbone ``MODEL.ESC_NET.BACKBONE`` names, built from ``cfg``.
+
+    Raises:
+        KeyError: no backbone of that name is registered (Detectron2's message lists the registered ones).
+        TypeError: the registered class does not implement :class:`VisionLanguageBackbone`.
+    """
+    backbone = VL_BACKBONE_REGISTRY.get(cfg.MODEL.ESC_NET.BACKBONE)(cfg)
+    if not isinstance(backbone, VisionLanguageBackbone):
+        raise TypeError(
+            f"MODEL.ESC_NET.BACKBONE {cfg.MODEL.ESC_NET.BACKBONE!r} built a {type(backbone).__name__}, which is not "
+            "a VisionLanguageBackbone (esc_net/modeling/backbone.py)"
+        )
+    return backbone
