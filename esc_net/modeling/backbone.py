@@ -32,12 +32,14 @@ class BackboneShape(NamedTuple):
         width: C, the width of the skip features.
         patch_size: input pixels per feature cell (square).
         grid_size: (h, w), the feature grid of one S x S input.
+        num_skips: the number of skip features (one per stage of the decoder).
     """
 
     embed_dim: int
     width: int
     patch_size: int
     grid_size: Tuple[int, int]
+    num_skips: int
 
     @property
     def image_size(self) -> int:

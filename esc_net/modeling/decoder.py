@@ -76,7 +76,8 @@ class CorrelationDecoder(nn.Module):
     ):
         """
         Args:
-            input_shape: the backbone's :class:`BackboneShape`; its skip features are ``width`` (C_clip) wide.
+            input_shape: the backbone's :class:`BackboneShape`: ``num_skips`` skip features (one per stage),
+                ``width`` (C_clip) wide.
             hidden_dim: C, the correlation embedding's width.
             decoder_dims: the channels after each upsampling stage; guidance_dims: the skip features' channels
                 there.
@@ -84,11 +85,13 @@ class CorrelationDecoder(nn.Module):
         """
         super().__init__()
         check_minimum("MODEL.ESC_NET.CLASS_CHUNK", class_chunk, 0)
+        self.input_shape = input_shape
         self.class_chunk = class_chunk
-        if len(decoder_dims) != len(guidance_dims):
+        if not len(decoder_dims) == len(guidance_dims) == input_shape.num_skips:
             raise ValueError(
-                f"MODEL.ESC_NET.DECODER_DIMS {list(decoder_dims)} and MODEL.ESC_NET.DECODER_GUIDANCE_DIMS "
-                f"{list(guidance_dims)}: the decoder takes one entry of each per upsampling stage"
+                f"MODEL.ESC_NET.DECODER_DIMS {list(decoder_dims)}, MODEL.ESC_NET.DECODER_GUIDANCE_DIMS "
+                f"{list(guidance_dims)} and the backbone's {input_shape.num_skips} skip features "
+                "(MODEL.ESC_NET.CLIP_SKIP_LAYERS): the decoder takes one entry of each per upsampling stage"
             )
         self.skip_projections = nn.ModuleList(
             SkipProjection(input_shape.width, g, 2 ** (i + 1)) for i, g in enumerate(guidance_dims)

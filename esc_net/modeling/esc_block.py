@@ -248,12 +248,7 @@ def build_esc_blocks(
         merge_sam = nn.Conv2d(sam_block.transformer.embedding_dim, hidden_dim, 1, bias=False) if use_sam else None
         merge_clip = nn.Conv2d(D, hidden_dim, kernel_size=1)
         fusion = VisionLanguageFusion(
-            hidden_dim=hidden_dim,
-            guidance_dim=hidden_dim,
-            text_dim=D,
-            grid_size=input_shape.grid_size,
-            block_index=i,
-            **vlf,
+            input_shape=input_shape, hidden_dim=hidden_dim, guidance_dim=hidden_dim, block_index=i, **vlf
         )
         with_map_head = deep_supervision or (use_sam and i < num_blocks - 1)
         blocks.append(

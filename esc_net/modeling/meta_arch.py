@@ -130,6 +130,11 @@ class ESCNet(nn.Module):
                 "supervision can train the map heads that later blocks draw their prompts from"
             )
         shape = clip.output_shape()
+        built_for = {"the decoder": decoder.input_shape}
+        built_for.update({f"ESC-Block {i}": block.vlf.input_shape for i, block in enumerate(blocks)})
+        for part, part_shape in built_for.items():
+            if part_shape != shape:
+                raise ValueError(f"{part} was built for a backbone of {part_shape}, the backbone's is {shape}")
         self.clip = clip
         self.blocks = nn.ModuleList(blocks)
         self.decoder = decoder

@@ -224,7 +224,9 @@ class SAMBlock(nn.Module):
         M, E = text_embeds.shape[0] * text_embeds.shape[1], self.transformer.embedding_dim
         return torch.cat([self.text_proj(text_embeds).reshape(M, 1, E), sparse.expand(M, -1, -1)], dim=1)
 
-    def forward_reference(self, image_feats, text_embeds, points, labels, masks, boxes) -> torch.Tensor:
+    def forward_reference(
+        self, image_feats, text_embeds, points=None, labels=None, masks=None, boxes=None
+    ) -> torch.Tensor:
         """The SAM block as the plain composition of segment_anything's modules: every class's image embedding is
         the projected CLIP features plus the dense embedding of its pseudo mask (SAM's "no mask" embedding without a
         mask prompt), and SAM's own ``TwoWayTransformer`` refines it, prompted by the class's tokens. Arguments and

@@ -24,6 +24,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 from torch.nn import functional as F
 
+from esc_net.modeling.backbone import BackboneShape
 from esc_net.utils.arguments import check_minimum
 
 
@@ -286,7 +287,8 @@ class VisionLanguageFusion(nn.Module):
     classes (the image guidance per chunk, then :meth:`TextGuidance.forward` on the chunks).
 
     Args:
-        hidden_dim: C, the correlation embedding's width; guidance_dim: G; text_dim: T; grid_size: (h, w).
+        input_shape: the backbone's :class:`BackboneShape`: its embedding width is T, its grid (h, w).
+        hidden_dim: C, the correlation embedding's width; guidance_dim: G.
         swin_depth: Swin blocks in the image guidance; block_index: the ESC-Block's place in the stack. Regular and
             shifted windows alternate through the whole stack of blocks (block 0 starts with regular windows).
         class_pad: pad vocabularies smaller than this to this many tokens in the class attention (0: never; see
@@ -298,10 +300,9 @@ class VisionLanguageFusion(nn.Module):
     def __init__(
         self,
         *,
+        input_shape: BackboneShape,
         hidden_dim: int,
         guidance_dim: int,
-        text_dim: int,
-        grid_size: Tuple[int, int],
         num_heads: int,
         window_size: int,
         text_guidance_dim: int,
@@ -315,10 +316,11 @@ class VisionLanguageFusion(nn.Module):
                 f"MODEL.ESC_NET.HIDDEN_DIM ({hidden_dim}) must be divisible by MODEL.ESC_NET.NUM_HEADS ({num_heads})"
             )
         check_minimum("MODEL.ESC_NET.CLASS_ATTENTION_PAD", class_pad, 0)
+        self.input_shape = input_shape
         self.hidden_dim = hidden_dim
         self.guidance_dim = guidance_dim
-        self.text_dim = text_dim
-        self.grid_size = tuple(grid_size)
+        self.text_dim = text_dim = input_shape.embed_dim
+        self.grid_size = tuple(input_shape.grid_size)
         # 0: regular windows; None: shifted by half a window
         shifts = [0 if (block_index * swin_depth + j) % 2 == 0 else None for j in range(swin_depth)]
         self.image_guidance = ImageGuidance(hidden_dim, guidance_dim, self.grid_size, num_heads, window_size, shifts)

@@ -191,6 +191,7 @@ class CLIPEncoder(VisionLanguageBackbone):
             width=visual.transformer.width,
             patch_size=patch_h,
             grid_size=(image_size // patch_h, image_size // patch_h),
+            num_skips=len(self.skip_layers),
         )
         self.pixel_mean = tuple(255.0 * value for value in preprocess["mean"])
         self.pixel_std = tuple(255.0 * value for value in preprocess["std"])
@@ -232,7 +233,13 @@ class CLIPEncoder(VisionLanguageBackbone):
 
     @classmethod
     def output_shape_of(
-        cls, *, model_name: str, model_cfg: Optional[dict], image_size: int, **other_arguments
+        cls,
+        *,
+        model_name: str,
+        model_cfg: Optional[dict],
+        image_size: int,
+        skip_layers: Sequence[int],
+        **other_arguments,
     ) -> BackboneShape:
         """The :meth:`output_shape` of the CLIPEncoder these arguments build, read from the open_clip model config
         without building the model (LazyConfig files derive the other modules' sizes from it)."""
@@ -243,6 +250,7 @@ class CLIPEncoder(VisionLanguageBackbone):
             width=config["vision_cfg"]["width"],
             patch_size=patch,
             grid_size=(image_size // patch, image_size // patch),
+            num_skips=len(skip_layers),
         )
 
     def output_shape(self) -> BackboneShape:
