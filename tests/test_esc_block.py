@@ -93,18 +93,10 @@ def test_the_reference_reads_like_the_paper():
     calls = []
     for name in ("prompt_generator", "merge_sam", "merge_clip", "vlf", "map_head"):
         getattr(block, name).register_forward_hook(lambda module, args, out, name=name: calls.append(name))
-    block.sam.forward_reference = _recording(block.sam.forward_reference, calls, "sam")
+    block.sam.register_forward_hook(lambda module, args, kwargs, out: calls.append(("sam", kwargs)), with_kwargs=True)
     with torch.no_grad():
         block.forward_reference(**make_inputs(1, 7))
-    assert calls == ["merge_clip", "prompt_generator", "sam", "merge_sam", "vlf", "map_head"]
-
-
-def _recording(method, calls, name):
-    def record(*args, **kwargs):
-        calls.append(name)
-        return method(*args, **kwargs)
-
-    return record
+    assert calls == ["merge_clip", "prompt_generator", ("sam", {"reference": True}), "merge_sam", "vlf", "map_head"]
 
 
 def test_builder_makes_the_stack_from_the_config():

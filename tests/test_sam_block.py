@@ -209,7 +209,7 @@ def test_reference_is_segment_anythings_decoder_transformer_on_clip_features(
     block, x = sam_block_and_inputs(sam_checkpoint, types)
     B, N = x["text_embeds"].shape[:2]
     with torch.no_grad():
-        out = block.forward_reference(**x)
+        out = block(**x, reference=True)
         mask_logits = torch.logit(F.interpolate(x["masks"], size=(96, 96), mode="bilinear"), eps=1e-4)
         sparse, dense = reference_prompt_encoder(
             points=(x["points"], x["labels"]) if "points" in types else None,
@@ -232,12 +232,12 @@ def test_fast_path_equals_the_reference(sam_checkpoint, types):
     block, x = sam_block_and_inputs(sam_checkpoint, types)
     upstream = torch.randn(6, 256, 24, 24, generator=torch.Generator().manual_seed(3))
     outputs, grads = [], []
-    for forward in (block, block.forward_reference):  # SAMBlock.forward is forward_fast
+    for reference in (False, True):
         differentiable = ("image_feats", "text_embeds", "masks")
         inputs = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if k in differentiable}
         x.update(inputs)
         block.zero_grad(set_to_none=True)
-        out = forward(**x)
+        out = block(**x, reference=reference)
         (out * upstream).sum().backward()
         outputs.append(out.detach())
         projections = {n: p for n, p in block.named_parameters() if n.startswith(("image_proj", "text_proj"))}

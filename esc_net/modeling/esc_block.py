@@ -120,7 +120,7 @@ class ESCBlock(nn.Module):
         clip_guidance = self.merge_clip(image_feats).unsqueeze(1)  # [B, 1, C, h, w]
         if self.use_sam:
             prompts = self.prompt_generator(corr_map)  # 1. pseudo points and masks
-            sam_feats = self.sam.forward_reference(image_feats, text, *prompts)  # 2. (F_v^n)', [B*N, E, h, w]
+            sam_feats = self.sam(image_feats, text, *prompts, reference=True)  # 2. (F_v^n)', [B*N, E, h, w]
             guidance = self._merge(sam_feats, clip_guidance)  # 3. F_v'^n
         else:
             guidance = F.gelu(clip_guidance).expand(-1, corr_embed.shape[1], -1, -1, -1)

@@ -193,6 +193,7 @@ class SAMBlock(nn.Module):
         masks: Optional[torch.Tensor] = None,
         boxes: Optional[torch.Tensor] = None,
         image_side: Optional[SAMImageSide] = None,
+        reference: bool = False,
     ) -> torch.Tensor:
         """
         Args:
@@ -203,14 +204,18 @@ class SAMBlock(nn.Module):
             masks: [B*N, 1, h, w] pseudo masks, per-pixel probabilities in [0, 1].
             boxes: [B*N, 4] (x0, y0, x1, y1) grid-cell indices of the corners of each class's box.
             Only the prompts named in ``prompt_types`` are read, and those must be given.
-            image_side: ``self.image_side(image_feats)`` when the caller has it already (computed here otherwise).
+            image_side: ``self.image_side(image_feats)`` when the caller has it already (computed here otherwise;
+                :meth:`forward_reference` reads none).
+            reference: compute :meth:`forward_reference` instead of :meth:`forward_fast` (the same function).
 
         Returns:
-            [B*N, E, h, w] class-specific refined image features (:meth:`forward_fast`'s, equal to
-            :meth:`forward_reference`'s).
+            [B*N, E, h, w] class-specific refined image features.
         """
         self._check_shapes(image_feats, text_embeds, points, labels, masks, boxes)
-        return self.forward_fast(image_feats, text_embeds, points, labels, masks, boxes, image_side=image_side)
+        prompts = (points, labels, masks, boxes)
+        if reference:
+            return self.forward_reference(image_feats, text_embeds, *prompts)
+        return self.forward_fast(image_feats, text_embeds, *prompts, image_side=image_side)
 
     def _sparse_tokens(self, text_embeds, points, labels, boxes) -> torch.Tensor:
         """[B*N, 1 + T, E]: the class's text token, then SAM's sparse prompt tokens. With points and no box, SAM
@@ -224,14 +229,11 @@ class SAMBlock(nn.Module):
         M, E = text_embeds.shape[0] * text_embeds.shape[1], self.transformer.embedding_dim
         return torch.cat([self.text_proj(text_embeds).reshape(M, 1, E), sparse.expand(M, -1, -1)], dim=1)
 
-    def forward_reference(
-        self, image_feats, text_embeds, points=None, labels=None, masks=None, boxes=None
-    ) -> torch.Tensor:
+    def forward_reference(self, image_feats, text_embeds, points, labels, masks, boxes) -> torch.Tensor:
         """The SAM block as the plain composition of segment_anything's modules: every class's image embedding is
         the projected CLIP features plus the dense embedding of its pseudo mask (SAM's "no mask" embedding without a
         mask prompt), and SAM's own ``TwoWayTransformer`` refines it, prompted by the class's tokens. Arguments and
         result as :meth:`forward`. The method lives here: change it first, then the fast path."""
-        self._check_shapes(image_feats, text_embeds, points, labels, masks, boxes)
         B, _, h, w = image_feats.shape
         N = text_embeds.shape[1]
         tokens = self._sparse_tokens(text_embeds, points, labels, boxes)
