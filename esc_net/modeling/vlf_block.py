@@ -189,8 +189,9 @@ class TextGuidance(nn.Module):
         text_dim: int,
         text_guidance_dim: int,
         num_heads: int,
+        *,
+        pad_to: int,
         mlp_ratio: float = 4.0,
-        pad_to: int = 0,
     ):
         super().__init__()
         # The LayerNorm puts the projected text tokens on the same scale as the normalised correlation features
