@@ -30,12 +30,17 @@ __all__ = ["lazy_config"]
 def lazy_config(cfg: CfgNode) -> Dict[str, DictConfig]:
     """The LazyConfig form of ``cfg`` (a config with ESC-Net's keys, e.g. from :func:`esc_net.config.load_config`):
     ``{"model", "dataloader", "optimizer", "lr_multiplier", "train"}``. It trains on ``DATASETS.TRAIN[0]`` and
-    evaluates ``DATASETS.TEST[0]``, whose names are the model's default vocabularies."""
+    evaluates ``DATASETS.TEST[0]``; the model's default vocabularies are ``MODEL.ESC_NET.VOCABULARY`` and
+    ``TRAIN_VOCABULARY`` (names, or a dataset whose names are read when the model is instantiated), else those
+    datasets' names."""
     solver = cfg.SOLVER
-    model = ESCNet.lazy_call(cfg)
-    # the names scored for inputs without a "vocabulary": those of the datasets read
-    model.vocabulary = L(get_dataset_vocabulary)(dataset_name="${dataloader.test.dataset.names}")
-    model.train_vocabulary = L(get_dataset_vocabulary)(dataset_name="${dataloader.train.dataset.names}")
+    m = cfg.MODEL.ESC_NET
+    without_vocabularies = cfg.clone()
+    without_vocabularies.defrost()
+    without_vocabularies.MODEL.ESC_NET.VOCABULARY = without_vocabularies.MODEL.ESC_NET.TRAIN_VOCABULARY = None
+    model = ESCNet.lazy_call(without_vocabularies)
+    model.vocabulary = _vocabulary(m.VOCABULARY, "${dataloader.test.dataset.names}")
+    model.train_vocabulary = _vocabulary(m.TRAIN_VOCABULARY, "${dataloader.train.dataset.names}")
 
     augmentations = [
         L(T.ResizeShortestEdge)(
@@ -129,3 +134,11 @@ def lazy_config(cfg: CfgNode) -> Dict[str, DictConfig]:
         )
     )
     return dict(model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train)
+
+
+def _vocabulary(source, dataset: str):
+    """The model's default vocabulary: the names ``source`` lists, else those of the dataset it names, else those
+    of ``dataset`` (an interpolation), read from the catalog when the model is instantiated."""
+    if source and not isinstance(source, str):
+        return list(source)
+    return L(get_dataset_vocabulary)(dataset_name=source or dataset)

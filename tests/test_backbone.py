@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from conftest import tiny_cfg
-from esc_net.modeling import VL_BACKBONE_REGISTRY, CLIPEncoder, VisionLanguageBackbone, build_vl_backbone
+from esc_net.modeling import VL_BACKBONE_REGISTRY, CLIPEncoder, VisionLanguageBackbone
 from esc_net.solver import build_optimizer, lr_multipliers
 from esc_net.utils.flops import count_parameters_per_stage
 
@@ -91,11 +91,13 @@ def test_the_backbone_is_chosen_by_its_registered_name():
     torch.manual_seed(0)
     assert type(build_model(tiny_cfg("MODEL.ESC_NET.BACKBONE", "_Renamed")).clip) is _Renamed
     with pytest.raises(KeyError, match="No object named 'NoSuchBackbone' found in 'VL_BACKBONE' registry"):
-        build_vl_backbone(tiny_cfg("MODEL.ESC_NET.BACKBONE", "NoSuchBackbone"))
+        build_model(tiny_cfg("MODEL.ESC_NET.BACKBONE", "NoSuchBackbone"))
     if "_NotABackbone" not in VL_BACKBONE_REGISTRY:
         VL_BACKBONE_REGISTRY.register(_NotABackbone)
-    with pytest.raises(TypeError, match="'_NotABackbone' built a _NotABackbone, which is not a VisionLanguageBackbone"):
-        build_vl_backbone(tiny_cfg("MODEL.ESC_NET.BACKBONE", "_NotABackbone"))
+    with pytest.raises(
+        TypeError, match=r"MODEL\.ESC_NET\.BACKBONE '_NotABackbone' is .*, not a VisionLanguageBackbone"
+    ):
+        build_model(tiny_cfg("MODEL.ESC_NET.BACKBONE", "_NotABackbone"))
 
 
 class _NotABackbone(nn.Module):

@@ -1,7 +1,7 @@
 """ESC-Net's modules; importing this registers the ``ESCNet`` meta-architecture with Detectron2 and the
 ``CLIPEncoder`` backbone with :data:`VL_BACKBONE_REGISTRY`."""
 
-from esc_net.modeling.backbone import VL_BACKBONE_REGISTRY, BackboneShape, VisionLanguageBackbone, build_vl_backbone
+from esc_net.modeling.backbone import VL_BACKBONE_REGISTRY, BackboneShape, VisionLanguageBackbone, vl_backbone_class
 from esc_net.modeling.clip import CLIPEncoder
 from esc_net.modeling.decoder import CorrelationDecoder
 from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
@@ -26,7 +26,7 @@ __all__ = [
     "VisionLanguageBackbone",
     "VisionLanguageFusion",
     "build_esc_blocks",
-    "build_vl_backbone",
     "load_sam_state",
     "sam_checkpoint_state",
+    "vl_backbone_class",
 ]

@@ -5,6 +5,9 @@ decoder's skip connections read) and class names into unit vectors of the same s
 (:class:`~esc_net.modeling.clip.CLIPEncoder`, registered as ``"CLIPEncoder"``) is the one implementation;
 ``MODEL.ESC_NET.BACKBONE`` names the class, as Detectron2's ``MODEL.BACKBONE.NAME`` names its backbones.
 
+Another backbone is a subclass of :class:`VisionLanguageBackbone` with Detectron2's ``@configurable`` constructor
+(its ``from_config`` reads its own config keys), registered with ``@VL_BACKBONE_REGISTRY.register()``.
+
 Notation: B images, N classes, S x S the input size, h x w = S / patch the feature grid, D the joint embedding
 width, C the width of the skip features.
 """
@@ -15,12 +18,12 @@ from typing import List, NamedTuple, Sequence, Tuple
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-__all__ = ["VL_BACKBONE_REGISTRY", "BackboneShape", "VisionLanguageBackbone", "build_vl_backbone"]
+__all__ = ["VL_BACKBONE_REGISTRY", "BackboneShape", "VisionLanguageBackbone", "vl_backbone_class"]
 
 VL_BACKBONE_REGISTRY = Registry("VL_BACKBONE")
 VL_BACKBONE_REGISTRY.__doc__ = """
-Vision-language backbones of ESC-Net (subclasses of :class:`VisionLanguageBackbone`). The registered class is
-called with the config (``Class(cfg)``, through its ``from_config``) and must return the backbone.
+Vision-language backbones of ESC-Net: subclasses of :class:`VisionLanguageBackbone` whose ``from_config`` reads
+their arguments from the config.
 """
 
 
@@ -66,6 +69,13 @@ class VisionLanguageBackbone(nn.Module, metaclass=ABCMeta):
     def output_shape(self) -> BackboneShape:
         """The sizes of this backbone's outputs."""
 
+    @classmethod
+    @abstractmethod
+    def output_shape_of(cls, **arguments) -> BackboneShape:
+        """The :meth:`output_shape` of the backbone these constructor arguments build, without building it: the
+        other parts are built for it, in a LazyConfig too (``ESCNet.lazy_call`` passes every argument; take the ones
+        the sizes depend on)."""
+
     @abstractmethod
     def encode_image(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """
@@ -100,17 +110,17 @@ class VisionLanguageBackbone(nn.Module, metaclass=ABCMeta):
         """Forgets any text embeddings kept between calls (a backbone that keeps none has nothing to do)."""
 
 
-def build_vl_backbone(cfg) -> VisionLanguageBackbone:
-    """The backbone ``MODEL.ESC_NET.BACKBONE`` names, built from ``cfg``.
+def vl_backbone_class(name: str) -> type:
+    """The backbone class registered as ``name`` (``MODEL.ESC_NET.BACKBONE``).
 
     Raises:
         KeyError: no backbone of that name is registered (Detectron2's message lists the registered ones).
         TypeError: the registered class does not implement :class:`VisionLanguageBackbone`.
     """
-    backbone = VL_BACKBONE_REGISTRY.get(cfg.MODEL.ESC_NET.BACKBONE)(cfg)
-    if not isinstance(backbone, VisionLanguageBackbone):
+    backbone = VL_BACKBONE_REGISTRY.get(name)
+    if not (isinstance(backbone, type) and issubclass(backbone, VisionLanguageBackbone)):
         raise TypeError(
-            f"MODEL.ESC_NET.BACKBONE {cfg.MODEL.ESC_NET.BACKBONE!r} built a {type(backbone).__name__}, which is not "
-            "a VisionLanguageBackbone (esc_net/modeling/backbone.py)"
+            f"MODEL.ESC_NET.BACKBONE {name!r} is {backbone!r}, not a VisionLanguageBackbone "
+            "(esc_net/modeling/backbone.py)"
         )
     return backbone

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from esc_net.modeling.backbone import VL_BACKBONE_REGISTRY, VisionLanguageBackbone
+from esc_net.modeling.backbone import VisionLanguageBackbone, vl_backbone_class
 from esc_net.modeling.criterion import LOSSES, esc_net_losses
 from esc_net.modeling.decoder import CorrelationDecoder
 from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
@@ -186,7 +186,7 @@ class ESCNet(nn.Module):
         argument of the backbone or of the blocks, and the other parts follow.
         """
         m = cfg.MODEL.ESC_NET
-        backbone = VL_BACKBONE_REGISTRY.get(m.BACKBONE)
+        backbone = vl_backbone_class(m.BACKBONE)
         backbone_args = backbone.from_config(cfg)
         # interpolations from model.blocks.input_shape (and model.decoder.input_shape) to model.clip
         shape = L(backbone.output_shape_of)(**{key: f"${{...clip.{key}}}" for key in backbone_args})
