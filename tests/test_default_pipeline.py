@@ -80,7 +80,7 @@ def test_run_default_end_to_end_and_rerun(tmp_path):
     # demo.
     mtimes = {p: p.stat().st_mtime_ns for p in (checkpoint, pretrained / "clip_tiny_shapes.pt")}
     log = _run_default(env)
-    assert "skipping training" in log and "nothing to do" in log and log.count("stage is done") == 2
+    assert "skipping training" in log and "nothing to do" in log and log.count("stage: skipping it") == 2
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in mtimes.items())
     rerun = json.loads((out / "benchmark_results.json").read_text())["results"]["synthetic_shapes_val"]
     assert rerun["mIoU"] == seen["mIoU"]
