@@ -195,6 +195,9 @@ def test_the_report_is_strict_json_with_provenance_and_the_losses(clip_file):
     assert written["steps_done"] == 2 and len(written["first_losses"]) == 2
     assert written["final_loss"] == pytest.approx(np.mean(written["first_losses"]))
     assert written["provenance"].keys() >= {"command", "commit", "threads", "torch"}
+    # the folder's manifest holds every weights file's report
+    with open(os.path.join(os.path.dirname(path), "manifest.json")) as f:
+        assert json.load(f) == {"clip.pt": written}
     # a held-out group without an image is recorded as null, not NaN
     assert all(v is None or np.isfinite(v) for v in written["zero_shot"].values())
 

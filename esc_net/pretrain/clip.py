@@ -33,6 +33,7 @@ from esc_net.pretrain.common import (
     Schedule,
     finish_stage,
     fit,
+    provenance,
     random_dihedral,
     save_report,
     to_model_input,
@@ -107,9 +108,9 @@ def pretrain_clip(
     image_size: int,
     output: str,
     *,
-    steps: int = 1500,
+    steps: int = 15000,
     batch_size: int = 128,
-    num_images: int = 24576,
+    num_images: int = 65536,
     lr: float = 4e-3,
     weight_decay: float = 0.1,
     warmup: int = 100,
@@ -138,7 +139,7 @@ def pretrain_clip(
     schedule.check(num_images, eval_period, eval_images)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
+    started = (time.perf_counter(), provenance())  # what ran, as it started
     model, tokenizer = build_clip(model_cfg, image_size)
 
     def render(index: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -169,7 +170,7 @@ def pretrain_clip(
     settings = {**schedule._asdict(), "num_images": num_images, "max_shapes": max_shapes, "seed": seed}
     settings.update(image_size=image_size, template=ZERO_SHOT_TEMPLATE, eval_images=eval_images)
     results = {"zero_shot_untrained": before, "zero_shot": after, "learning_curve": curve}
-    report = finish_stage(model.state_dict(), output, {"settings": settings, **results}, losses, log_period, start)
+    report = finish_stage(model.state_dict(), output, {"settings": settings, **results}, losses, log_period, started)
     logger.info("CLIP zero-shot (%d held-out images): %s", eval_images, _summary(after))
     if report_path:
         save_report(report, report_path)

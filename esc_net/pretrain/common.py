@@ -150,12 +150,40 @@ def save_state_dict(state: Dict[str, torch.Tensor], path: str) -> None:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, f)
 
 
+MANIFEST = "manifest.json"
+
+
 def save_report(report: Dict, path: str) -> None:
-    """Writes ``report`` as JSON (strict: a NaN or infinity is an error, not invalid JSON), atomically."""
+    """Writes a stage's ``report`` as JSON (strict: a NaN or infinity is an error, not invalid JSON), atomically, and
+    records it in the manifest of its folder (``manifest.json``: weights file name -> its report), the one file that
+    says how every weights file of a folder was made."""
     text = json.dumps(report, indent=2, allow_nan=False)
     with atomic_write(path, "w") as f:
         f.write(text)
-    logger.info("wrote %s", path)
+    manifest_path = os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST)
+    manifest = read_manifest(manifest_path)
+    manifest[os.path.basename(report["weights"])] = report
+    with atomic_write(manifest_path, "w") as f:
+        f.write(json.dumps(dict(sorted(manifest.items())), indent=2, allow_nan=False))
+    logger.info("wrote %s (and its entry in %s)", path, manifest_path)
+
+
+def read_manifest(path: str) -> Dict[str, Dict]:
+    """The manifest at ``path`` ({} when there is none yet).
+
+    Raises:
+        ValueError: naming the file when it is not a JSON object.
+    """
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        try:
+            manifest = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); remove it to start a new manifest") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} holds a {type(manifest).__name__}, not a manifest (weights file -> report)")
+    return manifest
 
 
 def sha256(path: str) -> str:
@@ -189,11 +217,18 @@ def provenance() -> Dict[str, Any]:
 
 
 def finish_stage(
-    state: Dict[str, torch.Tensor], output: str, report: Dict, losses: List[float], log_period: int, start: float
+    state: Dict[str, torch.Tensor],
+    output: str,
+    report: Dict,
+    losses: List[float],
+    log_period: int,
+    started: Tuple[float, Dict[str, Any]],
 ) -> Dict:
     """Saves a trained stage's weights and completes its report: the loss (the mean of the last ``log_period``
-    steps, the first steps' losses, the logged means), the weights' size and sha256, the provenance and the time.
-    Returns the report."""
+    steps, the first steps' losses, the logged means), the weights' size and sha256, and ``started``'s
+    (``time.perf_counter()``, :func:`provenance`) taken when the stage began, with the time it took. Returns the
+    report."""
+    start, origin = started
     save_state_dict(state, output)
     means = [float(np.mean(losses[i : i + log_period])) for i in range(0, len(losses), log_period)]
     return {
@@ -205,7 +240,7 @@ def finish_stage(
         "final_loss": float(np.mean(losses[-log_period:])),
         "first_losses": losses[:FIRST_LOSSES],
         "loss_per_period": means,
-        "provenance": provenance(),
+        "provenance": origin,
         "seconds": time.perf_counter() - start,
     }
 

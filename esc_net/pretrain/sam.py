@@ -40,6 +40,7 @@ from esc_net.pretrain.common import (
     Schedule,
     finish_stage,
     fit,
+    provenance,
     random_dihedral,
     save_report,
     to_model_input,
@@ -335,9 +336,9 @@ def pretrain_sam(
     num_heads: int,
     output: str,
     *,
-    steps: int = 1200,
+    steps: int = 4000,
     batch_size: int = 64,
-    num_images: int = 8192,
+    num_images: int = 16384,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     warmup: int = 50,
@@ -363,7 +364,7 @@ def pretrain_sam(
     schedule.check(num_images, eval_period, eval_images)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
+    started = (time.perf_counter(), provenance())  # what ran, as it started
     sam = build_sam(image_size, embed_dim, depth, mlp_dim, num_heads)
     pool = RenderedPool(lambda index: object_example(seed, "sam", index, image_size), num_images)
     held_out = render_objects(seed, "sam_eval", eval_images, image_size)
@@ -396,7 +397,7 @@ def pretrain_sam(
     settings["decoder"] = {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads}
     results = {"single_point_iou": trained, "single_point_iou_untrained": untrained, "learning_curve": curve}
     results["held_out_objects"] = eval_images
-    report = finish_stage(sam.state_dict(), output, {"settings": settings, **results}, losses, log_period, start)
+    report = finish_stage(sam.state_dict(), output, {"settings": settings, **results}, losses, log_period, started)
     logger.info("SAM single-point IoU on %d held-out objects: %.1f (untrained: %.1f)", eval_images, trained, untrained)
     if report_path:
         save_report(report, report_path)
