@@ -23,15 +23,17 @@ import logging
 import time
 from typing import Dict, Optional
 
+import numpy as np
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from torch.nn import functional as F
 
 from esc_net.data import SemanticSegmentationMapper
+from esc_net.data.datasets import incomplete_datasets_allowed
 from esc_net.evaluation.sam_transfer import r_squared, sam_embedding
-from esc_net.pretrain.common import Schedule, save_report, save_state_dict, warmup_cosine
+from esc_net.pretrain.common import Schedule, finish_stage, fit, provenance, save_report
 from esc_net.pretrain.sam import sam_from_checkpoint
 
 logger = logging.getLogger("esc_net.pretrain")
@@ -63,7 +65,6 @@ def align_projection(
     Returns (and, with ``report_path``, writes as JSON) the settings, the final loss and the R² of the fitted and
     of the initial projection on the held-out images.
     """
-    start = time.perf_counter()
     cfg = cfg.clone()
     cfg.defrost()
     cfg.SOLVER.IMS_PER_BATCH = batch_size
@@ -73,7 +74,14 @@ def align_projection(
         raise ValueError("the alignment stage needs MODEL.ESC_NET.SAM_CHECKPOINT: SAM's image embedding is its target")
     if not m.USE_SAM_BLOCK:
         raise ValueError("MODEL.ESC_NET.USE_SAM_BLOCK is False: the model has no SAM block to align")
+    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
+    with incomplete_datasets_allowed(cfg.DATASETS.ALLOW_INCOMPLETE):
+        schedule.check(sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN), 0, eval_images)
+    started = (time.perf_counter(), provenance())
     seed_all_rng(seed)
+    # the model as ESC-Net's training builds it (CLIP_PRETRAINED, SAM's decoder parts), without aligned weights
+    cfg.MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS = ""
+    cfg.MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT = 0.0
     model = build_model(cfg).eval()
     sam = sam_from_checkpoint(m.SAM_CHECKPOINT, decoder_heads=m.SAM_NUM_HEADS)
     projection = copy.deepcopy(model.blocks[0].sam.image_proj).train()
@@ -81,55 +89,36 @@ def align_projection(
     grid = tuple(model.clip.grid_size)
 
     def pair(inputs):
-        """(F_v [B, D, h, w], SAM's embedding [B, E, h, w]) of a batch of mapped inputs."""
-        size = (model.image_size,) * 2
-        rgb = torch.stack([model._normalize(x["image"]) for x in inputs]) * model.pixel_std + model.pixel_mean
-        rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        """(F_v [B, D, h, w], SAM's embedding [B, E, h, w]) of a batch of mapped inputs, at the CLIP input size."""
+        images = [x["image"].float() for x in inputs]
+        rgb = torch.stack([image.flip(0) if model.input_format == "BGR" else image for image in images])
+        rgb = F.interpolate(rgb, size=(model.image_size,) * 2, mode="bilinear", align_corners=False)
         with torch.no_grad():
             features = model.clip.encode_image((rgb - model.pixel_mean) / model.pixel_std)[0].float()
             return features, sam_embedding(sam, rgb, grid)
 
-    loader = build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
-    optimizer = torch.optim.AdamW(projection.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps, warmup))
-    losses = []
-    for step, inputs in zip(range(steps), loader):
-        features, target = pair(inputs)
-        loss = F.mse_loss(projection(features), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if (step + 1) % log_period == 0 or step + 1 == steps:
-            logger.info(
-                "align step %d/%d  loss %.4f  lr %.2e  %.1f s", step + 1, steps,
-                sum(losses[-log_period:]) / len(losses[-log_period:]), scheduler.get_last_lr()[0],
-                time.perf_counter() - start,
-            )  # fmt: skip
+    with incomplete_datasets_allowed(cfg.DATASETS.ALLOW_INCOMPLETE):
+        loader = iter(build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True)))
+
+    def step_loss(index) -> torch.Tensor:  # the loader draws the batch; ``index`` only counts it
+        features, target = pair(next(loader))
+        return F.mse_loss(projection(features), target)
+
+    losses = fit(projection, schedule, batch_size, np.random.default_rng(seed), step_loss, "align", log_period)
     projection.eval()
     test_name = cfg.DATASETS.TEST[0]
-    held_out = build_detection_test_loader(
-        cfg, test_name, mapper=SemanticSegmentationMapper(cfg, is_train=False, dataset_name=test_name)
-    )
+    with incomplete_datasets_allowed(cfg.DATASETS.ALLOW_INCOMPLETE):
+        held_out = build_detection_test_loader(
+            cfg, test_name, mapper=SemanticSegmentationMapper(cfg, is_train=False, dataset_name=test_name)
+        )
     features, target = map(torch.cat, zip(*(pair(batch) for batch in itertools.islice(held_out, eval_images))))
     with torch.no_grad():
         fitted, untrained = r_squared(projection(features), target), r_squared(initial(features), target)
-    save_state_dict(projection.state_dict(), output)
-    report = {
-        "weights": output,
-        "settings": {
-            **Schedule(steps, batch_size, lr, weight_decay, warmup)._asdict(),
-            "seed": seed,
-            "projection": m.SAM_IMAGE_PROJECTION,
-            "train_datasets": list(cfg.DATASETS.TRAIN),
-            "clip": m.CLIP_PRETRAINED,
-            "sam": m.SAM_CHECKPOINT,
-        },
-        "final_loss": sum(losses[-log_period:]) / len(losses[-log_period:]),
-        "held_out": {"dataset": test_name, "images": len(features), "r2": fitted, "r2_initial": untrained},
-        "seconds": time.perf_counter() - start,
-    }
+    settings = {**schedule._asdict(), "seed": seed, "projection": m.SAM_IMAGE_PROJECTION}
+    settings.update(train_datasets=list(cfg.DATASETS.TRAIN), clip=m.CLIP_PRETRAINED, sam=m.SAM_CHECKPOINT)
+    held = {"dataset": test_name, "images": len(features), "r2": fitted, "r2_initial": untrained}
+    report = {"settings": settings, "held_out": held}
+    report = finish_stage(projection.state_dict(), output, report, losses, log_period, started)
     logger.info("projection aligned: R² %.3f on %d held-out images (initial %.3f)", fitted, len(features), untrained)
     if report_path:
         save_report(report, report_path)

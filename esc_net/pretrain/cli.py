@@ -24,7 +24,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from esc_net.config import add_opts_argument, load_config
-from esc_net.modeling.clip.build import load_weights_file
+from esc_net.modeling.clip.build import joint_embed_dim, load_weights_file
+from esc_net.modeling.sam_projection import build_image_projection, load_projection_weights, read_projection_weights
+from esc_net.pretrain import align as align_stage
 from esc_net.pretrain import clip as clip_stage
 from esc_net.pretrain import sam as sam_stage
 from esc_net.pretrain.common import sha256
@@ -41,21 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    clip = stages.add_parser("clip", help="contrastive pre-training of the config's CLIP on captioned shapes")
-    sam = stages.add_parser("sam", help="class-agnostic pre-training of a SAM with the config's decoder sizes")
-    for command, stage in ((clip, clip_stage.pretrain_clip), (sam, sam_stage.pretrain_sam)):
+    commands = (
+        ("clip", clip_stage.pretrain_clip, "contrastive pre-training of the config's CLIP on captioned shapes"),
+        ("sam", sam_stage.pretrain_sam, "class-agnostic pre-training of a SAM with the config's decoder sizes"),
+        ("align", align_stage.align_projection, "fit the SAM blocks' image projection to SAM's own image embedding"),
+    )
+    outputs = {"clip": "CLIP_PRETRAINED", "sam": "SAM_CHECKPOINT", "align": "SAM_PROJECTION_WEIGHTS"}
+    for name, stage, description in commands:
+        command = stages.add_parser(name, help=description)
         defaults = stage.__kwdefaults__
         command.add_argument("--config-file", required=True, metavar="FILE", help="the ESC-Net config to pre-train for")
-        command.add_argument("--output", help="weights file (default: the config's CLIP_PRETRAINED / SAM_CHECKPOINT)")
-        for option, kind in (("steps", int), ("batch_size", int), ("num_images", int), ("lr", float), ("seed", int)):
+        command.add_argument("--output", help=f"weights file (default: the config's {outputs[name]})")
+        options = ("steps", "batch_size", "num_images", "lr", "seed", "eval_period")
+        for option in (o for o in options if o in defaults):
             command.add_argument(
-                f"--{option.replace('_', '-')}", type=kind, default=defaults[option], help=f"default {defaults[option]}"
+                f"--{option.replace('_', '-')}",
+                type=type(defaults[option]),
+                default=defaults[option],
+                help=f"default {defaults[option]}" + (" (0: only at the end)" if option == "eval_period" else ""),
             )
-        command.add_argument(
-            "--eval-period", type=int, default=0, help="measure the held-out figures every this many steps too"
-        )
         command.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
-        command.add_argument("--force", action="store_true", help="train even if the output already loads")
+        command.add_argument("--force", action="store_true", help="train even if the output is a finished stage")
         add_opts_argument(command)
     return parser
 
@@ -97,6 +105,14 @@ def _load_sam(sam: torch.nn.Module) -> Callable[[str], None]:
     return lambda path: sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+def _load_projection(cfg) -> Callable[[str], None]:
+    m = cfg.MODEL.ESC_NET
+    projection = build_image_projection(
+        m.SAM_IMAGE_PROJECTION, joint_embed_dim(m.CLIP_MODEL_NAME, m.CLIP_MODEL_CFG), m.SAM_EMBED_DIM
+    )
+    return lambda path: load_projection_weights(projection, read_projection_weights(path), path)
+
+
 def _finished(path: str, load: Callable[[str], None], stage: str) -> bool:
     reason = unfinished_reason(path, load)
     if reason is None:
@@ -113,8 +129,15 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     cfg = load_config(args.config_file, args.opts)
     m = cfg.MODEL.ESC_NET
     torch.set_num_threads(args.threads)
-    common = dict(steps=args.steps, batch_size=args.batch_size, num_images=args.num_images, lr=args.lr, seed=args.seed)
-    common["eval_period"] = args.eval_period
+    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    if args.stage == "align":
+        output = args.output or m.SAM_PROJECTION_WEIGHTS
+        if not output:
+            raise ValueError(f"{args.config_file} sets no MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS: give --output")
+        if not args.force and _finished(output, _load_projection(cfg), "alignment"):
+            return None
+        return align_stage.align_projection(cfg, output, report_path=_report(output), **common)
+    common.update(num_images=args.num_images, eval_period=args.eval_period)
     if args.stage == "clip":
         if not m.CLIP_MODEL_CFG:
             raise ValueError(
