@@ -235,3 +235,15 @@ def test_a_refused_weights_file_is_named_without_torchs_advice(tmp_path, marker)
     reason = cli.unfinished_reason(weights, cli._load_sam(build_sam(64, **SAM_SIZES)))
     assert "refusing to load the weights file" in reason and weights in reason
     assert "weights_only=False" not in reason
+
+
+def test_verify_names_every_pre_trained_file_that_is_not_a_finished_stage(clip_file, sam_file, tmp_path):
+    argv = ["verify", "--config-file", TINY_CONFIG_FILE, "--opts", "MODEL.ESC_NET.CLIP_PRETRAINED", clip_file[0]]
+    argv += ["MODEL.ESC_NET.SAM_CHECKPOINT", sam_file[0]]
+    assert cli.pretrain(argv) is None
+    changed = tmp_path / "sam.pth"
+    changed.write_bytes(open(sam_file[0], "rb").read())
+    report = json.loads(open(sam_file[0].replace(".pth", ".json")).read())
+    (tmp_path / "sam.json").write_text(json.dumps({**report, "sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match=r"sam.pth is not a finished stage: it is not the file its report"):
+        cli.main(argv[:-1] + [str(changed)])

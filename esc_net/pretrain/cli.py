@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
         command.add_argument("--force", action="store_true", help="train even if the output is a finished stage")
         add_opts_argument(command)
+    verify = stages.add_parser(
+        "verify", help="check that the config's pre-trained files are finished stages that match their reports"
+    )
+    verify.add_argument("--config-file", required=True, metavar="FILE", help="the ESC-Net config whose files to check")
+    add_opts_argument(verify)
     return parser
 
 
@@ -122,12 +127,43 @@ def _finished(path: str, load: Callable[[str], None], stage: str) -> bool:
     return reason is None
 
 
+def stage_files(cfg) -> Dict[str, Tuple[str, Callable[[str], None]]]:
+    """The pre-trained files ``cfg`` reads that this command writes: stage -> (path, how to load it)."""
+    m = cfg.MODEL.ESC_NET
+    files = {}
+    if m.CLIP_MODEL_CFG and m.CLIP_PRETRAINED:
+        files["CLIP"] = (m.CLIP_PRETRAINED, _load_clip(m.CLIP_MODEL_CFG, m.CLIP_IMAGE_SIZE))
+    if m.USE_SAM_BLOCK and m.SAM_CHECKPOINT:
+        sizes = (m.CLIP_IMAGE_SIZE, m.SAM_EMBED_DIM, m.SAM_DEPTH, m.SAM_MLP_DIM, m.SAM_NUM_HEADS)
+        files["SAM"] = (m.SAM_CHECKPOINT, _load_sam(sam_stage.build_sam(*sizes)))
+    if m.USE_SAM_BLOCK and m.SAM_PROJECTION_WEIGHTS:
+        files["alignment"] = (m.SAM_PROJECTION_WEIGHTS, _load_projection(cfg))
+    return files
+
+
+def verify(cfg) -> Dict[str, Optional[str]]:
+    """path -> why it is not a finished stage (None when it is), for every file of :func:`stage_files`."""
+    return {path: unfinished_reason(path, load) for path, load in stage_files(cfg).values()}
+
+
 def pretrain(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
-    """Runs the stage ``argv`` names; returns its report, or None when its output is a finished stage."""
+    """Runs the stage ``argv`` names; returns its report, or None when its output is a finished stage.
+
+    Raises:
+        ValueError: ``verify`` found a file that is not a finished stage (all of them named, with the reason).
+    """
     args = build_parser().parse_args(argv)
     # the sizes the pre-trained models must have: the CLIP of CLIP_MODEL_CFG at CLIP_IMAGE_SIZE, SAM's decoder of SAM_*
     cfg = load_config(args.config_file, args.opts)
     m = cfg.MODEL.ESC_NET
+    if args.stage == "verify":
+        problems = {path: reason for path, reason in verify(cfg).items() if reason}
+        if problems:
+            raise ValueError(
+                "; ".join(f"{path} is not a finished stage: {reason}" for path, reason in problems.items())
+            )
+        logger.info("%s: every pre-trained file is a finished stage that matches its report", args.config_file)
+        return None
     torch.set_num_threads(args.threads)
     common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.stage == "align":
@@ -145,10 +181,11 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                 "which this config does not define"
             )
         output = args.output or m.CLIP_PRETRAINED
-        model_cfg = m.CLIP_MODEL_CFG
-        if not args.force and _finished(output, _load_clip(model_cfg, m.CLIP_IMAGE_SIZE), "CLIP"):
+        if not args.force and _finished(output, _load_clip(m.CLIP_MODEL_CFG, m.CLIP_IMAGE_SIZE), "CLIP"):
             return None
-        return clip_stage.pretrain_clip(model_cfg, m.CLIP_IMAGE_SIZE, output, report_path=_report(output), **common)
+        return clip_stage.pretrain_clip(
+            m.CLIP_MODEL_CFG, m.CLIP_IMAGE_SIZE, output, report_path=_report(output), **common
+        )
     output = args.output or m.SAM_CHECKPOINT
     sizes = (m.CLIP_IMAGE_SIZE, m.SAM_EMBED_DIM, m.SAM_DEPTH, m.SAM_MLP_DIM, m.SAM_NUM_HEADS)
     if not args.force and _finished(output, _load_sam(sam_stage.build_sam(*sizes)), "SAM"):
