@@ -140,7 +140,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # pixels) and "mask" (the filtered probability map). The paper's choice is points + mask; boxes hurt there.
     m.PROMPT_TYPES = ["points", "mask"]
     # The SAM block's projection of CLIP's dense features into SAM's image-embedding space: "linear" (a 1x1 conv,
-    # the paper's reading) or "mlp" (two 1x1 convs with a GELU between them); see esc_net/modeling/sam_projection.py.
+    # the paper's reading), "mlp" (two 1x1 convs with a GELU between them) or "conv" (a 3x3 conv, a GELU, a 1x1
+    # conv); see esc_net/modeling/sam_projection.py.
     m.SAM_IMAGE_PROJECTION = "linear"
     # The aligned projection (`esc-net-pretrain align` fits it to SAM's own image embedding of training images),
     # loaded into every SAM block when the model is built without MODEL.WEIGHTS; "" keeps the random initialisation.

@@ -25,7 +25,7 @@ def _inputs(vocabulary=("red circle", "blue bar", "stripes")):
     return [{"image": image, "sem_seg": labels, "height": 64, "width": 64, "vocabulary": list(vocabulary)}]
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
 def test_each_projection_form_runs_both_implementations_alike(kind):
     torch.manual_seed(0)
     fast = build_model(tiny_cfg("MODEL.ESC_NET.SAM_IMAGE_PROJECTION", kind)).eval()
@@ -33,7 +33,8 @@ def test_each_projection_form_runs_both_implementations_alike(kind):
         tiny_cfg("MODEL.ESC_NET.SAM_IMAGE_PROJECTION", kind, "MODEL.ESC_NET.IMPLEMENTATION", "reference")
     ).eval()
     reference.load_state_dict(fast.state_dict())
-    assert isinstance(fast.blocks[0].sam.image_proj[1], torch.nn.GELU) == (kind == "mlp")
+    assert isinstance(fast.blocks[0].sam.image_proj[1], torch.nn.GELU) == (kind != "linear")
+    assert fast.blocks[0].sam.image_proj[0].kernel_size == ((3, 3) if kind == "conv" else (1, 1))
     with torch.no_grad():
         torch.testing.assert_close(fast(_inputs())[0]["sem_seg"], reference(_inputs())[0]["sem_seg"])
 

@@ -4,9 +4,11 @@ SAM's pre-trained transformer was trained on the embedding of SAM's own image en
 CLIP features instead. Three things decide whether those speak SAM's language (docs/laboratory.md, "SAM's
 knowledge"):
 
-* the projection's form (``MODEL.ESC_NET.SAM_IMAGE_PROJECTION``): "linear", a 1x1 conv (the paper's reading), or
-  "mlp", two 1x1 convs with a GELU between them (a per-position non-linear map, hidden width 4E); both end in a
-  LayerNorm2d, as SAM's image encoder does;
+* the projection's form (``MODEL.ESC_NET.SAM_IMAGE_PROJECTION``): "linear", a 1x1 conv (the paper's reading);
+  "mlp", two 1x1 convs with a GELU between them (a per-position non-linear map, hidden width 4E); or "conv", a 3x3
+  conv then a 1x1 conv with a GELU between them (the same map reading each position's 3x3 neighbourhood: SAM's
+  image encoder attends over the whole image, so its embedding of a position describes the structure around it,
+  which CLIP's per-position dense features do not). Every form ends in a LayerNorm2d, as SAM's image encoder does;
 * its initial weights (``SAM_PROJECTION_WEIGHTS``): a state dict written by the alignment stage (``esc-net-pretrain
   align``), which fits the projection to SAM's own image embedding of training images, loaded into every SAM block;
 * the alignment term of the training loss (``SAM_ALIGN_LOSS_WEIGHT``): the mean squared difference between each
@@ -25,8 +27,8 @@ from torch.nn import functional as F
 
 from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
-PROJECTIONS = ("linear", "mlp")
-# hidden width of the "mlp" projection, in multiples of SAM's width E (a transformer MLP's ratio)
+PROJECTIONS = ("linear", "mlp", "conv")
+# hidden width of the "mlp" and "conv" projections, in multiples of SAM's width E (a transformer MLP's ratio)
 MLP_RATIO = 4
 
 
@@ -38,10 +40,10 @@ def build_image_projection(kind: str, clip_dim: int, embed_dim: int) -> nn.Seque
     """
     if kind == "linear":
         return nn.Sequential(nn.Conv2d(clip_dim, embed_dim, kernel_size=1), LayerNorm2d(embed_dim))
-    if kind == "mlp":
-        hidden = MLP_RATIO * embed_dim
+    if kind in ("mlp", "conv"):
+        hidden, size = MLP_RATIO * embed_dim, 1 if kind == "mlp" else 3
         return nn.Sequential(
-            nn.Conv2d(clip_dim, hidden, kernel_size=1),
+            nn.Conv2d(clip_dim, hidden, kernel_size=size, padding=size // 2),
             nn.GELU(),
             nn.Conv2d(hidden, embed_dim, kernel_size=1),
             LayerNorm2d(embed_dim),
