@@ -30,6 +30,8 @@ from typing import Dict, List, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
+CONV = ["MODEL.ESC_NET.SAM_IMAGE_PROJECTION", "conv"]
+ALIGNED = ["MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS", os.path.join("{pretrained}", "sam_projection_tiny_shapes.pth")]
 # name -> (what it changes, config overrides). The first is the embedded default itself; then the paper's ablations
 # (SAM, prompt types, number of blocks) and the readings the paper leaves open, each against the default.
 VARIANTS: Dict[str, tuple] = {
@@ -93,6 +95,13 @@ VARIANTS: Dict[str, tuple] = {
         "CLIP's q/v biases fine-tuned too (the first reading)",
         ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"],
     ),
+    # SAM's knowledge (docs/laboratory.md): the projection's form, its aligned weights, the alignment term
+    "conv_projection": ("a 3x3-conv projection into SAM's space, randomly initialised", [*CONV]),
+    "conv_aligned": ("the 3x3-conv projection from its aligned weights", [*CONV, *ALIGNED]),
+    "conv_aligned_loss": (
+        "the 3x3-conv projection from its aligned weights, kept there by the alignment term (weight 1)",
+        [*CONV, *ALIGNED, "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "1.0"],
+    ),
 }
 # (dataset, metric, heading) columns of the summary
 COLUMNS = (
@@ -133,7 +142,8 @@ def run_one(variant: str, seed: int, args) -> Dict:
         ]
         if args.iters:
             command += ["SOLVER.MAX_ITER", str(args.iters)]
-        command += VARIANTS[variant][1] + list(args.opts)
+        # "{pretrained}" in a variant's overrides is the folder of the pre-trained files
+        command += [opt.replace("{pretrained}", args.pretrained) for opt in VARIANTS[variant][1]] + list(args.opts)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         start = time.perf_counter()
         with open(os.path.join(out, "run.log"), "w") as log:
