@@ -32,6 +32,7 @@ import esc_net
 from esc_net.engine import Trainer
 from esc_net.evaluation.knockouts import KNOCKOUTS, knockout
 from esc_net.evaluation.sam_transfer import transfer_ious
+from esc_net.modeling.sam_projection import build_image_projection, load_projection_weights, read_projection_weights
 from esc_net.pretrain.sam import render_objects, sam_from_checkpoint
 from esc_net.utils.checkpoint import ESCNetCheckpointer, check_weights_fit
 
@@ -64,7 +65,13 @@ def measure_run(run: str, args) -> Dict:
     # the SAM stage's own held-out objects (esc_net/pretrain/sam.py: seed 0, stream "sam_eval"), and other images
     held_out = render_objects(0, "sam_eval", args.objects, size)
     fit_images = render_objects(0, "transfer_fit", args.fit_images, size).images
-    figures = {"transfer": transfer_ious(model, sam, held_out, fit_images), "knockouts": {}}
+    projections = {}
+    if args.aligned:  # the alignment stage's projection, before ESC-Net's training moved it
+        projections["aligned_projection"] = build_image_projection(
+            m.SAM_IMAGE_PROJECTION, model.clip.embed_dim, m.SAM_EMBED_DIM
+        )
+        load_projection_weights(projections["aligned_projection"], read_projection_weights(args.aligned), args.aligned)
+    figures = {"transfer": transfer_ious(model, sam, held_out, fit_images, projections=projections), "knockouts": {}}
     if args.knockouts:
         for kind in KNOCKOUTS:
             cfg.defrost()
@@ -107,7 +114,7 @@ def summarize(figures: Dict[str, Dict]) -> str:
 
 
 def _transfer_order(row: str):
-    order = ["sam_encoder", "block", "random_projection", "least_squares", "least_squares_r2", "no_image"]
+    order = ["sam_encoder", "aligned", "block", "random_projection", "least_squares", "least_squares_r2", "no_image"]
     return next(i for i, prefix in enumerate(order) if row.startswith(prefix)), row
 
 
@@ -118,6 +125,9 @@ def main():
     parser.add_argument("--objects", type=int, default=300, help="held-out objects prompted")
     parser.add_argument("--fit-images", type=int, default=1000, help="images the least-squares map is fitted on")
     parser.add_argument("--force", action="store_true", help="measure again runs that have sam_transfer.json")
+    parser.add_argument(
+        "--aligned", metavar="FILE", help="also measure this aligned projection (esc-net-pretrain align's output)"
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -75,10 +75,11 @@ def test_transfer_rows_measure_the_same_points_with_each_embedding(sam_file, obj
     model = build_model(tiny_cfg("MODEL.ESC_NET.SAM_CHECKPOINT", sam_file)).eval()
     sam = sam_from_checkpoint(sam_file, decoder_heads=2)
     fit_images = render_objects(1, "test_fit", 8, 64).images
-    results = transfer_ious(model, sam, objects, fit_images)
-    rows = ["sam_encoder", "block1", "block2", "random_projection", "least_squares", "no_image"]
+    results = transfer_ious(model, sam, objects, fit_images, projections={"given": model.blocks[1].sam.image_proj})
+    rows = ["sam_encoder", "block1", "block2", "random_projection", "least_squares", "given", "no_image"]
     assert list(results) == rows + ["least_squares_r2"]
     assert all(0 <= results[row] <= 100 for row in rows)
+    assert results["given"] == results["block2"]
     assert results["sam_encoder"] == single_point_iou(sam, objects, seed=0, pick="best")
     # a block whose projection is the least-squares map gives the least-squares row
     weight, bias = fit_least_squares(

@@ -13,6 +13,7 @@ embedding of the same held-out objects:
   untrained projection);
 * ``least_squares``: a 1x1 linear map fitted by least squares from the CLIP features to SAM's embedding on other
   images (what a linear projection of these features could reach; its R² is reported too);
+* any other projections given by name (e.g. the alignment stage's, before ESC-Net's training);
 * ``no_image``: an all-zero embedding (SAM's decoder sees only the prompt and its positional encoding).
 
 The objects are the laboratory's (:func:`esc_net.pretrain.sam.render_objects`), the prompt one random point inside
@@ -21,7 +22,7 @@ head having learnt to rate masks made from foreign embeddings).
 """
 
 import copy
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -87,6 +88,7 @@ def transfer_ious(
     held_out: ObjectPool,
     fit_images: np.ndarray,
     seed: int = 0,
+    projections: Optional[Dict[str, nn.Module]] = None,
 ) -> Dict[str, float]:
     """Single-point IoU (percent, best of SAM's three masks) of ``sam``'s mask decoder on ``held_out``'s objects for
     each image embedding of the module docstring, and ``least_squares_r2``, the fitted map's R² on the held-out
@@ -99,6 +101,7 @@ def transfer_ious(
         held_out: the objects to prompt, with their images.
         fit_images: other images [n, S, S, 3] uint8 to fit the least-squares map on.
         seed: the points' seed (every row prompts the same points) and the random projection's.
+        projections: more rows, name -> a projection of the model's CLIP features into SAM's space.
     """
     model.eval()
     grid = tuple(model.clip.grid_size)
@@ -123,6 +126,8 @@ def transfer_ious(
         clip_dense_features(model, fit_images), sam_embedding(sam, _as_tensor(fit_images), grid)
     )
     rows["least_squares"] = _projected(model, lambda f: torch.einsum("ed,bdhw->behw", weight, f) + bias[:, None, None])
+    for name, projection in (projections or {}).items():
+        rows[name] = _projected(model, projection.eval())
     rows["no_image"] = lambda images: torch.zeros(len(images), sam.prompt_encoder.embed_dim, *grid)
     results = {name: single_point_iou(sam, held_out, seed, embed=embed, pick="best") for name, embed in rows.items()}
     target = sam_embedding(sam, _as_tensor(held_out.images), grid)
