@@ -38,7 +38,7 @@ def test_run_default_end_to_end_and_rerun(tmp_path):
         ESC_NET_DEFAULT_ITERS="4",
         ESC_NET_CLIP_STEPS="2",
         ESC_NET_SAM_STEPS="2",
-        ESC_NET_PRETRAIN_IMAGES="64",
+        ESC_NET_PRETRAIN_IMAGES="128",  # at least the CLIP stage's batch of 128
         ESC_NET_NUM_TRAIN="8",
         ESC_NET_NUM_VAL="3",
         ESC_NET_OUTPUT=str(out),
