@@ -30,6 +30,8 @@ from typing import Dict, List, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
+CONV = ["MODEL.ESC_NET.SAM_IMAGE_PROJECTION", "conv"]
+ALIGNED = ["MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS", os.path.join("{pretrained}", "sam_projection_tiny_shapes.pth")]
 # name -> (what it changes, config overrides). The first is the embedded default itself; then the paper's ablations
 # (SAM, prompt types, number of blocks) and the readings the paper leaves open, each against the default.
 VARIANTS: Dict[str, tuple] = {
@@ -93,6 +95,13 @@ VARIANTS: Dict[str, tuple] = {
         "CLIP's q/v biases fine-tuned too (the first reading)",
         ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"],
     ),
+    # SAM's knowledge (docs/laboratory.md): the projection's form, its aligned weights, the alignment term
+    "conv_projection": ("a 3x3-conv projection into SAM's space, randomly initialised", [*CONV]),
+    "conv_aligned": ("the 3x3-conv projection from its aligned weights", [*CONV, *ALIGNED]),
+    "conv_aligned_loss": (
+        "the 3x3-conv projection from its aligned weights, kept there by the alignment term (weight 1)",
+        [*CONV, *ALIGNED, "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "1.0"],
+    ),
 }
 # (dataset, metric, heading) columns of the summary
 COLUMNS = (
@@ -133,7 +142,8 @@ def run_one(variant: str, seed: int, args) -> Dict:
         ]
         if args.iters:
             command += ["SOLVER.MAX_ITER", str(args.iters)]
-        command += VARIANTS[variant][1] + list(args.opts)
+        # "{pretrained}" in a variant's overrides is the folder of the pre-trained files
+        command += [opt.replace("{pretrained}", args.pretrained) for opt in VARIANTS[variant][1]] + list(args.opts)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         start = time.perf_counter()
         with open(os.path.join(out, "run.log"), "w") as log:
@@ -180,6 +190,52 @@ def summarize(runs: Dict[str, Dict[int, Dict]]) -> str:
     return "\n".join(lines)
 
 
+def welch(values: List[float], baseline: List[float]) -> Dict[str, float]:
+    """The difference of the means of ``values`` and ``baseline`` (independent runs, unequal variances) with its 95%
+    confidence interval (Welch's t) and the smallest difference that runs of this spread and number would detect
+    with 80% power at the 5% level (two-sided), from the same t distribution."""
+    from scipy import stats
+
+    n, m = len(values), len(baseline)
+    mean_v, mean_b = sum(values) / n, sum(baseline) / m
+    var_v = sum((v - mean_v) ** 2 for v in values) / (n - 1)
+    var_b = sum((v - mean_b) ** 2 for v in baseline) / (m - 1)
+    se = math.sqrt(var_v / n + var_b / m)
+    df = se**4 / ((var_v / n) ** 2 / (n - 1) + (var_b / m) ** 2 / (m - 1)) if se > 0 else n + m - 2
+    t = stats.t.ppf(0.975, df)
+    diff = mean_v - mean_b
+    return {
+        "difference": diff,
+        "ci_low": diff - t * se,
+        "ci_high": diff + t * se,
+        "detectable": (t + stats.t.ppf(0.80, df)) * se,
+        "df": df,
+    }
+
+
+def compare(runs: Dict[str, Dict[int, Dict]], baseline: str = "default") -> str:
+    """The table of each variant's mean difference to ``baseline`` per column, with its 95% confidence interval
+    and the smallest detectable difference (see :func:`welch`); a variant or baseline of fewer than 2 seeds is
+    left out."""
+    if len(runs.get(baseline, {})) < 2:
+        return ""
+    header = ["variant", "seeds"] + [heading for _, _, heading in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, by_seed in runs.items():
+        if variant == baseline or len(by_seed) < 2:
+            continue
+        cells = [variant, f"{len(by_seed)} vs {len(runs[baseline])}"]
+        for dataset, metric, _ in COLUMNS:
+            values = [r[dataset][metric] for r in by_seed.values() if r[dataset].get(metric) is not None]
+            base = [r[dataset][metric] for r in runs[baseline].values() if r[dataset].get(metric) is not None]
+            w = welch(values, base)
+            cells.append(
+                f"{w['difference']:+.1f} [{w['ci_low']:+.1f}, {w['ci_high']:+.1f}] (MDE {w['detectable']:.1f})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -189,6 +245,7 @@ def main():
     parser.add_argument("--iters", type=int, default=0, help="training iterations (0: the config's)")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "ablations"))
     parser.add_argument("--pretrained", default=os.path.join(ROOT, "output", "pretrained"))
+    parser.add_argument("--baseline", default="default", help="the variant the others are compared with")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
     parser.add_argument(
         "--summarize-only",
@@ -211,10 +268,17 @@ def main():
     if not runs:
         sys.exit(f"no finished run of {args.variants} under {args.output}")
     table = summarize(runs)
-    print(table)
+    differences = compare(runs, args.baseline)
+    print(table + ("\n\n" + differences if differences else ""))
     notes = "\n".join(f"- {v}: {VARIANTS[v][0]}" for v in runs)
+    explained = (
+        f"\n\ndifference of the means to {args.baseline} [95% confidence interval, Welch's t] (MDE: the smallest "
+        f"difference these runs detect with 80% power at the 5% level)\n\n{differences}"
+        if differences
+        else ""
+    )
     with open(os.path.join(args.output, "ablations.md"), "w") as f:
-        f.write(f"mean ± sample std over the seeds (each seed's value)\n\n{table}\n\n{notes}\n")
+        f.write(f"mean ± sample std over the seeds (each seed's value)\n\n{table}{explained}\n\n{notes}\n")
     with open(os.path.join(args.output, "ablations.json"), "w") as f:
         json.dump({"variants": {v: VARIANTS[v] for v in runs}, "runs": runs}, f, indent=1)
 

@@ -135,6 +135,17 @@ def add_esc_net_config(cfg: CN) -> None:
     # Ablation: what SAM is prompted with, a non-empty subset of "points", "boxes" (the box around the kept
     # pixels) and "mask" (the filtered probability map). The paper's choice is points + mask; boxes hurt there.
     m.PROMPT_TYPES = ["points", "mask"]
+    # The SAM block's projection of CLIP's dense features into SAM's image-embedding space: "linear" (a 1x1 conv,
+    # the paper's reading), "mlp" (two 1x1 convs with a GELU between them) or "conv" (a 3x3 conv, a GELU, a 1x1
+    # conv); see esc_net/modeling/sam_projection.py.
+    m.SAM_IMAGE_PROJECTION = "linear"
+    # The aligned projection (`esc-net-pretrain align` fits it to SAM's own image embedding of training images),
+    # loaded into every SAM block when the model is built without MODEL.WEIGHTS; "" keeps the random initialisation.
+    m.SAM_PROJECTION_WEIGHTS = ""
+    # Weight of the alignment term of the training loss: the mean squared difference between each SAM block's
+    # projection of F_v and the aligned projection's (SAM_PROJECTION_WEIGHTS), which keeps the projection in SAM's
+    # embedding space while ESC-Net trains. 0 = none (the paper's reading).
+    m.SAM_ALIGN_LOSS_WEIGHT = 0.0
     m.SAM_EMBED_DIM = 256  # SAM ViT-B mask decoder sizes, so that its weights load
     m.SAM_DEPTH = 2
     m.SAM_MLP_DIM = 2048

@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Sequence, Tuple
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-__all__ = ["VL_BACKBONE_REGISTRY", "BackboneShape", "VisionLanguageBackbone", "vl_backbone_class"]
+__all__ = ["VL_BACKBONE_REGISTRY", "BackboneShape", "VisionLanguageBackbone", "backbone_shape", "vl_backbone_class"]
 
 VL_BACKBONE_REGISTRY = Registry("VL_BACKBONE")
 VL_BACKBONE_REGISTRY.__doc__ = """
@@ -124,3 +124,10 @@ def vl_backbone_class(name: str) -> type:
             "(esc_net/modeling/backbone.py)"
         )
     return backbone
+
+
+def backbone_shape(cfg) -> BackboneShape:
+    """The :class:`BackboneShape` of the backbone ``cfg`` describes (``MODEL.ESC_NET.BACKBONE`` and its own keys),
+    without building it: for tools that build parts of ESC-Net on their own (the alignment stage's projection)."""
+    backbone = vl_backbone_class(cfg.MODEL.ESC_NET.BACKBONE)
+    return backbone.output_shape_of(**backbone.from_config(cfg))

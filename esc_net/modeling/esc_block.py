@@ -17,6 +17,7 @@ from esc_net.modeling.class_chunks import class_chunks
 from esc_net.modeling.prompt_generator import PseudoPromptGenerator
 from esc_net.modeling.sam_block import SAMBlock
 from esc_net.modeling.sam_checkpoint import load_sam_state, sam_checkpoint_state
+from esc_net.modeling.sam_projection import load_projection_weights, read_projection_weights
 from esc_net.modeling.vlf_block import VisionLanguageFusion
 from esc_net.utils.arguments import check_minimum
 from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
@@ -197,6 +198,7 @@ def _blocks_from_config(cfg, input_shape: BackboneShape):
         "sam": SAMBlock.from_config(cfg) if m.USE_SAM_BLOCK else None,
         # MODEL.WEIGHTS holds every tensor, SAM's included: the SAM file is then not read
         "sam_checkpoint": sam_checkpoint,
+        "sam_projection_weights": "" if cfg.MODEL.WEIGHTS else m.SAM_PROJECTION_WEIGHTS,
         "vlf": VisionLanguageFusion.from_config(cfg),
     }
 
@@ -212,6 +214,7 @@ def build_esc_blocks(
     prompts: Optional[dict],
     sam: Optional[dict],
     sam_checkpoint: str,
+    sam_projection_weights: str,
     vlf: dict,
 ) -> List[ESCBlock]:
     """The ``num_blocks`` consecutive ESC-Blocks of a model, each with parts of its own built from the same
@@ -228,6 +231,8 @@ def build_esc_blocks(
             sizes (their ``from_config``); None for both builds blocks without SAM.
         sam_checkpoint: an official SAM checkpoint (``sam_vit_b_01ec64.pth``) loaded into every block's SAM parts,
             read once; "" keeps them random (MODEL.WEIGHTS usually provides them).
+        sam_projection_weights: an aligned image projection (``esc-net-pretrain align``) loaded into every block's
+            SAM block after the SAM checkpoint; "" keeps the checkpoint's or the random initialisation.
         vlf: the arguments of every block's :class:`VisionLanguageFusion` but the sizes and the block's place.
 
     Raises:
@@ -269,4 +274,8 @@ def build_esc_blocks(
             raise unreadable_weights_error(sam_checkpoint, error) from error
         for block in blocks:
             load_sam_state(block.sam, sam_state, sam_checkpoint)
+    if use_sam and sam_projection_weights:
+        projection_state = read_projection_weights(sam_projection_weights)
+        for block in blocks:
+            load_projection_weights(block.sam.image_proj, projection_state, sam_projection_weights)
     return blocks

@@ -26,7 +26,8 @@ from esc_net.modeling.decoder import CorrelationDecoder
 from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
 from esc_net.modeling.full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
 from esc_net.modeling.inference import InferenceProtocol
-from esc_net.utils.arguments import check_choice
+from esc_net.modeling.sam_projection import ProjectionAnchor, read_projection_weights
+from esc_net.utils.arguments import check_choice, check_minimum
 from esc_net.utils.prompt_vis import PromptRecorder, dominant_class, put_prompt_pictures
 from esc_net.utils.vocabulary_rules import check_vocabulary
 
@@ -82,6 +83,8 @@ class ESCNet(nn.Module):
         implementation: str,
         vocabulary: Optional[Sequence[str]],
         train_vocabulary: Optional[Sequence[str]],
+        projection_anchor: Optional[ProjectionAnchor] = None,
+        align_loss_weight: float = 0.0,
     ):
         """
         Args:
@@ -107,6 +110,8 @@ class ESCNet(nn.Module):
             vocabulary: the class names scored at inference for inputs that carry none (None: such inputs are
                 refused).
             train_vocabulary: the same in training; training labels are ids into it (None: refused).
+            projection_anchor, align_loss_weight: in training, ``align_loss_weight`` times the mean over the SAM
+                blocks of the anchor's alignment term (``loss_sam_align``; see ``sam_projection.py``).
         """
         super().__init__()
         check_choice("INPUT.FORMAT", input_format, ("RGB", "BGR"))
@@ -165,6 +170,15 @@ class ESCNet(nn.Module):
         self.inference_output = inference_output
         self.inference_top_k = inference_top_k
         self.implementation = implementation
+        check_minimum("MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", align_loss_weight, 0)
+        if align_loss_weight > 0 and (projection_anchor is None or not blocks[0].use_sam):
+            raise ValueError(
+                "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT > 0 keeps the SAM blocks' projection at its aligned weights: it "
+                "needs MODEL.ESC_NET.USE_SAM_BLOCK True and MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS (written by "
+                "`esc-net-pretrain align`)"
+            )
+        self.projection_anchor = projection_anchor if align_loss_weight > 0 else None
+        self.align_loss_weight = align_loss_weight
         # plain attributes, not state: a checkpoint loads into a model with any default vocabulary
         self.vocabulary = check_vocabulary(vocabulary) if vocabulary is not None else None
         self.train_vocabulary = check_vocabulary(train_vocabulary) if train_vocabulary is not None else None
@@ -213,6 +227,13 @@ class ESCNet(nn.Module):
             implementation=m.IMPLEMENTATION,
             vocabulary=_names("MODEL.ESC_NET.VOCABULARY", m.VOCABULARY),
             train_vocabulary=_names("MODEL.ESC_NET.TRAIN_VOCABULARY", m.TRAIN_VOCABULARY),
+            # the aligned weights are the anchor even when MODEL.WEIGHTS gives the projection's current ones
+            projection_anchor=(
+                L(ProjectionAnchor)(state=L(read_projection_weights)(path=m.SAM_PROJECTION_WEIGHTS))
+                if m.SAM_ALIGN_LOSS_WEIGHT > 0 and m.USE_SAM_BLOCK and m.SAM_PROJECTION_WEIGHTS
+                else None
+            ),
+            align_loss_weight=m.SAM_ALIGN_LOSS_WEIGHT,
         )
 
     @property
@@ -300,7 +321,7 @@ class ESCNet(nn.Module):
         if recorder is not None:
             view = (images[0].detach() * self.pixel_std + self.pixel_mean).clamp(0, 255).byte()  # RGB
             put_prompt_pictures(view.permute(1, 2, 0).cpu().numpy(), recorder, vocabulary[recorder.class_index])
-        return esc_net_losses(
+        losses = esc_net_losses(
             logits,
             block_maps,
             targets,
@@ -308,6 +329,10 @@ class ESCNet(nn.Module):
             kind=self.loss,
             block_loss_weight=self.block_loss_weight,
         )
+        if self.projection_anchor is not None:
+            terms = [self.projection_anchor.loss(block.sam.image_proj, dense) for block in self.blocks]
+            losses["loss_sam_align"] = self.align_loss_weight * torch.stack(terms).mean()
+        return losses
 
     @torch.no_grad()
     def _forward_inference(self, batched_inputs: List[Dict], vocabulary: List[str]) -> List[Dict]:
