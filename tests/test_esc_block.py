@@ -15,7 +15,9 @@ HIDDEN = 16
 def make_blocks(use_sam=True, prompt_types=("points", "mask"), class_pad=0, num_blocks=2):
     """Two ESC-Blocks on a 16x16 grid (windows of 8, so that regular and shifted windows differ), small widths."""
     torch.manual_seed(0)
-    sam = dict(embed_dim=32, depth=2, mlp_dim=64, num_heads=2, prompt_types=list(prompt_types))
+    sam = dict(
+        embed_dim=32, depth=2, mlp_dim=64, num_heads=2, prompt_types=list(prompt_types), image_projection="linear"
+    )
     prompts = dict(num_points=3, threshold_factor=1.0, kmeans_iters=7, mask_mode="posterior")
     return build_esc_blocks(
         input_shape=SHAPE,
@@ -26,6 +28,7 @@ def make_blocks(use_sam=True, prompt_types=("points", "mask"), class_pad=0, num_
         prompts=prompts if use_sam else None,
         sam=sam if use_sam else None,
         sam_checkpoint="",
+        sam_projection_weights="",
         vlf=dict(num_heads=4, window_size=8, text_guidance_dim=16, swin_depth=2, class_pad=class_pad),
     )
 

@@ -73,6 +73,9 @@ class ESCBlock(nn.Module):
             raise ValueError("an ESC-Block takes a prompt generator, a SAM block and its merge together, or none")
         check_minimum("MODEL.ESC_NET.CLASS_CHUNK", class_chunk, 0)
         self.hidden_dim = vlf.hidden_dim
+        # whether the forward runs steps 1-3; an inference-time knockout may turn them off on a block that has them
+        # (esc_net/evaluation/knockouts.py)
+        self.use_sam = sam is not None
         # the attribute order is the parameters' (and a checkpoint's) order
         if sam is not None:
             self.prompt_generator = prompt_generator
@@ -84,10 +87,6 @@ class ESCBlock(nn.Module):
         self.class_chunk = class_chunk
         # checkpoints written before the head was named map_head keep loading
         self._register_load_state_dict_pre_hook(_rename_corr_head)
-
-    @property
-    def use_sam(self) -> bool:
-        return hasattr(self, "sam")
 
     def forward(
         self,
