@@ -117,3 +117,22 @@ def test_builder_makes_the_stack_from_the_config():
     assert not any(b.use_sam for b in no_sam) and all(b.map_head is None for b in no_sam)
     with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.NUM_BLOCKS must be at least 1, got 0"):
         build_esc_blocks(tiny_cfg("MODEL.ESC_NET.NUM_BLOCKS", 0), input_shape=shape)
+
+
+def test_former_flat_arguments_are_refused_with_their_new_place():
+    """A LazyConfig written for version 3's flat arguments (model.blocks.num_points) is told where each goes."""
+    with pytest.raises(TypeError, match=r"num_points -> prompts\.num_points, sam_depth -> sam\.depth"):
+        build_esc_blocks(
+            input_shape=SHAPE,
+            num_blocks=1,
+            hidden_dim=HIDDEN,
+            deep_supervision=False,
+            class_chunk=0,
+            prompts=None,
+            sam=None,
+            sam_checkpoint="",
+            sam_projection_weights="",
+            vlf=dict(num_heads=4, window_size=8, text_guidance_dim=16, swin_depth=1, class_pad=0),
+            num_points=3,
+            sam_depth=2,
+        )

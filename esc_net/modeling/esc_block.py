@@ -202,6 +202,20 @@ def _blocks_from_config(cfg, input_shape: BackboneShape):
     }
 
 
+# the flat arguments of build_esc_blocks up to version 3, and where each one is now
+_MOVED_ARGUMENTS = {
+    **{key: f"prompts.{key}" for key in ("num_points", "threshold_factor", "kmeans_iters", "mask_mode")},
+    **{f"sam_{key}": f"sam.{key}" for key in ("embed_dim", "depth", "mlp_dim", "num_heads")},
+    **{key: f"sam.{key}" for key in ("prompt_types", "image_projection")},
+    **{key: f"vlf.{key}" for key in ("num_heads", "window_size", "text_guidance_dim", "swin_depth")},
+    "class_pad": "vlf.class_pad",
+    "clip_dim": "input_shape (derived from the backbone's arguments)",
+    "grid_size": "input_shape (derived from the backbone's arguments)",
+    "use_sam": "prompts and sam (None for both: blocks without SAM)",
+    "reference": "the model's implementation (MODEL.ESC_NET.IMPLEMENTATION)",
+}
+
+
 @configurable(from_config=_blocks_from_config)
 def build_esc_blocks(
     *,
@@ -215,6 +229,7 @@ def build_esc_blocks(
     sam_checkpoint: str,
     sam_projection_weights: str,
     vlf: dict,
+    **former,
 ) -> List[ESCBlock]:
     """The ``num_blocks`` consecutive ESC-Blocks of a model, each with parts of its own built from the same
     arguments (``build_esc_blocks(cfg, input_shape)`` reads them from a config).
@@ -233,10 +248,16 @@ def build_esc_blocks(
         sam_projection_weights: an aligned image projection (``esc-net-pretrain align``) loaded into every block's
             SAM block after the SAM checkpoint; "" keeps the checkpoint's or the random initialisation.
         vlf: the arguments of every block's :class:`VisionLanguageFusion` but the sizes and the block's place.
+        former: refused, each named with its place in these arguments (LazyConfig files written for the flat
+            arguments of version 3, ``model.blocks.num_points``, say where the value goes now).
 
     Raises:
         ValueError: naming the file of an unreadable SAM checkpoint, or the keys of one that does not fit.
+        TypeError: naming the new place of a former argument.
     """
+    if former:
+        moved = ", ".join(f"{key} -> {_MOVED_ARGUMENTS.get(key, 'no such argument')}" for key in sorted(former))
+        raise TypeError(f"build_esc_blocks takes its parts' arguments in groups now: {moved}")
     check_minimum("MODEL.ESC_NET.NUM_BLOCKS", num_blocks, 1)
     if (prompts is None) != (sam is None):
         raise ValueError(
