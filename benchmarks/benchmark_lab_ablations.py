@@ -2,7 +2,7 @@
 """The paper's ablations in the miniature laboratory: each variant trained with several seeds, mean and spread.
 
 Every run is the embedded default's training (configs/esc_net_tiny_shapes.yaml: ESC-Net on the seen classes of
-Synthetic Shapes, from the pre-trained tiny CLIP and SAM of scripts/run_default.sh) with the variant's config
+Synthetic Shapes, from the model zoo's pre-trained tiny CLIP, SAM and aligned projection) with the variant's config
 overrides and ``SEED s``, followed by its zero-shot evaluation (seen, unseen and all-class benchmarks). Runs go
 through ``train_net.py`` in subprocesses, ``--workers`` at a time, each in ``--processes`` CPU processes of one
 thread (2, as the main command trains, so that the default row is the main command's figure); a run whose
@@ -14,7 +14,7 @@ sample standard deviation over the seeds, and every seed's value) is printed and
     .venv/bin/python benchmarks/benchmark_lab_ablations.py --variants default random_sam --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/benchmark_lab_ablations.py --summarize-only       # the table of what has finished
 
-The pre-trained weights must exist (``scripts/run_default.sh`` writes them; ``--pretrained`` says where).
+The pre-trained weights are the model zoo's (``--pretrained`` says where others are; docs/model_zoo.md).
 """
 
 import argparse
@@ -30,12 +30,26 @@ from typing import Dict, List, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "esc_net_tiny_shapes.yaml")
 
-CONV = ["MODEL.ESC_NET.SAM_IMAGE_PROJECTION", "conv"]
-ALIGNED = ["MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS", os.path.join("{pretrained}", "sam_projection_tiny_shapes.pth")]
-# name -> (what it changes, config overrides). The first is the embedded default itself; then the paper's ablations
-# (SAM, prompt types, number of blocks) and the readings the paper leaves open, each against the default.
+# The paper's reading of the SAM block's image projection: one 1x1 conv trained by the segmentation loss alone. The
+# embedded default instead starts a 3x3-conv projection from the alignment stage's weights and keeps it there with
+# the alignment term (docs/laboratory.md, "SAM's knowledge"); the "_paper" rows undo that.
+PAPER_PROJECTION = [
+    "MODEL.ESC_NET.SAM_IMAGE_PROJECTION",
+    "linear",
+    "MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS",
+    "",
+    "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT",
+    "0.0",
+]
+RANDOM_SAM = ["MODEL.ESC_NET.SAM_CHECKPOINT", "", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]
+POINTS_ONLY = ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]
+MASK_ONLY = ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]
 VARIANTS: Dict[str, tuple] = {
-    "default": ("the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks)", []),
+    "default": (
+        "the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks, aligned 3x3-conv projection)",
+        [],
+    ),
+    "paper_projection": ("the paper's projection: a 1x1 conv, not aligned, no alignment term", [*PAPER_PROJECTION]),
     # the settings of the embedded default before the laboratory: CLIP and SAM from random weights, all of CLIP
     # fine-tuned at the full learning rate
     "previous_default": (
@@ -55,19 +69,16 @@ VARIANTS: Dict[str, tuple] = {
             "1.0",
         ],
     ),
-    "random_sam": (
-        "SAM blocks from random weights",
-        ["MODEL.ESC_NET.SAM_CHECKPOINT", "", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"],
-    ),
+    "random_sam": ("SAM blocks from random weights (the projection still aligned)", [*RANDOM_SAM]),
+    "random_sam_paper": ("SAM blocks from random weights, the paper's projection", [*RANDOM_SAM, *PAPER_PROJECTION]),
     "no_sam": (
         "no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)",
-        ["MODEL.ESC_NET.USE_SAM_BLOCK", "False"],
+        ["MODEL.ESC_NET.USE_SAM_BLOCK", "False", "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
     ),
-    "points_only": (
-        "prompts: points only (deep supervision 0.4 trains the maps)",
-        ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"],
-    ),
-    "mask_only": ("prompts: mask only", ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]),
+    "points_only": ("prompts: points only (deep supervision 0.4 trains the maps)", [*POINTS_ONLY]),
+    "points_only_paper": ("prompts: points only, the paper's projection", [*POINTS_ONLY, *PAPER_PROJECTION]),
+    "mask_only": ("prompts: mask only", [*MASK_ONLY]),
+    "mask_only_paper": ("prompts: mask only, the paper's projection", [*MASK_ONLY, *PAPER_PROJECTION]),
     "blocks_1": ("1 ESC-Block", ["MODEL.ESC_NET.NUM_BLOCKS", "1"]),
     "blocks_3": ("3 ESC-Blocks", ["MODEL.ESC_NET.NUM_BLOCKS", "3"]),
     "mask_peak": (
@@ -95,12 +106,14 @@ VARIANTS: Dict[str, tuple] = {
         "CLIP's q/v biases fine-tuned too (the first reading)",
         ["MODEL.ESC_NET.CLIP_FINETUNE", "attention_with_bias"],
     ),
-    # SAM's knowledge (docs/laboratory.md): the projection's form, its aligned weights, the alignment term
-    "conv_projection": ("a 3x3-conv projection into SAM's space, randomly initialised", [*CONV]),
-    "conv_aligned": ("the 3x3-conv projection from its aligned weights", [*CONV, *ALIGNED]),
-    "conv_aligned_loss": (
-        "the 3x3-conv projection from its aligned weights, kept there by the alignment term (weight 1)",
-        [*CONV, *ALIGNED, "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "1.0"],
+    # the parts of the default's alignment, one at a time
+    "aligned_no_loss": (
+        "the aligned 3x3-conv projection without the alignment term",
+        ["MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
+    ),
+    "conv_unaligned": (
+        "the 3x3-conv projection from random weights, no alignment term",
+        ["MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS", "", "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
     ),
 }
 # (dataset, metric, heading) columns of the summary
@@ -137,13 +150,14 @@ def run_one(variant: str, seed: int, args) -> Dict:
             os.path.join(args.pretrained, "clip_tiny_shapes.pt"),
             "MODEL.ESC_NET.SAM_CHECKPOINT",
             os.path.join(args.pretrained, "sam_tiny_shapes.pth"),
+            "MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS",
+            os.path.join(args.pretrained, "sam_projection_tiny_shapes.pth"),
             "SOLVER.CHECKPOINT_PERIOD",
             "100000",
         ]
         if args.iters:
             command += ["SOLVER.MAX_ITER", str(args.iters)]
-        # "{pretrained}" in a variant's overrides is the folder of the pre-trained files
-        command += [opt.replace("{pretrained}", args.pretrained) for opt in VARIANTS[variant][1]] + list(args.opts)
+        command += VARIANTS[variant][1] + list(args.opts)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         start = time.perf_counter()
         with open(os.path.join(out, "run.log"), "w") as log:
@@ -244,7 +258,11 @@ def main():
     parser.add_argument("--processes", type=int, default=2, help="CPU training processes of one thread per run")
     parser.add_argument("--iters", type=int, default=0, help="training iterations (0: the config's)")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "ablations"))
-    parser.add_argument("--pretrained", default=os.path.join(ROOT, "output", "pretrained"))
+    parser.add_argument(
+        "--pretrained",
+        default=os.path.join(ROOT, "model_zoo"),
+        help="folder of the pre-trained CLIP, SAM and aligned projection (the model zoo's, or ESC_NET_FROM_SCRATCH's)",
+    )
     parser.add_argument("--baseline", default="default", help="the variant the others are compared with")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
     parser.add_argument(
@@ -256,9 +274,9 @@ def main():
     if args.summarize_only:
         runs = finished_runs(args.output, args.variants)
     else:
-        for name in ("clip_tiny_shapes.pt", "sam_tiny_shapes.pth"):
+        for name in ("clip_tiny_shapes.pt", "sam_tiny_shapes.pth", "sam_projection_tiny_shapes.pth"):
             if not os.path.isfile(os.path.join(args.pretrained, name)):
-                sys.exit(f"{os.path.join(args.pretrained, name)} not found: run scripts/run_default.sh first")
+                sys.exit(f"{os.path.join(args.pretrained, name)} not found: see docs/model_zoo.md")
         jobs = [(v, s) for v in args.variants for s in args.seeds]
         with ThreadPoolExecutor(args.workers) as pool:
             done = list(pool.map(lambda job: run_one(*job, args), jobs))
