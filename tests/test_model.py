@@ -529,6 +529,8 @@ def test_model_weights_make_the_part_files_unread(tmp_path):
         ("MODEL.ESC_NET.CLIP_FINETUNE", "some", r"CLIP_FINETUNE must be one of \['attention', 'attention_with_bias'"),
         ("MODEL.ESC_NET.INFERENCE_MODE", "tiles", r"INFERENCE_MODE must be one of \['sliding', 'whole'\]"),
         ("MODEL.ESC_NET.CLASS_CHUNK", -1, r"CLASS_CHUNK must be at least 0, got -1"),
+        ("MODEL.ESC_NET.SAM_IMAGE_PROJECTION", "attention", r"SAM_IMAGE_PROJECTION must be one of \['linear', 'mlp'"),
+        ("MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", -1.0, r"SAM_ALIGN_LOSS_WEIGHT must be at least 0, got -1\.0"),
         ("INPUT.FORMAT", "YUV", r"INPUT\.FORMAT must be one of \['RGB', 'BGR'\], got 'YUV'"),
     ],
 )

@@ -83,8 +83,8 @@ class ESCNet(nn.Module):
         implementation: str,
         vocabulary: Optional[Sequence[str]],
         train_vocabulary: Optional[Sequence[str]],
-        projection_anchor: Optional[ProjectionAnchor] = None,
-        align_loss_weight: float = 0.0,
+        projection_anchor: Optional[ProjectionAnchor],
+        align_loss_weight: float,
     ):
         """
         Args:
