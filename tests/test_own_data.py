@@ -74,12 +74,13 @@ def test_the_guide_trains_and_evaluates_a_dataset_of_ones_own(tmp_path, monkeypa
     _run_script(monkeypatch, *common, *train, "OUTPUT_DIR", out)
     with open(os.path.join(out, "metrics.json")) as f:
         rows = [json.loads(line) for line in f if "total_loss" in line]
-    assert [r["iteration"] for r in rows] == [0, 1, 2] and all(np.isfinite(r["total_loss"]) for r in rows)
+    # Detectron2's writer logs every 20 iterations and at the last one
+    assert rows[-1]["iteration"] == 2 and all(np.isfinite(r["total_loss"]) for r in rows)
     assert MetadataCatalog.get("my_data_val").stuff_classes == CLASSES  # classes.txt, its comment skipped
 
     os.remove(os.path.join(out, "benchmark_results.json"))  # the evaluation after training wrote one
     _run_script(
-        monkeypatch, *common, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out
+        monkeypatch, "--eval-only", *common, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out
     )
     with open(os.path.join(out, "benchmark_results.json")) as f:
         results = json.load(f)
