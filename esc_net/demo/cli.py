@@ -18,7 +18,9 @@ Vocabulary (one of; default: the model's, MODEL.ESC_NET.VOCABULARY, else the con
   --vocabulary-file FILE    one class per line (synonyms by ','); blank lines and lines starting with '#' skipped.
   --dataset-vocabulary NAME the classes of a registered dataset, e.g. ade20k_150_val, synthetic_shapes_val.
   The overlay shows a class by its first synonym, in a colour of its own whatever the vocabulary (the dataset's
-  colour for a class of the dataset named; grey for background-like names).
+  colour for a class of the dataset named; grey for background-like names). A vocabulary of more than
+  --max-classes (2000) names, or with a name of more than --max-name-chars (300) characters, is refused before
+  its text is tokenised (the text encoder reads 77 tokens of a name at most); raise them for larger ones.
 
 Outputs in --output, for each input image <stem>.<ext>:
   <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer), drawn with
@@ -76,16 +78,18 @@ from esc_net.demo.images import (
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, vocabulary_metadata
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
+from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits
 
 __all__ = [
     "DISPLAY_SIDE",
     "IMAGE_EXTENSIONS",
     "MIN_OVERLAY_SIDE",
     "InputError",
-    "add_image_limit_arguments",
+    "add_limit_arguments",
     "collect_inputs",
     "draw_overlay",
     "image_limits",
+    "limit_option",
     "label_map",
     "main",
     "palette",
@@ -99,6 +103,7 @@ __all__ = [
     "segment_file",
     "segment_images",
     "setup_cfg",
+    "vocabulary_limits",
     "write_vocabulary",
 ]
 
@@ -165,14 +170,15 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         metavar="PIXELS",
         help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})",
     )
-    add_image_limit_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
     add_opts_argument(parser)
     return parser.parse_args(argv)
 
 
-def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
-    """--max-side and --max-pixels, shared by the command line and the web page (the same defaults)."""
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-side, --max-pixels, --max-classes and --max-name-chars, shared by the command line and the web page
+    (the same defaults)."""
     limits = ImageLimits()
     parser.add_argument(
         "--max-side",
@@ -188,10 +194,35 @@ def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PIXELS",
         help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding",
     )
+    names = VocabularyLimits()
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=names.max_classes,
+        metavar="N",
+        help=f"most class names of a vocabulary accepted (default {names.max_classes})",
+    )
+    parser.add_argument(
+        "--max-name-chars",
+        type=int,
+        default=names.max_name_chars,
+        metavar="N",
+        help=f"longest class name accepted, in characters (default {names.max_name_chars}); checked before the "
+        "text is tokenised",
+    )
 
 
 def image_limits(args: argparse.Namespace) -> ImageLimits:
     return ImageLimits(args.max_side, args.max_pixels)
+
+
+def vocabulary_limits(args: argparse.Namespace) -> VocabularyLimits:
+    return VocabularyLimits(args.max_name_chars, args.max_classes)
+
+
+def limit_option(error: VocabularyLimitError) -> str:
+    """The command-line option that raises the limit ``error`` names ("--max-classes", "--max-name-chars")."""
+    return "--" + error.limit.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,14 +284,25 @@ def read_vocabulary_file(path: str) -> List[str]:
 
 
 def resolve_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
-    """The vocabulary the options ask for, checked; None when they name none (the model's default then)."""
+    """The vocabulary the options ask for, checked (within ``--max-classes`` and ``--max-name-chars``); None when
+    they name none (the model's default then).
+
+    Raises:
+        InputError: the vocabulary is over a limit (naming the option that raises it).
+        ValueError, TypeError, KeyError: as :func:`check_vocabulary` and :func:`get_dataset_vocabulary`.
+    """
     if args.vocabulary is not None:
-        return check_vocabulary(parse_vocabulary_text(args.vocabulary))
-    if args.vocabulary_file is not None:
-        return check_vocabulary(read_vocabulary_file(args.vocabulary_file))
-    if args.dataset_vocabulary is not None:
-        return check_vocabulary(get_dataset_vocabulary(args.dataset_vocabulary))
-    return None
+        names = parse_vocabulary_text(args.vocabulary)
+    elif args.vocabulary_file is not None:
+        names = read_vocabulary_file(args.vocabulary_file)
+    elif args.dataset_vocabulary is not None:
+        names = get_dataset_vocabulary(args.dataset_vocabulary)
+    else:
+        return None
+    try:
+        return check_vocabulary(names, vocabulary_limits(args))
+    except VocabularyLimitError as e:
+        raise InputError(f"{e} (raise it with {limit_option(e)})") from e
 
 
 def palette(cfg, dataset: Optional[str] = None) -> Optional[Metadata]:
