@@ -57,7 +57,7 @@ def test_a_long_name_is_refused_before_the_model_lock(predictor, upload):
             segmenter(upload, "; ".join(f"c{i}" for i in range(2001)), "")
     assert segmenter._model_lock.taken == 0
     message = error.value.message
-    assert "class name 1 ('xxxx" in message and "has 100000 characters; at most 300 are accepted" in message
+    assert "Class name 1 ('xxxx" in message and "has 100000 characters; at most 300 are accepted" in message
     assert "--max-name-chars" in message and len(message) < 300
     segmenter(upload, "cat; dog", "")
     assert segmenter._model_lock.taken == 1
