@@ -53,7 +53,9 @@ def test_a_long_name_is_refused_before_the_model_lock(predictor, upload):
     with segmenter._model_lock.lock:  # another user's request is running
         with pytest.raises(web.gradio().Error) as error:
             segmenter(upload, "cat; " + "x" * 100_000, "")
-        with pytest.raises(web.gradio().Error, match="The vocabulary has 2001 class names; at most 2000 are accepted: shorten it"):
+        with pytest.raises(
+            web.gradio().Error, match="The vocabulary has 2001 class names; at most 2000 are accepted: shorten it"
+        ):
             segmenter(upload, "; ".join(f"c{i}" for i in range(2001)), "")
     assert segmenter._model_lock.taken == 0
     message = error.value.message
