@@ -55,15 +55,13 @@ from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
-from esc_net import add_esc_net_config
-from esc_net.config import ConfigFileError, add_opts_argument, merge_config_file
+from esc_net.config import ConfigFileError, add_opts_argument, error_text, load_config
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
 from esc_net.data.vocabulary import default_vocabulary_source
 from esc_net.demo.images import (
@@ -326,26 +324,14 @@ def setup_cfg(args: argparse.Namespace):
     """The frozen config: the file, then ``--opts``, then ``--device``."""
     if not os.path.isfile(args.config_file):
         raise InputError(f"config file not found: {args.config_file}")
-    cfg = get_cfg()
-    add_esc_net_config(cfg)
     try:
-        merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
+        cfg = load_config(args.config_file, args.opts)  # YAML's safe loader, _BASE_ files included
     except ConfigFileError as e:
         raise InputError(str(e)) from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (AssertionError, KeyError, ValueError) as e:
-        # yacs reports an unknown key or an odd --opts list with these; the message is what the user needs.
-        raise InputError(f"bad --opts {args.opts} for the config {args.config_file}: {_message(e)}") from e
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
     return cfg
-
-
-def _message(error: BaseException) -> str:
-    # str(KeyError("x")) is "'x'" (quoted); its argument is the readable message.
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,7 +450,7 @@ def run(args: argparse.Namespace) -> List[str]:
         predictor = ESCNetPredictor(cfg)
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
-        raise InputError(_message(e)) from e
+        raise InputError(error_text(e)) from e
     if vocabulary is not None:
         predictor.set_vocabulary(vocabulary)
     vocabulary = predictor.vocabulary
