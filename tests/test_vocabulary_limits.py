@@ -60,10 +60,15 @@ def image(tmp_path_factory):
 def test_the_demo_refuses_a_long_name_or_vocabulary_naming_the_option(image, tmp_path):
     out = tmp_path / "out"
 
+    def argv(*args):
+        return ["--config-file", TINY_CONFIG, "--input", str(image), "--output", str(out), *map(str, args)] + [
+            "--opts",
+            *NO_DATASETS,
+        ]
+
     def error(*args):
-        argv = ["--config-file", TINY_CONFIG, "--input", str(image), "--output", str(out), *map(str, args)]
         with pytest.raises(SystemExit) as info:
-            demo.segment_images([*argv, "--opts", *NO_DATASETS])
+            demo.segment_images(argv(*args))
         assert isinstance(info.value.code, str)
         return info.value.code
 
@@ -78,17 +83,5 @@ def test_the_demo_refuses_a_long_name_or_vocabulary_naming_the_option(image, tmp
     assert not out.exists()  # refused before anything was written
     # raised, the same name is accepted (and the model warns that its end is cut off)
     with pytest.warns(UserWarning, match="cut off"):
-        demo.segment_images(
-            [
-                "--config-file",
-                TINY_CONFIG,
-                "--input",
-                str(image),
-                "--output",
-                str(out),
-                "--vocabulary",
-                f"dog; {LONG_NAME}",
-            ]
-            + ["--max-name-chars", str(len(LONG_NAME)), "--opts", *NO_DATASETS]
-        )
+        demo.segment_images(argv("--vocabulary", f"dog; {LONG_NAME}", "--max-name-chars", len(LONG_NAME)))
     assert (out / "a_overlay.png").is_file()

@@ -177,37 +177,19 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """--max-side, --max-pixels, --max-classes and --max-name-chars, shared by the command line and the web page
     (the same defaults)."""
-    limits = ImageLimits()
-    parser.add_argument(
-        "--max-side",
-        type=int,
-        default=limits.max_side,
-        metavar="PIXELS",
-        help=f"longest image side accepted (default {limits.max_side}); checked before decoding",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=limits.max_pixels,
-        metavar="PIXELS",
-        help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding",
-    )
-    names = VocabularyLimits()
-    parser.add_argument(
-        "--max-classes",
-        type=int,
-        default=names.max_classes,
-        metavar="N",
-        help=f"most class names of a vocabulary accepted (default {names.max_classes})",
-    )
-    parser.add_argument(
-        "--max-name-chars",
-        type=int,
-        default=names.max_name_chars,
-        metavar="N",
-        help=f"longest class name accepted, in characters (default {names.max_name_chars}); checked before the "
-        "text is tokenised",
-    )
+    images, names = ImageLimits(), VocabularyLimits()
+    for flag, default, metavar, what in (
+        ("--max-side", images.max_side, "PIXELS", "longest image side accepted; checked before decoding"),
+        ("--max-pixels", images.max_pixels, "PIXELS", "most pixels of an image accepted; checked before decoding"),
+        ("--max-classes", names.max_classes, "N", "most class names of a vocabulary accepted"),
+        (
+            "--max-name-chars",
+            names.max_name_chars,
+            "N",
+            "longest class name accepted, in characters; checked before the text is tokenised",
+        ),
+    ):
+        parser.add_argument(flag, type=int, default=default, metavar=metavar, help=f"{what} (default {default})")
 
 
 def image_limits(args: argparse.Namespace) -> ImageLimits:
