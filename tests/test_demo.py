@@ -233,6 +233,31 @@ def test_labels_and_top_k_without_full_scores(images, weights, tmp_path):
     np.testing.assert_array_equal(top["labels"], scores.topk(2, dim=0).indices.numpy())
 
 
+@pytest.mark.parametrize("classes", [3, 300])  # uint8 and 16-bit label maps
+def test_the_top_k_files_are_the_model_outputs_themselves(images, weights, classes):
+    """--save-top-k holds K x H x W labels and scores at the image's size: the arrays written are the model's own
+    (the uint16 of the files read from the model's int16 without a copy), not copies of them."""
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor.set_vocabulary([f"class {i}" for i in range(classes)])
+    outputs = {}
+
+    class Recorder:
+        vocabulary = predictor.vocabulary
+
+        def __call__(self, *args, **kwargs):
+            outputs.update(predictor(*args, **kwargs))
+            return outputs
+
+    args = demo.parse_args(["--config-file", TINY_CONFIG, "--input", "-", "--output", "-", "--save-top-k", "3"])
+    labels, _, top = demo.segment(Recorder(), cv2.imread(str(images / "b.png")), args)
+    dtype = np.uint8 if classes <= 255 else np.uint16
+    assert labels.dtype == top["labels"].dtype == dtype and top["labels"].shape == (3, *SIZES["b.png"])
+    for written, output in ((labels, "sem_seg_labels"), (top["labels"], "sem_seg_topk_labels")):
+        model = outputs[output].numpy()
+        assert np.shares_memory(written, model) and (written.astype(np.int64) == model).all()
+    assert np.shares_memory(top["scores"], outputs["sem_seg_topk_scores"].numpy())
+
+
 def test_main_returns_none_for_the_console_script(images, weights, tmp_path):
     """esc-net-demo's console script exits with what main returns: None (status 0) after a successful run."""
     argv = [
