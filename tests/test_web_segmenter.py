@@ -94,19 +94,21 @@ def test_user_text_in_a_message_is_shown_as_text(predictor, tmp_path, file_name,
     assert shown in message and not any(tag in message.lower() for tag in ("<b>", "<img", "<a "))
 
 
-def _folder(parent, name, age_s=3600):
+def _folder(parent, name, files=("upload.png",), age_s=0):
     path = parent / name
     path.mkdir()
-    (path / "upload.png").write_bytes(b"a user's upload")
+    for file in files:
+        (path / file).write_bytes(b"a user's upload")
     then = time.time() - age_s
     os.utime(path, (then, then))
     return path
 
 
 def test_folders_of_killed_pages_are_removed_and_no_other(tmp_path, monkeypatch):
-    stale = _folder(tmp_path, web.FOLDER_PREFIX + "killed")
+    killed = _folder(tmp_path, web.FOLDER_PREFIX + "killed")  # killed a moment ago, restarted at once
+    killed_starting = _folder(tmp_path, web.FOLDER_PREFIX + "killed_starting", files=(), age_s=3600)
     running = _folder(tmp_path, web.FOLDER_PREFIX + "running")
-    starting = _folder(tmp_path, web.FOLDER_PREFIX + "starting", age_s=0)  # created a moment ago, not locked yet
+    starting = _folder(tmp_path, web.FOLDER_PREFIX + "starting", files=())  # just created, not locked yet
     other = _folder(tmp_path, "gradio")
     target = _folder(tmp_path, "elsewhere")
     (tmp_path / (web.FOLDER_PREFIX + "link")).symlink_to(target)
@@ -116,10 +118,14 @@ def test_folders_of_killed_pages_are_removed_and_no_other(tmp_path, monkeypatch)
         monkeypatch.setattr(web.os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)  # another user's folders
         assert web.remove_stale_folders(str(tmp_path)) == []
         monkeypatch.undo()
-        assert web.remove_stale_folders(str(tmp_path)) == [str(stale)]
+        assert web.remove_stale_folders(str(tmp_path)) == [str(killed), str(killed_starting)]
+        # the page that is starting can lock its folder: the clean-up did not hold it
+        fd = os.open(starting, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
     finally:
         os.close(held)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [running.name, starting.name, other.name, target.name, web.FOLDER_PREFIX + "link"]
     )
-    assert (target / "upload.png").is_file()
+    assert (target / "upload.png").is_file() and (running / "upload.png").is_file()

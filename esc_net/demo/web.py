@@ -161,8 +161,8 @@ def ensure_default_checkpoint() -> str:
 
 # The private folders of pages are named with this prefix (and a random part), in their parent folder.
 FOLDER_PREFIX = "esc_net_web_demo_"
-# A folder younger than this is left alone by another page's clean-up: it may be one that a page is creating and
-# has not locked yet.
+# An empty folder younger than this is left alone by another page's clean-up: a page that is creating it locks it
+# before it writes anything into it, and may not have locked it yet.
 _STALE_AFTER_S = 60
 
 
@@ -185,7 +185,8 @@ def private_folder() -> str:
     for stale in remove_stale_folders(parent):
         logger.info(f"removed {stale}, the folder of a page that was killed")
     folder = tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent)
-    # Held until the process ends, however it ends: the kernel releases the lock then.
+    # Held until the process ends, however it ends (the kernel releases it then); taken before anything is written
+    # into the folder. Where the file system cannot lock, no other page removes the folder either.
     _try_lock(os.open(folder, os.O_RDONLY))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["GRADIO_TEMP_DIR"] = folder
@@ -207,8 +208,9 @@ def remove_stale_folders(parent: str) -> List[str]:
     ``parent``, with the uploads in them; returns their paths.
 
     A folder is removed only if it is a page's (named :data:`FOLDER_PREFIX`..., a folder and not a link), it
-    belongs to this user, no process holds its lock (a running page holds its own until it ends), and it was
-    last changed more than a minute ago (a page that is starting may not have locked its new folder yet).
+    belongs to this user, and no process holds its lock (a running page holds its own until it ends, from before
+    it writes anything into it). An empty folder is left alone for a minute: its page may be starting and not
+    have locked it yet (and an attempt to lock it here could make that page's own attempt fail).
     """
     removed = []
     for name in sorted(os.listdir(parent)):
@@ -217,11 +219,10 @@ def remove_stale_folders(parent: str) -> List[str]:
             continue
         try:
             info = os.lstat(path)
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or time.time() - info.st_mtime < _STALE_AFTER_S:
-            continue
-        try:
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            if not os.listdir(path) and time.time() - info.st_mtime < _STALE_AFTER_S:
+                continue
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:  # removed or replaced meanwhile
             continue
