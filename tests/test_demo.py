@@ -1,9 +1,11 @@
 """The command-line demo (esc-net-demo, demo/demo.py): inputs (folder, glob), vocabularies, the files written, and the
 documented errors."""
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 import zlib
 
 import cv2
@@ -256,6 +258,32 @@ def test_the_top_k_files_are_the_model_outputs_themselves(images, weights, class
         model = outputs[output].numpy()
         assert np.shares_memory(written, model) and (written.astype(np.int64) == model).all()
     assert np.shares_memory(top["scores"], outputs["sem_seg_topk_scores"].numpy())
+
+
+def test_the_top_k_is_written_and_let_go_before_the_overlay_is_drawn(images, weights, tmp_path, monkeypatch):
+    """The K x H x W top-k at the image's size and the overlay's drawing are never in memory at the same time."""
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor.set_vocabulary(["red circle", "blue square", "sofa, couch"])
+    arrays, drawn = [], []
+    segment = demo.segment
+
+    def recording_segment(*args):
+        labels, scores, top = segment(*args)
+        arrays.extend(weakref.ref(top[key]) for key in ("labels", "scores"))
+        return labels, scores, top
+
+    def draw(*args, **kwargs):
+        gc.collect()
+        drawn.append(([ref() is None for ref in arrays], (tmp_path / "b_top2.npz").is_file()))
+        return np.zeros((8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(demo, "segment", recording_segment)
+    monkeypatch.setattr(demo, "draw_overlay", draw)
+    args = demo.parse_args(
+        ["--config-file", TINY_CONFIG, "--input", "-", "--output", str(tmp_path), "--save-top-k", "2"]
+    )
+    demo.segment_file(predictor, str(images / "b.png"), args, predictor.metadata)
+    assert drawn == [([True, True], True)]
 
 
 def test_main_returns_none_for_the_console_script(images, weights, tmp_path):

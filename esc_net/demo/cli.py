@@ -420,13 +420,16 @@ def segment_file(
         raise InputError(f"{e}{hint}") from e
     labels, scores, top = segment(predictor, image, args)
     out = os.path.join(args.output, _stem(path))
-    _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
-    if args.save_labels:
-        _write_png(out + "_labels.png", labels)
-    if args.save_scores:
+    # The scores and the top-k (N or K x H x W at the image's size) are written and let go before the overlay is
+    # drawn, so that they and the drawing's own memory are not held at the same time.
+    if scores is not None:
         np.save(out + "_scores.npy", scores.astype(np.float16))
     if top is not None:
         np.savez(out + f"_top{args.save_top_k}.npz", **top)
+    del scores, top
+    _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
+    if args.save_labels:
+        _write_png(out + "_labels.png", labels)
     if prompt_class is not None:
         _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
     return out + "_overlay.png"
