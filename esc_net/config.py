@@ -161,6 +161,17 @@ def add_esc_net_config(cfg: CN) -> None:
     # Ablation: what SAM is prompted with, a non-empty subset of "points", "boxes" (the box around the kept
     # pixels) and "mask" (the filtered probability map). The paper's choice is points + mask; boxes hurt there.
     m.PROMPT_TYPES = ["points", "mask"]
+    # The SAM block's projection of CLIP's dense features into SAM's image-embedding space: "linear" (a 1x1 conv,
+    # the paper's reading), "mlp" (two 1x1 convs with a GELU between them) or "conv" (a 3x3 conv, a GELU, a 1x1
+    # conv); see esc_net/modeling/sam_projection.py.
+    m.SAM_IMAGE_PROJECTION = "linear"
+    # The aligned projection (`esc-net-pretrain align` fits it to SAM's own image embedding of training images),
+    # loaded into every SAM block when the model is built without MODEL.WEIGHTS; "" keeps the random initialisation.
+    m.SAM_PROJECTION_WEIGHTS = ""
+    # Weight of the alignment term of the training loss: the mean squared difference between each SAM block's
+    # projection of F_v and the aligned projection's (SAM_PROJECTION_WEIGHTS), which keeps the projection in SAM's
+    # embedding space while ESC-Net trains. 0 = none (the paper's reading).
+    m.SAM_ALIGN_LOSS_WEIGHT = 0.0
     m.SAM_EMBED_DIM = 256  # SAM ViT-B mask decoder sizes, so that its weights load
     m.SAM_DEPTH = 2
     m.SAM_MLP_DIM = 2048
@@ -324,6 +335,7 @@ def check_config(cfg: CN, training: bool = False) -> None:
     from esc_net.modeling.inference import INFERENCE_MODES
     from esc_net.modeling.prompt_generator import MASK_MODES
     from esc_net.modeling.sam_block import PROMPT_TYPES
+    from esc_net.modeling.sam_projection import PROJECTIONS
 
     m = cfg.MODEL.ESC_NET
     choices = {
@@ -335,6 +347,7 @@ def check_config(cfg: CN, training: bool = False) -> None:
         "MODEL.ESC_NET.CLIP_FINETUNE": (m.CLIP_FINETUNE, FINETUNE_MODES),
         "MODEL.ESC_NET.SYNONYM_MODE": (m.SYNONYM_MODE, SYNONYM_MODES),
         "MODEL.ESC_NET.IMPLEMENTATION": (m.IMPLEMENTATION, IMPLEMENTATIONS),
+        "MODEL.ESC_NET.SAM_IMAGE_PROJECTION": (m.SAM_IMAGE_PROJECTION, PROJECTIONS),
         "SOLVER.AMP.PRECISION": (cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS),
         "INPUT.FORMAT": (cfg.INPUT.FORMAT, ("RGB", "BGR")),
     }
@@ -361,6 +374,13 @@ def check_config(cfg: CN, training: bool = False) -> None:
     if len({len(v) for v in stages.values()}) > 1:
         listed = ", ".join(f"MODEL.ESC_NET.{k} {list(v)}" for k, v in stages.items())
         raise ValueError(f"{listed}: the decoder takes one entry of each per upsampling stage")
+    if m.SAM_ALIGN_LOSS_WEIGHT < 0:
+        raise ValueError(f"MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT must be 0 or more, got {m.SAM_ALIGN_LOSS_WEIGHT}")
+    if m.SAM_ALIGN_LOSS_WEIGHT > 0 and not (m.USE_SAM_BLOCK and m.SAM_PROJECTION_WEIGHTS):
+        raise ValueError(
+            "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT > 0 keeps the SAM blocks' projection at its aligned weights: it needs "
+            "USE_SAM_BLOCK True and MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS (written by `esc-net-pretrain align`)"
+        )
     for key in ("NUM_BLOCKS", "NUM_POINTS"):
         if m[key] < 1:
             raise ValueError(f"MODEL.ESC_NET.{key} must be at least 1, got {m[key]}")

@@ -75,7 +75,7 @@ fi
 if ! wait "$CLIP_PID"; then
   log "CLIP pre-training failed; its log ends:"; tail -n 20 "$PRETRAINED/clip_tiny_shapes.log"; exit 1
 fi
-grep -hE "zero-shot|single-point|stage is done" "$PRETRAINED"/clip_tiny_shapes.log "$PRETRAINED"/sam_tiny_shapes.log \
+grep -hE "zero-shot \(|single-point IoU on|finished .* stage" "$PRETRAINED"/clip_tiny_shapes.log "$PRETRAINED"/sam_tiny_shapes.log \
   | sed 's/^/[run_default]   /'
 stage_done "pre-training (CLIP and SAM in parallel)"
 

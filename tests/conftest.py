@@ -22,9 +22,9 @@ with open(TINY_CONFIG) as f:
     # the one configs/esc_net_tiny.yaml defines. Its text tower keeps open_clip's tokenizer vocabulary.
     TINY_CLIP_CFG = yaml.safe_load(f)["MODEL"]["ESC_NET"]["CLIP_MODEL_CFG"]
 
-# Options that turn the laboratory's config (configs/esc_net_tiny_shapes.yaml, whose CLIP and SAM weights
-# scripts/run_default.sh pre-trains into output/pretrained) into the same model with random CLIP and SAM weights:
-# for tests of the training machinery, which must not depend on files that a clean clone does not have.
+# Options that turn the laboratory's config (configs/esc_net_tiny_shapes.yaml, whose CLIP, SAM and aligned
+# projection come from the model zoo) into the same model with random CLIP, SAM and projection weights: for tests of
+# the training machinery, which must not depend on the pre-trained weights.
 RANDOM_BACKBONES = [
     "MODEL.ESC_NET.CLIP_PRETRAINED",
     "none",
@@ -32,6 +32,10 @@ RANDOM_BACKBONES = [
     "",
     "MODEL.ESC_NET.ALLOW_RANDOM_SAM",
     "True",
+    "MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS",
+    "",
+    "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT",
+    "0.0",
 ]
 
 

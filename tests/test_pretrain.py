@@ -3,6 +3,7 @@ saved in the official formats, and loaded by ESC-Net through CLIP_PRETRAINED and
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from segment_anything.modeling import Sam
 
 from conftest import TINY_CLIP_CFG, tiny_cfg
 from esc_net.pretrain import cli
+from esc_net.pretrain import clip as clip_stage
 from esc_net.pretrain.clip import build_clip, pretrain_clip
+from esc_net.pretrain.common import sha256
 from esc_net.pretrain.sam import build_sam, decode_masks, pretrain_sam
 
 SAM_SIZES = dict(embed_dim=32, depth=1, mlp_dim=64, num_heads=2)  # the tiny config's SAM block
@@ -141,3 +144,106 @@ def test_tokenizer_has_the_configs_context():
     model, tokenizer = build_clip(TINY_CLIP_CFG, 64)
     assert tokenizer(["a photo of a red star."]).shape == (1, TINY_CLIP_CFG["text_cfg"]["context_length"])
     assert np.isfinite(model.logit_scale.item())
+
+
+TINY_CONFIG_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esc_net_tiny.yaml"
+)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--steps", "0"], "steps must be at least 1, got 0"),
+        (["--steps", "-3"], "steps must be at least 1, got -3"),
+        (["--batch-size", "0"], "batch size must be at least 1, got 0"),
+        (["--num-images", "0"], "number of images must be at least 1, got 0"),
+        (["--batch-size", "32", "--num-images", "16"], r"batch size \(32\) is larger than the number of images"),
+        (["--lr", "-1"], "learning rate must be a positive number"),
+        (["--eval-period", "-1"], "cannot be negative"),
+    ],
+)
+@pytest.mark.parametrize("stage", ["clip", "sam"])
+def test_numbers_that_cannot_train_are_refused_before_any_work(tmp_path, capsys, stage, options, message):
+    output = tmp_path / "weights.pt"
+    argv = [stage, "--config-file", TINY_CONFIG_FILE, "--output", str(output), "--batch-size", "4"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv + ["--num-images", "16"] + options)
+    assert exit_info.value.code != 0
+    assert re.search(message, str(exit_info.value.code)) and "Traceback" not in str(exit_info.value.code)
+    assert not list(tmp_path.iterdir()), "nothing may be written"
+
+
+def test_a_diverging_run_saves_nothing(tmp_path, monkeypatch):
+    class NaNLoss(torch.nn.Module):
+        def forward(self, image_features, *args):
+            return image_features.sum() * float("nan")
+
+    monkeypatch.setattr(clip_stage, "ClipLoss", NaNLoss)
+    output = tmp_path / "clip.pt"
+    with pytest.raises(FloatingPointError, match="diverged: the loss is nan at step 1"):
+        pretrain_clip(TINY_CLIP_CFG, 64, str(output), steps=2, batch_size=4, num_images=8, eval_images=4)
+    assert not output.exists()
+
+
+def test_the_report_is_strict_json_with_provenance_and_the_losses(clip_file):
+    path, report = clip_file
+    with open(path.replace(".pt", ".json")) as f:
+        text = f.read()
+    written = json.loads(text, parse_constant=lambda constant: pytest.fail(f"invalid JSON constant {constant}"))
+    assert written["sha256"] == sha256(path) and written["bytes"] == os.path.getsize(path)
+    assert written["steps_done"] == 2 and len(written["first_losses"]) == 2
+    assert written["final_loss"] == pytest.approx(np.mean(written["first_losses"]))
+    assert written["provenance"].keys() >= {"command", "commit", "threads", "torch"}
+    # the folder's manifest holds every weights file's report
+    with open(os.path.join(os.path.dirname(path), "manifest.json")) as f:
+        assert json.load(f) == {"clip.pt": written}
+    # a held-out group without an image is recorded as null, not NaN
+    assert all(v is None or np.isfinite(v) for v in written["zero_shot"].values())
+
+
+def _write_report(weights: str, **fields) -> None:
+    with open(weights.replace(".pth", ".json"), "w") as f:
+        json.dump(fields, f)
+
+
+def test_only_a_finished_stage_is_skipped(tmp_path, sam_file, caplog):
+    """Weights that load are a finished stage only if their report says they were trained: at least one step, a
+    finite loss, the same file."""
+    load = cli._load_sam(build_sam(64, **SAM_SIZES))
+    weights = str(tmp_path / "sam.pth")
+    with open(sam_file[0], "rb") as src, open(weights, "wb") as dst:
+        dst.write(src.read())
+    assert "report" in cli.unfinished_reason(weights, load)
+    _write_report(weights, settings={"steps": 0}, final_loss=float("nan"))  # what --steps 0 used to write
+    assert "records 0 training steps" in cli.unfinished_reason(weights, load)
+    _write_report(weights, settings={"steps": 5}, final_loss=float("nan"))
+    assert "final loss of nan" in cli.unfinished_reason(weights, load)
+    _write_report(weights, steps_done=5, final_loss=0.5, sha256="0" * 64)
+    assert "sha256 differs" in cli.unfinished_reason(weights, load)
+    _write_report(weights, steps_done=5, final_loss=0.5, sha256=sha256(weights))
+    assert cli.unfinished_reason(weights, load) is None
+
+
+def test_a_refused_weights_file_is_named_without_torchs_advice(tmp_path, marker):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    weights = str(tmp_path / "sam.pth")
+    torch.save({"x": Payload()}, weights)
+    reason = cli.unfinished_reason(weights, cli._load_sam(build_sam(64, **SAM_SIZES)))
+    assert "refusing to load the weights file" in reason and weights in reason
+    assert "weights_only=False" not in reason
+
+
+def test_verify_names_every_pre_trained_file_that_is_not_a_finished_stage(clip_file, sam_file, tmp_path):
+    argv = ["verify", "--config-file", TINY_CONFIG_FILE, "--opts", "MODEL.ESC_NET.CLIP_PRETRAINED", clip_file[0]]
+    argv += ["MODEL.ESC_NET.SAM_CHECKPOINT", sam_file[0]]
+    assert cli.pretrain(argv) is None
+    changed = tmp_path / "sam.pth"
+    changed.write_bytes(open(sam_file[0], "rb").read())
+    report = json.loads(open(sam_file[0].replace(".pth", ".json")).read())
+    (tmp_path / "sam.json").write_text(json.dumps({**report, "sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match=r"sam.pth is not a finished stage: it is not the file its report"):
+        cli.main(argv[:-1] + [str(changed)])

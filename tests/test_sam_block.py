@@ -241,7 +241,10 @@ def test_fast_path_equals_the_reference(sam_checkpoint, types):
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
     assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 3
     for name, ours in grads[0].items():
-        torch.testing.assert_close(ours, grads[1][name], atol=1e-4, rtol=1e-4, msg=name)
+        # float32 reassociation errors grow with the gradient's size (sums over 6x256x24x24 outputs, entries of a
+        # few hundred), so the absolute tolerance is taken relative to the largest entry
+        scale = grads[1][name].abs().max().item()
+        torch.testing.assert_close(ours, grads[1][name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 def test_checkpoint_that_does_not_fit_lists_the_keys(sam, tmp_path):

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from esc_net.modeling.prompt_generator import PseudoPromptGenerator
 from esc_net.modeling.sam_block import SAMBlock
 from esc_net.modeling.sam_checkpoint import load_sam_state, sam_checkpoint_state
+from esc_net.modeling.sam_projection import load_projection_weights, read_projection_weights
 from esc_net.modeling.vlf_block import VisionLanguageFusion
 from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
@@ -54,6 +55,7 @@ class ESCBlock(nn.Module):
         text_guidance_dim: int,
         use_sam: bool = True,
         prompt_types: Sequence[str] = ("points", "mask"),
+        image_projection: str = "linear",
         mask_mode: str = "posterior",
         with_map_head: bool = True,
         swin_depth: int = 1,
@@ -82,6 +84,7 @@ class ESCBlock(nn.Module):
                 mlp_dim=sam_mlp_dim,
                 num_heads=sam_num_heads,
                 prompt_types=prompt_types,
+                image_projection=image_projection,
                 reference=reference,
             )
             self.merge_sam = nn.Conv2d(sam_embed_dim, hidden_dim, kernel_size=1, bias=False)
@@ -160,7 +163,13 @@ def _rename_corr_head(state_dict, prefix, *args) -> None:
 
 
 def build_esc_blocks(
-    num_blocks: int, *, deep_supervision: bool, sam_checkpoint: str = "", use_sam: bool = True, **block_args
+    num_blocks: int,
+    *,
+    deep_supervision: bool,
+    sam_checkpoint: str = "",
+    sam_projection_weights: str = "",
+    use_sam: bool = True,
+    **block_args,
 ) -> List[ESCBlock]:
     """The ``num_blocks`` consecutive ESC-Blocks of a model (a config's ``MODEL.ESC_NET`` keys, or a LazyConfig's
     ``model.blocks``).
@@ -171,6 +180,8 @@ def build_esc_blocks(
             gets a map head when something reads its map: deep supervision, or the next block's prompt generator.
         sam_checkpoint: an official SAM checkpoint (``sam_vit_b_01ec64.pth``) loaded into every block's SAM parts,
             read once; "" keeps them random (MODEL.WEIGHTS usually provides them).
+        sam_projection_weights: an aligned image projection (``esc-net-pretrain align``) loaded into every block's
+            SAM block; "" keeps the random initialisation.
         use_sam, block_args: the :class:`ESCBlock` arguments shared by every block (``block_index`` is the
             block's position).
 
@@ -193,4 +204,8 @@ def build_esc_blocks(
             raise unreadable_weights_error(sam_checkpoint, error) from error
         for block in blocks:
             load_sam_state(block.sam, sam_state, sam_checkpoint)
+    if use_sam and sam_projection_weights:
+        projection_state = read_projection_weights(sam_projection_weights)
+        for block in blocks:
+            load_projection_weights(block.sam.image_proj, projection_state, sam_projection_weights)
     return blocks

@@ -27,6 +27,7 @@ from esc_net.modeling.decoder import CorrelationDecoder
 from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
 from esc_net.modeling.full_resolution import OUTPUT_MODES, full_resolution_output, resize_bilinear
 from esc_net.modeling.inference import InferenceProtocol
+from esc_net.modeling.sam_projection import ProjectionAnchor, read_projection_weights
 from esc_net.utils.prompt_vis import PromptRecorder, dominant_class, draw_block_prompts
 from esc_net.utils.vocabulary_rules import check_vocabulary
 
@@ -72,6 +73,8 @@ class ESCNet(nn.Module):
         inference_top_k: int = 0,
         vocabulary: Optional[Sequence[str]] = None,
         train_vocabulary: Optional[Sequence[str]] = None,
+        projection_anchor: Optional[ProjectionAnchor] = None,
+        align_loss_weight: float = 0.0,
     ):
         """
         Args:
@@ -94,6 +97,8 @@ class ESCNet(nn.Module):
             vocabulary: the class names scored at inference for inputs that carry none (None: such inputs are
                 refused).
             train_vocabulary: the same in training; training labels are ids into it (None: refused).
+            projection_anchor, align_loss_weight: in training, ``align_loss_weight`` times the mean over the SAM
+                blocks of the anchor's alignment term (``loss_sam_align``; see ``sam_projection.py``).
         """
         super().__init__()
         if input_format not in ("RGB", "BGR"):
@@ -144,6 +149,10 @@ class ESCNet(nn.Module):
             raise ValueError(f"INFERENCE_OUTPUT must be one of {OUTPUT_MODES}, got {inference_output!r}")
         self.inference_output = inference_output
         self.inference_top_k = inference_top_k
+        if align_loss_weight > 0 and (projection_anchor is None or not blocks[0].use_sam):
+            raise ValueError("an alignment loss needs SAM blocks and the aligned projection's anchor")
+        self.projection_anchor = projection_anchor if align_loss_weight > 0 else None
+        self.align_loss_weight = align_loss_weight
         # plain attributes, not state: a checkpoint loads into a model with any default vocabulary
         self.vocabulary = check_vocabulary(vocabulary) if vocabulary is not None else None
         self.train_vocabulary = check_vocabulary(train_vocabulary) if train_vocabulary is not None else None
@@ -180,6 +189,7 @@ class ESCNet(nn.Module):
             m.NUM_BLOCKS,
             deep_supervision=m.BLOCK_LOSS_WEIGHT > 0,
             sam_checkpoint="" if cfg.MODEL.WEIGHTS else m.SAM_CHECKPOINT,
+            sam_projection_weights="" if cfg.MODEL.WEIGHTS else m.SAM_PROJECTION_WEIGHTS,
             use_sam=m.USE_SAM_BLOCK,
             clip_dim=clip.embed_dim,
             hidden_dim=m.HIDDEN_DIM,
@@ -195,6 +205,7 @@ class ESCNet(nn.Module):
             window_size=m.WINDOW_SIZE,
             text_guidance_dim=m.TEXT_GUIDANCE_DIM,
             prompt_types=m.PROMPT_TYPES,
+            image_projection=m.SAM_IMAGE_PROJECTION,
             mask_mode=m.PSEUDO_MASK,
             swin_depth=m.SWIN_DEPTH,
             class_chunk=m.CLASS_CHUNK,
@@ -243,6 +254,13 @@ class ESCNet(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "inference_output": m.INFERENCE_OUTPUT,
             "inference_top_k": m.INFERENCE_TOP_K,
+            # the aligned weights are the anchor even when MODEL.WEIGHTS gives the projection's current ones
+            "projection_anchor": (
+                ProjectionAnchor(read_projection_weights(m.SAM_PROJECTION_WEIGHTS))
+                if m.SAM_ALIGN_LOSS_WEIGHT > 0
+                else None
+            ),
+            "align_loss_weight": m.SAM_ALIGN_LOSS_WEIGHT,
             **cls._default_vocabularies(cfg),
         }
 
@@ -342,7 +360,7 @@ class ESCNet(nn.Module):
             logits, block_maps = self.refine(corr, dense, skips, text.expand(len(images), -1, -1))
         if recorder is not None:
             self._put_prompt_images(images[0], recorder, vocabulary[recorder.class_index])
-        return esc_net_losses(
+        losses = esc_net_losses(
             logits,
             block_maps,
             targets,
@@ -350,6 +368,10 @@ class ESCNet(nn.Module):
             kind=self.loss,
             block_loss_weight=self.block_loss_weight,
         )
+        if self.projection_anchor is not None:
+            terms = [self.projection_anchor.loss(block.sam.image_proj, dense) for block in self.blocks]
+            losses["loss_sam_align"] = self.align_loss_weight * torch.stack(terms).mean()
+        return losses
 
     def _put_prompt_images(self, image: torch.Tensor, recorder: PromptRecorder, class_name: str) -> None:
         """Puts every block's picture of ``recorder``'s prompts into the EventStorage.

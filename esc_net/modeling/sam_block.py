@@ -18,11 +18,11 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F
 
 from esc_net.modeling import sam_attention as fast
+from esc_net.modeling.sam_projection import build_image_projection
 
 # Pseudo-mask probabilities are clamped to [eps, 1 - eps] before the logit, so that SAM's mask encoder sees
 # finite logits in [-9.2, 9.2], the range of confident low-resolution mask logits that SAM feeds back to itself.
@@ -91,6 +91,7 @@ class SAMBlock(nn.Module):
         mlp_dim: int = 2048,
         num_heads: int = 8,
         prompt_types: Sequence[str] = ("points", "mask"),
+        image_projection: str = "linear",
         reference: bool = False,
     ):
         """
@@ -101,6 +102,7 @@ class SAMBlock(nn.Module):
             embed_dim, depth, mlp_dim, num_heads: SAM's mask-decoder transformer sizes (256, 2, 2048, 8 for the
                 official checkpoints, which all share the same decoder).
             prompt_types: the prompt kinds to use, a non-empty subset of :data:`PROMPT_TYPES`.
+            image_projection: the form of ``image_proj`` (see ``sam_projection.py``).
             reference: run :meth:`forward_reference` instead of :meth:`forward_fast` (``IMPLEMENTATION``).
         """
         super().__init__()
@@ -114,7 +116,7 @@ class SAMBlock(nn.Module):
             mask_in_chans=16,
         )
         self.transformer = TwoWayTransformer(depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim)
-        self.image_proj = nn.Sequential(nn.Conv2d(clip_dim, embed_dim, kernel_size=1), LayerNorm2d(embed_dim))
+        self.image_proj = build_image_projection(image_projection, clip_dim, embed_dim)
         self.text_proj = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.LayerNorm(embed_dim))
 
         encoder = self.prompt_encoder

@@ -16,7 +16,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from open_clip.loss import ClipLoss
-from tqdm import tqdm
 
 from esc_net.data.synthetic_shapes import (
     OBJECT_CLASSES,
@@ -29,7 +28,16 @@ from esc_net.data.synthetic_shapes import (
     sample_rng,
 )
 from esc_net.modeling.clip.build import build_open_clip
-from esc_net.pretrain.common import Schedule, fit, random_dihedral, save_report, save_state_dict, to_model_input
+from esc_net.pretrain.common import (
+    RenderedPool,
+    Schedule,
+    finish_stage,
+    fit,
+    provenance,
+    random_dihedral,
+    save_report,
+    to_model_input,
+)
 
 logger = logging.getLogger("esc_net.pretrain")
 
@@ -44,14 +52,10 @@ def build_clip(model_cfg: Dict, image_size: int) -> Tuple[torch.nn.Module, Calla
     return model, tokenizer
 
 
-def render_captioned(seed: int, stream: str, count: int, image_size: int, max_shapes: int):
-    """``count`` images of every object class with their captions: ([count, S, S, 3] uint8, [str])."""
-    images, captions = np.empty((count, image_size, image_size, 3), np.uint8), []
-    for i in tqdm(range(count), desc=f"rendering {stream} images", unit="img", mininterval=5):
-        sample = render_sample(sample_rng(seed, stream, i), OBJECT_CLASSES, image_size, max_shapes, 0)
-        images[i] = sample.image
-        captions.append(caption(sample))
-    return images, captions
+def captioned_image(seed: int, stream: str, index: int, image_size: int, max_shapes: int) -> Tuple[np.ndarray, str]:
+    """Image ``index`` of ``stream`` (1 to ``max_shapes`` objects of any class; [S, S, 3] uint8) and its caption."""
+    sample = render_sample(sample_rng(seed, stream, index), OBJECT_CLASSES, image_size, max_shapes, 0)
+    return sample.image, caption(sample)
 
 
 @torch.no_grad()
@@ -78,8 +82,8 @@ def zero_shot_accuracy(model, tokenizer, image_size: int, seed: int, count: int 
 
     predicted, predicted_texture = predict(OBJECT_CLASSES), predict(list(STUFF_CLASSES))
 
-    def percent(hits: List[bool]) -> float:
-        return 100.0 * float(np.mean(hits)) if hits else float("nan")
+    def percent(hits: List[bool]) -> Optional[float]:
+        return 100.0 * float(np.mean(hits)) if hits else None  # None: no image of the group was drawn
 
     def group(name: str) -> str:
         if name in SEEN_OBJECTS:
@@ -104,9 +108,9 @@ def pretrain_clip(
     image_size: int,
     output: str,
     *,
-    steps: int = 1500,
+    steps: int = 15000,
     batch_size: int = 128,
-    num_images: int = 24576,
+    num_images: int = 65536,
     lr: float = 4e-3,
     weight_decay: float = 0.1,
     warmup: int = 100,
@@ -119,27 +123,37 @@ def pretrain_clip(
 ) -> Dict:
     """Trains the CLIP of ``model_cfg`` contrastively and saves its state dict to ``output``.
 
-    ``num_images`` captioned images (1 to ``max_shapes`` objects each) are drawn once and shown in random order with
-    a random flip / rotation per batch, for ``steps`` steps of ``batch_size``; AdamW with a warm-up and a cosine
-    decay. The defaults are the ones the laboratory measured best (docs/laboratory.md, "Stage 1"). With
-    ``eval_period``, the zero-shot accuracies are also measured every ``eval_period`` steps (the learning curve).
-    Returns (and, with ``report_path``, writes as JSON) the settings, the loss and the zero-shot accuracies before
-    and after training.
+    ``num_images`` captioned images (1 to ``max_shapes`` objects each, each drawn once, when a batch first needs
+    it) are shown in random order with a random flip / rotation per batch, for ``steps`` steps of ``batch_size``;
+    AdamW with a warm-up and a cosine decay. The defaults are the ones the laboratory measured best
+    (docs/laboratory.md, "Stage 1"). With ``eval_period``, the zero-shot accuracies are also measured every
+    ``eval_period`` steps (the learning curve). Returns (and, with ``report_path``, writes as JSON) the settings,
+    the losses and the zero-shot accuracies before and after training (see
+    :func:`~esc_net.pretrain.common.finish_stage`).
+
+    Raises:
+        ValueError: settings that cannot train (see :meth:`Schedule.check`), before any work.
+        FloatingPointError: the loss diverged; nothing is saved.
     """
+    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
+    schedule.check(num_images, eval_period, eval_images)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
+    started = (time.perf_counter(), provenance())  # what ran, as it started
     model, tokenizer = build_clip(model_cfg, image_size)
-    images, captions = render_captioned(seed, "clip", num_images, image_size, max_shapes)
-    tokens = tokenizer(captions)
-    before = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)
-    render_time = time.perf_counter() - start
 
+    def render(index: int) -> Tuple[np.ndarray, np.ndarray]:
+        image, text = captioned_image(seed, "clip", index, image_size, max_shapes)
+        return image, tokenizer([text])[0].numpy()
+
+    pool = RenderedPool(render, num_images)
+    before = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)
     loss_fn = ClipLoss()
 
     def step_loss(index: np.ndarray) -> torch.Tensor:
-        batch, _ = random_dihedral(images[index], None, rng)
-        return loss_fn(*model(to_model_input(batch), tokens[index]))
+        images, tokens = pool.take(index)
+        batch, _ = random_dihedral(images, None, rng)
+        return loss_fn(*model(to_model_input(batch), torch.from_numpy(tokens)))
 
     curve = []
 
@@ -151,26 +165,12 @@ def pretrain_clip(
             logger.info("CLIP zero-shot at step %d: %s", done, _summary(curve[-1]))
             model.train()
 
-    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
-    final_loss = fit(model, schedule, num_images, rng, step_loss, "clip", log_period, after_step)
+    losses = fit(model, schedule, num_images, rng, step_loss, "clip", log_period, after_step)
     after = zero_shot_accuracy(model, tokenizer, image_size, seed + 1, eval_images)
-    save_state_dict(model.state_dict(), output)
-    report = {
-        "weights": output,
-        "settings": {
-            **schedule._asdict(),
-            "num_images": num_images,
-            "max_shapes": max_shapes,
-            "seed": seed,
-            "image_size": image_size,
-            "template": ZERO_SHOT_TEMPLATE,
-        },
-        "final_loss": final_loss,
-        "zero_shot_untrained": before,
-        "zero_shot": after,
-        "learning_curve": curve,
-        "seconds": {"rendering": render_time, "total": time.perf_counter() - start},
-    }
+    settings = {**schedule._asdict(), "num_images": num_images, "max_shapes": max_shapes, "seed": seed}
+    settings.update(image_size=image_size, template=ZERO_SHOT_TEMPLATE, eval_images=eval_images)
+    results = {"zero_shot_untrained": before, "zero_shot": after, "learning_curve": curve}
+    report = finish_stage(model.state_dict(), output, {"settings": settings, **results}, losses, log_period, started)
     logger.info("CLIP zero-shot (%d held-out images): %s", eval_images, _summary(after))
     if report_path:
         save_report(report, report_path)
@@ -178,4 +178,4 @@ def pretrain_clip(
 
 
 def _summary(accuracy: Dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.1f}%" for k, v in accuracy.items() if k not in ("images", "step"))
+    return ", ".join(f"{k} {v:.1f}%" for k, v in accuracy.items() if k not in ("images", "step") and v is not None)

@@ -1,11 +1,14 @@
-"""What both pre-training loops share: image batches, the schedule, saving."""
+"""What the pre-training stages share: image batches, the schedule and its checks, saving with provenance."""
 
+import hashlib
 import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,14 +40,51 @@ def random_dihedral(images: np.ndarray, masks: np.ndarray, rng: np.random.Genera
     return np.ascontiguousarray(images), (np.ascontiguousarray(masks) if masks is not None else None)
 
 
+class RenderedPool:
+    """``count`` training examples drawn on first use: ``render(i)`` gives example i (a tuple of arrays, a pure
+    function of i), ``take(indices)`` stacks the examples asked for, drawing those not drawn yet once. A run draws
+    only what its batches reach: a short run draws a few batches, a long one every example once."""
+
+    def __init__(self, render: Callable[[int], Tuple[np.ndarray, ...]], count: int):
+        self.render, self.count = render, count
+        self._drawn: Dict[int, Tuple[np.ndarray, ...]] = {}
+
+    def take(self, indices: Sequence[int]) -> Tuple[np.ndarray, ...]:
+        for i in indices:
+            if int(i) not in self._drawn:
+                self._drawn[int(i)] = self.render(int(i))
+        return tuple(np.stack(parts) for parts in zip(*(self._drawn[int(i)] for i in indices)))
+
+
 class Schedule(NamedTuple):
-    """What both pre-training loops share of their settings (AdamW with a linear warm-up and a cosine decay)."""
+    """What the pre-training loops share of their settings (AdamW with a linear warm-up and a cosine decay)."""
 
     steps: int
     batch_size: int
     lr: float
     weight_decay: float
     warmup: int
+
+    def check(self, num_images: int, eval_period: int = 0, eval_images: int = 1) -> None:
+        """Refuses, before any work, numbers that could only give weights that look trained but are not (no step),
+        a traceback (no image, an empty batch) or a run that records settings it did not use (a batch larger than
+        the images it is drawn from)."""
+        counts = (("steps", self.steps), ("batch size", self.batch_size), ("number of images", num_images))
+        for name, value in counts + (("number of held-out images", eval_images),):
+            if value < 1:
+                raise ValueError(f"the {name} must be at least 1, got {value}")
+        if self.batch_size > num_images:
+            raise ValueError(
+                f"the batch size ({self.batch_size}) is larger than the number of images it is drawn from "
+                f"({num_images}): lower the batch size or raise the number of images"
+            )
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"the learning rate must be a positive number, got {self.lr}")
+        if self.warmup < 0 or self.weight_decay < 0 or eval_period < 0:
+            raise ValueError(
+                f"warm-up ({self.warmup}), weight decay ({self.weight_decay}) and evaluation period ({eval_period}) "
+                "cannot be negative"
+            )
 
 
 def fit(
@@ -59,8 +99,11 @@ def fit(
 ) -> float:
     """The pre-training loop: ``schedule.steps`` AdamW steps on ``step_loss(indices)`` for batches of image indices
     drawn from ``num_images`` without replacement (reshuffled when a pass ends); ``after_step(steps_done)`` runs
-    after every update. Logs the loss every ``log_period`` steps; returns the mean loss of the last ``log_period``
-    steps."""
+    after every update. Logs the loss every ``log_period`` steps; returns the loss of every step.
+
+    Raises:
+        FloatingPointError: the loss is not finite (the run diverged); nothing is saved.
+    """
     start = time.perf_counter()
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -73,6 +116,11 @@ def fit(
         if first + schedule.batch_size > num_images:
             order, first = rng.permutation(num_images), 0
         loss = step_loss(order[first : first + schedule.batch_size])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{name} pre-training diverged: the loss is {loss.item()} at step {step + 1}; nothing was saved "
+                "(a lower learning rate may help)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,7 +133,7 @@ def fit(
                 "%s step %d/%d  loss %.3f  lr %.2e  %.1f s", name, step + 1, schedule.steps,
                 np.mean(losses[-log_period:]), scheduler.get_last_lr()[0], time.perf_counter() - start,
             )  # fmt: skip
-    return float(np.mean(losses[-log_period:]))
+    return losses
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -102,7 +150,100 @@ def save_state_dict(state: Dict[str, torch.Tensor], path: str) -> None:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, f)
 
 
+MANIFEST = "manifest.json"
+
+
 def save_report(report: Dict, path: str) -> None:
+    """Writes a stage's ``report`` as JSON (strict: a NaN or infinity is an error, not invalid JSON), atomically, and
+    records it in the manifest of its folder (``manifest.json``: weights file name -> its report), the one file that
+    says how every weights file of a folder was made."""
+    text = json.dumps(report, indent=2, allow_nan=False)
     with atomic_write(path, "w") as f:
-        json.dump(report, f, indent=2)
-    logger.info("wrote %s", path)
+        f.write(text)
+    manifest_path = os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST)
+    manifest = read_manifest(manifest_path)
+    manifest[os.path.basename(report["weights"])] = report
+    with atomic_write(manifest_path, "w") as f:
+        f.write(json.dumps(dict(sorted(manifest.items())), indent=2, allow_nan=False))
+    logger.info("wrote %s (and its entry in %s)", path, manifest_path)
+
+
+def read_manifest(path: str) -> Dict[str, Dict]:
+    """The manifest at ``path`` ({} when there is none yet).
+
+    Raises:
+        ValueError: naming the file when it is not a JSON object.
+    """
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        try:
+            manifest = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); remove it to start a new manifest") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} holds a {type(manifest).__name__}, not a manifest (weights file -> report)")
+    return manifest
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance() -> Dict[str, Any]:
+    """How this process was run: its command line, the project's git commit (and whether tracked files differed
+    from it), torch's thread count and version."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": None if status is None else bool(status),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def finish_stage(
+    state: Dict[str, torch.Tensor],
+    output: str,
+    report: Dict,
+    losses: List[float],
+    log_period: int,
+    started: Tuple[float, Dict[str, Any]],
+) -> Dict:
+    """Saves a trained stage's weights and completes its report: the loss (the mean of the last ``log_period``
+    steps, the first steps' losses, the logged means), the weights' size and sha256, and ``started``'s
+    (``time.perf_counter()``, :func:`provenance`) taken when the stage began, with the time it took. Returns the
+    report."""
+    start, origin = started
+    save_state_dict(state, output)
+    means = [float(np.mean(losses[i : i + log_period])) for i in range(0, len(losses), log_period)]
+    return {
+        "weights": output,
+        "sha256": sha256(output),
+        "bytes": os.path.getsize(output),
+        **report,
+        "steps_done": len(losses),
+        "final_loss": float(np.mean(losses[-log_period:])),
+        "first_losses": losses[:FIRST_LOSSES],
+        "loss_per_period": means,
+        "provenance": origin,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# how many of the first steps' losses a report keeps (a rerun of those steps must reproduce them)
+FIRST_LOSSES = 20

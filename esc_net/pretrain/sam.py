@@ -23,24 +23,39 @@ a few hundred held-out objects, for the trained model and for the same model unt
 import logging
 import time
 from functools import partial
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from esc_net.data.synthetic_shapes import OBJECT_CLASSES, instance_masks, render_sample, sample_rng
-from esc_net.pretrain.common import Schedule, fit, random_dihedral, save_report, save_state_dict, to_model_input
+from esc_net.pretrain.common import (
+    RenderedPool,
+    Schedule,
+    finish_stage,
+    fit,
+    provenance,
+    random_dihedral,
+    save_report,
+    to_model_input,
+)
+from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
 logger = logging.getLogger("esc_net.pretrain")
 
 # Objects smaller than this many visible pixels are not prompted (a sliver under another object).
 MIN_OBJECT_PIXELS = 24
 PROMPT_KINDS = ("point", "points", "box", "mask")
+# The official SAM variants, recognised by the width of their image encoder (segment_anything's registry names).
+OFFICIAL_SAM_VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+# The laboratory's image encoder has one attention head per 32 channels.
+LAB_ENCODER_HEAD_WIDTH = 32
 
 
 def build_sam(
@@ -53,11 +68,12 @@ def build_sam(
     patch_size: int = 8,
     encoder_width: int = 64,
     encoder_depth: int = 4,
-    encoder_heads: int = 2,
+    encoder_heads: int = 64 // LAB_ENCODER_HEAD_WIDTH,
 ) -> Sam:
     """A segment_anything ``Sam`` at ``image_size``: a ViT image encoder (global attention) whose neck ends in
     ``embed_dim`` channels, SAM's prompt encoder, and SAM's mask decoder with a ``TwoWayTransformer`` of the given
-    sizes (the sizes of ESC-Net's SAM block). The pixel statistics are OpenAI CLIP's, as the images are fed."""
+    sizes (the sizes of ESC-Net's SAM block). Its pixel statistics (``Sam.pixel_mean/pixel_std``, not saved in
+    the state dict) are OpenAI CLIP's, the normalisation its images are trained with (:func:`to_model_input`)."""
     grid = image_size // patch_size
     encoder = ImageEncoderViT(
         img_size=image_size,
@@ -82,7 +98,61 @@ def build_sam(
         num_multimask_outputs=3,
         iou_head_hidden_dim=embed_dim,
     )
-    return Sam(encoder, prompt_encoder, decoder)
+    mean, std = [255.0 * v for v in OPENAI_DATASET_MEAN], [255.0 * v for v in OPENAI_DATASET_STD]
+    return Sam(encoder, prompt_encoder, decoder, pixel_mean=mean, pixel_std=std)
+
+
+def sam_from_checkpoint(path: str, decoder_heads: int) -> Sam:
+    """The whole segment_anything ``Sam`` (image encoder included) that an official-format checkpoint holds, with
+    its weights, in eval mode.
+
+    An official checkpoint (``sam_vit_b_01ec64.pth`` and its ViT-L / ViT-H siblings) is recognised by its image
+    encoder's width and built by segment_anything's registry; any other is taken for one of the laboratory's
+    (:func:`build_sam`, its geometry read from the tensors' shapes). Attention head counts are not in a state dict:
+    the decoder's, ``decoder_heads``, is the config's ``SAM_NUM_HEADS``.
+
+    Raises:
+        ValueError: naming the file when it cannot be read, holds no image encoder, or does not fit the model it
+            describes (listing the missing and unexpected keys).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except READ_ERRORS as error:
+        raise unreadable_weights_error(path, error) from error
+    patch_weight = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
+    if patch_weight is None:
+        raise ValueError(
+            f"{path} holds no SAM image encoder (image_encoder.patch_embed.proj.weight): SAM's own image embedding "
+            "needs a whole SAM checkpoint in the official format, such as sam_vit_b_01ec64.pth"
+        )
+    width, patch = patch_weight.shape[0], patch_weight.shape[-1]
+    if width in OFFICIAL_SAM_VARIANTS:
+        sam = sam_model_registry[OFFICIAL_SAM_VARIANTS[width]]()
+    else:
+
+        def count(prefix: str) -> int:
+            return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+        sam = build_sam(
+            state["image_encoder.pos_embed"].shape[1] * patch,
+            embed_dim=state["image_encoder.neck.0.weight"].shape[0],
+            depth=count("mask_decoder.transformer.layers."),
+            mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+            num_heads=decoder_heads,
+            patch_size=patch,
+            encoder_width=width,
+            encoder_depth=count("image_encoder.blocks."),
+            encoder_heads=max(1, width // LAB_ENCODER_HEAD_WIDTH),
+        )
+    missing, unexpected = sam.state_dict().keys() - state.keys(), state.keys() - sam.state_dict().keys()
+    mismatched = [k for k in sam.state_dict().keys() & state.keys() if sam.state_dict()[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{path} does not fit the SAM it describes (image encoder of width {width}): missing keys "
+            f"{sorted(missing)}, unexpected keys {sorted(unexpected)}, shape mismatches {sorted(mismatched)}"
+        )
+    sam.load_state_dict(state)
+    return sam.eval()
 
 
 def decode_masks(
@@ -123,19 +193,21 @@ class ObjectPool(NamedTuple):
     masks: np.ndarray
 
 
+def object_example(seed: int, stream: str, index: int, image_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of ``stream`` (1 to 3 objects of any class; [S, S, 3] uint8) and the visible mask of one of
+    its objects ([S, S] bool; picked at random among those with at least MIN_OBJECT_PIXELS visible pixels)."""
+    rng = sample_rng(seed, stream, index)
+    sample = render_sample(rng, OBJECT_CLASSES, image_size, 3, 0)
+    visible = instance_masks(sample)
+    large = np.flatnonzero(visible.reshape(len(visible), -1).sum(1) >= MIN_OBJECT_PIXELS)
+    # The top object is always whole, so an image has at least one large object.
+    return sample.image, visible[rng.choice(large)]
+
+
 def render_objects(seed: int, stream: str, count: int, image_size: int) -> ObjectPool:
-    """``count`` images of 1 to 3 objects of any class, each with the visible mask of one of its objects (the
-    object picked at random among those with at least MIN_OBJECT_PIXELS visible pixels)."""
-    images = np.empty((count, image_size, image_size, 3), np.uint8)
-    masks = np.empty((count, image_size, image_size), bool)
-    for i in tqdm(range(count), desc=f"rendering {stream} objects", unit="img", mininterval=5):
-        rng = sample_rng(seed, stream, i)
-        sample = render_sample(rng, OBJECT_CLASSES, image_size, 3, 0)
-        visible = instance_masks(sample)
-        large = np.flatnonzero(visible.reshape(len(visible), -1).sum(1) >= MIN_OBJECT_PIXELS)
-        # The top object is always whole, so an image has at least one large object.
-        images[i], masks[i] = sample.image, visible[rng.choice(large)]
-    return ObjectPool(images, masks)
+    """Images 0 to ``count`` - 1 of ``stream`` with their objects' masks (:func:`object_example`)."""
+    examples = [object_example(seed, stream, i, image_size) for i in range(count)]
+    return ObjectPool(*(np.stack(parts) for parts in zip(*examples)))
 
 
 def _random_points(masks: np.ndarray, counts: List[int], rng: np.random.Generator) -> np.ndarray:
@@ -226,18 +298,33 @@ def prompted_masks(sam: Sam, embeddings: torch.Tensor, masks: np.ndarray, kind: 
 
 
 @torch.no_grad()
-def single_point_iou(sam: Sam, pool: ObjectPool, seed: int, batch_size: int = 100) -> float:
-    """Mean IoU (percent) of the mask SAM picks (highest predicted IoU of its three) for one random point inside
-    each object of ``pool``."""
+def single_point_iou(
+    sam: Sam,
+    pool: ObjectPool,
+    seed: int,
+    batch_size: int = 100,
+    embed: Optional[Callable[[np.ndarray], torch.Tensor]] = None,
+    pick: str = "predicted",
+) -> float:
+    """Mean IoU (percent) of SAM's mask for one random point inside each object of ``pool`` (the same points for
+    the same ``seed``).
+
+    Args:
+        embed: images [B, S, S, 3] uint8 -> the image embedding [B, E, h, w] SAM's mask decoder reads (default:
+            SAM's own image encoder).
+        pick: which of SAM's three masks counts: "predicted" (the highest predicted IoU, as SAM picks) or "best"
+            (the best of the three, SAM's oracle figure: it reads the decoder's masks without its IoU head).
+    """
+    if pick not in ("predicted", "best"):
+        raise ValueError(f"pick must be 'predicted' or 'best', got {pick!r}")
     sam.eval()
+    embed = embed or (lambda images: sam.image_encoder(to_model_input(images)))
     rng, ious = np.random.default_rng(seed), []
     for first in range(0, len(pool.images), batch_size):
         images, masks = pool.images[first : first + batch_size], pool.masks[first : first + batch_size]
-        embeddings = sam.image_encoder(to_model_input(images))
-        logits, iou_pred = prompted_masks(sam, embeddings, masks, "point", rng)
-        chosen = iou_pred.argmax(dim=1)
+        logits, iou_pred = prompted_masks(sam, embed(images), masks, "point", rng)
         iou = _iou(logits, torch.from_numpy(masks))
-        ious.append(iou.gather(1, chosen[:, None])[:, 0])
+        ious.append(iou.max(dim=1).values if pick == "best" else iou.gather(1, iou_pred.argmax(dim=1)[:, None])[:, 0])
     return 100.0 * float(torch.cat(ious).mean())
 
 
@@ -249,9 +336,9 @@ def pretrain_sam(
     num_heads: int,
     output: str,
     *,
-    steps: int = 1200,
+    steps: int = 8000,
     batch_size: int = 64,
-    num_images: int = 8192,
+    num_images: int = 32768,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     warmup: int = 50,
@@ -266,20 +353,25 @@ def pretrain_sam(
     Each step encodes ``batch_size`` images once and prompts one object of each, a quarter of the batch per kind
     of prompt in PROMPT_KINDS (the number of steps: docs/laboratory.md, "Stage 2"). With ``eval_period``, the
     single-point IoU is also measured every ``eval_period`` steps (the learning curve). Returns (and, with
-    ``report_path``, writes as JSON) the settings, the loss, and the single-point IoU of the trained and of the
-    untrained model on held-out objects.
+    ``report_path``, writes as JSON) the settings, the losses, and the single-point IoU of the trained and of the
+    untrained model on held-out objects (see :func:`~esc_net.pretrain.common.finish_stage`).
+
+    Raises:
+        ValueError: settings that cannot train (see :meth:`Schedule.check`), before any work.
+        FloatingPointError: the loss diverged; nothing is saved.
     """
+    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
+    schedule.check(num_images, eval_period, eval_images)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
+    started = (time.perf_counter(), provenance())  # what ran, as it started
     sam = build_sam(image_size, embed_dim, depth, mlp_dim, num_heads)
-    pool = render_objects(seed, "sam", num_images, image_size)
+    pool = RenderedPool(lambda index: object_example(seed, "sam", index, image_size), num_images)
     held_out = render_objects(seed, "sam_eval", eval_images, image_size)
     untrained = single_point_iou(sam, held_out, seed)
-    render_time = time.perf_counter() - start
 
     def step_loss(index: np.ndarray) -> torch.Tensor:
-        images, masks = random_dihedral(pool.images[index], pool.masks[index], rng)
+        images, masks = random_dihedral(*pool.take(index), rng)
         embeddings = sam.image_encoder(to_model_input(images))
         loss = 0.0
         for kind, part in zip(PROMPT_KINDS, np.array_split(np.arange(len(index)), len(PROMPT_KINDS))):
@@ -299,26 +391,13 @@ def pretrain_sam(
             logger.info("SAM single-point IoU at step %d: %.1f", done, curve[-1]["single_point_iou"])
             sam.train()
 
-    schedule = Schedule(steps, batch_size, lr, weight_decay, warmup)
-    final_loss = fit(sam, schedule, num_images, rng, step_loss, "sam", log_period, after_step)
+    losses = fit(sam, schedule, num_images, rng, step_loss, "sam", log_period, after_step)
     trained = single_point_iou(sam, held_out, seed)
-    save_state_dict(sam.state_dict(), output)
-    report = {
-        "weights": output,
-        "settings": {
-            **schedule._asdict(),
-            "num_images": num_images,
-            "seed": seed,
-            "image_size": image_size,
-            "decoder": {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads},
-        },
-        "final_loss": final_loss,
-        "single_point_iou": trained,
-        "single_point_iou_untrained": untrained,
-        "learning_curve": curve,
-        "held_out_objects": eval_images,
-        "seconds": {"rendering": render_time, "total": time.perf_counter() - start},
-    }
+    settings = {**schedule._asdict(), "num_images": num_images, "seed": seed, "image_size": image_size}
+    settings["decoder"] = {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads}
+    results = {"single_point_iou": trained, "single_point_iou_untrained": untrained, "learning_curve": curve}
+    results["held_out_objects"] = eval_images
+    report = finish_stage(sam.state_dict(), output, {"settings": settings, **results}, losses, log_period, started)
     logger.info("SAM single-point IoU on %d held-out objects: %.1f (untrained: %.1f)", eval_images, trained, untrained)
     if report_path:
         save_report(report, report_path)

@@ -141,3 +141,14 @@ def build_open_clip(
         load_weights_file(model, pretrained, model_name)
     # A random CLIP is not warned about here: the model's weights usually load next (ESCNet.from_config knows).
     return model, tokenizer, preprocess
+
+
+def joint_embed_dim(model_name: str, model_cfg: Optional[dict]) -> int:
+    """D, the joint image-text width of the open_clip model that ``model_cfg`` (or, when empty, ``model_name``)
+    describes, read from its config without building it."""
+    if model_cfg:
+        return int(model_cfg["embed_dim"])
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise ValueError(f"{model_name!r} is not an open_clip model name (see open_clip.list_models())")
+    return int(config["embed_dim"])
