@@ -1,6 +1,6 @@
 """The embedded default as a Detectron2 LazyConfig: the tiny ESC-Net of esc_net_tiny_shapes.yaml (same
-parameters, names and shapes), from the laboratory's pre-trained tiny CLIP and SAM (scripts/run_default.sh writes
-them), trained on the seen classes of the Synthetic Shapes world, on a CPU:
+parameters, names and shapes), from the model zoo's pre-trained tiny CLIP, tiny SAM and aligned SAM projection
+(docs/model_zoo.md), trained on the seen classes of the Synthetic Shapes world, on a CPU:
 
     python tools/lazyconfig_train_net.py --config-file configs/esc_net_tiny_shapes.py
 
@@ -8,14 +8,19 @@ them), trained on the seen classes of the Synthetic Shapes world, on a CPU:
 configs differ; like it, it is Python code that runs when loaded.
 """
 
+from detectron2.config import LazyCall as L
 from detectron2.projects.point_rend import ColorAugSSDTransform
 
+from esc_net.modeling.sam_projection import ProjectionAnchor, read_projection_weights
+
 from .esc_net_vitb_384 import dataloader, lr_multiplier, model, optimizer, train
+
+PROJECTION = "model_zoo/sam_projection_tiny_shapes.pth"
 
 # a CLIP of a few million parameters and a small SAM transformer, both pre-trained by esc-net-pretrain; two ESC-Blocks
 model.clip.update(
     model_name="tiny-clip",
-    pretrained="output/pretrained/clip_tiny_shapes.pt",
+    pretrained="model_zoo/clip_tiny_shapes.pt",
     model_cfg=dict(
         embed_dim=32,
         vision_cfg=dict(image_size=64, layers=4, width=64, patch_size=8, head_width=32),
@@ -38,8 +43,13 @@ model.blocks.update(
     num_heads=2,
     window_size=4,
     text_guidance_dim=16,
-    sam_checkpoint="output/pretrained/sam_tiny_shapes.pth",
+    sam_checkpoint="model_zoo/sam_tiny_shapes.pth",
+    # the aligned 3x3-conv projection into SAM's image space, kept there by the alignment term (as the YAML config)
+    image_projection="conv",
+    sam_projection_weights=PROJECTION,
 )
+model.projection_anchor = L(ProjectionAnchor)(state=L(read_projection_weights)(path=PROJECTION))
+model.align_loss_weight = 1.0
 model.decoder.update(clip_width=64, decoder_dims=[32, 16], guidance_dims=[16, 8])
 model.inference.update(mode="whole", out_size=32, sliding_resize=96)
 model.loss = "ce"  # the seen classes reached 48.0 mIoU against 31.9 with BCE (docs/laboratory.md)
