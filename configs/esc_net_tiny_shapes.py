@@ -1,6 +1,6 @@
 """The embedded default as a Detectron2 LazyConfig: esc_net_tiny_shapes.yaml in LazyConfig form
-(:func:`esc_net.lazy_config.lazy_config`): the tiny ESC-Net from the laboratory's pre-trained tiny CLIP and SAM
-(scripts/run_default.sh writes them), trained on the seen classes of the Synthetic Shapes world, on a CPU:
+(:func:`esc_net.lazy_config.lazy_config`): the tiny ESC-Net from the model zoo's pre-trained tiny CLIP, tiny SAM and
+aligned SAM projection (docs/model_zoo.md), trained on the seen classes of the Synthetic Shapes world, on a CPU:
 
     python tools/lazyconfig_train_net.py --config-file configs/esc_net_tiny_shapes.py
 

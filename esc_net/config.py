@@ -24,11 +24,19 @@ from typing import Sequence
 import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["ConfigFileError", "add_esc_net_config", "add_opts_argument", "load_config", "merge_config_file"]
+__all__ = [
+    "ConfigFileError",
+    "add_esc_net_config",
+    "add_opts_argument",
+    "error_text",
+    "load_config",
+    "merge_config_file",
+]
 
 
 class ConfigFileError(ValueError):
-    """A config file that cannot be merged: unsafe, not YAML, or not fitting the config. The message names it."""
+    """A config file or override that cannot be merged: unsafe, not YAML, or not fitting the config. The message
+    names it, in one line."""
 
 
 def merge_config_file(cfg: CN, path: str) -> None:
@@ -41,9 +49,17 @@ def merge_config_file(cfg: CN, path: str) -> None:
     mappings), so no config needs more.
 
     Raises:
-        ConfigFileError: the file or a base asks for a Python object, is not valid YAML or not a mapping, its
-            ``_BASE_`` chain is missing a file or loops, or a key or value does not fit ``cfg`` (yacs's message).
+        ConfigFileError: the file is a LazyConfig (``.py``), or the file or a base asks for a Python object, is
+            not valid YAML or not a mapping, its ``_BASE_`` chain is missing a file or loops, or a key or value does
+            not fit ``cfg`` (yacs's message). The message is one line.
     """
+    if path.endswith(".py"):
+        # fvcore would read the Python code as YAML, failing with "'str' object has no attribute 'items'" or so.
+        raise ConfigFileError(
+            f"{path} is a LazyConfig (Python) file, and this command reads YAML configs: give a YAML config "
+            "(configs/*.yaml; configs/<name>.py and configs/<name>.yaml build the same model), or train a LazyConfig "
+            "with Detectron2's tools/lazyconfig_train_net.py"
+        )
     try:
         cfg.merge_from_file(path, allow_unsafe=False)
     except yaml.constructor.ConstructorError as e:
@@ -55,16 +71,28 @@ def merge_config_file(cfg: CN, path: str) -> None:
             "mappings), and a tag that constructs a Python object could run code"
         ) from e
     except yaml.YAMLError as e:
-        raise ConfigFileError(f"the config {path} (or a file of its _BASE_ chain) is not valid YAML: {e}") from e
+        # PyYAML's message puts the place of the error on lines of their own
+        raise ConfigFileError(
+            f"the config {path} (or a file of its _BASE_ chain) is not valid YAML: {' '.join(str(e).split())}"
+        ) from e
     except RecursionError as e:
         raise ConfigFileError(f"the _BASE_ chain of the config {path} loops (a file is its own base)") from e
     except OSError as e:
         raise ConfigFileError(f"cannot read the config {path} or a file of its _BASE_ chain: {e}") from e
-    except (AssertionError, AttributeError, KeyError, TypeError, ValueError) as e:
-        # yacs and fvcore report an unknown key, a value of the wrong type, a file that is not a mapping or a
-        # _BASE_ that is not a path with these; str(KeyError) would quote its message.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ConfigFileError(f"bad config {path}: {message}") from e
+    except (AttributeError, TypeError) as e:
+        # fvcore's reading of a file that is empty, a list or plain text, or whose _BASE_ is not a file name
+        raise ConfigFileError(
+            f"bad config {path}: a config file, and each file of its _BASE_ chain, is a mapping of KEY: value lines "
+            f"whose _BASE_ names a YAML file; this one is not ({type(e).__name__}: {e})"
+        ) from e
+    except (AssertionError, KeyError, ValueError) as e:
+        # yacs reports an unknown key or a value of the wrong type with these
+        raise ConfigFileError(f"bad config {path}: {error_text(e)}") from e
+
+
+def error_text(error: BaseException) -> str:
+    """An exception's message for a user: str(KeyError("x")) is "'x'" (quoted), its argument the readable one."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def add_esc_net_config(cfg: CN) -> None:
@@ -277,11 +305,19 @@ def add_opts_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's config with ESC-Net's options, merged from ``config_file`` (and its ``_BASE_`` chain) and the
-    overrides ``opts`` (key, value, ...)."""
+    overrides ``opts`` (key, value, ...).
+
+    Raises:
+        ConfigFileError: the file is refused (:func:`merge_config_file`), or an override is (an unknown key, a
+            value of the wrong type, a key without a value); the message names which.
+    """
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_esc_net_config(cfg)
     merge_config_file(cfg, config_file)
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ConfigFileError(f"bad config overrides {list(opts)} of the config {config_file}: {error_text(e)}") from e
     return cfg

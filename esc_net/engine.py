@@ -17,7 +17,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -31,10 +30,13 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from esc_net.config import add_esc_net_config, merge_config_file
+from esc_net.config import load_config
 from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary, resolve_vocabularies
+from esc_net.data.dataset_mapper import check_input_geometry
 from esc_net.data.datasets import incomplete_datasets_allowed
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from esc_net.solver import build_optimizer
@@ -45,13 +47,36 @@ from esc_net.utils.checkpoint import ESCNetCheckpointer, check_weights_fit
 AMP_PRECISIONS = ("float16", "bfloat16")
 
 
+class MetricsJSONWriter(JSONWriter):
+    """Detectron2's ``JSONWriter`` (a JSON line of scalars per iteration, appended to ``metrics.json``) that creates
+    the file with its first line: Detectron2's opens it when the trainer is built, so a run that was killed or
+    refused before its first write left an empty ``metrics.json`` behind."""
+
+    def __init__(self, json_file: str, window_size: int = 20):
+        # JSONWriter.__init__ would open the file now; the state it sets up is otherwise the same.
+        self._json_file = json_file
+        self._file_handle = None
+        self._window_size = window_size
+        self._last_write = -1
+
+    def write(self):
+        if self._file_handle is None:
+            if not get_event_storage().latest():
+                return  # nothing to write yet
+            self._file_handle = PathManager.open(self._json_file, "a")
+        super().write()
+
+    def close(self):
+        if self._file_handle is not None:
+            super().close()
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's trainer with ESC-Net's data mapper, optimizer, AMP precision, multi-benchmark evaluation,
     checkpointer (:class:`ESCNetCheckpointer`: atomic saves, resuming past damaged files), and DDP on CPUs."""
 
     def __init__(self, cfg):
-        check_choice("SOLVER.AMP.PRECISION", cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS)
-        check_sam_source(cfg)
+        check_training_config(cfg)
         # DefaultTrainer.__init__ is not called: it wraps the model in DistributedDataParallel with
         # device_ids=[local rank], which DDP refuses for a CPU module (`--num-gpus 2 MODEL.DEVICE cpu`), and it
         # builds Detectron2's own checkpointer. The steps are otherwise the same.
@@ -104,6 +129,14 @@ class Trainer(DefaultTrainer):
         """
         return super().build_model(resolve_vocabularies(cfg))
 
+    def build_writers(self):
+        """Detectron2's writers (``default_writers``), with :class:`MetricsJSONWriter` for ``metrics.json``."""
+        return [
+            CommonMetricPrinter(self.max_iter),
+            MetricsJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
+
     # Each builder below loads its dataset's records, where an incomplete dataset is refused unless
     # DATASETS.ALLOW_INCOMPLETE says otherwise.
 
@@ -150,6 +183,20 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def check_training_config(cfg) -> None:
+    """The trainer's own keys, checked before anything is built: ``SOLVER.AMP.PRECISION``, the source of SAM's
+    weights (:func:`check_sam_source`) and the crop geometry (the dataset mapper's
+    :func:`~esc_net.data.dataset_mapper.check_input_geometry`). The model's keys are checked by the modules that
+    read them, when the model is built.
+
+    Raises:
+        ValueError: naming the key, its value and what it may be.
+    """
+    check_choice("SOLVER.AMP.PRECISION", cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS)
+    check_sam_source(cfg)
+    check_input_geometry(cfg)
+
+
 def check_sam_source(cfg) -> None:
     """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
 
@@ -176,12 +223,10 @@ def setup(args):
     """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR.
 
     Raises:
-        ConfigFileError: the config file (or a ``_BASE_`` of it) is unsafe, not YAML, or does not fit.
+        ConfigFileError: the config file (or a ``_BASE_`` of it) is unsafe, not YAML, or does not fit, or an
+            override does not.
     """
-    cfg = get_cfg()
-    add_esc_net_config(cfg)
-    merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)  # YAML's safe loader, _BASE_ files included
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="esc_net")
@@ -206,8 +251,19 @@ def run(args):
 
 
 def main(argv=None):
-    """The command line: Detectron2's default arguments (``--config-file``, ``--num-gpus``, ``--eval-only``, ...)."""
-    args = default_argument_parser().parse_args(argv)
+    """The command line: Detectron2's default arguments (``--config-file``, ``--num-gpus``, ``--eval-only``, ...).
+
+    A config that is refused (an unsafe or unreadable file, an unknown key, for training a value
+    :func:`check_training_config` does not accept) ends the command with ``"<prog>: error: <message>"`` (status 1),
+    as the demos do, before any process starts. The model's keys are refused when the model is built."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        if not args.eval_only:
+            check_training_config(cfg)
+    except ValueError as e:  # ConfigFileError and check_training_config's refusals name the file or the key
+        raise SystemExit(f"{parser.prog}: error: {e}") from e
     return launch(
         run,
         args.num_gpus,

@@ -111,7 +111,9 @@ class ESCNetPredictor:
             image_bgr: [H, W, 3] uint8 in BGR order, as ``cv2.imread`` returns it; H and W at least 1.
             vocabulary: class names for this call only, checked as :meth:`set_vocabulary` checks them (the
                 predictor's :attr:`vocabulary` is left unchanged, so that callers in several threads can each pass
-                their own); default :attr:`vocabulary`.
+                their own); default :attr:`vocabulary`. No length limit applies here: a service that takes names
+                from its users checks them with ``check_vocabulary(names, VocabularyLimits())`` first, as the
+                demos do (:mod:`esc_net.utils.vocabulary_rules`; tokenising a very long name takes minutes).
             output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
             top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
             output_size: the (H, W) to predict at (Detectron2's "height"/"width" of the input); default the

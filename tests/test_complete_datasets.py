@@ -95,6 +95,23 @@ def test_evaluation_refuses_an_image_without_labels_or_reports_the_images_it_sco
     assert table[0].endswith(",images") and table[1].endswith(",2")
 
 
+def test_an_image_deleted_with_its_label_map_is_missing_from_what_the_manifest_lists(shapes):
+    """The folders agree with each other, but the dataset's manifest lists 3 validation images: 2 are refused as
+    an incomplete dataset, and scored only when incomplete datasets are accepted."""
+    images, labels = split_dirs(None, "val")
+    for folder in (images, labels):
+        os.remove(os.path.join(folder, "00001.png"))
+    manifest = shapes / "data" / "synthetic_shapes" / "manifest.json"
+    with pytest.raises(IncompleteDatasetError) as error:
+        run(_args(shapes, eval_only=True))
+    assert f"1 image(s) that {manifest} lists missing, with their label maps in {labels}: {images}/00001.png" in str(
+        error.value
+    )
+    assert "DATASETS.ALLOW_INCOMPLETE True to use only the 2 complete pairs" in str(error.value)
+    results = run(_args(shapes, "DATASETS.ALLOW_INCOMPLETE", "True", eval_only=True))
+    assert results["synthetic_shapes_val"]["sem_seg"]["images"] == 2
+
+
 def test_training_refuses_a_label_map_without_its_image(shapes):
     images, labels = split_dirs(None, "train")
     os.remove(os.path.join(images, "00002.png"))

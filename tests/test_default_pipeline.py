@@ -36,10 +36,13 @@ def test_run_default_end_to_end_and_rerun(tmp_path):
         ESC_NET_SKIP_SETUP="1",
         ESC_NET_VENV=sys.prefix,
         ESC_NET_DEFAULT_ITERS="4",
+        # pre-trained again rather than taken from the model zoo, at a reduced length
+        ESC_NET_FROM_SCRATCH="1",
         ESC_NET_CLIP_STEPS="2",
         ESC_NET_SAM_STEPS="2",
+        ESC_NET_ALIGN_STEPS="2",
         ESC_NET_PRETRAIN_IMAGES="128",  # at least the CLIP stage's batch of 128
-        ESC_NET_NUM_TRAIN="8",
+        ESC_NET_NUM_TRAIN="32",  # at least the alignment stage's batch of 32
         ESC_NET_NUM_VAL="3",
         ESC_NET_OUTPUT=str(out),
         ESC_NET_PRETRAINED=str(pretrained),
@@ -47,11 +50,15 @@ def test_run_default_end_to_end_and_rerun(tmp_path):
     )
     log = _run_default(env)
 
-    for split, count in (("train", 8), ("val", 3), ("val_unseen", 3), ("val_all", 3)):
+    for split, count in (("train", 32), ("val", 3), ("val_unseen", 3), ("val_all", 3)):
         assert len(os.listdir(data / "synthetic_shapes" / "images" / split)) == count
-    for name in ("clip_tiny_shapes.pt", "clip_tiny_shapes.json", "sam_tiny_shapes.pth", "sam_tiny_shapes.json"):
-        assert (pretrained / name).is_file(), name
-    assert json.loads((pretrained / "clip_tiny_shapes.json").read_text())["settings"]["steps"] == 2
+    for stem in ("clip_tiny_shapes", "sam_tiny_shapes", "sam_projection_tiny_shapes"):
+        report = json.loads((pretrained / f"{stem}.json").read_text())
+        assert report["steps_done"] == report["settings"]["steps"] == 2, stem
+        assert (pretrained / os.path.basename(report["weights"])).is_file(), stem
+    # ESC-Net trained from the aligned projection the script made, not the model zoo's
+    config = (out / "config.yaml").read_text()
+    assert f"SAM_PROJECTION_WEIGHTS: {pretrained / 'sam_projection_tiny_shapes.pth'}" in config
     checkpoint = out / "model_final.pth"
     assert checkpoint.is_file()
     with open(out / "metrics.json") as f:
@@ -76,11 +83,13 @@ def test_run_default_end_to_end_and_rerun(tmp_path):
     for path in (checkpoint, out / "benchmark_results.json", out / "demo" / "00000_overlay.png"):
         assert str(path) in log
 
-    # A second run keeps the dataset, the pre-trained weights and the checkpoint, evaluates again and redraws the
+    # A second run keeps the dataset, the pre-trained weights, the checkpoint and its evaluation, and redraws the
     # demo.
-    mtimes = {p: p.stat().st_mtime_ns for p in (checkpoint, pretrained / "clip_tiny_shapes.pt")}
+    kept = (checkpoint, out / "benchmark_results.json", pretrained / "clip_tiny_shapes.pt")
+    mtimes = {p: p.stat().st_mtime_ns for p in kept}
     log = _run_default(env)
-    assert "skipping training" in log and "nothing to do" in log and log.count("stage: skipping it") == 2
+    assert "skipping training and evaluation" in log and "nothing to do" in log
+    assert log.count("stage: skipping it") == 3  # CLIP, SAM, alignment
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in mtimes.items())
     rerun = json.loads((out / "benchmark_results.json").read_text())["results"]["synthetic_shapes_val"]
     assert rerun["mIoU"] == seen["mIoU"]

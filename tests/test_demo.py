@@ -1,9 +1,11 @@
 """The command-line demo (esc-net-demo, demo/demo.py): inputs (folder, glob), vocabularies, the files written, and the
 documented errors."""
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 import zlib
 
 import cv2
@@ -231,6 +233,57 @@ def test_labels_and_top_k_without_full_scores(images, weights, tmp_path):
     top = np.load(out / "b_top2.npz")
     assert top["labels"].shape == (2, *SIZES["b.png"]) and top["scores"].dtype == np.float16
     np.testing.assert_array_equal(top["labels"], scores.topk(2, dim=0).indices.numpy())
+
+
+@pytest.mark.parametrize("classes", [3, 300])  # uint8 and 16-bit label maps
+def test_the_top_k_files_are_the_model_outputs_themselves(images, weights, classes):
+    """--save-top-k holds K x H x W labels and scores at the image's size: the arrays written are the model's own
+    (the uint16 of the files read from the model's int16 without a copy), not copies of them."""
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor.set_vocabulary([f"class {i}" for i in range(classes)])
+    outputs = {}
+
+    class Recorder:
+        vocabulary = predictor.vocabulary
+
+        def __call__(self, *args, **kwargs):
+            outputs.update(predictor(*args, **kwargs))
+            return outputs
+
+    args = demo.parse_args(["--config-file", TINY_CONFIG, "--input", "-", "--output", "-", "--save-top-k", "3"])
+    labels, _, top = demo.segment(Recorder(), cv2.imread(str(images / "b.png")), args)
+    dtype = np.uint8 if classes <= 255 else np.uint16
+    assert labels.dtype == top["labels"].dtype == dtype and top["labels"].shape == (3, *SIZES["b.png"])
+    for written, output in ((labels, "sem_seg_labels"), (top["labels"], "sem_seg_topk_labels")):
+        model = outputs[output].numpy()
+        assert np.shares_memory(written, model) and (written.astype(np.int64) == model).all()
+    assert np.shares_memory(top["scores"], outputs["sem_seg_topk_scores"].numpy())
+
+
+def test_the_top_k_is_written_and_let_go_before_the_overlay_is_drawn(images, weights, tmp_path, monkeypatch):
+    """The K x H x W top-k at the image's size and the overlay's drawing are never in memory at the same time."""
+    predictor = ESCNetPredictor(tiny_cfg("MODEL.WEIGHTS", weights))
+    predictor.set_vocabulary(["red circle", "blue square", "sofa, couch"])
+    arrays, drawn = [], []
+    segment = demo.segment
+
+    def recording_segment(*args):
+        labels, scores, top = segment(*args)
+        arrays.extend(weakref.ref(top[key]) for key in ("labels", "scores"))
+        return labels, scores, top
+
+    def draw(*args, **kwargs):
+        gc.collect()
+        drawn.append(([ref() is None for ref in arrays], (tmp_path / "b_top2.npz").is_file()))
+        return np.zeros((8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(demo, "segment", recording_segment)
+    monkeypatch.setattr(demo, "draw_overlay", draw)
+    args = demo.parse_args(
+        ["--config-file", TINY_CONFIG, "--input", "-", "--output", str(tmp_path), "--save-top-k", "2"]
+    )
+    demo.segment_file(predictor, str(images / "b.png"), args, predictor.metadata)
+    assert drawn == [([True, True], True)]
 
 
 def test_main_returns_none_for_the_console_script(images, weights, tmp_path):

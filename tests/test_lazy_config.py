@@ -102,7 +102,10 @@ def test_detectron2_lazy_training_script_trains_the_tiny_config(tmp_path):
         "dataloader.train.total_batch_size=2",
         "model.clip.pretrained=none",
         "model.blocks.sam_checkpoint=",
-    ]  # random weights: no files needed
+        "model.blocks.sam_projection_weights=",
+        "model.projection_anchor=None",
+        "model.align_loss_weight=0.0",
+    ]  # random weights: no files needed (the model zoo's are relative to the repository, not to cwd)
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-5000:]

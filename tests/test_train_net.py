@@ -175,6 +175,16 @@ def test_eval_only_with_weights_that_do_not_fit(datasets, tmp_path):
     assert "missing keys" in str(err.value) and "decoder.head.weight" in str(err.value)
 
 
+def test_a_run_stopped_before_its_first_write_leaves_no_empty_metrics_file(datasets, tmp_path):
+    """Detectron2's writer created an empty metrics.json when the trainer was built: a run killed before its first
+    write left it behind. The file comes with its first line."""
+    opts = [*_run_opts(datasets, str(tmp_path)), "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, "TEST.EVAL_PERIOD", 0]
+    trainer = engine.Trainer(engine.setup(_args(opts)))
+    assert not os.path.exists(os.path.join(tmp_path, "metrics.json"))  # as a run killed now leaves it
+    trainer.train()
+    assert [it for it, _ in _losses(tmp_path)] == [1]
+
+
 @pytest.mark.parametrize("precision, dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
 def test_amp_precision_reaches_detectron2_amp_trainer(datasets, tmp_path, precision, dtype):
     opts = [

@@ -8,9 +8,12 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import stat
+import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -227,6 +230,18 @@ def test_a_taken_port_names_the_port_option(files):
             "The vocabulary repeats class names (their scores would be identical): 'Cat' at 0 and 2",
         ),
         ("square.png", VOCABULARY, "dog", "'dog' is not a class of the vocabulary (red square, black background)"),
+        (
+            "square.png",
+            "cat; " + "x" * 400,
+            "",
+            "has 400 characters; at most 300 are accepted: shorten it (the server's --max-name-chars sets this limit)",
+        ),
+        (
+            "square.png",
+            "<b>cat</b>; <B>CAT</B>",
+            "",
+            "repeats class names (their scores would be identical): '&lt;B&gt;",
+        ),
     ],
 )
 def test_http_errors_are_messages(client, files, upload, vocabulary, score_class, message):
@@ -300,6 +315,62 @@ def test_the_page_keeps_its_files_private_and_shows_no_server_path(page, files):
         assert path not in config
     served = re.findall(r"/gradio_api/file=([^\"]+)", config)  # the examples, as Gradio serves them
     assert served and all(p.startswith(page.folder + os.sep) for p in served)
+
+
+def _start_page(files, parent, log):
+    """The page's command in a process of its own, with its private folder in ``parent``, once it serves."""
+    port = free_port()
+    command = [sys.executable, os.path.join(REPO_ROOT, "demo", "app.py"), "--config-file", TINY_CONFIG]
+    command += ["--port", str(port), "--opts", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+    command += ["MODEL.WEIGHTS", str(files / "model.pth")]
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(parent))
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300  # a bound for a stuck start, not a measurement
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"the page did not start (exit status {process.wait()}); see {log.name}")
+
+
+def _private_folders(parent):
+    return sorted(p for p in parent.iterdir() if p.name.startswith(app_module.FOLDER_PREFIX))
+
+
+def test_a_stopped_or_killed_server_leaves_no_upload_behind(files, tmp_path):
+    """SIGTERM stops the page as Ctrl-C does, removing its folder and the uploads in it; the folder of a page
+    killed with SIGKILL (no handler runs) is removed when the next page of this user starts."""
+    parent = tmp_path / "temp"
+    parent.mkdir()
+    with open(tmp_path / "server.log", "w") as log:
+        process, url = _start_page(files, parent, log)
+        with open(files / "square.png", "rb") as f:
+            response = httpx.post(url + "gradio_api/upload", files={"files": ("square.png", f, "image/png")})
+        (folder,) = _private_folders(parent)
+        uploaded = response.json()[0]
+        assert uploaded.startswith(str(folder) + os.sep) and os.path.isfile(uploaded)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        assert _private_folders(parent) == []
+
+        killed, _ = _start_page(files, parent, log)
+        (stale,) = _private_folders(parent)
+        killed.kill()
+        killed.wait()
+        assert stale.is_dir()  # no handler ran
+        process, _ = _start_page(files, parent, log)  # at once, as a service manager restarts a killed server
+        try:
+            (folder,) = _private_folders(parent)
+            assert folder != stale
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+    assert _private_folders(parent) == []
+    assert f"removed {stale}, the folder of a page that was killed" in (tmp_path / "server.log").read_text()
 
 
 def test_a_large_image_is_drawn_at_the_display_size(files, tmp_path):

@@ -21,24 +21,27 @@ import logging
 from typing import Dict, Optional, Sequence
 
 # isort: off
-from esc_net import add_esc_net_config, merge_config_file  # first: it imports fvcore without its deprecation noise
+import esc_net  # noqa: F401 (first: it imports fvcore without its deprecation noise)
 
 # isort: on
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count_table  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from esc_net.config import add_opts_argument
+from esc_net.config import add_opts_argument, load_config
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")
+# The tool's name in its usage and error messages.
+PROG = "analyze_model.py"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--tasks", nargs="+", choices=["flop", "parameter"], default=["flop", "parameter"])
     parser.add_argument(
@@ -72,10 +75,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_esc_net_config(cfg)
-    merge_config_file(cfg, args.config_file)
-    cfg.merge_from_list(args.opts)
+    """The config to analyse. Raises ConfigFileError for a refused file or override."""
+    cfg = load_config(args.config_file, args.opts)
     # Random weights: the counts do not depend on them, and no weights file is needed.
     cfg.merge_from_list(
         [
@@ -145,11 +146,15 @@ def analyze_parameters(model, args) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[int, Dict[str, int]]:
-    """Prints the tables; returns the FLOPs per stage for every vocabulary size ({} without the flop task)."""
+    """Prints the tables; returns the FLOPs per stage for every vocabulary size ({} without the flop task). A
+    refused config ends the tool with ``"analyze_model.py: error: <message>"`` (status 1)."""
     args = parse_args(argv)
     setup_logger(name="esc_net")
-    cfg = setup_cfg(args)
-    model = build_model(cfg).eval()
+    try:
+        cfg = setup_cfg(args)
+        model = build_model(cfg).eval()
+    except ValueError as e:  # ConfigFileError and the modules' refusals of their keys name the file or the key
+        raise SystemExit(f"{PROG}: error: {e}") from e
     if "parameter" in args.tasks:
         analyze_parameters(model, args)
     if "flop" in args.tasks:

@@ -18,7 +18,9 @@ Vocabulary (one of; default: the model's, MODEL.ESC_NET.VOCABULARY, else the con
   --vocabulary-file FILE    one class per line (synonyms by ','); blank lines and lines starting with '#' skipped.
   --dataset-vocabulary NAME the classes of a registered dataset, e.g. ade20k_150_val, synthetic_shapes_val.
   The overlay shows a class by its first synonym, in a colour of its own whatever the vocabulary (the dataset's
-  colour for a class of the dataset named; grey for background-like names).
+  colour for a class of the dataset named; grey for background-like names). A vocabulary of more than
+  --max-classes (2000) names, or with a name of more than --max-name-chars (300) characters, is refused before
+  its text is tokenised (the text encoder reads 77 tokens of a name at most); raise them for larger ones.
 
 Outputs in --output, for each input image <stem>.<ext>:
   <stem>_overlay.png  the image with the segments and their class names (Detectron2's Visualizer), drawn with
@@ -53,15 +55,14 @@ from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
-from detectron2.config import get_cfg
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
-from esc_net import add_esc_net_config
-from esc_net.config import ConfigFileError, add_opts_argument, merge_config_file
+from esc_net.config import ConfigFileError, add_opts_argument, error_text, load_config
 from esc_net.data import check_vocabulary, get_dataset_vocabulary
 from esc_net.data.vocabulary import default_vocabulary_source
 from esc_net.demo.images import (
@@ -77,16 +78,18 @@ from esc_net.predictor import ESCNetPredictor, class_colors, class_index, vocabu
 from esc_net.utils import vocabulary_rules
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
+from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits
 
 __all__ = [
     "DISPLAY_SIDE",
     "IMAGE_EXTENSIONS",
     "MIN_OVERLAY_SIDE",
     "InputError",
-    "add_image_limit_arguments",
+    "add_limit_arguments",
     "collect_inputs",
     "draw_overlay",
     "image_limits",
+    "limit_option",
     "label_map",
     "main",
     "palette",
@@ -100,6 +103,7 @@ __all__ = [
     "segment_file",
     "segment_images",
     "setup_cfg",
+    "vocabulary_limits",
     "write_vocabulary",
 ]
 
@@ -166,33 +170,41 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         metavar="PIXELS",
         help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})",
     )
-    add_image_limit_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
     add_opts_argument(parser)
     return parser.parse_args(argv)
 
 
-def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
-    """--max-side and --max-pixels, shared by the command line and the web page (the same defaults)."""
-    limits = ImageLimits()
-    parser.add_argument(
-        "--max-side",
-        type=int,
-        default=limits.max_side,
-        metavar="PIXELS",
-        help=f"longest image side accepted (default {limits.max_side}); checked before decoding",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=limits.max_pixels,
-        metavar="PIXELS",
-        help=f"most pixels of an image accepted (default {limits.max_pixels}); checked before decoding",
-    )
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-side, --max-pixels, --max-classes and --max-name-chars, shared by the command line and the web page
+    (the same defaults)."""
+    images, names = ImageLimits(), VocabularyLimits()
+    for flag, default, metavar, what in (
+        ("--max-side", images.max_side, "PIXELS", "longest image side accepted; checked before decoding"),
+        ("--max-pixels", images.max_pixels, "PIXELS", "most pixels of an image accepted; checked before decoding"),
+        ("--max-classes", names.max_classes, "N", "most class names of a vocabulary accepted"),
+        (
+            "--max-name-chars",
+            names.max_name_chars,
+            "N",
+            "longest class name accepted, in characters; checked before the text is tokenised",
+        ),
+    ):
+        parser.add_argument(flag, type=int, default=default, metavar=metavar, help=f"{what} (default {default})")
 
 
 def image_limits(args: argparse.Namespace) -> ImageLimits:
     return ImageLimits(args.max_side, args.max_pixels)
+
+
+def vocabulary_limits(args: argparse.Namespace) -> VocabularyLimits:
+    return VocabularyLimits(args.max_name_chars, args.max_classes)
+
+
+def limit_option(error: VocabularyLimitError) -> str:
+    """The command-line option that raises the limit ``error`` names ("--max-classes", "--max-name-chars")."""
+    return "--" + error.limit.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -251,14 +263,25 @@ def read_vocabulary_file(path: str) -> List[str]:
 
 
 def resolve_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
-    """The vocabulary the options ask for, checked; None when they name none (the model's default then)."""
+    """The vocabulary the options ask for, checked (within ``--max-classes`` and ``--max-name-chars``); None when
+    they name none (the model's default then).
+
+    Raises:
+        InputError: the vocabulary is over a limit (naming the option that raises it).
+        ValueError, TypeError, KeyError: as :func:`check_vocabulary` and :func:`get_dataset_vocabulary`.
+    """
     if args.vocabulary is not None:
-        return check_vocabulary(parse_vocabulary_text(args.vocabulary))
-    if args.vocabulary_file is not None:
-        return check_vocabulary(read_vocabulary_file(args.vocabulary_file))
-    if args.dataset_vocabulary is not None:
-        return check_vocabulary(get_dataset_vocabulary(args.dataset_vocabulary))
-    return None
+        names = parse_vocabulary_text(args.vocabulary)
+    elif args.vocabulary_file is not None:
+        names = read_vocabulary_file(args.vocabulary_file)
+    elif args.dataset_vocabulary is not None:
+        names = get_dataset_vocabulary(args.dataset_vocabulary)
+    else:
+        return None
+    try:
+        return check_vocabulary(names, vocabulary_limits(args))
+    except VocabularyLimitError as e:
+        raise InputError(f"{e} (raise it with {limit_option(e)})") from e
 
 
 def palette(cfg, dataset: Optional[str] = None) -> Optional[Metadata]:
@@ -282,26 +305,14 @@ def setup_cfg(args: argparse.Namespace):
     """The frozen config: the file, then ``--opts``, then ``--device``."""
     if not os.path.isfile(args.config_file):
         raise InputError(f"config file not found: {args.config_file}")
-    cfg = get_cfg()
-    add_esc_net_config(cfg)
     try:
-        merge_config_file(cfg, args.config_file)  # YAML's safe loader, _BASE_ files included
+        cfg = load_config(args.config_file, args.opts)  # YAML's safe loader, _BASE_ files included
     except ConfigFileError as e:
         raise InputError(str(e)) from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (AssertionError, KeyError, ValueError) as e:
-        # yacs reports an unknown key or an odd --opts list with these; the message is what the user needs.
-        raise InputError(f"bad --opts {args.opts} for the config {args.config_file}: {_message(e)}") from e
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
     return cfg
-
-
-def _message(error: BaseException) -> str:
-    # str(KeyError("x")) is "'x'" (quoted); its argument is the readable message.
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -369,14 +380,22 @@ def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namesp
     full_size = args.save_labels or args.save_top_k
     size = None if full_size else display_size(*image.shape[:2], args.display_side)
     result = predictor(image, output="labels", top_k=args.save_top_k, output_size=size)
-    labels = result["sem_seg_labels"].cpu().numpy().astype(dtype)
+    labels = _as_labels(result["sem_seg_labels"], dtype)
     if not args.save_top_k:
         return labels, None, None
     top = {
-        "labels": result["sem_seg_topk_labels"].cpu().numpy().astype(dtype),
+        "labels": _as_labels(result["sem_seg_topk_labels"], dtype),
         "scores": result["sem_seg_topk_scores"].cpu().numpy(),
     }
     return labels, None, top
+
+
+def _as_labels(labels: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """The model's class indices as an array of the files' ``dtype``, without a copy where the bits are the same:
+    indices are never negative, so the model's int16 (more than 255 classes) reads as the files' uint16. The top-k
+    labels at the image's size are K x H x W of them (168 MB for K = 5 on a 4096x4096 photo)."""
+    array = labels.cpu().numpy()
+    return array.view(dtype) if array.dtype.itemsize == dtype.itemsize else array.astype(dtype)
 
 
 def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
@@ -399,13 +418,16 @@ def segment_file(
         raise InputError(f"{e}{hint}") from e
     labels, scores, top = segment(predictor, image, args)
     out = os.path.join(args.output, _stem(path))
-    _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
-    if args.save_labels:
-        _write_png(out + "_labels.png", labels)
-    if args.save_scores:
+    # The scores and the top-k (N or K x H x W at the image's size) are written and let go before the overlay is
+    # drawn, so that they and the drawing's own memory are not held at the same time.
+    if scores is not None:
         np.save(out + "_scores.npy", scores.astype(np.float16))
     if top is not None:
         np.savez(out + f"_top{args.save_top_k}.npz", **top)
+    del scores, top
+    _write_png(out + "_overlay.png", draw_overlay(image, labels, metadata, args.display_side))
+    if args.save_labels:
+        _write_png(out + "_labels.png", labels)
     if prompt_class is not None:
         _write_png(out + "_prompts.png", draw_image_prompts(predictor, image, prompt_class)[:, :, ::-1])
     return out + "_overlay.png"
@@ -420,7 +442,7 @@ def run(args: argparse.Namespace) -> List[str]:
         predictor = ESCNetPredictor(cfg)
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
-        raise InputError(_message(e)) from e
+        raise InputError(error_text(e)) from e
     if vocabulary is not None:
         predictor.set_vocabulary(vocabulary)
     vocabulary = predictor.vocabulary

@@ -18,23 +18,28 @@ of", that class's scores at the overlay's size with a colour bar. Bad uploads, a
 class give a message on the page and one line in the server's log.
 
 It listens on 127.0.0.1 only unless --host says otherwise, on --port (7860; a port that another server holds is
-refused, naming --port, before the model loads), refuses uploads over --max-upload-mb and images over --max-side
-or --max-pixels (read from the header, before decoding), and serves several browsers at once: requests queue (up
-to --queue-size waiting), at most --concurrency run at a time, and the model itself runs one image at a time. The
-model predicts at the display size (--display-side) and the page draws from the label map (and, for a score map,
-the best classes' scores), so a request's memory does not grow with the vocabulary or the photo beyond the
-decoded image. Uploads, examples and outputs live in a folder created for this server, readable by its owner only,
-and removed at exit.
+refused, naming --port, before the model loads), refuses uploads over --max-upload-mb, images over --max-side
+or --max-pixels (read from the header, before decoding) and vocabularies of more than --max-classes names or
+with a name of more than --max-name-chars characters (before the text is tokenised), and serves several browsers
+at once: requests queue (up to --queue-size waiting), at most --concurrency run at a time, and the model itself
+runs one image at a time (nothing but the prediction holds it). The model predicts at the display size
+(--display-side) and the page draws from the label map (and, for a score map, the best classes' scores), so a
+request's memory does not grow with the vocabulary or the photo beyond the decoded image. Uploads, examples and
+outputs live in a folder created for this server, readable by its owner only, and removed at exit (Ctrl-C,
+SIGTERM, SIGHUP); the folder of a server that was killed (SIGKILL) is removed when the next one starts.
 """
 
 import argparse
 import atexit
+import fcntl
 import functools
 import html
 import logging
 import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -52,12 +57,14 @@ from esc_net.data import check_vocabulary
 from esc_net.data.synthetic_shapes import benchmark, render_split_sample
 from esc_net.demo.cli import (
     InputError,
-    add_image_limit_arguments,
+    add_limit_arguments,
     draw_overlay,
     image_limits,
+    limit_option,
     palette,
     parse_vocabulary_text,
     setup_cfg,
+    vocabulary_limits,
 )
 from esc_net.demo.images import (
     ImageLimits,
@@ -68,6 +75,7 @@ from esc_net.demo.images import (
     resize_to,
 )
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, display_name, vocabulary_metadata
+from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits
 
 logger = logging.getLogger("esc_net.web_demo")
 
@@ -126,7 +134,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     )
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (MB)")
-    add_image_limit_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument(
         "--display-side",
         type=int,
@@ -151,10 +159,17 @@ def ensure_default_checkpoint() -> str:
     return DEFAULT_WEIGHTS
 
 
+# The private folders of pages are named with this prefix (and a random part), in their parent folder.
+FOLDER_PREFIX = "esc_net_web_demo_"
+# An empty folder younger than this is left alone by another page's clean-up: a page that is creating it locks it
+# before it writes anything into it, and may not have locked it yet.
+_STALE_AFTER_S = 60
+
+
 @functools.lru_cache(maxsize=None)
 def private_folder() -> str:
     """This process's folder for the pages' files, readable by its owner only (``mkdtemp``: mode 0700), removed at
-    exit.
+    exit (the command's SIGTERM and SIGHUP exit as Ctrl-C does, see :func:`main`).
 
     Gradio keeps uploads, examples and outputs under ``GRADIO_TEMP_DIR`` (by default a ``gradio`` folder in the
     system's temporary folder, shared by every user of the machine); pointing it here keeps them private. A
@@ -162,11 +177,64 @@ def private_folder() -> str:
     reads the variable when its components and its server are created. One folder per process, created on the
     first call: Gradio reads the variable again each time it accepts an upload, so a second folder would make
     the uploads of a page built earlier in the same process look foreign and be refused.
+
+    The folder stays locked (``flock``) while this process lives, and the folders that killed pages of this user
+    left in the same parent (no exit handler runs after SIGKILL) are removed first: :func:`remove_stale_folders`.
     """
-    folder = tempfile.mkdtemp(prefix="esc_net_web_demo_", dir=os.environ.get("GRADIO_TEMP_DIR"))
+    parent = os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()
+    for stale in remove_stale_folders(parent):
+        logger.info(f"removed {stale}, the folder of a page that was killed")
+    folder = tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent)
+    # Held until the process ends, however it ends (the kernel releases it then); taken before anything is written
+    # into the folder. Where the file system cannot lock, no other page removes the folder either.
+    _try_lock(os.open(folder, os.O_RDONLY))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["GRADIO_TEMP_DIR"] = folder
     return folder
+
+
+def _try_lock(fd: int) -> bool:
+    """Takes an exclusive ``flock`` on the open folder ``fd`` without waiting; False if another holds it (or the
+    file system cannot lock)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_folders(parent: str) -> List[str]:
+    """Removes the private folders that pages killed without their exit handler (SIGKILL, a crash) left in
+    ``parent``, with the uploads in them; returns their paths.
+
+    A folder is removed only if it is a page's (named :data:`FOLDER_PREFIX`..., a folder and not a link), it
+    belongs to this user, and no process holds its lock (a running page holds its own until it ends, from before
+    it writes anything into it). An empty folder is left alone for a minute: its page may be starting and not
+    have locked it yet (and an attempt to lock it here could make that page's own attempt fail).
+    """
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if not name.startswith(FOLDER_PREFIX):
+            continue
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            if not os.listdir(path) and time.time() - info.st_mtime < _STALE_AFTER_S:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # removed or replaced meanwhile
+            continue
+        try:
+            if _try_lock(fd):  # nobody holds it: its page is gone
+                shutil.rmtree(path)
+                removed.append(path)
+        except OSError as e:  # a file in it that this user cannot remove: the page starts all the same
+            logger.warning(f"could not remove {path}, the folder of a page that was killed: {e}")
+        finally:
+            os.close(fd)
+    return removed
 
 
 # The examples: an image of each zero-shot benchmark of the embedded default's world, with that benchmark's names
@@ -189,9 +257,13 @@ def write_examples(folder: str) -> List[Tuple[str, str]]:
 
 def user_error(message: str) -> Exception:
     """A ``gradio.Error`` for a problem the user can fix: the page shows ``message``; the server log gets it as
-    one line, not Gradio's traceback."""
+    one line, not Gradio's traceback.
+
+    Gradio renders an error's message as HTML (sanitised: no script runs, but tags such as ``<img>`` or ``<a>``
+    would), and messages quote what the user typed or named: the message is escaped, so that it shows as text.
+    """
     logger.info(f"refused a request: {message}")
-    return gradio().Error(message, print_exception=False)
+    return gradio().Error(html.escape(message, quote=False), print_exception=False)
 
 
 class Segmenter:
@@ -206,6 +278,7 @@ class Segmenter:
         limits: ImageLimits = ImageLimits(),
         display_side: int = DISPLAY_SIDE,
         colors: Optional[Metadata] = None,
+        vocabulary_limits: VocabularyLimits = VocabularyLimits(),
     ):
         """
         Args:
@@ -214,12 +287,17 @@ class Segmenter:
             display_side: longest side of the pictures shown; the model predicts at that size.
             colors: a dataset's metadata whose ``stuff_colors`` draw the classes it has (e.g. grey background);
                 the other classes get a colour of their name (:func:`esc_net.predictor.class_colors`).
+            vocabulary_limits: the most classes and the longest name accepted, checked before any tokenisation.
         """
         self.predictor = predictor
         self.limits = limits
         self.display_side = display_side
         self.colors = colors
-        self._model_lock = threading.Lock()  # one image at a time through the model; the drawing runs in parallel
+        self.vocabulary_limits = vocabulary_limits
+        # One image at a time through the model. Only the prediction holds it: reading the image, checking the
+        # vocabulary within its limits and drawing run before and after, so that a request other users wait for
+        # holds it for one image's inference (its text encoding included) and no longer.
+        self._model_lock = threading.Lock()
 
     def read(self, upload: Optional[dict]) -> np.ndarray:
         """The uploaded image as [H, W, 3] uint8 BGR. ``upload`` is Gradio's file payload ({"path", "orig_name",
@@ -240,14 +318,18 @@ class Segmenter:
             )
             raise user_error(message) from e
 
-    @staticmethod
-    def vocabulary(text: str) -> List[str]:
-        """The classes of the vocabulary text, checked."""
+    def vocabulary(self, text: str) -> List[str]:
+        """The classes of the vocabulary text, checked (within :attr:`vocabulary_limits` first)."""
         names = parse_vocabulary_text([text or ""])
         if not names:
             raise user_error("The vocabulary is empty: type class names separated by ';' (e.g. 'cat; sofa, couch').")
         try:
-            return check_vocabulary(names)
+            return check_vocabulary(names, self.vocabulary_limits)
+        except VocabularyLimitError as e:
+            message = str(e)
+            raise user_error(
+                f"{message[:1].upper() + message[1:]}: shorten it (the server's {limit_option(e)} sets this limit)."
+            ) from e
         except ValueError as e:  # a repeated name, a name without synonyms or holding a line break: say which
             message = str(e)
             raise user_error(message[:1].upper() + message[1:] + ".") from e
@@ -479,7 +561,7 @@ def create(args: argparse.Namespace) -> Tuple[Any, dict]:
     examples = write_examples(private_folder())
     # File names only: the page shows no path of the server's.
     title = f"`{os.path.basename(args.config_file)}`, weights `{os.path.basename(cfg.MODEL.WEIGHTS) or 'random'}`"
-    segmenter = Segmenter(predictor, image_limits(args), args.display_side, palette(cfg))
+    segmenter = Segmenter(predictor, image_limits(args), args.display_side, palette(cfg), vocabulary_limits(args))
     app = build_app(segmenter, examples, default_vocabulary, title)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     launch = {
@@ -498,6 +580,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> None:
     (status 1) when gradio is missing or the config, weights or default checkpoint are unusable."""
     args = parse_args(argv, prog)
     setup_logger(name="esc_net")
+    # A service manager, `kill` and a closed terminal stop the server with SIGTERM or SIGHUP, whose default action
+    # ends the process at once, without the exit handlers that remove the private folder (and the uploads in it):
+    # they stop it as Ctrl-C does instead (Gradio closes the server, then the handlers run).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
     try:
         app, launch = create(args)
     except InputError as e:

@@ -3,7 +3,9 @@ label map its image, or the dataset is refused with the files named.
 
 ``load_sem_seg`` pairs the two folders' files by name, and when their counts differ it only warns and keeps the
 intersection: a validation image whose label map is missing would be left out of the mIoU without anyone
-noticing. :func:`load_complete_sem_seg` refuses such a dataset instead, unless the caller accepts incomplete ones
+noticing. An image deleted together with its label map leaves no trace in the folders at all; a dataset that
+keeps a manifest of its files (Synthetic Shapes) says what should be there. :func:`load_complete_sem_seg` refuses
+such a dataset instead, unless the caller accepts incomplete ones
 (:func:`incomplete_datasets_allowed`; ``DATASETS.ALLOW_INCOMPLETE`` in a config), in which case it keeps the pairs
 that match, says how many, and the evaluation reports how many images it scored.
 """
@@ -12,7 +14,7 @@ import contextlib
 import contextvars
 import logging
 import os
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Sequence
 
 from detectron2.data.datasets import load_sem_seg
 from detectron2.utils.file_io import PathManager
@@ -52,25 +54,36 @@ def _listing(folder: str, stems: List[str], ext: str) -> str:
 
 
 def load_complete_sem_seg(
-    gt_root: str, image_root: str, gt_ext: str = "png", image_ext: str = "jpg", labels_select_images: bool = False
+    gt_root: str,
+    image_root: str,
+    gt_ext: str = "png",
+    image_ext: str = "jpg",
+    labels_select_images: bool = False,
+    manifest: Optional[str] = None,
+    listed_images: Sequence[str] = (),
 ) -> List[dict]:
     """``load_sem_seg(gt_root, image_root, gt_ext, image_ext)`` of a complete dataset.
 
     Args:
         labels_select_images: the image folder also holds other splits' images (VOC's ``JPEGImages``), so the
             label maps say which images belong here: only label maps without an image make it incomplete.
+        manifest, listed_images: the dataset's own record of what it holds, when it keeps one: the file names
+            (in ``image_root``) of the images that ``manifest`` lists. One of them missing together with its label
+            map leaves the two folders consistent with each other, but the dataset incomplete all the same.
 
     Returns:
         Detectron2's dicts (``file_name``, ``sem_seg_file_name``), one per image and label map with the same name.
 
     Raises:
-        IncompleteDatasetError: naming the images without label maps and the label maps without images (unless
-            :func:`incomplete_datasets_allowed`).
+        IncompleteDatasetError: naming the images without label maps, the label maps without images and the listed
+            images missing with their label maps (unless :func:`incomplete_datasets_allowed`).
     """
     images, labels = set(_stems(image_root, image_ext)), set(_stems(gt_root, gt_ext))
     unlabelled = [] if labels_select_images else sorted(images - labels)
     orphans = sorted(labels - images)
-    if unlabelled or orphans:
+    listed = {name[: -len(image_ext)] for name in listed_images if name.endswith(image_ext)}
+    lost = sorted(listed - images - labels)
+    if unlabelled or orphans or lost:
         problems = []
         if unlabelled:
             problems.append(
@@ -80,6 +93,11 @@ def load_complete_sem_seg(
         if orphans:
             problems.append(
                 f"{len(orphans)} label map(s) without an image in {image_root}: " + _listing(gt_root, orphans, gt_ext)
+            )
+        if lost:
+            problems.append(
+                f"{len(lost)} image(s) that {manifest} lists missing, with their label maps in {gt_root}: "
+                + _listing(image_root, lost, image_ext)
             )
         matched = len(images & labels)
         if not _ALLOW_INCOMPLETE.get():

@@ -101,12 +101,16 @@ def _split_counts(options: Dict) -> Dict[str, int]:
     return {split: options["num_train"] if split == "train" else options["num_val"] for split in SPLITS}
 
 
+def _read_manifest(root: Optional[str]) -> Dict:
+    with open(manifest_path(root)) as f:
+        return json.load(f)
+
+
 def _is_complete(root: str, options: Dict) -> bool:
     """Whether ``root`` holds a finished dataset generated with ``options`` (raises if with other options)."""
     if not os.path.isfile(manifest_path(root)):
         return False
-    with open(manifest_path(root)) as f:
-        existing = json.load(f)
+    existing = _read_manifest(root)
     if existing != options:
         changed = sorted(k for k in set(existing) | set(options) if existing.get(k) != options.get(k))
         details = ", ".join(f"{k}: {existing.get(k)!r} -> {options.get(k)!r}" for k in changed)
@@ -184,7 +188,8 @@ def generate_synthetic_shapes(
 
 def load_synthetic_shapes(split: str, root: Optional[str] = None) -> List[Dict]:
     """Detectron2 dataset dicts (``file_name``, ``sem_seg_file_name``) of ``split``, via ``load_sem_seg``; an
-    incomplete split (an image without its label map or the reverse) raises IncompleteDatasetError."""
+    incomplete split (an image without its label map or the reverse, or fewer images than the manifest lists)
+    raises IncompleteDatasetError."""
     image_dir, label_dir = split_dirs(root, split)
     for path in (image_dir, label_dir, manifest_path(root)):
         if not os.path.exists(path):
@@ -194,7 +199,15 @@ def load_synthetic_shapes(split: str, root: Optional[str] = None) -> List[Dict]:
                 f"under {os.path.abspath(dataset_root(root))}); generate it with `{GENERATE_COMMAND}`"
                 + ("" if root else " (it writes under $DETECTRON2_DATASETS, default ./datasets)")
             )
-    return load_complete_sem_seg(label_dir, image_dir, gt_ext="png", image_ext="png")
+    count = _split_counts(_read_manifest(root))[split]
+    return load_complete_sem_seg(
+        label_dir,
+        image_dir,
+        gt_ext="png",
+        image_ext="png",
+        manifest=manifest_path(root),
+        listed_images=_file_names(count),
+    )
 
 
 def register_synthetic_shapes(root: Optional[str] = None) -> None:
