@@ -68,7 +68,7 @@ def measure_run(run: str, args) -> Dict:
     projections = {}
     if args.aligned:  # the alignment stage's projection, before ESC-Net's training moved it
         projections["aligned_projection"] = build_image_projection(
-            m.SAM_IMAGE_PROJECTION, model.clip.embed_dim, m.SAM_EMBED_DIM
+            m.SAM_IMAGE_PROJECTION, model.clip.output_shape().embed_dim, m.SAM_EMBED_DIM
         )
         load_projection_weights(projections["aligned_projection"], read_projection_weights(args.aligned), args.aligned)
     figures = {"transfer": transfer_ious(model, sam, held_out, fit_images, projections=projections), "knockouts": {}}

@@ -1,14 +1,18 @@
 """Config options of ESC-Net (``cfg.MODEL.ESC_NET``) and of its trainer.
 
 One place per setting: this file holds the default of every key that ESC-Net adds (the ViT-B/16 model of the
-paper); ``configs/Base-ESCNet.yaml`` sets the Detectron2 keys whose values ESC-Net changes; the other YAML files
-hold only what differs from those. Defaults are the paper's where it states them (N_o = 5 points, N = 4
-ESC-Blocks, LR multiplier 0.01 for CLIP and SAM) and the documented choices of this codebase elsewhere; the
-comments say which is which.
+paper), with what it means; ``configs/Base-ESCNet.yaml`` sets the Detectron2 keys whose values ESC-Net changes; the
+other YAML files hold only what differs from those. Defaults are the paper's where it states them (N_o = 5 points,
+N = 4 ESC-Blocks, LR multiplier 0.01 for CLIP and SAM) and the documented choices of this codebase elsewhere; the
+comments say which is which (their history is in docs/method_notes.md).
 
-Image geometry has one source, ``MODEL.ESC_NET.CLIP_IMAGE_SIZE``: training crops must be that size (checked by
-:func:`check_input_geometry`), images smaller than a crop are padded to it, and the sliding windows default to it.
-Pixel normalisation has one source too, the CLIP model's own statistics (``CLIPEncoder.pixel_mean/pixel_std``);
+Each module reads its own keys (its ``from_config``) and checks the values it reads, naming the key; the
+LazyConfig files start from the same reading (``ESCNet.lazy_call``). A new setting is a default here and an
+argument of the module that reads it.
+
+Image geometry has one source, ``MODEL.ESC_NET.CLIP_IMAGE_SIZE``: training crops must be that size (the dataset
+mapper checks it), images smaller than a crop are padded to it, and the sliding windows default to it. Pixel
+normalisation has one source too, the backbone's own statistics (``CLIPEncoder.pixel_mean/pixel_std``);
 Detectron2's ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are not read.
 
 Config files are read by :func:`merge_config_file`, with YAML's safe loader only (see there).
@@ -21,21 +25,13 @@ import yaml
 from detectron2.config import CfgNode as CN
 
 __all__ = [
-    "AMP_PRECISIONS",
-    "IMPLEMENTATIONS",
     "ConfigFileError",
     "add_esc_net_config",
     "add_opts_argument",
-    "check_config",
-    "check_input_geometry",
     "error_text",
     "load_config",
     "merge_config_file",
 ]
-
-# The precisions of SOLVER.AMP.PRECISION (names of torch dtypes) and the values of MODEL.ESC_NET.IMPLEMENTATION.
-AMP_PRECISIONS = ("float16", "bfloat16")
-IMPLEMENTATIONS = ("fast", "reference")
 
 
 class ConfigFileError(ValueError):
@@ -100,12 +96,18 @@ def error_text(error: BaseException) -> str:
 
 
 def add_esc_net_config(cfg: CN) -> None:
-    """Adds ESC-Net's options to a Detectron2 config, in place, and registers the ``ESCNet`` meta-architecture
-    (a config that names it is built through this function; importing ``esc_net`` alone stays light)."""
-    import esc_net.modeling  # noqa: F401  (registers ESCNet in META_ARCH_REGISTRY)
+    """Adds ESC-Net's options to a Detectron2 config, in place, and registers the ``ESCNet`` meta-architecture and
+    its backbones (a config that names it is built through this function; importing ``esc_net`` alone stays
+    light)."""
+    import esc_net.modeling  # noqa: F401  (registers ESCNet in META_ARCH_REGISTRY, CLIPEncoder in VL_BACKBONE_REGISTRY)
 
     cfg.MODEL.ESC_NET = CN()
     m = cfg.MODEL.ESC_NET
+
+    # --- the vision-language backbone ----------------------------------------------------------------------
+    # A class of esc_net.modeling.VL_BACKBONE_REGISTRY (a VisionLanguageBackbone, esc_net/modeling/backbone.py).
+    # "CLIPEncoder" is open_clip's CLIP, configured by the CLIP_* keys and the prompt keys below.
+    m.BACKBONE = "CLIPEncoder"
 
     # --- CLIP (open_clip) ---------------------------------------------------------------------------------
     m.CLIP_MODEL_NAME = "ViT-B-16"
@@ -113,24 +115,24 @@ def add_esc_net_config(cfg: CN) -> None:
     # MODEL.WEIGHTS is empty (a checkpoint of the whole model holds CLIP's tensors); a tag's activation (OpenAI's
     # QuickGELU) and image statistics apply either way.
     m.CLIP_PRETRAINED = "openai"
-    # An open_clip model config (embed_dim, vision_cfg, text_cfg) that replaces the named model; empty = unused.
-    # Lets a config define a small CLIP of its own (see configs/esc_net_tiny.yaml).
+    # An open_clip model config (embed_dim, vision_cfg, text_cfg; custom_text: True for a SigLIP-style text tower)
+    # that replaces the named model; empty = unused. Lets a config define a small CLIP of its own (see
+    # configs/esc_net_tiny.yaml).
     m.CLIP_MODEL_CFG = CN(new_allowed=True)
     # Square CLIP input size; the grid is CLIP_IMAGE_SIZE / patch size (384 / 16 = 24 for ViT-B/16). Also the side
     # of the training crops (INPUT.CROP.SIZE must match) and of the sliding windows by default.
     m.CLIP_IMAGE_SIZE = 384
     # "attention": only the q and v projection weights of CLIP's attention layers train, as in CAT-Seg (the paper
-    # fine-tunes attention; k stays frozen); "attention_with_bias" also trains their biases (this project's first
-    # reading); "full" or "frozen" otherwise.
+    # fine-tunes attention; k stays frozen); "attention_with_bias" also trains their biases; "full" or "frozen"
+    # otherwise.
     m.CLIP_FINETUNE = "attention"
     # How the last CLIP image block makes the dense features: "value" (CAT-Seg's dense last layer, on which ESC-Net
     # builds: each position through the value and output projections only, the class token's input as the
-    # residual, then the MLP) or "attention" (the block as CLIP runs it, global attention; this project's first
-    # reading). See esc_net/modeling/clip/encoder.py; the laboratory's A/B row is in docs/laboratory.md.
+    # residual, then the MLP) or "attention" (the block as CLIP runs it, global attention). See
+    # esc_net/modeling/clip/encoder.py; the laboratory's A/B row is in docs/laboratory.md.
     m.CLIP_DENSE_LAYER = "value"
     # 0-based indices of CLIP image blocks whose outputs feed the decoder's skip connections, in the order of the
     # decoder's stages: block 3 joins the first upsampling (48x48), block 7 the second (96x96), as in CAT-Seg.
-    # [7, 3] is the reverse order (this project's before 2026-12).
     m.CLIP_SKIP_LAYERS = [3, 7]
     m.PROMPT_TEMPLATES = ["A photo of a {} in the scene."]
     # How a class name holding synonyms ("sofa, couch") becomes a prompt: "first" or "average".
@@ -144,8 +146,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # The pseudo mask SAM is prompted with, on the kept pixels: "posterior" (the class's probability among the
     # vocabulary's classes at the pixel, so every kept pixel of a present object is positive, those of an absent
     # class negative), "region" (each K-means region relative to its own peak, all kept pixels positive) or "peak"
-    # (relative to the map's single maximum: only the strongest peak positive, this project's first reading).
-    # See esc_net/modeling/prompt_generator.py.
+    # (relative to the map's single maximum: only the strongest peak positive). See
+    # esc_net/modeling/prompt_generator.py.
     m.PSEUDO_MASK = "posterior"
 
     # --- SAM block (segment_anything's PromptEncoder + TwoWayTransformer) -------------------------------------
@@ -204,8 +206,8 @@ def add_esc_net_config(cfg: CN) -> None:
     # Weight of the same loss on every ESC-Block's refined correlation map (deep supervision, computed at the
     # decoder's output resolution). The paper states none: with the mask prompt the loss reaches every map head
     # through the (differentiable) pseudo mask. Without it (PROMPT_TYPES of points and boxes only) the maps that
-    # later blocks draw prompts from learn only through this, so it must be > 0 then. 0.4 was this project's first
-    # reading; the laboratory's A/B row is in docs/laboratory.md.
+    # later blocks draw prompts from learn only through this, so it must be > 0 then. The laboratory's A/B row is
+    # in docs/laboratory.md.
     m.BLOCK_LOSS_WEIGHT = 0.0
     m.IGNORE_VALUE = 255
     # Pictures of the pseudo prompts during training use Detectron2's own VIS_PERIOD (default 0 = off): every
@@ -237,18 +239,21 @@ def add_esc_net_config(cfg: CN) -> None:
     # The class names an input is scored against when it carries no "vocabulary" of its own (Detectron2's
     # DefaultPredictor, stock DatasetMapper and other tools give none): a list of names (synonyms after commas,
     # ["cat", "sofa, couch"]) or the name of a registered dataset (its "vocabulary" metadata, else
-    # "stuff_classes"). None = the first DATASETS.TEST dataset's (no default if DATASETS.TEST is empty). Resolved
-    # once, when the model is built (ESCNet.vocabulary), so register a dataset before building the model; the
-    # model reads no catalog in forward. Training inputs without a vocabulary take DATASETS.TRAIN's instead, the
-    # names their label ids index. None accepts a list or a string; once merged, yacs keeps that type.
+    # "stuff_classes"). None = the first DATASETS.TEST dataset's (no default if DATASETS.TEST is empty).
+    # The model takes names: a dataset is read where the config is read, by esc_net.data.resolve_vocabularies
+    # (train_net.py and ESCNetPredictor call it; call it before Detectron2's own tools build the model), which
+    # writes the names here. None accepts a list or a string; once merged, yacs keeps that type.
     m.VOCABULARY = None
+    # The same for training inputs without a vocabulary (Detectron2's stock DatasetMapper): the names their label
+    # ids index. None = DATASETS.TRAIN's (one vocabulary shared by all of them).
+    m.TRAIN_VOCABULARY = None
 
     # --- speed and memory only: no score depends on these beyond float rounding ------------------------------
-    # "fast": the SAM block, the VLF block and the decoder run their fast variants (the image side once per image,
-    # SAM's cross attentions reassociated, classes in chunks, channels-last); "reference": their plain forms
-    # (segment_anything's TwoWayTransformer call, the straightforward compositions). The same function; change the
-    # reference first, and the equivalence tests (tests/test_*_block.py, tests/test_decoder.py) tell how the fast
-    # path must follow.
+    # "fast": the ESC-Blocks and the decoder run their forward_fast (the image side once per image, SAM's cross
+    # attentions reassociated, classes in chunks, channels-last); "reference": their forward_reference, the plain
+    # forms (the paper's order on all classes at once, segment_anything's TwoWayTransformer call). The same
+    # function; change the reference first, and the equivalence tests (tests/test_esc_block.py,
+    # tests/test_decoder.py, tests/test_model.py) tell how the fast path must follow.
     m.IMPLEMENTATION = "fast"
     # Classes that go through the per-class stages (prompts, SAM, Swin, decoder) at a time on the CPU; 0 = all at
     # once (always on GPUs, where chunks only add kernel launches; see esc_net/modeling/class_chunks.py). Lets the
@@ -316,115 +321,3 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     except (AssertionError, KeyError, ValueError) as e:
         raise ConfigFileError(f"bad config overrides {list(opts)} of the config {config_file}: {error_text(e)}") from e
     return cfg
-
-
-def check_config(cfg: CN, training: bool = False) -> None:
-    """The one validation of an ESC-Net config, run when the model is built (``ESCNet.from_config``) and, with
-    ``training``, when the trainer is: every value that must be one of a few names, the keys that must agree, and
-    for training the crop geometry and the source of SAM's weights. The modules check their own arguments too; this
-    names the config keys and runs before any weights are read.
-
-    Raises:
-        ValueError: naming the key, its value and what it may be.
-    """
-    # the accepted names live beside the code that reads them
-    from esc_net.modeling.clip.encoder import DENSE_LAYERS, FINETUNE_MODES
-    from esc_net.modeling.clip.text_prompts import SYNONYM_MODES
-    from esc_net.modeling.criterion import LOSSES
-    from esc_net.modeling.full_resolution import OUTPUT_MODES
-    from esc_net.modeling.inference import INFERENCE_MODES
-    from esc_net.modeling.prompt_generator import MASK_MODES
-    from esc_net.modeling.sam_block import PROMPT_TYPES
-    from esc_net.modeling.sam_projection import PROJECTIONS
-
-    m = cfg.MODEL.ESC_NET
-    choices = {
-        "MODEL.ESC_NET.LOSS": (m.LOSS, LOSSES),
-        "MODEL.ESC_NET.INFERENCE_MODE": (m.INFERENCE_MODE, INFERENCE_MODES),
-        "MODEL.ESC_NET.INFERENCE_OUTPUT": (m.INFERENCE_OUTPUT, OUTPUT_MODES),
-        "MODEL.ESC_NET.PSEUDO_MASK": (m.PSEUDO_MASK, MASK_MODES),
-        "MODEL.ESC_NET.CLIP_DENSE_LAYER": (m.CLIP_DENSE_LAYER, DENSE_LAYERS),
-        "MODEL.ESC_NET.CLIP_FINETUNE": (m.CLIP_FINETUNE, FINETUNE_MODES),
-        "MODEL.ESC_NET.SYNONYM_MODE": (m.SYNONYM_MODE, SYNONYM_MODES),
-        "MODEL.ESC_NET.IMPLEMENTATION": (m.IMPLEMENTATION, IMPLEMENTATIONS),
-        "MODEL.ESC_NET.SAM_IMAGE_PROJECTION": (m.SAM_IMAGE_PROJECTION, PROJECTIONS),
-        "SOLVER.AMP.PRECISION": (cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS),
-        "INPUT.FORMAT": (cfg.INPUT.FORMAT, ("RGB", "BGR")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
-    kinds = list(m.PROMPT_TYPES)
-    if not kinds or any(k not in PROMPT_TYPES for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(
-            f"MODEL.ESC_NET.PROMPT_TYPES must be a non-empty list of distinct entries of {list(PROMPT_TYPES)}, "
-            f"got {kinds}"
-        )
-    if m.USE_SAM_BLOCK and "mask" not in kinds and m.NUM_BLOCKS > 1 and m.BLOCK_LOSS_WEIGHT <= 0:
-        raise ValueError(
-            f"MODEL.ESC_NET.PROMPT_TYPES {kinds} without 'mask' needs MODEL.ESC_NET.BLOCK_LOSS_WEIGHT > 0: points and "
-            "boxes are not differentiable, so only deep supervision can train the map heads that later blocks "
-            "draw their prompts from"
-        )
-    stages = {
-        "DECODER_DIMS": m.DECODER_DIMS,
-        "DECODER_GUIDANCE_DIMS": m.DECODER_GUIDANCE_DIMS,
-        "CLIP_SKIP_LAYERS": m.CLIP_SKIP_LAYERS,
-    }
-    if len({len(v) for v in stages.values()}) > 1:
-        listed = ", ".join(f"MODEL.ESC_NET.{k} {list(v)}" for k, v in stages.items())
-        raise ValueError(f"{listed}: the decoder takes one entry of each per upsampling stage")
-    if m.SAM_ALIGN_LOSS_WEIGHT < 0:
-        raise ValueError(f"MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT must be 0 or more, got {m.SAM_ALIGN_LOSS_WEIGHT}")
-    if m.SAM_ALIGN_LOSS_WEIGHT > 0 and not (m.USE_SAM_BLOCK and m.SAM_PROJECTION_WEIGHTS):
-        raise ValueError(
-            "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT > 0 keeps the SAM blocks' projection at its aligned weights: it needs "
-            "USE_SAM_BLOCK True and MODEL.ESC_NET.SAM_PROJECTION_WEIGHTS (written by `esc-net-pretrain align`)"
-        )
-    for key in ("NUM_BLOCKS", "NUM_POINTS"):
-        if m[key] < 1:
-            raise ValueError(f"MODEL.ESC_NET.{key} must be at least 1, got {m[key]}")
-    for key in ("CLASS_CHUNK", "CLASS_ATTENTION_PAD", "MAX_CLASSES_PER_VIEW", "VIEW_CLASSES_PER_PASS"):
-        if m[key] < 0:
-            raise ValueError(f"MODEL.ESC_NET.{key} must be 0 or more, got {m[key]}")
-    if training:
-        check_input_geometry(cfg)
-        check_sam_source(cfg)
-
-
-def check_sam_source(cfg: CN) -> None:
-    """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
-
-    The SAM weights come from ``MODEL.ESC_NET.SAM_CHECKPOINT`` or, when fine-tuning or resuming, from
-    ``MODEL.WEIGHTS``; ``MODEL.ESC_NET.ALLOW_RANDOM_SAM`` opts out (tiny configs, the random-SAM ablation).
-
-    Raises:
-        ValueError: naming the key to set and where the official checkpoint comes from.
-    """
-    from esc_net.modeling.sam_checkpoint import SAM_CHECKPOINT_SOURCE
-
-    m = cfg.MODEL.ESC_NET
-    if not m.USE_SAM_BLOCK or m.SAM_CHECKPOINT or cfg.MODEL.WEIGHTS or m.ALLOW_RANDOM_SAM:
-        return
-    raise ValueError(
-        "MODEL.ESC_NET.SAM_CHECKPOINT is empty: training would start the SAM blocks from random weights, which "
-        "the paper's ablation shows to be far worse. Pass MODEL.ESC_NET.SAM_CHECKPOINT "
-        f"/path/to/sam_vit_b_01ec64.pth ({SAM_CHECKPOINT_SOURCE}), or set MODEL.ESC_NET.ALLOW_RANDOM_SAM True to "
-        "train from random SAM weights on purpose."
-    )
-
-
-def check_input_geometry(cfg: CN) -> None:
-    """Refuses training crops that are not the CLIP input: an enabled crop must be "absolute" and
-    CLIP_IMAGE_SIZE square, or every image would be resized again before CLIP.
-
-    Raises:
-        ValueError: naming both keys and their values.
-    """
-    size = cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
-    crop = cfg.INPUT.CROP
-    if crop.ENABLED and (crop.TYPE != "absolute" or tuple(crop.SIZE) != (size, size)):
-        raise ValueError(
-            f"INPUT.CROP (TYPE {crop.TYPE!r}, SIZE {tuple(crop.SIZE)}) must be an 'absolute' crop of "
-            f"MODEL.ESC_NET.CLIP_IMAGE_SIZE ({size}, {size}): training crops are the CLIP input"
-        )

@@ -34,12 +34,17 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from esc_net.config import check_config, load_config
-from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary
+from esc_net.config import load_config
+from esc_net.data import SemanticSegmentationMapper, get_dataset_vocabulary, resolve_vocabularies
+from esc_net.data.dataset_mapper import check_input_geometry
 from esc_net.data.datasets import incomplete_datasets_allowed
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from esc_net.solver import build_optimizer
+from esc_net.utils.arguments import check_choice
 from esc_net.utils.checkpoint import ESCNetCheckpointer, check_weights_fit
+
+# The precisions of SOLVER.AMP.PRECISION: names of torch dtypes.
+AMP_PRECISIONS = ("float16", "bfloat16")
 
 
 class MetricsJSONWriter(JSONWriter):
@@ -71,7 +76,7 @@ class Trainer(DefaultTrainer):
     checkpointer (:class:`ESCNetCheckpointer`: atomic saves, resuming past damaged files), and DDP on CPUs."""
 
     def __init__(self, cfg):
-        check_config(cfg, training=True)
+        check_training_config(cfg)
         # DefaultTrainer.__init__ is not called: it wraps the model in DistributedDataParallel with
         # device_ids=[local rank], which DDP refuses for a CPU module (`--num-gpus 2 MODEL.DEVICE cpu`), and it
         # builds Detectron2's own checkpointer. The steps are otherwise the same.
@@ -89,7 +94,7 @@ class Trainer(DefaultTrainer):
         device_ids = [comm.get_local_rank()] if next(model.parameters()).device.type == "cuda" else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         if cfg.SOLVER.AMP.ENABLED:
-            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)  # "float16" or "bfloat16" (check_config)
+            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)  # "float16" or "bfloat16" (checked above)
             self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
@@ -113,6 +118,16 @@ class Trainer(DefaultTrainer):
             # complete and the loop below will not run again, so write the final checkpoint now.
             self.checkpointer.save("model_final", iteration=self.iter)
         return super().train()
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's model of ``cfg``, whose default vocabularies (``MODEL.ESC_NET.VOCABULARY``,
+        ``TRAIN_VOCABULARY``) are read from the datasets the config names and handed to the model as names.
+
+        Raises:
+            KeyError: naming the key of a vocabulary whose dataset is not registered.
+        """
+        return super().build_model(resolve_vocabularies(cfg))
 
     def build_writers(self):
         """Detectron2's writers (``default_writers``), with :class:`MetricsJSONWriter` for ``metrics.json``."""
@@ -168,6 +183,42 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def check_training_config(cfg) -> None:
+    """The trainer's own keys, checked before anything is built: ``SOLVER.AMP.PRECISION``, the source of SAM's
+    weights (:func:`check_sam_source`) and the crop geometry (the dataset mapper's
+    :func:`~esc_net.data.dataset_mapper.check_input_geometry`). The model's keys are checked by the modules that
+    read them, when the model is built.
+
+    Raises:
+        ValueError: naming the key, its value and what it may be.
+    """
+    check_choice("SOLVER.AMP.PRECISION", cfg.SOLVER.AMP.PRECISION, AMP_PRECISIONS)
+    check_sam_source(cfg)
+    check_input_geometry(cfg)
+
+
+def check_sam_source(cfg) -> None:
+    """Refuses to train an ESC-Net whose SAM blocks would start from random weights.
+
+    The SAM weights come from ``MODEL.ESC_NET.SAM_CHECKPOINT`` or, when fine-tuning or resuming, from
+    ``MODEL.WEIGHTS``; ``MODEL.ESC_NET.ALLOW_RANDOM_SAM`` opts out (tiny configs, the random-SAM ablation).
+
+    Raises:
+        ValueError: naming the key to set and where the official checkpoint comes from.
+    """
+    from esc_net.modeling.sam_checkpoint import SAM_CHECKPOINT_SOURCE
+
+    m = cfg.MODEL.ESC_NET
+    if not m.USE_SAM_BLOCK or m.SAM_CHECKPOINT or cfg.MODEL.WEIGHTS or m.ALLOW_RANDOM_SAM:
+        return
+    raise ValueError(
+        "MODEL.ESC_NET.SAM_CHECKPOINT is empty: training would start the SAM blocks from random weights, which "
+        "the paper's ablation shows to be far worse. Pass MODEL.ESC_NET.SAM_CHECKPOINT "
+        f"/path/to/sam_vit_b_01ec64.pth ({SAM_CHECKPOINT_SOURCE}), or set MODEL.ESC_NET.ALLOW_RANDOM_SAM True to "
+        "train from random SAM weights on purpose."
+    )
+
+
 def setup(args):
     """The frozen config of ``args`` (Detectron2's default arguments), with logging set up in OUTPUT_DIR.
 
@@ -202,14 +253,16 @@ def run(args):
 def main(argv=None):
     """The command line: Detectron2's default arguments (``--config-file``, ``--num-gpus``, ``--eval-only``, ...).
 
-    A config that is refused (an unsafe or unreadable file, an unknown key, a value :func:`check_config` does not
-    accept) ends the command with ``"<prog>: error: <message>"`` (status 1), as the demos do, before any process
-    starts."""
+    A config that is refused (an unsafe or unreadable file, an unknown key, for training a value
+    :func:`check_training_config` does not accept) ends the command with ``"<prog>: error: <message>"`` (status 1),
+    as the demos do, before any process starts. The model's keys are refused when the model is built."""
     parser = default_argument_parser()
     args = parser.parse_args(argv)
     try:
-        check_config(load_config(args.config_file, args.opts), training=not args.eval_only)
-    except ValueError as e:  # ConfigFileError and check_config's refusals name the file or the key
+        cfg = load_config(args.config_file, args.opts)
+        if not args.eval_only:
+            check_training_config(cfg)
+    except ValueError as e:  # ConfigFileError and check_training_config's refusals name the file or the key
         raise SystemExit(f"{parser.prog}: error: {e}") from e
     return launch(
         run,

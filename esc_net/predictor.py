@@ -11,6 +11,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from matplotlib.colors import hsv_to_rgb
 
+from esc_net.data.vocabulary import resolve_vocabularies
 from esc_net.utils.checkpoint import load_model_weights
 from esc_net.utils.vocabulary_rules import split_synonyms
 
@@ -63,14 +64,14 @@ class ESCNetPredictor:
         """
         Args:
             cfg: a Detectron2 config with ``add_esc_net_config`` applied. The vocabulary at start is the model's
-                default (``MODEL.ESC_NET.VOCABULARY``, else ``DATASETS.TEST[0]``'s; none if both are empty:
-                call :meth:`set_vocabulary`).
+                default (``MODEL.ESC_NET.VOCABULARY``, else ``DATASETS.TEST[0]``'s, read here from the dataset
+                catalog; none if both are empty: call :meth:`set_vocabulary`).
 
         Raises:
             FileNotFoundError, ValueError: ``cfg.MODEL.WEIGHTS`` is missing or does not fit the model.
             ValueError: ``cfg.INPUT.FORMAT`` is neither "RGB" nor "BGR".
         """
-        self.cfg = cfg.clone()
+        self.cfg = resolve_vocabularies(cfg)  # the model takes names: a dataset named by the config is read here
         self.cfg.freeze()
         self.model = build_model(self.cfg)
         self.model.eval()

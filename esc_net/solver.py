@@ -5,11 +5,14 @@ The pre-trained parts (CLIP, and SAM's prompt encoder and two-way transformer in
 the new modules). Gradient clipping of type ``"full_model"`` clips the norm of all gradients together, which is
 what the paper's codebase does; ``"value"`` and ``"norm"`` keep Detectron2's per-parameter meaning. Detectron2's
 own ``build_optimizer`` knows neither (it refuses ``"full_model"``), so a trainer of one's own takes
-:func:`build_optimizer` from here; LazyConfig files use :func:`lr_factors` and :func:`full_model_clipped`.
+:func:`build_optimizer` from here; LazyConfig files use :func:`optimizer_params` and :func:`full_model_clipped`.
+
+The pre-trained parts are found by what they are, not by their names: the model's
+:class:`~esc_net.modeling.VisionLanguageBackbone` (all its parameters) and every :class:`~esc_net.modeling.SAMBlock`'s
+``pretrained_modules()``.
 """
 
-import functools
-from typing import Callable, Iterable
+from typing import Dict, Iterable, List
 
 import torch
 from detectron2.config import CfgNode
@@ -18,25 +21,47 @@ from detectron2.solver.build import (
     get_default_optimizer_params,
     maybe_add_gradient_clipping,
 )
+from torch import nn
 
-# Parameter-name prefixes of the pre-trained parts, relative to the ESCNet meta-architecture.
-CLIP_PREFIX = "clip."
-SAM_PRETRAINED_PARTS = (".sam.prompt_encoder.", ".sam.transformer.")
-
-
-def lr_multiplier(param_name: str, clip_multiplier: float, sam_multiplier: float) -> float:
-    """The LR multiplier of one parameter of an ESCNet model, from its name."""
-    name = param_name[len("module.") :] if param_name.startswith("module.") else param_name
-    if name.startswith(CLIP_PREFIX):
-        return clip_multiplier
-    if any(part in name for part in SAM_PRETRAINED_PARTS):
-        return sam_multiplier
-    return 1.0
+from esc_net.modeling.backbone import VisionLanguageBackbone
+from esc_net.modeling.sam_block import SAMBlock
 
 
-def lr_factors(clip_multiplier: float, sam_multiplier: float) -> Callable[[str], float]:
-    """The ``lr_factor_func`` of Detectron2's ``get_default_optimizer_params`` for an ESCNet model."""
-    return functools.partial(lr_multiplier, clip_multiplier=clip_multiplier, sam_multiplier=sam_multiplier)
+def lr_multipliers(model: nn.Module, clip_multiplier: float, sam_multiplier: float) -> Dict[str, float]:
+    """``{parameter name: LR multiplier}`` for the parameters of ``model``'s pre-trained parts (names as
+    ``model.named_parameters()`` gives them); the others train at the base rate."""
+    factor_of = {}
+    for module in model.modules():
+        if isinstance(module, VisionLanguageBackbone):
+            parts, factor = [module], clip_multiplier
+        elif isinstance(module, SAMBlock):
+            parts, factor = module.pretrained_modules(), sam_multiplier
+        else:
+            continue
+        factor_of.update({id(p): factor for part in parts for p in part.parameters()})
+    return {name: factor_of[id(p)] for name, p in model.named_parameters() if id(p) in factor_of}
+
+
+def optimizer_params(
+    model: nn.Module,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    clip_multiplier: float,
+    sam_multiplier: float,
+) -> List[dict]:
+    """Detectron2's ``get_default_optimizer_params`` of ``model`` (the trainable parameters, grouped by learning
+    rate and weight decay), with the backbone's learning rate ``clip_multiplier`` times the base rate and that of
+    SAM's pre-trained parts ``sam_multiplier`` times."""
+    multipliers = lr_multipliers(model, clip_multiplier, sam_multiplier)
+    return get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay=weight_decay,
+        weight_decay_norm=weight_decay_norm,
+        lr_factor_func=lambda name: multipliers.get(name, 1.0),
+    )
 
 
 def _full_model_clipping(optimizer_cls: type, max_norm: float, norm_type: float) -> type:
@@ -65,12 +90,13 @@ def _with_gradient_clipping(cfg: CfgNode, optimizer_cls: type) -> type:
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Builds the optimizer named by ``SOLVER.OPTIMIZER`` ("ADAMW" or "SGD") over the trainable parameters."""
-    params = get_default_optimizer_params(
+    params = optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        lr_factor_func=lr_factors(cfg.SOLVER.CLIP_MULTIPLIER, cfg.SOLVER.SAM_MULTIPLIER),
+        clip_multiplier=cfg.SOLVER.CLIP_MULTIPLIER,
+        sam_multiplier=cfg.SOLVER.SAM_MULTIPLIER,
     )
     kind = cfg.SOLVER.OPTIMIZER.upper()
     if kind == "ADAMW":

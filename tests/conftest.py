@@ -44,6 +44,20 @@ def tiny_clip_cfg():
     return copy.deepcopy(TINY_CLIP_CFG)
 
 
+def default_cfg(*opts):
+    """Detectron2's config with ESC-Net's defaults (esc_net/config.py: the paper's ViT-B/16 model), plus ``opts``:
+    modules built from it (``Module(default_cfg(), **changes)``) take every setting from the one source of
+    defaults."""
+    from detectron2.config import get_cfg
+
+    import esc_net
+
+    cfg = get_cfg()
+    esc_net.add_esc_net_config(cfg)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
 def tiny_cfg(*opts):
     """The tiny ESC-Net config with no datasets, plus ``opts`` (key, value, ...)."""
     from detectron2.config import get_cfg

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 from torch import nn
 
-from conftest import TINY_CLIP_CFG
+from conftest import TINY_CLIP_CFG, default_cfg
+from esc_net.modeling.backbone import BackboneShape
 from esc_net.modeling.clip import CLIPEncoder, SplitQKVAttention
 
 NAMES = ["cat", "dog", "sofa, couch"]
@@ -33,7 +34,9 @@ def tiny_encoder(seed=0, image_size=64, **kwargs):
     kwargs.setdefault("skip_layers", (1, 2))
     kwargs.setdefault("pretrained", "none")
     kwargs.setdefault("dense_layer", "attention")
-    return CLIPEncoder(model_name="tiny", model_cfg=copy.deepcopy(TINY_CLIP_CFG), image_size=image_size, **kwargs)
+    return CLIPEncoder(
+        default_cfg(), model_name="tiny", model_cfg=copy.deepcopy(TINY_CLIP_CFG), image_size=image_size, **kwargs
+    )
 
 
 def images(batch=2, size=64, seed=1):
@@ -90,7 +93,16 @@ def reference_text(model, prompts, context_length=32):
 def test_encode_image_shapes(image_size):
     enc = tiny_encoder(image_size=image_size, skip_layers=(0, 2, 3))
     grid = image_size // 8
-    assert (enc.embed_dim, enc.width, enc.patch_size, enc.grid_size) == (32, 64, 8, (grid, grid))
+    assert enc.output_shape() == BackboneShape(
+        embed_dim=32, width=64, patch_size=8, grid_size=(grid, grid), num_skips=3
+    )
+    # what a LazyConfig derives from the arguments alone, without building the model
+    assert (
+        CLIPEncoder.output_shape_of(
+            model_name="tiny", model_cfg=TINY_CLIP_CFG, image_size=image_size, skip_layers=(0, 2, 3)
+        )
+        == enc.output_shape()
+    )
     assert enc.pixel_mean == pytest.approx(tuple(255 * v for v in open_clip.OPENAI_DATASET_MEAN))
     assert enc.pixel_std == pytest.approx(tuple(255 * v for v in open_clip.OPENAI_DATASET_STD))
     with torch.no_grad():
@@ -149,6 +161,7 @@ def test_template_ensemble_matches_open_clip(reference):
     model, paths = reference
     templates = ("a {}.", "a photo of a {}.", "there is a {} in the scene.")
     enc = CLIPEncoder(
+        default_cfg(),
         model_name="tiny",
         model_cfg=TINY_CLIP_CFG,
         pretrained=str(paths["bin"]),
@@ -170,6 +183,7 @@ def test_template_ensemble_matches_open_clip(reference):
 def test_weight_files_load_and_match_open_clip(reference, fmt):
     model, paths = reference
     enc = CLIPEncoder(
+        default_cfg(),
         model_name="tiny",
         model_cfg=TINY_CLIP_CFG,
         pretrained=str(paths[fmt]),
@@ -197,6 +211,7 @@ def test_weight_files_load_and_match_open_clip(reference, fmt):
 def test_positional_embedding_resized_for_another_image_size(reference):
     model, paths = reference
     enc = CLIPEncoder(
+        default_cfg(),
         model_name="tiny",
         model_cfg=TINY_CLIP_CFG,
         pretrained=str(paths["safetensors"]),
@@ -204,7 +219,7 @@ def test_positional_embedding_resized_for_another_image_size(reference):
         skip_layers=(1,),
         finetune="frozen",
     )
-    assert enc.grid_size == (12, 12)
+    assert enc.output_shape().grid_size == (12, 12)
     state = {"visual.positional_embedding": model.visual.positional_embedding.detach().clone()}
     resize_pos_embed(state, enc.clip)  # open_clip's interpolation of the 8x8 grid to enc's 12x12
     resized = enc.clip.visual.positional_embedding
@@ -222,6 +237,7 @@ def test_named_open_clip_model_with_weights_file(reference, tmp_path):
     config.write_text(json.dumps(TINY_CLIP_CFG))
     open_clip.add_model_config(config)  # makes the tiny config a named open_clip model
     named = CLIPEncoder(
+        default_cfg(),
         model_name="esc-net-test-tiny-clip",
         pretrained=str(paths["bin"]),
         image_size=64,
@@ -267,7 +283,7 @@ def test_pretrained_tag_offline_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="'openai'.*local file path"):
-        CLIPEncoder(model_name="ViT-B-16", pretrained="openai", image_size=64)
+        CLIPEncoder(default_cfg(), model_name="ViT-B-16", pretrained="openai", image_size=64)
     assert time.perf_counter() - start < 10
     with pytest.raises(ValueError, match="tag"):
         tiny_encoder(pretrained="openai")  # a tag needs a named model
@@ -440,16 +456,16 @@ def test_text_cache():
 
 
 def test_argument_checks():
-    with pytest.raises(ValueError, match="finetune"):
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.CLIP_FINETUNE must be one of .*, got 'qkv'"):
         tiny_encoder(finetune="qkv")
-    with pytest.raises(ValueError, match="synonym_mode"):
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.SYNONYM_MODE must be one of \['first', 'average'\]"):
         tiny_encoder(synonym_mode="all")
     with pytest.raises(ValueError, match="skip_layers"):
         tiny_encoder(skip_layers=(4,))
     with pytest.raises(ValueError, match="multiple"):
         tiny_encoder(image_size=60)
     with pytest.raises(ValueError, match="lacks the keys"):
-        CLIPEncoder(model_name="tiny", model_cfg={"embed_dim": 32}, pretrained="none", image_size=64)
+        CLIPEncoder(default_cfg(), model_name="tiny", model_cfg={"embed_dim": 32}, pretrained="none", image_size=64)
 
 
 def test_value_dense_layer_is_catsegs_dense_last_layer(reference):
@@ -485,7 +501,7 @@ def test_value_dense_layer_is_catsegs_dense_last_layer(reference):
     last = enc.clip.visual.transformer.resblocks[-1].attn
     assert not last.q_weight.requires_grad and last.v_weight.requires_grad
     assert enc.clip.visual.transformer.resblocks[-2].attn.q_weight.requires_grad
-    with pytest.raises(ValueError, match="dense_layer"):
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.CLIP_DENSE_LAYER must be one of"):
         tiny_encoder(dense_layer="values")
 
 
@@ -494,9 +510,11 @@ def test_a_tag_gives_its_activation_and_statistics_without_its_weights():
     "ViT-B-16" is given that tag), and a model whose weights come from a checkpoint gets the tag's activation and
     image statistics without downloading anything (built on the meta device: structure only)."""
     with torch.device("meta"):
-        enc = CLIPEncoder(model_name="ViT-B-16", pretrained="openai", image_size=64, load_pretrained=False)
+        enc = CLIPEncoder(
+            default_cfg(), model_name="ViT-B-16", pretrained="openai", image_size=64, load_pretrained=False
+        )
     acts = {type(m).__name__ for m in enc.clip.visual.transformer.resblocks[0].mlp.modules()}
     assert "QuickGELU" in acts
     assert enc.pixel_std == pytest.approx(tuple(255 * v for v in open_clip.OPENAI_DATASET_STD))
     with pytest.raises(ValueError, match="neither a local weights file nor a pretrained tag"):
-        CLIPEncoder(model_name="ViT-B-16", pretrained="opnai", image_size=64, load_pretrained=False)
+        CLIPEncoder(default_cfg(), model_name="ViT-B-16", pretrained="opnai", image_size=64, load_pretrained=False)

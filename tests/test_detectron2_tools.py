@@ -1,8 +1,8 @@
 """ESC-Net in Detectron2's own tools, used as a Detectron2 user would: a dataset registered with ``stuff_classes``
-only, named in DATASETS.TEST / TRAIN, and inputs that carry no vocabulary (the model takes its default, resolved
-when it is built). One test per tool: DefaultPredictor, the stock DatasetMapper + test loader +
-inference_on_dataset + SemSegEvaluator, Visualizer.draw_sem_seg, and a DefaultTrainer subclass of the user's own
-that trains with the stock mapper."""
+only, named in DATASETS.TEST / TRAIN, and inputs that carry no vocabulary (the model takes its default, the names
+esc_net.data.resolve_vocabularies reads into the config from the datasets it names). One test per tool:
+DefaultPredictor, the stock DatasetMapper + test loader + inference_on_dataset + SemSegEvaluator,
+Visualizer.draw_sem_seg, and a DefaultTrainer subclass of the user's own that trains with the stock mapper."""
 
 import functools
 import json
@@ -20,6 +20,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import Visualizer
 
 from conftest import tiny_cfg
+from esc_net.data import resolve_vocabularies
 from esc_net.data import synthetic_shapes as ss
 from esc_net.engine import Trainer
 from esc_net.evaluation import OpenVocabSemSegEvaluator
@@ -58,7 +59,10 @@ def weights(tmp_path_factory):
 
 
 def _cfg(weights, *opts):
-    return tiny_cfg("DATASETS.TRAIN", (TRAIN,), "DATASETS.TEST", (VAL,), "MODEL.WEIGHTS", weights[1], *opts)
+    """The config a Detectron2 user builds, with the names of its datasets read into it (the model reads no
+    catalog)."""
+    cfg = tiny_cfg("DATASETS.TRAIN", (TRAIN,), "DATASETS.TEST", (VAL,), "MODEL.WEIGHTS", weights[1], *opts)
+    return resolve_vocabularies(cfg)
 
 
 def _image_bgr(shapes, index=0):
@@ -167,7 +171,7 @@ def test_default_trainer_subclass_trains_with_the_stock_mapper(shapes, tmp_path)
         "SEED",
         0,
     )
-    trainer = UsersTrainer(cfg)
+    trainer = UsersTrainer(resolve_vocabularies(cfg))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.resume_or_load(resume=False)
     trainer.train()

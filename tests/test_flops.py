@@ -38,7 +38,7 @@ def analysis(model):
 
 @pytest.fixture(scope="module")
 def stages(model, analysis):
-    return split_by_stage(analysis.by_module(), len(model.blocks), root="model")
+    return split_by_stage(analysis.by_module(), model, root="model")
 
 
 def test_sdpa_handle_counts_both_products():

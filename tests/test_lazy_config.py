@@ -1,5 +1,6 @@
-"""Detectron2's LazyConfig builds the models of the YAML configs (configs/*.py), and Detectron2's lazy-config
-training script trains the tiny one."""
+"""The LazyConfig files (configs/*.py) are the YAML configs in LazyConfig form: Detectron2's LazyConfig builds the same
+models, a change of one argument carries to the parts that derive from it, and Detectron2's lazy-config training
+script trains the tiny one."""
 
 import json
 import os
@@ -13,6 +14,7 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 
 import esc_net
 from conftest import REPO_ROOT
+from esc_net.data import resolve_vocabularies
 from esc_net.data import synthetic_shapes as ss
 from esc_net.modeling import ESCNet
 
@@ -26,7 +28,7 @@ def _yacs_model(config_file):
     cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", config_file))
     cfg.MODEL.ESC_NET.CLIP_PRETRAINED = "none"  # random weights: only the structure is compared
     cfg.MODEL.ESC_NET.SAM_CHECKPOINT = ""
-    return ESCNet(cfg)
+    return ESCNet(resolve_vocabularies(cfg))
 
 
 def _lazy_model(config_file):
@@ -54,11 +56,31 @@ def test_lazy_config_builds_the_model_of_the_yaml_config(name):
         "ignore_value",
         "input_format",
         "inference_output",
+        "implementation",
         "vocabulary",
         "train_vocabulary",
     ):
         assert getattr(yacs, attribute) == getattr(lazy, attribute), attribute
     assert yacs.clip.templates == lazy.clip.templates
+
+
+def test_a_change_carries_to_the_parts_that_derive_from_it():
+    """The sizes the blocks, the decoder and the inference protocol are built for follow the backbone's arguments,
+    the decoder's width and the crops follow the blocks' and the backbone's: nothing is a copied number."""
+    cfg = LazyConfig.load(os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.py"))
+    cfg.model.clip.pretrained, cfg.model.blocks.sam_checkpoint = "none", ""
+    cfg.model.clip.image_size = 96  # a 12x12 grid of 8-pixel patches
+    cfg.model.clip.skip_layers = [0, 1, 2]  # a decoder stage more
+    cfg.model.decoder.decoder_dims, cfg.model.decoder.guidance_dims = [32, 16, 8], [16, 8, 4]
+    cfg.model.blocks.hidden_dim = 16
+    cfg.model.blocks.prompts.num_points = 4
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    assert model.blocks[0].sam.grid_size == model.blocks[0].vlf.grid_size == (12, 12)
+    assert model.blocks[0].prompt_generator.num_points == 4
+    assert model.corr_embed.out_channels == model.decoder.stages[0].conv_x.in_channels == 16
+    assert (model.inference.image_size, model.inference.out_size) == (96, 96)  # 12 cells, upsampled 8x
+    assert cfg.dataloader.train.mapper.crop_size == 96
 
 
 @pytest.mark.slow
@@ -80,7 +102,10 @@ def test_detectron2_lazy_training_script_trains_the_tiny_config(tmp_path):
         "dataloader.train.total_batch_size=2",
         "model.clip.pretrained=none",
         "model.blocks.sam_checkpoint=",
-    ]  # random weights: no files needed
+        "model.blocks.sam_projection_weights=",
+        "model.projection_anchor=None",
+        "model.align_loss_weight=0.0",
+    ]  # random weights: no files needed (the model zoo's are relative to the repository, not to cwd)
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-5000:]

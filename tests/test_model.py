@@ -8,6 +8,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from conftest import tiny_cfg
+from esc_net.data import resolve_vocabularies
 from esc_net.solver import build_optimizer
 
 
@@ -47,7 +48,9 @@ def test_the_vocabulary_rides_with_the_inputs():
     """The model scores the names each input carries; without a default of its own it refuses an input without."""
     model = _model()
     assert model.vocabulary is None and model.train_vocabulary is None  # no key, no DATASETS.TEST / TRAIN
-    with pytest.raises(ValueError, match="carries no 'vocabulary'.*MODEL.ESC_NET.VOCABULARY or DATASETS.TEST"):
+    with pytest.raises(
+        ValueError, match=r"carries no 'vocabulary'.*VOCABULARY \(or DATASETS\.TEST\).*resolve_vocabularies"
+    ):
         model([{"image": _image(32, 32)}])
     with pytest.raises(ValueError, match="empty"):
         model([{"image": _image(32, 32), "vocabulary": []}])
@@ -66,34 +69,51 @@ def _register(name, classes):
     return name
 
 
-def test_default_vocabulary_is_resolved_when_the_model_is_built():
-    """MODEL.ESC_NET.VOCABULARY (names, or a registered dataset), else DATASETS.TEST[0]'s; DATASETS.TRAIN's in
-    training. An input's own vocabulary overrides it; forward reads no catalog."""
+def test_default_vocabulary_is_resolved_where_the_config_is_read():
+    """MODEL.ESC_NET.VOCABULARY (names, or a registered dataset), else DATASETS.TEST[0]'s; TRAIN_VOCABULARY, else
+    DATASETS.TRAIN's in training. esc_net.data.resolve_vocabularies reads the datasets' names into the config and the
+    model takes names: it reads no catalog, and a dataset's name it was not given the names of is refused. An input's
+    own vocabulary overrides the default."""
     test = _register("model_test_default_vocabulary", ["sky", "grass"])
     train = _register("model_test_train_vocabulary", ["cat", "dog", "sofa, couch"])
-    assert _model("DATASETS.TEST", (test,)).vocabulary == ["sky", "grass"]
-    assert _model("MODEL.ESC_NET.VOCABULARY", test).vocabulary == ["sky", "grass"]
-    listed = _model(
+
+    def model(*opts):
+        torch.manual_seed(0)
+        return build_model(resolve_vocabularies(tiny_cfg(*opts))).eval()
+
+    assert model("DATASETS.TEST", (test,)).vocabulary == ["sky", "grass"]
+    assert model("MODEL.ESC_NET.VOCABULARY", test).vocabulary == ["sky", "grass"]
+    listed = model(
         "MODEL.ESC_NET.VOCABULARY", '["road", "car, automobile"]', "DATASETS.TEST", (test,), "DATASETS.TRAIN", (train,)
     )
     assert listed.vocabulary == ["road", "car, automobile"]  # the key wins over DATASETS.TEST
     assert listed.train_vocabulary == ["cat", "dog", "sofa, couch"]
+    assert model("MODEL.ESC_NET.TRAIN_VOCABULARY", test, "DATASETS.TRAIN", (train,)).train_vocabulary == [
+        "sky",
+        "grass",
+    ]
+    unresolved = tiny_cfg("DATASETS.TEST", (test,))
+    assert resolve_vocabularies(unresolved) is not unresolved and unresolved.MODEL.ESC_NET.VOCABULARY is None
 
-    model = _model("DATASETS.TEST", (test,))
-    MetadataCatalog.remove(test)  # resolved at build: forward does not look the dataset up
+    resolved = model("DATASETS.TEST", (test,))
+    MetadataCatalog.remove(test)  # read where the config is read: forward does not look the dataset up
     image = _image(40, 48, 2)
-    default = model([{"image": image, "height": 20, "width": 24}])[0]["sem_seg"]
-    explicit = model([{"image": image, "height": 20, "width": 24, "vocabulary": ["sky", "grass"]}])[0]["sem_seg"]
+    default = resolved([{"image": image, "height": 20, "width": 24}])[0]["sem_seg"]
+    explicit = resolved([{"image": image, "height": 20, "width": 24, "vocabulary": ["sky", "grass"]}])[0]["sem_seg"]
     assert default.shape == (2, 20, 24)
     torch.testing.assert_close(default, explicit)
-    assert model([{"image": image, "vocabulary": ["a", "b", "c"]}])[0]["sem_seg"].shape[0] == 3  # overrides
+    assert resolved([{"image": image, "vocabulary": ["a", "b", "c"]}])[0]["sem_seg"].shape[0] == 3  # overrides
 
     with pytest.raises(KeyError, match="MODEL.ESC_NET.VOCABULARY: dataset 'no_such_dataset'"):
-        _model("MODEL.ESC_NET.VOCABULARY", "no_such_dataset")
+        model("MODEL.ESC_NET.VOCABULARY", "no_such_dataset")
     with pytest.raises(KeyError, match="DATASETS.TRAIN: dataset 'no_such_train_set'"):
-        _model("DATASETS.TRAIN", ("no_such_train_set",))
+        model("DATASETS.TRAIN", ("no_such_train_set",))
     with pytest.raises(ValueError, match="repeats class names"):
-        _model("MODEL.ESC_NET.VOCABULARY", '["cat", "Cat"]')
+        model("MODEL.ESC_NET.VOCABULARY", '["cat", "Cat"]')
+    with pytest.raises(
+        ValueError, match=r"MODEL\.ESC_NET\.VOCABULARY is 'sky_dataset', a dataset's name.*resolve_vocab"
+    ):
+        build_model(tiny_cfg("MODEL.ESC_NET.VOCABULARY", "sky_dataset"))
 
 
 def test_vocabulary_order_permutes_scores():
@@ -427,7 +447,7 @@ def test_class_attention_pad_must_exceed_the_training_vocabulary():
 
 def test_random_clip_is_warned_about_only_when_no_weights_will_load(caplog):
     """A config with MODEL.WEIGHTS gets every tensor from the checkpoint: CLIP_PRETRAINED "none" is not news."""
-    logger = logging.getLogger("esc_net.modeling.meta_arch")
+    logger = logging.getLogger("esc_net.modeling")  # the backbone's and the blocks' messages
     logger.addHandler(caplog.handler)  # the "esc_net" logger may not propagate (Detectron2's setup_logger)
     try:
         with caplog.at_level(logging.INFO):
@@ -445,18 +465,27 @@ def test_random_clip_is_warned_about_only_when_no_weights_will_load(caplog):
 
 
 def test_reference_implementation_computes_the_same_model():
-    """IMPLEMENTATION "reference" (segment_anything's TwoWayTransformer, the plain VLF block and decoder, all classes
-    at once) and "fast" give the same scores and the same training losses for the same weights."""
+    """IMPLEMENTATION "reference" (the ESC-Blocks in the paper's order on all classes at once, segment_anything's
+    TwoWayTransformer, the plain decoder) and "fast" give the same scores, and the same training losses and gradients,
+    for the same weights."""
     fast = _model()
     reference = _model("MODEL.ESC_NET.IMPLEMENTATION", "reference")
     reference.load_state_dict(fast.state_dict())
-    assert reference.blocks[0].sam.reference and reference.decoder.reference and not fast.decoder.reference
+    assert (fast.implementation, reference.implementation) == ("fast", "reference")
     inputs = [{"image": _image(64, 64), "height": 64, "width": 64, "vocabulary": ["cat", "dog", "grass"]}]
     with torch.no_grad():
         torch.testing.assert_close(reference(inputs)[0]["sem_seg"], fast(inputs)[0]["sem_seg"], atol=1e-5, rtol=1e-4)
-    fast.train(), reference.train()
-    losses = [model(_train_batch()) for model in (fast, reference)]
-    torch.testing.assert_close(sum(losses[1].values()), sum(losses[0].values()), atol=1e-5, rtol=1e-4)
+    batch, losses, grads = _train_batch(), [], []
+    for model in (fast, reference):
+        model.train()
+        loss = sum(model(batch).values())
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_checkpoints_with_the_former_map_head_name_load():
@@ -494,12 +523,18 @@ def test_model_weights_make_the_part_files_unread(tmp_path):
         ("MODEL.ESC_NET.LOSS", "focal", r"MODEL\.ESC_NET\.LOSS must be one of \['bce', 'ce'\], got 'focal'"),
         ("MODEL.ESC_NET.PSEUDO_MASK", "union", r"PSEUDO_MASK must be one of"),
         ("MODEL.ESC_NET.IMPLEMENTATION", "fastest", r"IMPLEMENTATION must be one of \['fast', 'reference'\]"),
-        ("SOLVER.AMP.PRECISION", "float8", r"SOLVER\.AMP\.PRECISION must be one of"),
         ("MODEL.ESC_NET.PROMPT_TYPES", ["points", "points"], r"distinct entries"),
         ("MODEL.ESC_NET.DECODER_DIMS", [32], r"DECODER_DIMS \[32\], .*one entry of each per upsampling stage"),
+        ("MODEL.ESC_NET.CLIP_SKIP_LAYERS", [1], r"backbone's 1 skip features \(MODEL\.ESC_NET\.CLIP_SKIP_LAYERS\)"),
+        ("MODEL.ESC_NET.CLIP_FINETUNE", "some", r"CLIP_FINETUNE must be one of \['attention', 'attention_with_bias'"),
+        ("MODEL.ESC_NET.INFERENCE_MODE", "tiles", r"INFERENCE_MODE must be one of \['sliding', 'whole'\]"),
+        ("MODEL.ESC_NET.CLASS_CHUNK", -1, r"CLASS_CHUNK must be at least 0, got -1"),
+        ("MODEL.ESC_NET.SAM_IMAGE_PROJECTION", "attention", r"SAM_IMAGE_PROJECTION must be one of \['linear', 'mlp'"),
+        ("MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", -1.0, r"SAM_ALIGN_LOSS_WEIGHT must be at least 0, got -1\.0"),
+        ("INPUT.FORMAT", "YUV", r"INPUT\.FORMAT must be one of \['RGB', 'BGR'\], got 'YUV'"),
     ],
 )
-def test_config_is_validated_in_one_place_when_the_model_is_built(key, value, message):
-    """esc_net.config.check_config names the key, its value and what it may be, before any weights are read."""
+def test_each_module_checks_the_keys_it_reads(key, value, message):
+    """The module that reads a key checks its value, once, naming the key, its value and what it may be."""
     with pytest.raises(ValueError, match=message):
         build_model(tiny_cfg(key, value))

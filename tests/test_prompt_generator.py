@@ -3,7 +3,14 @@
 import pytest
 import torch
 
+from conftest import default_cfg
 from esc_net.modeling.prompt_generator import PseudoPromptGenerator, PseudoPrompts
+
+
+def generator(**changes) -> PseudoPromptGenerator:
+    """The generator of the default config (N_o = 5, threshold factor 1, 7 K-means iterations, posterior mask),
+    with ``changes`` to its arguments."""
+    return PseudoPromptGenerator(default_cfg(), **changes)
 
 
 def blobs(grid, centres, amplitudes, sigmas):
@@ -85,7 +92,7 @@ def check_invariants(prompts, corr, num_points, threshold_factor=1.0, mask_mode=
 def test_shapes_dtypes_and_invariants_on_random_maps(grid, num_classes):
     torch.manual_seed(num_classes)
     corr = 3 * torch.randn(2, num_classes, *grid)
-    ppg = PseudoPromptGenerator(num_points=5)
+    ppg = generator(num_points=5)
     prompts = ppg(corr)
     check_invariants(prompts, corr, 5)
     # Random maps at this scale keep far more than 5 pixels: nearly every map gets all 5 points.
@@ -95,7 +102,7 @@ def test_shapes_dtypes_and_invariants_on_random_maps(grid, num_classes):
 def test_single_blob_points_lie_in_the_blob():
     centre, sigma = (15, 8), 2.5
     corr = blobs((24, 24), [centre], [8.0], [sigma])[None, None]
-    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    prompts = generator(num_points=5)(corr)
     check_invariants(prompts, corr, 5)
     pts = real_points(prompts, 0)
     assert len(pts) == 5
@@ -116,7 +123,7 @@ def test_single_blob_points_lie_in_the_blob():
 )
 def test_separated_blobs_each_get_a_point(centres, amplitudes, sigmas, kmeans_iters):
     corr = blobs((24, 24), centres, amplitudes, sigmas)[None, None]
-    prompts = PseudoPromptGenerator(num_points=5, kmeans_iters=kmeans_iters)(corr)
+    prompts = generator(num_points=5, kmeans_iters=kmeans_iters)(corr)
     check_invariants(prompts, corr, 5)
     pts = real_points(prompts, 0)
 
@@ -132,7 +139,7 @@ def test_separated_blobs_each_get_a_point(centres, amplitudes, sigmas, kmeans_it
 def test_kmeans_spreads_points_along_an_elongated_region():
     corr = torch.zeros(1, 1, 24, 24)
     corr[0, 0, 10:12, 2:22] = 5.0  # a 2 x 20 bar of equal values
-    prompts = PseudoPromptGenerator(num_points=5, kmeans_iters=7)(corr)
+    prompts = generator(num_points=5, kmeans_iters=7)(corr)
     check_invariants(prompts, corr, 5)
     xs = sorted(x for x, _ in real_points(prompts, 0))
     assert len(xs) == 5
@@ -146,15 +153,15 @@ def test_lloyd_iterations_balance_the_clusters():
     # small cap whose best pixel lies away from the peak; K-means turns the split into two halves, whose second
     # half's best pixel is next to the peak.
     corr = blobs((24, 24), [(15, 8)], [8.0], [2.5])[None, None]
-    init_only = real_points(PseudoPromptGenerator(num_points=2, kmeans_iters=0)(corr), 0)
-    lloyd = real_points(PseudoPromptGenerator(num_points=2, kmeans_iters=7)(corr), 0)
+    init_only = real_points(generator(num_points=2, kmeans_iters=0)(corr), 0)
+    lloyd = real_points(generator(num_points=2, kmeans_iters=7)(corr), 0)
     assert init_only[0] == lloyd[0] == (15, 8)
     assert abs(lloyd[1][0] - 15) + abs(lloyd[1][1] - 8) == 1
     assert abs(init_only[1][0] - 15) + abs(init_only[1][1] - 8) > 1
 
 
 def test_uniform_map_falls_back_to_the_global_argmax():
-    ppg = PseudoPromptGenerator(num_points=5)
+    ppg = generator(num_points=5)
     prompts = ppg(torch.zeros(1, 1, 24, 24))
     assert prompts.labels.tolist() == [[1, -1, -1, -1, -1]]
     assert (prompts.points == 0).all()  # first cell among the tied maxima
@@ -164,7 +171,7 @@ def test_uniform_map_falls_back_to_the_global_argmax():
 
     # No pixel passes a very high threshold: the single most probable cell is the point and the mask.
     corr = blobs((24, 24), [(7, 17)], [8.0], [2.0])[None, None]
-    prompts = PseudoPromptGenerator(num_points=5, threshold_factor=1e6)(corr)
+    prompts = generator(num_points=5, threshold_factor=1e6)(corr)
     check_invariants(prompts, corr, 5, threshold_factor=1e6)
     assert prompts.labels.tolist() == [[1, -1, -1, -1, -1]]
     assert real_points(prompts, 0) == [(7, 17)]
@@ -174,7 +181,7 @@ def test_uniform_map_falls_back_to_the_global_argmax():
 def test_fewer_kept_pixels_than_points_gives_padding_without_duplicates():
     cells = [(4, 20), (5, 20), (18, 2)]  # two neighbours and a far one
     corr = spikes((24, 24), cells, [10.0, 12.0, 11.0])[None, None]
-    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    prompts = generator(num_points=5)(corr)
     check_invariants(prompts, corr, 5)
     assert prompts.labels.tolist() == [[1, 1, 1, -1, -1]]
     assert real_points(prompts, 0) == [(5, 20), (18, 2), (4, 20)]  # by decreasing probability
@@ -184,7 +191,7 @@ def test_fewer_kept_pixels_than_points_gives_padding_without_duplicates():
     # A grid with fewer cells than points.
     torch.manual_seed(0)
     corr = torch.randn(2, 3, 2, 2)
-    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    prompts = generator(num_points=5)(corr)
     check_invariants(prompts, corr, 5)
     assert ((prompts.labels == 1).sum(dim=1) <= 4).all()
     assert (prompts.labels[:, 4] == -1).all()
@@ -203,8 +210,8 @@ def test_maps_do_not_interfere_and_batching_does_not_change_results():
         3 * torch.randn(grid, generator=torch.Generator().manual_seed(1)),
     ]
     corr = torch.stack(maps).view(2, 3, *grid)
-    check_invariants(PseudoPromptGenerator(num_points=5)(corr), corr, 5)
-    ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
+    check_invariants(generator(num_points=5)(corr), corr, 5)
+    ppg = generator(num_points=5, with_boxes=True)
     batched, posterior = ppg(corr), ppg.class_posterior(corr)
     for i, m in enumerate(maps):
         b, n = divmod(i, 3)
@@ -226,7 +233,7 @@ def test_maps_do_not_interfere_and_batching_does_not_change_results():
 def test_deterministic():
     torch.manual_seed(3)
     corr = 3 * torch.randn(2, 200, 24, 24)
-    ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
+    ppg = generator(num_points=5, with_boxes=True)
     first, second = ppg(corr), ppg(corr)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
@@ -236,27 +243,27 @@ def test_deterministic():
 def test_half_precision_input_is_processed_in_float32(dtype):
     torch.manual_seed(4)
     corr = (3 * torch.randn(2, 50, 12, 20)).to(dtype).requires_grad_()
-    prompts = PseudoPromptGenerator(num_points=5)(corr)
+    prompts = generator(num_points=5)(corr)
     check_invariants(prompts, corr, 5)
-    ppg = PseudoPromptGenerator(num_points=5, with_boxes=True)
+    ppg = generator(num_points=5, with_boxes=True)
     for a, b in zip(ppg(corr), ppg(corr.detach().float())):
         assert torch.equal(a.detach(), b)
 
 
 def test_bad_input_raises_clear_errors():
-    ppg = PseudoPromptGenerator()
+    ppg = generator()
     with pytest.raises(ValueError, match=r"\[B, N, h, w\].*shape \(3, 24, 24\)"):
         ppg(torch.randn(3, 24, 24))
     with pytest.raises(ValueError, match="floating-point"):
         ppg(torch.zeros(1, 2, 24, 24, dtype=torch.long))
     with pytest.raises(ValueError, match="empty grid"):
         ppg(torch.zeros(1, 2, 0, 24))
-    with pytest.raises(ValueError, match="num_points"):
-        PseudoPromptGenerator(num_points=0)
-    with pytest.raises(ValueError, match="kmeans_iters"):
-        PseudoPromptGenerator(kmeans_iters=-1)
-    with pytest.raises(ValueError, match="threshold_factor"):
-        PseudoPromptGenerator(threshold_factor=-0.5)
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.NUM_POINTS must be at least 1, got 0"):
+        generator(num_points=0)
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.KMEANS_ITERS must be at least 0, got -1"):
+        generator(kmeans_iters=-1)
+    with pytest.raises(ValueError, match=r"MODEL\.ESC_NET\.PPG_THRESHOLD_FACTOR must be at least 0, got -0.5"):
+        generator(threshold_factor=-0.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -266,7 +273,7 @@ def test_cuda_matches_cpu(dtype):
     # (whose softmax rounds differently) must keep the same pixels and give the same prompts.
     torch.manual_seed(5)
     corr = torch.randint(-3, 4, (4, 847, 24, 24)).to(dtype)
-    ppg = PseudoPromptGenerator(num_points=5)
+    ppg = generator(num_points=5)
     cpu = ppg(corr)
     cuda = ppg(corr.cuda())
     check_invariants(PseudoPrompts(*(t.cpu() for t in cuda[:3]), None), corr, 5)
@@ -283,7 +290,7 @@ def test_mask_carries_gradients_to_the_map_and_points_do_not_depend_on_autograd(
     are the same whether or not the input requires gradients."""
     torch.manual_seed(0)
     corr = (torch.randn(2, 3, 12, 12) * 2).requires_grad_(True)
-    ppg = PseudoPromptGenerator(num_points=4)
+    ppg = generator(num_points=4)
     prompts = ppg(corr)
     check_invariants(prompts, corr, 4)
     weights = torch.randn(prompts.masks.shape, generator=torch.Generator().manual_seed(1))
@@ -302,7 +309,7 @@ def test_boxes_bound_the_kept_pixels():
     corr[0, 0, 2:5, 3:9] = 5.0  # rows 2-4, columns 3-8
     corr[0, 1, 7, 1] = 5.0
     corr[0, 1, 0, 10] = 5.0
-    prompts = PseudoPromptGenerator(num_points=3, with_boxes=True)(corr)
+    prompts = generator(num_points=3, with_boxes=True)(corr)
     assert prompts.boxes.dtype == torch.float32
     torch.testing.assert_close(prompts.boxes, torch.tensor([[3.0, 2.0, 8.0, 4.0], [1.0, 0.0, 10.0, 7.0]]))
 
@@ -330,7 +337,7 @@ def test_posterior_mask_covers_every_instance_and_nothing_of_an_absent_class():
     """On CLIP-like maps at block 1's temperature, the pseudo mask SAM's mask encoder sees is positive (> 0.5) on
     every kept pixel of both cat instances, the weaker one included, and of the dog, and nowhere for the absent fish."""
     maps, (cat1, cat2, dog) = clip_like_maps()
-    prompts = PseudoPromptGenerator(num_points=5)(maps)
+    prompts = generator(num_points=5)(maps)
     check_invariants(prompts, maps, 5)
     masks = prompts.masks[:, 0]
     kept = masks > 0
@@ -346,24 +353,26 @@ def test_region_mask_is_positive_on_every_kept_pixel_and_peak_mask_only_at_the_p
     """The two other readings on the same maps: "region" makes every kept pixel positive, each region relative to
     its own peak; "peak" (the first reading) leaves the weaker cat instance without any positive pixel."""
     maps, (cat1, cat2, _) = clip_like_maps()
-    region = PseudoPromptGenerator(num_points=5, mask_mode="region")(maps).masks[:, 0]
+    region = generator(num_points=5, mask_mode="region")(maps).masks[:, 0]
     kept = region > 0
     assert (region[kept] > 0.5).all() and kept[0][cat2].sum() >= 10
     for instance in (cat1, cat2):  # each instance is a region with its own peak at 1
         assert region[0][instance].max() == 1
-    peak = PseudoPromptGenerator(num_points=5, mask_mode="peak")(maps)
+    peak = generator(num_points=5, mask_mode="peak")(maps)
     check_invariants(peak, maps, 5, mask_mode="peak")
     assert not (peak.masks[0, 0][cat2] > 0.5).any()
     assert (peak.masks[0, 0][cat1] > 0.5).sum() < cat1.sum() / 2
-    with pytest.raises(ValueError, match="mask_mode"):
-        PseudoPromptGenerator(mask_mode="union")
+    with pytest.raises(
+        ValueError, match=r"MODEL\.ESC_NET\.PSEUDO_MASK must be one of \['posterior', 'region', 'peak'\]"
+    ):
+        generator(mask_mode="union")
 
 
 def test_posterior_of_a_slice_equals_the_whole_vocabularys():
     """A caller that runs the classes in chunks passes each chunk the posterior over the whole vocabulary; the masks
     are then those of one call on every class."""
     maps, _ = clip_like_maps()
-    ppg = PseudoPromptGenerator(num_points=3)
+    ppg = generator(num_points=3)
     whole = ppg(maps).masks
     posterior = ppg.class_posterior(maps)
     parts = torch.cat([ppg(maps[:, s], posterior[:, s]).masks for s in (slice(0, 1), slice(1, 4))])

@@ -131,21 +131,30 @@ def test_no_sam_block_is_the_model_without_sam_blocks_with_the_same_weights(trai
         torch.testing.assert_close(_scores(model, inputs), _scores(without, inputs))
 
 
-def test_other_class_prompts_gives_each_class_the_next_ones(trained_like_model):
+@pytest.mark.parametrize("class_chunk", [16, 1])
+def test_other_class_prompts_gives_each_class_the_next_ones(trained_like_model, class_chunk):
+    """Across the whole vocabulary, also when the blocks run the classes in chunks (one class each here)."""
     model, inputs = trained_like_model
-    seen = []
+    seen = {"plain": [], "shifted": []}
+    calls = seen["plain"]
 
     def record(module, args, kwargs):
-        seen.append(args[2].clone())  # the points [B*N, N_o, 2]
+        calls.append(args[2].clone())  # the points [B*n, N_o, 2] of a chunk of n classes
 
+    chunks = [block.class_chunk for block in model.blocks]
     handle = model.blocks[0].sam.register_forward_pre_hook(record, with_kwargs=True)
     try:
+        for block in model.blocks:
+            block.class_chunk = class_chunk
         _scores(model, inputs)
+        calls = seen["shifted"]
         with knockout(model, "other_class_prompts"):
             _scores(model, inputs)
     finally:
         handle.remove()
-    plain, shifted = seen
+        for block, chunk in zip(model.blocks, chunks):
+            block.class_chunk = chunk
+    plain, shifted = torch.cat(seen["plain"]), torch.cat(seen["shifted"])
     torch.testing.assert_close(shifted, plain.roll(-1, dims=0))
 
 

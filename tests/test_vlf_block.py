@@ -1,26 +1,34 @@
-"""Vision-Language Fusion block: shapes, class-order equivariance, batch independence, locality, gradients."""
+"""Vision-Language Fusion block: shapes, class-order equivariance, batch independence, locality, gradients, the class
+attention in chunks (the block's fast path: tests/test_esc_block.py)."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import default_cfg
+from esc_net.modeling.backbone import BackboneShape
 from esc_net.modeling.vlf_block import ClassLinearAttention, ConcatLinear, VisionLanguageFusion
 
 HIDDEN, GUIDANCE, TEXT = 16, 16, 32
+
+
+def shape(grid):
+    """A backbone whose text embeddings are TEXT wide, on a ``grid``."""
+    return BackboneShape(embed_dim=TEXT, width=TEXT, patch_size=8, grid_size=grid, num_skips=2)
 
 
 def make_vlf(grid=(8, 8), window=12, class_pad=0):
     """A VLF block with a regular and a shifted Swin block (SWIN_DEPTH 2)."""
     torch.manual_seed(0)
     return VisionLanguageFusion(
+        input_shape=shape(grid),
         hidden_dim=HIDDEN,
         guidance_dim=GUIDANCE,
-        text_dim=TEXT,
-        grid_size=grid,
         num_heads=4,
         window_size=window,
         text_guidance_dim=16,
-        swin_shifts=(0, None),
+        swin_depth=2,
+        block_index=0,
         class_pad=class_pad,
     ).eval()
 
@@ -45,7 +53,6 @@ def test_output_shape_for_any_number_of_classes(num_classes):
     with torch.no_grad():
         out = vlf(*inputs)
     assert out.shape == (2, num_classes, HIDDEN, 8, 8)
-    assert out.permute(0, 1, 3, 4, 2).is_contiguous()  # channels-last storage, which the next block reads as is
     assert torch.isfinite(out).all()
 
 
@@ -184,53 +191,14 @@ def test_bad_inputs_raise_clear_errors():
         vlf(*make_inputs(1, 2, grid=(6, 6)))
     with pytest.raises(ValueError, match=r"corr_embed must be \[B, N, C, h, w\]"):
         vlf(corr[0], guidance, text)
-    with pytest.raises(ValueError, match="divisible by num_heads"):
-        VisionLanguageFusion(hidden_dim=18, num_heads=4)
-
-
-def reference(vlf, *inputs):
-    """The block's reference path on ``inputs``, with timm's explicit (non-fused) window attention: the plain
-    computation the fast path must equal."""
-    image_blocks = vlf.image_guidance.blocks
-    vlf.reference = True
-    for block in image_blocks:
-        block.attn.fused_attn = False
-    try:
-        return vlf(*inputs)
-    finally:
-        vlf.reference = False
-        for block in image_blocks:
-            block.attn.fused_attn = True
-
-
-@pytest.mark.parametrize("class_chunk", [0, 1, 2, 4])
-def test_fast_path_equals_the_reference(vlf24, class_chunk):
-    """VisionLanguageFusion.forward_fast (chunks of classes, fused window attention, the two-pass class attention)
-    computes forward_reference (timm's Swin blocks with explicit attention, then TextGuidance.forward's explicit
-    class attention over all classes), to float32 tolerance; the guidance may be computed per chunk by a
-    function."""
-    corr, guidance, text = make_inputs(2, 5, grid=(24, 24))
-    vlf24.class_chunk = class_chunk
-    asked = []
-
-    def guidance_of(classes):
-        asked.append((classes.start, classes.stop))
-        return guidance[:, classes]
-
-    with torch.no_grad():
-        expected = reference(vlf24, corr, guidance, text)
-        out = vlf24(corr, guidance, text)
-        from_function = vlf24(corr, guidance_of, text)
-    vlf24.class_chunk = 0
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(from_function, out, atol=0, rtol=0)
-    step = class_chunk or 5
-    assert asked == [(s, min(s + step, 5)) for s in range(0, 5, step)]
+    with pytest.raises(ValueError, match=r"HIDDEN_DIM \(18\) must be divisible by MODEL\.ESC_NET\.NUM_HEADS \(4\)"):
+        VisionLanguageFusion(default_cfg(), input_shape=shape((8, 8)), hidden_dim=18, guidance_dim=18, block_index=0)
 
 
 def test_swin_shifts_alternate_through_the_blocks():
+    """With one Swin block per VLF block, the second ESC-Block's is shifted (regular, shifted, regular, ...)."""
     vlf = VisionLanguageFusion(
-        hidden_dim=16, guidance_dim=16, text_dim=8, grid_size=(24, 24), num_heads=4, window_size=12, swin_shifts=[None]
+        default_cfg(), input_shape=shape((24, 24)), hidden_dim=16, guidance_dim=16, block_index=1
     )
     (block,) = vlf.image_guidance.blocks
     assert block.shift_size == (6, 6) and block.attn.fused_attn
@@ -248,7 +216,8 @@ def test_class_chunks_on_cpu_and_gpu():
 
 def test_padded_class_attention_matches_explicit_padding_tokens():
     """CLASS_ATTENTION_PAD: a vocabulary smaller than the pad length attends as if the learnt padding token were
-    appended pad_to - N times (CAT-Seg's padding), chunks included; a vocabulary that is not smaller is unchanged."""
+    appended pad_to - N times (CAT-Seg's padding), in chunks of classes too; a vocabulary that is not smaller is
+    unchanged."""
     vlf = make_vlf(class_pad=6)
     tg = vlf.text_guidance
     with torch.no_grad():
@@ -257,9 +226,11 @@ def test_padded_class_attention_matches_explicit_padding_tokens():
     plain = make_vlf()
     plain.load_state_dict({k: v for k, v in vlf.state_dict().items() if "pad_" not in k})
     small, large = make_inputs(2, 3), make_inputs(1, 7)
+    x, text = torch.randn(2, 3, 64, HIDDEN), small[2]
     with torch.no_grad():
-        for chunk in (0, 2):
-            vlf.class_chunk = chunk
-            torch.testing.assert_close(vlf(*small), reference(vlf, *small), atol=1e-5, rtol=1e-5)
+        explicit = tg.forward_reference(x, text)  # the padding tokens appended to an explicit class attention
+        for sizes in ((3,), (2, 1)):
+            chunked = torch.cat(tg(list(x.split(sizes, dim=1)), tg.guides(text)), dim=1)
+            torch.testing.assert_close(chunked, explicit, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(vlf(*small), plain(*small), atol=1e-3)  # the padding changes the attention
         torch.testing.assert_close(vlf(*large), plain(*large), atol=1e-6, rtol=1e-6)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -31,6 +30,7 @@ from PIL import Image
 from conftest import RANDOM_BACKBONES, REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 from esc_net.config import load_config
 from esc_net.demo import web as app_module
+from esc_net.demo.browser import headless_chromium, missing_browser
 from esc_net.demo.images import ImageLimits
 from esc_net.predictor import ESCNetPredictor
 
@@ -405,28 +405,10 @@ def test_the_score_map_is_the_class_score_among_the_top_k(files):
 
 def _browser():
     """Headless Debian Chromium driven by Selenium, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("no Chromium browser: install Debian's 'chromium' and 'chromium-driver' (.ci/run does)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        # every host but this machine's loopback is unreachable: the page must need nothing else
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
+    missing = missing_browser()
+    if missing:
+        pytest.skip(f"no Chromium browser: install {missing} (.ci/run does)")
+    return headless_chromium()
 
 
 def test_in_a_real_browser(server, files):

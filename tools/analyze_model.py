@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count_table  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from esc_net.config import add_opts_argument, check_config, load_config
+from esc_net.config import add_opts_argument, load_config
 from esc_net.utils.flops import STAGES, count_flops, count_parameters_per_stage, split_by_stage
 
 logger = logging.getLogger("esc_net.analyze_model")
@@ -117,7 +117,7 @@ def analyze_flops(model, cfg, args) -> Dict[int, Dict[str, int]]:
     for num_classes in args.classes:
         logger.info(f"counting FLOPs for {num_classes} classes ...")
         analysis = count_flops(model, image, [f"class number {i}" for i in range(num_classes)])
-        results[num_classes] = split_by_stage(analysis.by_module(), len(model.blocks), root="model")
+        results[num_classes] = split_by_stage(analysis.by_module(), model, root="model")
         skipped.update(analysis.unsupported_ops())
     print(
         f"\nGFLOPs of one inference call ({model.inference.mode}: {views} view(s) of "
@@ -152,10 +152,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[int, Dict[str, int]]:
     setup_logger(name="esc_net")
     try:
         cfg = setup_cfg(args)
-        check_config(cfg)
-    except ValueError as e:  # ConfigFileError and check_config's refusals name the file or the key
+        model = build_model(cfg).eval()
+    except ValueError as e:  # ConfigFileError and the modules' refusals of their keys name the file or the key
         raise SystemExit(f"{PROG}: error: {e}") from e
-    model = build_model(cfg).eval()
     if "parameter" in args.tasks:
         analyze_parameters(model, args)
     if "flop" in args.tasks:

@@ -10,11 +10,26 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from esc_net.config import check_input_geometry
 from esc_net.data.vocabulary import get_dataset_vocabulary, shared_vocabulary
 from esc_net.utils.label_maps import read_label_map
 
 logger = logging.getLogger(__name__)
+
+
+def check_input_geometry(cfg) -> None:
+    """Refuses training crops that are not the CLIP input: an enabled crop must be "absolute" and
+    CLIP_IMAGE_SIZE square, or every image would be resized again before CLIP.
+
+    Raises:
+        ValueError: naming both keys and their values.
+    """
+    size = cfg.MODEL.ESC_NET.CLIP_IMAGE_SIZE
+    crop = cfg.INPUT.CROP
+    if crop.ENABLED and (crop.TYPE != "absolute" or tuple(crop.SIZE) != (size, size)):
+        raise ValueError(
+            f"INPUT.CROP (TYPE {crop.TYPE!r}, SIZE {tuple(crop.SIZE)}) must be an 'absolute' crop of "
+            f"MODEL.ESC_NET.CLIP_IMAGE_SIZE ({size}, {size}): training crops are the CLIP input"
+        )
 
 
 class SemanticSegmentationMapper:

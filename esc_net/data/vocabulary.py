@@ -1,7 +1,9 @@
-"""The class names a model scores for a registered dataset (its open vocabulary)."""
+"""The class names a model scores for a registered dataset (its open vocabulary), and the model's default
+vocabularies read from a config's datasets."""
 
 from typing import List, Optional, Sequence, Tuple, Union
 
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
 from esc_net.utils.vocabulary_rules import check_vocabulary
@@ -40,6 +42,36 @@ def default_vocabulary_source(cfg) -> Tuple[Optional[Union[str, List[str]]], str
     if cfg.DATASETS.TEST:
         return cfg.DATASETS.TEST[0], "DATASETS.TEST[0]"
     return None, ""
+
+
+def resolve_vocabularies(cfg: CfgNode) -> CfgNode:
+    """A copy of ``cfg`` whose ``MODEL.ESC_NET.VOCABULARY`` and ``TRAIN_VOCABULARY`` hold class names: the names
+    they list, the vocabulary of the dataset they name, or, when None, that of ``DATASETS.TEST[0]`` and the one
+    shared by ``DATASETS.TRAIN`` (None when those are empty). The model takes names and reads no catalog: call this
+    where the config is read, after registering the datasets (train_net.py and ``ESCNetPredictor`` do; so should
+    code that hands the config to Detectron2's ``DefaultPredictor`` or ``DefaultTrainer``).
+
+    Raises:
+        KeyError: naming the key whose dataset is not registered.
+        ValueError: ``DATASETS.TRAIN``'s datasets have different vocabularies, or a listed vocabulary is not valid.
+    """
+    resolved = cfg.clone()
+    resolved.defrost()
+    m = resolved.MODEL.ESC_NET
+    source, key = default_vocabulary_source(cfg)
+    try:
+        m.VOCABULARY = resolve_vocabulary(source) if source else None
+        if m.TRAIN_VOCABULARY:
+            key = "MODEL.ESC_NET.TRAIN_VOCABULARY"
+            m.TRAIN_VOCABULARY = resolve_vocabulary(m.TRAIN_VOCABULARY)
+        else:
+            key = "DATASETS.TRAIN"
+            m.TRAIN_VOCABULARY = shared_vocabulary(cfg.DATASETS.TRAIN)
+    except KeyError as error:
+        raise KeyError(f"{key}: {error.args[0]}") from error
+    if cfg.is_frozen():
+        resolved.freeze()
+    return resolved
 
 
 def shared_vocabulary(dataset_names: Sequence[str]) -> Optional[List[str]]:

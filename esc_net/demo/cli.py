@@ -75,6 +75,7 @@ from esc_net.demo.images import (
     resize_to,
 )
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, vocabulary_metadata
+from esc_net.utils import vocabulary_rules
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
 from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits
@@ -255,13 +256,10 @@ def parse_vocabulary_text(values: Sequence[str]) -> List[str]:
 
 def read_vocabulary_file(path: str) -> List[str]:
     """Class names from a file with one class per line; blank lines and ``#`` comment lines are skipped."""
-    if not os.path.isfile(path):
-        raise InputError(f"vocabulary file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    if not names:
-        raise InputError(f"the vocabulary file {path} holds no class name (expected one class per line)")
-    return names
+    try:
+        return vocabulary_rules.read_vocabulary_file(path)
+    except (OSError, ValueError) as error:
+        raise InputError(str(error)) from error
 
 
 def resolve_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:

@@ -39,7 +39,7 @@ def knockout(model: nn.Module, kind: str) -> Iterator[None]:
             changes.append((block, "use_sam", False))
         elif kind == "other_class_prompts":
             # one chunk of every class, so that the shift reaches across the whole vocabulary (the same function)
-            changes.append((block.vlf, "class_chunk", 0))
+            changes.append((block, "class_chunk", 0))
             changes.append((block.prompt_generator, "forward", _shifted(block.prompt_generator.forward)))
         elif kind != "none":
             changes.append((block.prompt_generator, "forward", _emptied(block.prompt_generator.forward, kind)))

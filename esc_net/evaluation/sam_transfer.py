@@ -104,7 +104,7 @@ def transfer_ious(
         projections: more rows, name -> a projection of the model's CLIP features into SAM's space.
     """
     model.eval()
-    grid = tuple(model.clip.grid_size)
+    grid = model.clip.output_shape().grid_size
     if tuple(sam.prompt_encoder.image_embedding_size) != grid:
         raise ValueError(
             f"SAM's mask decoder reads a {tuple(sam.prompt_encoder.image_embedding_size)} embedding and the model's "

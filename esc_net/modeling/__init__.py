@@ -1,5 +1,7 @@
-"""ESC-Net's modules; importing this registers the ``ESCNet`` meta-architecture with Detectron2."""
+"""ESC-Net's modules; importing this registers the ``ESCNet`` meta-architecture with Detectron2 and the
+``CLIPEncoder`` backbone with :data:`VL_BACKBONE_REGISTRY`."""
 
+from esc_net.modeling.backbone import VL_BACKBONE_REGISTRY, BackboneShape, VisionLanguageBackbone, vl_backbone_class
 from esc_net.modeling.clip import CLIPEncoder
 from esc_net.modeling.decoder import CorrelationDecoder
 from esc_net.modeling.esc_block import ESCBlock, build_esc_blocks
@@ -11,6 +13,8 @@ from esc_net.modeling.sam_checkpoint import load_sam_state, sam_checkpoint_state
 from esc_net.modeling.vlf_block import VisionLanguageFusion
 
 __all__ = [
+    "VL_BACKBONE_REGISTRY",
+    "BackboneShape",
     "CLIPEncoder",
     "CorrelationDecoder",
     "ESCBlock",
@@ -19,8 +23,10 @@ __all__ = [
     "PseudoPromptGenerator",
     "PseudoPrompts",
     "SAMBlock",
+    "VisionLanguageBackbone",
     "VisionLanguageFusion",
     "build_esc_blocks",
     "load_sam_state",
     "sam_checkpoint_state",
+    "vl_backbone_class",
 ]

@@ -6,6 +6,8 @@ from typing import Dict, Sequence
 import torch
 from torch.nn import functional as F
 
+from esc_net.utils.arguments import check_choice
+
 # The losses of MODEL.ESC_NET.LOSS (see segmentation_loss).
 LOSSES = ("bce", "ce")
 
@@ -33,10 +35,9 @@ def segmentation_loss(
             f"not the ignore value {ignore_value}: the dataset's labels do not match the vocabulary of "
             f"{num_classes} classes"
         )
+    check_choice("MODEL.ESC_NET.LOSS", kind, LOSSES)
     if kind == "ce":
         return F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum") / valid.sum().clamp(min=1)
-    if kind != "bce":
-        raise ValueError(f"MODEL.ESC_NET.LOSS must be 'bce' or 'ce', got {kind!r}")
     one_hot = F.one_hot(targets.clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).to(logits.dtype)
     per_pixel = F.binary_cross_entropy_with_logits(logits, one_hot, reduction="none").mean(dim=1)
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)

@@ -3,10 +3,13 @@
 from typing import List, Sequence
 
 import torch
+from detectron2.config import configurable
 from torch import nn
 from torch.nn import functional as F
 
+from esc_net.modeling.backbone import BackboneShape
 from esc_net.modeling.class_chunks import class_chunks
+from esc_net.utils.arguments import check_minimum
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -61,56 +64,72 @@ class CorrelationDecoder(nn.Module):
     :func:`class_chunks`), which keeps the high-resolution temporaries small.
     """
 
+    @configurable
     def __init__(
         self,
+        *,
+        input_shape: BackboneShape,
         hidden_dim: int,
-        clip_width: int,
         decoder_dims: Sequence[int],
         guidance_dims: Sequence[int],
-        class_chunk: int = 16,
-        reference: bool = False,
+        class_chunk: int,
     ):
         """
         Args:
-            hidden_dim: C, the correlation embedding's width; clip_width: C_clip.
+            input_shape: the backbone's :class:`BackboneShape`: ``num_skips`` skip features (one per stage),
+                ``width`` (C_clip) wide.
+            hidden_dim: C, the correlation embedding's width.
             decoder_dims: the channels after each upsampling stage; guidance_dims: the skip features' channels
                 there.
-            class_chunk: classes per chunk of the fast path (0: all at once).
-            reference: run :meth:`forward_reference` instead of :meth:`forward_fast` (``IMPLEMENTATION``).
+            class_chunk: classes per chunk of :meth:`forward_fast` on the CPU (0: all at once).
         """
         super().__init__()
+        check_minimum("MODEL.ESC_NET.CLASS_CHUNK", class_chunk, 0)
+        self.input_shape = input_shape
         self.class_chunk = class_chunk
-        self.reference = reference
-        if len(decoder_dims) != len(guidance_dims):
+        if not len(decoder_dims) == len(guidance_dims) == input_shape.num_skips:
             raise ValueError(
-                f"DECODER_DIMS {list(decoder_dims)} and DECODER_GUIDANCE_DIMS {list(guidance_dims)} must have "
-                "one entry per decoder stage (and CLIP_SKIP_LAYERS one layer per stage)"
+                f"MODEL.ESC_NET.DECODER_DIMS {list(decoder_dims)}, MODEL.ESC_NET.DECODER_GUIDANCE_DIMS "
+                f"{list(guidance_dims)} and the backbone's {input_shape.num_skips} skip features "
+                "(MODEL.ESC_NET.CLIP_SKIP_LAYERS): the decoder takes one entry of each per upsampling stage"
             )
         self.skip_projections = nn.ModuleList(
-            SkipProjection(clip_width, g, 2 ** (i + 1)) for i, g in enumerate(guidance_dims)
+            SkipProjection(input_shape.width, g, 2 ** (i + 1)) for i, g in enumerate(guidance_dims)
         )
         in_dims = [hidden_dim, *decoder_dims[:-1]]
         self.stages = nn.ModuleList(UpsampleStage(i, g, o) for i, g, o in zip(in_dims, guidance_dims, decoder_dims))
         self.head = nn.Conv2d(decoder_dims[-1], 1, 3, padding=1)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The decoder's own keys; the model gives the backbone's shape."""
+        m = cfg.MODEL.ESC_NET
+        return {
+            "hidden_dim": m.HIDDEN_DIM,
+            "decoder_dims": m.DECODER_DIMS,
+            "guidance_dims": m.DECODER_GUIDANCE_DIMS,
+            "class_chunk": m.CLASS_CHUNK,
+        }
 
     @property
     def upscale(self) -> int:
         """Output resolution / grid resolution."""
         return 2 ** len(self.stages)
 
-    def forward(self, corr_embed: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, corr_embed: torch.Tensor, skips: List[torch.Tensor], reference: bool = False) -> torch.Tensor:
         """
         Args:
             corr_embed: [B, N, C, h, w].
             skips: CLIP features [B, C_clip, h, w], one per stage, in stage order (the order of
                 ``CLIP_SKIP_LAYERS``): ``skips[i]`` joins the i-th upsampling (at 2^(i+1) times the grid).
+            reference: decode with :meth:`forward_reference` instead of :meth:`forward_fast`.
         Returns:
             logits: [B, N, upscale*h, upscale*w].
         """
         if len(skips) != len(self.stages):
             raise ValueError(f"the decoder has {len(self.stages)} stages but got {len(skips)} skip features")
         guidance = [project(skip) for project, skip in zip(self.skip_projections, skips)]
-        if self.reference:
+        if reference:
             return self.forward_reference(corr_embed, guidance)
         return self.forward_fast(corr_embed, guidance)
 

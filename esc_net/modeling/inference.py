@@ -7,11 +7,14 @@ scores come out at 96x96, positions are multiples of 4 input pixels (one output 
 """
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+from detectron2.config import configurable
 from torch import nn
 from torch.nn import functional as F
+
+from esc_net.utils.arguments import check_choice, check_minimum
 
 INFERENCE_MODES = ("sliding", "whole")
 
@@ -85,15 +88,14 @@ class SlidingWindow:
 class InferenceProtocol:
     """The inference protocol of ESC-Net: views, the class cap, passes over views, and the merge.
 
-    A protocol is a value: change a setting with :meth:`replace`, which returns a new one.
+    A protocol is a value: change a setting with :meth:`replace`, which returns a new one. Its geometry
+    (``image_size``, ``out_size``) is the model's: ``ESCNet`` sets it from its backbone and decoder.
 
-    ``score(model, images, text)`` asks ``model`` for three things only: ``model.clip.encode_image(views)``,
+    ``score(model, images, text)`` asks ``model`` for three things only: ``model.encode_image(views)``,
     ``model.correlation(dense, text)`` and ``model.refine(corr, dense, skips, text)`` (see ``ESCNet``).
 
     Args:
         mode: "sliding" (windows of the resized image plus one global view, scores averaged) or "whole" (one view).
-        image_size: side of the model's input views (the CLIP input size).
-        out_size: side of the score map of one view (the decoder's output).
         sliding_resize: side of the square image the sliding windows are cut from.
         sliding_window: side of the windows in pixels of the resized image (0: ``image_size``). Each window is
             resized to ``image_size``, so a ViT-L/14 at 336 reads the same 384 windows of a 640 image as a
@@ -103,54 +105,79 @@ class InferenceProtocol:
             others are scored by their plain correlation below every refined class. 0 = no cap.
         view_classes_per_pass: views are refined in passes of at most max(1, this // N) views (N capped by
             ``max_classes_per_view``), which bounds memory without changing any score. 0 = one pass.
+        image_size: side of the model's input views (the CLIP input size); None until the model sets it.
+        out_size: side of the score map of one view (the decoder's output); None until the model sets it.
     """
 
+    @configurable
     def __init__(
         self,
         *,
         mode: str,
-        image_size: int,
-        out_size: int,
         sliding_resize: int,
-        sliding_window: int = 0,
-        sliding_overlap: float = 1.0 / 3.0,
-        max_classes_per_view: int = 171,
-        view_classes_per_pass: int = 1024,
+        sliding_window: int,
+        sliding_overlap: float,
+        max_classes_per_view: int,
+        view_classes_per_pass: int,
+        image_size: Optional[int] = None,
+        out_size: Optional[int] = None,
     ):
-        if mode not in INFERENCE_MODES:
-            raise ValueError(f"INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}")
+        check_choice("MODEL.ESC_NET.INFERENCE_MODE", mode, INFERENCE_MODES)
+        check_minimum("MODEL.ESC_NET.MAX_CLASSES_PER_VIEW", max_classes_per_view, 0)
+        check_minimum("MODEL.ESC_NET.VIEW_CLASSES_PER_PASS", view_classes_per_pass, 0)
         self._settings = dict(
             mode=mode,
-            image_size=image_size,
-            out_size=out_size,
             sliding_resize=sliding_resize,
             sliding_window=sliding_window,
             sliding_overlap=sliding_overlap,
             max_classes_per_view=max_classes_per_view,
             view_classes_per_pass=view_classes_per_pass,
+            image_size=image_size,
+            out_size=out_size,
         )
         self.mode = mode
         self.image_size = image_size
         self.out_size = out_size
         self.max_classes_per_view = max_classes_per_view
         self.view_classes_per_pass = view_classes_per_pass
-        self.sliding_window = SlidingWindow(
-            sliding_resize, sliding_window or image_size, out_size, sliding_overlap, view_size=image_size
-        )
+        self.sliding_window = None
+        if image_size is not None and out_size is not None:
+            self.sliding_window = SlidingWindow(
+                sliding_resize, sliding_window or image_size, out_size, sliding_overlap, view_size=image_size
+            )
+
+    @classmethod
+    def from_config(cls, cfg):
+        m = cfg.MODEL.ESC_NET
+        return {
+            "mode": m.INFERENCE_MODE,
+            "sliding_resize": m.SLIDING_RESIZE,
+            "sliding_window": m.SLIDING_WINDOW,
+            "sliding_overlap": m.SLIDING_OVERLAP,
+            "max_classes_per_view": m.MAX_CLASSES_PER_VIEW,
+            "view_classes_per_pass": m.VIEW_CLASSES_PER_PASS,
+        }
 
     def replace(self, **changes) -> "InferenceProtocol":
         """A new protocol with some settings changed (e.g. ``replace(mode="whole", max_classes_per_view=0)``)."""
         return InferenceProtocol(**{**self._settings, **changes})
 
+    def _geometry(self) -> "SlidingWindow":
+        if self.sliding_window is None:
+            raise ValueError(
+                "this inference protocol has no geometry yet: a model sets it (ESCNet), or give image_size and out_size"
+            )
+        return self.sliding_window
+
     @property
     def input_size(self) -> int:
         """Side of the square image that :meth:`score` takes."""
-        return self.sliding_window.size if self.mode == "sliding" else self.image_size
+        return self._geometry().size if self.mode == "sliding" else self._geometry().view_size
 
     @property
     def num_views(self) -> int:
         """Views the model refines per image."""
-        return self.sliding_window.num_views if self.mode == "sliding" else 1
+        return self._geometry().num_views if self.mode == "sliding" else 1
 
     def score(self, model: nn.Module, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Per-class scores of normalised images.
@@ -162,7 +189,7 @@ class InferenceProtocol:
         """
         if self.mode == "whole":
             return self._score_in_passes(model, images, text)
-        window = self.sliding_window
+        window = self._geometry()
         return window.merge(self._score_in_passes(model, window.views(images), text))
 
     def _score_in_passes(self, model: nn.Module, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -181,7 +208,7 @@ class InferenceProtocol:
         Returns:
             [V, N, out_size, out_size] scores in [0, 1].
         """
-        dense, skips = model.clip.encode_image(views)
+        dense, skips = model.encode_image(views)
         corr = model.correlation(dense, text)
         V, N = corr.shape[:2]
         K = self.max_classes_per_view

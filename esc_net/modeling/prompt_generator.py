@@ -10,7 +10,10 @@ the fixed number of K-means iterations.
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+from detectron2.config import configurable
 from torch import nn
+
+from esc_net.utils.arguments import check_choice, check_minimum
 
 # How the pseudo mask is formed from the kept pixels (see PseudoPromptGenerator, step 5).
 MASK_MODES = ("posterior", "region", "peak")
@@ -80,7 +83,7 @@ class PseudoPromptGenerator(nn.Module):
          present one, since it spreads every map over the image whatever its level;
        - "region": 0.5 + 0.5 p / (the peak of p in the pixel's cluster): every kept pixel positive, each K-means
          region normalised by its own peak (the paper's "each region as a pseudo-mask", as one union);
-       - "peak": p divided by the map's single maximum (this project's first reading): SAM's mask encoder sees a
+       - "peak": p divided by the map's single maximum: SAM's mask encoder sees a
          positive logit (p above half the peak) only at the strongest peak, and a weaker second instance gets
          none.
 
@@ -94,32 +97,34 @@ class PseudoPromptGenerator(nn.Module):
         num_points: K = N_o, the number of pseudo points (and K-means clusters) per class map.
         threshold_factor: pixels with probability above ``threshold_factor / (h*w)`` are kept.
         kmeans_iters: number of Lloyd iterations after the initialisation.
-        with_boxes: also return the bounding box of every map's kept pixels.
         mask_mode: one of :data:`MASK_MODES` (step 5).
+        with_boxes: also return the bounding box of every map's kept pixels (for a SAM block prompted with boxes).
     """
 
+    @configurable
     def __init__(
-        self,
-        num_points: int = 5,
-        threshold_factor: float = 1.0,
-        kmeans_iters: int = 7,
-        with_boxes: bool = False,
-        mask_mode: str = "posterior",
+        self, *, num_points: int, threshold_factor: float, kmeans_iters: int, mask_mode: str, with_boxes: bool = False
     ):
         super().__init__()
-        if num_points < 1:
-            raise ValueError(f"PseudoPromptGenerator: num_points must be >= 1, got {num_points}")
-        if threshold_factor < 0:
-            raise ValueError(f"PseudoPromptGenerator: threshold_factor must be >= 0, got {threshold_factor}")
-        if kmeans_iters < 0:
-            raise ValueError(f"PseudoPromptGenerator: kmeans_iters must be >= 0, got {kmeans_iters}")
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"PseudoPromptGenerator: mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        check_minimum("MODEL.ESC_NET.NUM_POINTS", num_points, 1)
+        check_minimum("MODEL.ESC_NET.PPG_THRESHOLD_FACTOR", threshold_factor, 0)
+        check_minimum("MODEL.ESC_NET.KMEANS_ITERS", kmeans_iters, 0)
+        check_choice("MODEL.ESC_NET.PSEUDO_MASK", mask_mode, MASK_MODES)
         self.mask_mode = mask_mode
         self.num_points = int(num_points)
         self.threshold_factor = float(threshold_factor)
         self.kmeans_iters = int(kmeans_iters)
         self.with_boxes = bool(with_boxes)
+
+    @classmethod
+    def from_config(cls, cfg):
+        m = cfg.MODEL.ESC_NET
+        return {
+            "num_points": m.NUM_POINTS,
+            "threshold_factor": m.PPG_THRESHOLD_FACTOR,
+            "kmeans_iters": m.KMEANS_ITERS,
+            "mask_mode": m.PSEUDO_MASK,
+        }
 
     def extra_repr(self) -> str:
         return (

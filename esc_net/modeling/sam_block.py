@@ -17,6 +17,7 @@ random initialisation.
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import configurable
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
 from torch import nn
 from torch.nn import functional as F
@@ -81,18 +82,19 @@ class SAMBlock(nn.Module):
     the single (text) token. They keep the values loaded from SAM.
     """
 
+    @configurable
     def __init__(
         self,
+        *,
         clip_dim: int,
         text_dim: int,
         grid_size: Tuple[int, int],
-        embed_dim: int = 256,
-        depth: int = 2,
-        mlp_dim: int = 2048,
-        num_heads: int = 8,
-        prompt_types: Sequence[str] = ("points", "mask"),
-        image_projection: str = "linear",
-        reference: bool = False,
+        embed_dim: int,
+        depth: int,
+        mlp_dim: int,
+        num_heads: int,
+        prompt_types: Sequence[str],
+        image_projection: str,
     ):
         """
         Args:
@@ -102,12 +104,17 @@ class SAMBlock(nn.Module):
             embed_dim, depth, mlp_dim, num_heads: SAM's mask-decoder transformer sizes (256, 2, 2048, 8 for the
                 official checkpoints, which all share the same decoder).
             prompt_types: the prompt kinds to use, a non-empty subset of :data:`PROMPT_TYPES`.
-            image_projection: the form of ``image_proj`` (see ``sam_projection.py``).
-            reference: run :meth:`forward_reference` instead of :meth:`forward_fast` (``IMPLEMENTATION``).
+            image_projection: the form of ``image_proj``, one of :data:`~esc_net.modeling.sam_projection.PROJECTIONS`
+                (see ``sam_projection.py``).
         """
         super().__init__()
-        self.reference = reference
-        self.prompt_types = check_prompt_types(prompt_types)
+        kinds = tuple(prompt_types)
+        if not kinds or any(k not in PROMPT_TYPES for k in kinds) or len(set(kinds)) != len(kinds):
+            raise ValueError(
+                f"MODEL.ESC_NET.PROMPT_TYPES must be a non-empty list of distinct entries of {list(PROMPT_TYPES)}, "
+                f"got {list(kinds)}"
+            )
+        self.prompt_types = kinds
         self.grid_size = tuple(grid_size)
         self.prompt_encoder = PromptEncoder(
             embed_dim=embed_dim,
@@ -139,6 +146,23 @@ class SAMBlock(nn.Module):
                 unused += [layer.cross_attn_image_to_token.q_proj, layer.cross_attn_image_to_token.k_proj]
         for part in unused:
             part.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The SAM block's own keys; the builder of the ESC-Blocks gives the sizes of the CLIP features."""
+        m = cfg.MODEL.ESC_NET
+        return {
+            "embed_dim": m.SAM_EMBED_DIM,
+            "depth": m.SAM_DEPTH,
+            "mlp_dim": m.SAM_MLP_DIM,
+            "num_heads": m.SAM_NUM_HEADS,
+            "prompt_types": m.PROMPT_TYPES,
+            "image_projection": m.SAM_IMAGE_PROJECTION,
+        }
+
+    def pretrained_modules(self) -> Tuple[nn.Module, ...]:
+        """The parts whose weights come from SAM's checkpoint (they train at ``SOLVER.SAM_MULTIPLIER``)."""
+        return self.prompt_encoder, self.transformer
 
     def image_side(self, image_feats: torch.Tensor) -> SAMImageSide:
         """The class-independent part of the transformer's image side for images ``image_feats`` [B, clip_dim, h, w]
@@ -173,6 +197,7 @@ class SAMBlock(nn.Module):
         masks: Optional[torch.Tensor] = None,
         boxes: Optional[torch.Tensor] = None,
         image_side: Optional[SAMImageSide] = None,
+        reference: bool = False,
     ) -> torch.Tensor:
         """
         Args:
@@ -183,15 +208,16 @@ class SAMBlock(nn.Module):
             masks: [B*N, 1, h, w] pseudo masks, per-pixel probabilities in [0, 1].
             boxes: [B*N, 4] (x0, y0, x1, y1) grid-cell indices of the corners of each class's box.
             Only the prompts named in ``prompt_types`` are read, and those must be given.
-            image_side: ``self.image_side(image_feats)`` when the caller has it already (the fast path computes it
-                otherwise; the reference does not use it).
+            image_side: ``self.image_side(image_feats)`` when the caller has it already (computed here otherwise;
+                :meth:`forward_reference` reads none).
+            reference: compute :meth:`forward_reference` instead of :meth:`forward_fast` (the same function).
 
         Returns:
             [B*N, E, h, w] class-specific refined image features.
         """
         self._check_shapes(image_feats, text_embeds, points, labels, masks, boxes)
         prompts = (points, labels, masks, boxes)
-        if self.reference:
+        if reference:
             return self.forward_reference(image_feats, text_embeds, *prompts)
         return self.forward_fast(image_feats, text_embeds, *prompts, image_side=image_side)
 
@@ -291,14 +317,3 @@ class SAMBlock(nn.Module):
             raise ValueError(f"masks must be [B*N={M}, 1, {h}, {w}], got {tuple(masks.shape)}")
         if "boxes" in self.prompt_types and tuple(boxes.shape) != (M, 4):
             raise ValueError(f"boxes must be [B*N={M}, 4], got {tuple(boxes.shape)}")
-
-
-def check_prompt_types(prompt_types: Sequence[str]) -> Tuple[str, ...]:
-    """``prompt_types`` as a tuple, or a ValueError naming the allowed kinds."""
-    kinds = tuple(prompt_types)
-    if not kinds or any(k not in PROMPT_TYPES for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(
-            f"MODEL.ESC_NET.PROMPT_TYPES must be a non-empty list of distinct entries of {list(PROMPT_TYPES)}, "
-            f"got {list(kinds)}"
-        )
-    return kinds

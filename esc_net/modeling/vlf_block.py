@@ -8,22 +8,24 @@ spatial stage), so that every linear layer acts on the last dimension and the cl
 block returns it in that storage too (a [B, N, C, h, w] view), so that the next block reads its chunks and the
 1x1 map head convolves them without a copy.
 
-On the CPU, classes are processed in chunks of ``class_chunk`` (all at once for 0, and on GPUs; see
-:func:`class_chunks`): everything but the class attention's sums is per class, so a chunk's temporaries (attention
-matrices, MLP activations) stay small and their memory is reused from chunk to chunk instead of being mapped
-afresh for all N classes at once. The result does not depend
-on the chunk size beyond float rounding.
+Everything but the class attention's sums is per class, so the ESC-Block's fast path
+(:meth:`~esc_net.modeling.esc_block.ESCBlock.forward_fast`) runs the image guidance one chunk of classes at a time and
+:class:`TextGuidance` takes those chunks: a chunk's temporaries (attention matrices, MLP activations) stay small and
+their memory is reused from chunk to chunk instead of being mapped afresh for all N classes at once. The result does
+not depend on the chunk size beyond float rounding.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import configurable
 from timm.layers import Mlp
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 from torch.nn import functional as F
 
-from esc_net.modeling.class_chunks import class_chunks
+from esc_net.modeling.backbone import BackboneShape
+from esc_net.utils.arguments import check_minimum
 
 
 class ConcatLinear(nn.Module):
@@ -65,7 +67,7 @@ class ImageGuidance(nn.Module):
     The correlation embedding and the guidance are fused by a linear layer over their concatenation, then Swin
     blocks (timm) attend over space within windows, one map per (image, class), all maps of a chunk in one batch.
     The result is added to the incoming correlation embedding. ``shifts`` gives each block's shift: 0 for regular
-    windows, ``window_size // 2`` for shifted ones.
+    windows, None for windows shifted by half a window.
 
     timm shrinks a window larger than the grid to the grid and then drops the shift (a single window already
     covers every position), so on a grid no larger than ``window_size`` every block attends globally. timm
@@ -80,7 +82,7 @@ class ImageGuidance(nn.Module):
         grid_size: Tuple[int, int],
         num_heads: int,
         window_size: int,
-        shifts: Sequence[int] = (0, None),
+        shifts: Sequence[Optional[int]],
     ):
         super().__init__()
         self.fuse = ConcatLinear((hidden_dim, guidance_dim), hidden_dim)
@@ -169,9 +171,10 @@ class ClassLinearAttention(nn.Module):
 
 
 class TextGuidance(nn.Module):
-    """A pre-norm transformer layer across classes: text-guided linear attention, then an MLP, each residual. Its
-    :meth:`forward` is the plain form; :meth:`VisionLanguageFusion.forward_fast` runs the same weights over chunks
-    of classes in two passes (the attention's class sums first, then every class's output).
+    """A pre-norm transformer layer across classes: text-guided linear attention, then an MLP, each residual.
+    :meth:`forward_reference` is the plain form (an explicit N x N attention over all classes); :meth:`forward`
+    computes the same over chunks of classes in two passes (the attention's class sums first, then every class's
+    output).
 
     With ``pad_to`` > 0, a vocabulary of N < ``pad_to`` classes is padded to ``pad_to`` tokens with a learnt
     padding token (a correlation-embedding token and its text-guidance token, the same at every position), as
@@ -186,8 +189,9 @@ class TextGuidance(nn.Module):
         text_dim: int,
         text_guidance_dim: int,
         num_heads: int,
+        *,
+        pad_to: int,
         mlp_ratio: float = 4.0,
-        pad_to: int = 0,
     ):
         super().__init__()
         # The LayerNorm puts the projected text tokens on the same scale as the normalised correlation features
@@ -202,11 +206,10 @@ class TextGuidance(nn.Module):
             self.pad_token = nn.Parameter(torch.zeros(hidden_dim))
             self.pad_text = nn.Parameter(torch.zeros(text_guidance_dim))
 
-    def forward(self, x: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    def forward_reference(self, x: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """The layer as its plain composition: every class token attends to every class token (and to the padding
         tokens) through an explicit N x N matrix of linear-attention scores, then the MLP; both residual.
-        :meth:`VisionLanguageFusion.forward_fast` computes the same in chunks of classes, through the attention's
-        class sums.
+        :meth:`forward` computes the same in chunks of classes, through the attention's class sums.
 
         Args:
             x: [B, N, P, C] correlation embedding after the image guidance; text_embeds: [B, N, T] class embeddings.
@@ -214,7 +217,7 @@ class TextGuidance(nn.Module):
             [B, N, P, C].
         """
         B, N, P, C = x.shape
-        tokens, guides = x, self.text_proj(text_embeds).unsqueeze(2)  # [B, N, 1, T']
+        tokens, guides = x, self.guides(text_embeds)  # [B, N, 1, T']
         if self.pad_to > N:
             pads = self.pad_to - N
             tokens = torch.cat([x, self.pad_token.expand(B, pads, P, C)], dim=1)
@@ -224,6 +227,39 @@ class TextGuidance(nn.Module):
         attended = torch.einsum("bphnm,bmphd->bnphd", scores / scores.sum(dim=-1, keepdim=True), v)
         x = x + self.attn.proj(attended.flatten(-2))[:, :N]
         return x + self.mlp(self.norm2(x))
+
+    def guides(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The text-guidance token of every class, [B, N, 1, T'] for class embeddings [B, N, T] (broadcast over the
+        positions)."""
+        return self.text_proj(text_embeds).unsqueeze(2)
+
+    def forward(self, chunks: Sequence[torch.Tensor], guides: torch.Tensor) -> List[torch.Tensor]:
+        """:meth:`forward_reference` on a vocabulary given in chunks of classes, the same function
+        (tests/test_esc_block.py::test_fast_path_equals_the_reference). Only the attention's class sums cross chunks:
+        pass 1 forms them over every chunk, pass 2 lets every class attend to them, then the MLP.
+
+        Args:
+            chunks: [B, n_i, P, C] correlation embeddings after the image guidance, consecutive chunks of the
+                vocabulary's classes, in class order.
+            guides: [B, N, 1, T'] :meth:`guides` of the whole vocabulary (N = the sum of the n_i).
+        Returns:
+            the refined chunks, [B, n_i, P, C] each.
+        """
+        num_classes = sum(x.shape[1] for x in chunks)
+        count = self.token_count(num_classes)
+        kv, k_sum = self.padding_sums(num_classes) if count > num_classes else (0, 0)
+        queries, start = [], 0
+        for x in chunks:
+            q, k, v = self.attn.features(self.norm1(x), guides[:, start : start + x.shape[1]])
+            chunk_kv, chunk_k_sum = self.attn.class_sums(k, v, count)
+            kv, k_sum = kv + chunk_kv, k_sum + chunk_k_sum
+            queries.append(q)
+            start += x.shape[1]
+        refined = []
+        for x, q in zip(chunks, queries):
+            x = x + self.attn.attend(q, kv, k_sum)
+            refined.append(x + self.mlp(self.norm2(x)))
+        return refined
 
     def token_count(self, num_classes: int) -> int:
         """The number of tokens the class attention averages over for a vocabulary of ``num_classes``."""
@@ -238,11 +274,6 @@ class TextGuidance(nn.Module):
         return kv * (count - num_classes), k_sum * (count - num_classes)
 
 
-# The class-specific image guidance of a slice of classes, [B, n, G, h, w]: a tensor for all classes, or a function
-# that computes it for the classes of a slice (so that it, too, is computed one chunk at a time).
-GuidanceSource = Union[torch.Tensor, Callable[[slice], torch.Tensor]]
-
-
 class VisionLanguageFusion(nn.Module):
     """Refines the correlation embedding of every class with image guidance (space) and text guidance (classes).
 
@@ -252,45 +283,64 @@ class VisionLanguageFusion(nn.Module):
        with linear attention whose queries and keys are guided by the class text embeddings; then an MLP.
 
     There is no positional embedding over classes: the output is permuted exactly as the classes are, and any
-    number of classes (including one) works. Images never interact. Classes are processed ``class_chunk`` at a
-    time (see the module docstring); memory beyond the inputs and outputs is O(B * class_chunk * h * w * C).
+    number of classes (including one) works. Images never interact. :meth:`forward` is the plain composition of
+    the two stages on all classes at once; the ESC-Block's fast path runs the same two stages over chunks of
+    classes (the image guidance per chunk, then :meth:`TextGuidance.forward` on the chunks).
 
     Args:
-        swin_shifts: the shift of each Swin block of the image guidance (0: regular windows, None: half a window).
+        input_shape: the backbone's :class:`BackboneShape`: its embedding width is T, its grid (h, w).
+        hidden_dim: C, the correlation embedding's width; guidance_dim: G.
+        swin_depth: Swin blocks in the image guidance; block_index: the ESC-Block's place in the stack. Regular and
+            shifted windows alternate through the whole stack of blocks (block 0 starts with regular windows).
         class_pad: pad vocabularies smaller than this to this many tokens in the class attention (0: never; see
             :class:`TextGuidance`).
-        reference: run :meth:`forward_reference` instead of :meth:`forward_fast` (``IMPLEMENTATION``).
+        The other arguments are the ``MODEL.ESC_NET`` keys of the same meaning.
     """
 
+    @configurable
     def __init__(
         self,
-        hidden_dim: int = 128,
-        guidance_dim: int = 128,
-        text_dim: int = 512,
-        grid_size: Tuple[int, int] = (24, 24),
-        num_heads: int = 4,
-        window_size: int = 12,
-        text_guidance_dim: int = 128,
-        swin_shifts: Sequence[Optional[int]] = (0,),
-        class_chunk: int = 16,
-        class_pad: int = 0,
-        reference: bool = False,
+        *,
+        input_shape: BackboneShape,
+        hidden_dim: int,
+        guidance_dim: int,
+        num_heads: int,
+        window_size: int,
+        text_guidance_dim: int,
+        swin_depth: int,
+        block_index: int,
+        class_pad: int,
     ):
         super().__init__()
-        self.reference = reference
         if hidden_dim % num_heads != 0:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+            raise ValueError(
+                f"MODEL.ESC_NET.HIDDEN_DIM ({hidden_dim}) must be divisible by MODEL.ESC_NET.NUM_HEADS ({num_heads})"
+            )
+        check_minimum("MODEL.ESC_NET.CLASS_ATTENTION_PAD", class_pad, 0)
+        self.input_shape = input_shape
         self.hidden_dim = hidden_dim
         self.guidance_dim = guidance_dim
-        self.text_dim = text_dim
-        self.grid_size = tuple(grid_size)
-        self.class_chunk = class_chunk
-        self.image_guidance = ImageGuidance(
-            hidden_dim, guidance_dim, self.grid_size, num_heads, window_size, swin_shifts
-        )
+        self.text_dim = text_dim = input_shape.embed_dim
+        self.grid_size = tuple(input_shape.grid_size)
+        # 0: regular windows; None: shifted by half a window
+        shifts = [0 if (block_index * swin_depth + j) % 2 == 0 else None for j in range(swin_depth)]
+        self.image_guidance = ImageGuidance(hidden_dim, guidance_dim, self.grid_size, num_heads, window_size, shifts)
         self.text_guidance = TextGuidance(hidden_dim, text_dim, text_guidance_dim, num_heads, pad_to=class_pad)
 
-    def _check_inputs(self, corr_embed: torch.Tensor, text_embeds: torch.Tensor):
+    @classmethod
+    def from_config(cls, cfg):
+        """The VLF block's own keys; the builder of the ESC-Blocks gives the widths, the grid and the block's place."""
+        m = cfg.MODEL.ESC_NET
+        return {
+            "num_heads": m.NUM_HEADS,
+            "window_size": m.WINDOW_SIZE,
+            "text_guidance_dim": m.TEXT_GUIDANCE_DIM,
+            "swin_depth": m.SWIN_DEPTH,
+            "class_pad": m.CLASS_ATTENTION_PAD,
+        }
+
+    def check_inputs(self, corr_embed: torch.Tensor, text_embeds: torch.Tensor) -> None:
+        """Raises ValueError naming the input whose shape does not fit the block."""
         if corr_embed.dim() != 5:
             raise ValueError(f"corr_embed must be [B, N, C, h, w], got shape {tuple(corr_embed.shape)}")
         B, N, C, h, w = corr_embed.shape
@@ -304,75 +354,30 @@ class VisionLanguageFusion(nn.Module):
                     f"text_dim={self.text_dim}, grid_size={self.grid_size}), got {tuple(t.shape)}"
                 )
 
-    def _guidance(self, source: GuidanceSource, classes: slice, shape: Tuple[int, ...]) -> torch.Tensor:
-        guidance = source(classes) if callable(source) else source[:, classes]
-        if tuple(guidance.shape) != shape:
-            raise ValueError(
-                f"VisionLanguageFusion: image_guidance must have shape {shape} for classes {classes.start}:"
-                f"{classes.stop} (guidance_dim={self.guidance_dim}), got {tuple(guidance.shape)}"
-            )
-        return guidance
-
     def forward(
-        self, corr_embed: torch.Tensor, image_guidance: GuidanceSource, text_embeds: torch.Tensor
+        self, corr_embed: torch.Tensor, image_guidance: torch.Tensor, text_embeds: torch.Tensor
     ) -> torch.Tensor:
-        """
+        """The VLF block as the plain composition of its two stages on all classes at once: the image guidance
+        (:class:`ImageGuidance`, timm's Swin blocks), then the text guidance (:meth:`TextGuidance.forward_reference`,
+        an explicit class attention).
+
         Args:
             corr_embed: [B, N, C, h, w] correlation embedding of every class.
-            image_guidance: SAM-refined, class-specific image features F_v'^n: [B, N, G, h, w], or a function
-                that returns them for a slice of classes.
+            image_guidance: [B, N, G, h, w] SAM-refined, class-specific image features F_v'^n.
             text_embeds: [B, N, T] class text embeddings.
 
         Returns:
-            [B, N, C, h, w] refined correlation embedding (the fast path's: a view of channels-last storage
-            [B, N, h, w, C]).
+            [B, N, C, h, w] refined correlation embedding.
         """
-        self._check_inputs(corr_embed, text_embeds)
-        if self.reference:
-            return self.forward_reference(corr_embed, image_guidance, text_embeds)
-        return self.forward_fast(corr_embed, image_guidance, text_embeds)
-
-    def forward_reference(self, corr_embed, image_guidance: GuidanceSource, text_embeds) -> torch.Tensor:
-        """The VLF block as the plain composition of its two stages on all classes at once: the image guidance
-        (:class:`ImageGuidance`, timm's Swin blocks), then the text guidance (:meth:`TextGuidance.forward`, an
-        explicit class attention). Arguments and result as :meth:`forward`."""
+        self.check_inputs(corr_embed, text_embeds)
         B, N, C, h, w = corr_embed.shape
-        guidance = self._guidance(image_guidance, slice(0, N), (B, N, self.guidance_dim, h, w))
+        if tuple(image_guidance.shape) != (B, N, self.guidance_dim, h, w):
+            raise ValueError(
+                f"VisionLanguageFusion: image_guidance must have shape {(B, N, self.guidance_dim, h, w)} "
+                f"(guidance_dim={self.guidance_dim}), got {tuple(image_guidance.shape)}"
+            )
         x = self.image_guidance(
-            corr_embed.permute(0, 1, 3, 4, 2).flatten(0, 1), guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)
+            corr_embed.permute(0, 1, 3, 4, 2).flatten(0, 1), image_guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)
         )
-        x = self.text_guidance(x.reshape(B, N, h * w, C), text_embeds)
+        x = self.text_guidance.forward_reference(x.reshape(B, N, h * w, C), text_embeds)
         return x.reshape(B, N, h, w, C).permute(0, 1, 4, 2, 3)
-
-    def forward_fast(self, corr_embed, image_guidance: GuidanceSource, text_embeds) -> torch.Tensor:
-        """The fast variant of :meth:`forward_reference`, the same function
-        (tests/test_vlf_block.py::test_fast_path_equals_the_reference): classes in chunks of ``class_chunk`` (only
-        the class attention's sums cross chunks: pass 1 forms them, pass 2 lets every class attend to them), which
-        keeps the temporaries small; the correlation embedding kept channels-last. Arguments and result as
-        :meth:`forward`."""
-        B, N, C, h, w = corr_embed.shape
-        chunks = class_chunks(N, self.class_chunk, corr_embed.device)
-        tg = self.text_guidance
-        text = tg.text_proj(text_embeds).unsqueeze(2)  # [B, N, 1, T']
-
-        # Pass 1: image guidance of every chunk, and the class attention's sums over all classes.
-        spatial: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        count = tg.token_count(N)
-        kv, k_sum = tg.padding_sums(N) if count > N else (0, 0)
-        for classes in chunks:
-            n = classes.stop - classes.start
-            guidance = self._guidance(image_guidance, classes, (B, n, self.guidance_dim, h, w))
-            corr = corr_embed[:, classes].permute(0, 1, 3, 4, 2).flatten(0, 1)  # [B*n, h, w, C], a view if stored so
-            x = self.image_guidance(corr, guidance.permute(0, 1, 3, 4, 2).flatten(0, 1)).reshape(B, n, h * w, C)
-            q, k, v = tg.attn.features(tg.norm1(x), text[:, classes])
-            chunk_kv, chunk_k_sum = tg.attn.class_sums(k, v, count)
-            kv, k_sum = kv + chunk_kv, k_sum + chunk_k_sum
-            spatial.append((x, q))
-
-        # Pass 2: every class attends to the sums, then the MLP.
-        out = []
-        for x, q in spatial:
-            x = x + tg.attn.attend(q, kv, k_sum)
-            x = x + tg.mlp(tg.norm2(x))
-            out.append(x.unflatten(2, (h, w)))
-        return torch.cat(out, dim=1).permute(0, 1, 4, 2, 3)

@@ -86,7 +86,7 @@ def align_projection(
     sam = sam_from_checkpoint(m.SAM_CHECKPOINT, decoder_heads=m.SAM_NUM_HEADS)
     projection = copy.deepcopy(model.blocks[0].sam.image_proj).train()
     initial = copy.deepcopy(projection).eval()
-    grid = tuple(model.clip.grid_size)
+    grid = model.clip.output_shape().grid_size
 
     def pair(inputs):
         """(F_v [B, D, h, w], SAM's embedding [B, E, h, w]) of a batch of mapped inputs, at the CLIP input size."""

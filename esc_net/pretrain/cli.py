@@ -24,7 +24,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from esc_net.config import add_opts_argument, load_config
-from esc_net.modeling.clip.build import joint_embed_dim, load_weights_file
+from esc_net.modeling.backbone import backbone_shape
+from esc_net.modeling.clip.build import load_weights_file
 from esc_net.modeling.sam_projection import build_image_projection, load_projection_weights, read_projection_weights
 from esc_net.pretrain import align as align_stage
 from esc_net.pretrain import clip as clip_stage
@@ -112,9 +113,7 @@ def _load_sam(sam: torch.nn.Module) -> Callable[[str], None]:
 
 def _load_projection(cfg) -> Callable[[str], None]:
     m = cfg.MODEL.ESC_NET
-    projection = build_image_projection(
-        m.SAM_IMAGE_PROJECTION, joint_embed_dim(m.CLIP_MODEL_NAME, m.CLIP_MODEL_CFG), m.SAM_EMBED_DIM
-    )
+    projection = build_image_projection(m.SAM_IMAGE_PROJECTION, backbone_shape(cfg).embed_dim, m.SAM_EMBED_DIM)
     return lambda path: load_projection_weights(projection, read_projection_weights(path), path)
 
 

@@ -18,18 +18,19 @@ comparisons and additions), so under this convention it is zero; it runs untrace
 record its in-place boolean scatter. Its outputs enter the trace as constants, which changes no other count.
 
 Stages are subtrees of the module tree (fvcore attributes an op to the module whose ``forward`` runs it and to
-that module's parents):
+that module's parents). The backbone and its image tower are found through the backbone interface
+(:class:`~esc_net.modeling.VisionLanguageBackbone`), whatever their names:
 
 ==============  ==============================================================================================
-clip_image      CLIP's image tower (``clip.clip.visual``)
-clip_text       CLIP's text tower (``clip.clip`` without ``visual``); once per forward, for the vocabulary
+clip_image      the backbone's ``image_tower`` (CLIP's ``visual``)
+clip_text       the rest of the backbone: its text tower; once per forward, for the vocabulary
 ppg             every block's ``prompt_generator`` (zero, see above)
 sam             every block's ``sam`` (SAM's prompt encoder and two-way transformer, the CLIP projections)
 vlf_image       every block's ``vlf.image_guidance`` (the fusion layer and the Swin blocks)
 vlf_text        the rest of every block's ``vlf``: linear attention across classes (its projections, class sums
                 and outputs) and its MLP
 decoder         the upsampling decoder
-other           what runs outside those modules: the correlation, CLIP's output projections (run in
+other           what runs outside those modules: the correlation, the backbone's output projections (run in
                 ``CLIPEncoder``'s methods), the first correlation embedding, the blocks' merges and heads, the
                 resizing of views and scores
 ==============  ==============================================================================================
@@ -37,13 +38,15 @@ other           what runs outside those modules: the correlation, CLIP's output 
 
 import contextlib
 from collections import Counter, OrderedDict
-from typing import Dict, Iterator, List, Mapping, Sequence
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+from esc_net.modeling.backbone import VisionLanguageBackbone
 
 __all__ = [
     "STAGES",
@@ -123,7 +126,8 @@ def _countable(model: nn.Module) -> Iterator[None]:
     model.eval().requires_grad_(False)
     for block, generator in generators:
         block.prompt_generator = _Untraced(generator)
-    model.clip.clear_text_cache()
+    backbone = _backbone(model)[1]
+    backbone.clear_text_cache()
     try:
         yield
     finally:
@@ -132,7 +136,7 @@ def _countable(model: nn.Module) -> Iterator[None]:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
         model.train(was_training)
-        model.clip.clear_text_cache()
+        backbone.clear_text_cache()
 
 
 def count_flops(model: nn.Module, image: torch.Tensor, vocabulary: Sequence[str]) -> FlopCountAnalysis:
@@ -159,13 +163,28 @@ def count_flops(model: nn.Module, image: torch.Tensor, vocabulary: Sequence[str]
     return analysis
 
 
-def split_by_stage(subtree: Mapping[str, float], num_blocks: int, root: str = "") -> Dict[str, int]:
+def _backbone(model: nn.Module) -> Tuple[str, VisionLanguageBackbone]:
+    """The name and module of ``model``'s vision-language backbone."""
+    for name, module in model.named_modules():
+        if isinstance(module, VisionLanguageBackbone):
+            return name, module
+    raise ValueError(f"{type(model).__name__} holds no VisionLanguageBackbone")
+
+
+def _tower_names(model: nn.Module) -> Tuple[str, str]:
+    """The names, in ``model``, of its backbone and of the backbone's image tower."""
+    name, backbone = _backbone(model)
+    tower = next(n for n, m in backbone.named_modules() if m is backbone.image_tower)
+    return name, f"{name}.{tower}"
+
+
+def split_by_stage(subtree: Mapping[str, float], model: nn.Module, root: str = "") -> Dict[str, int]:
     """Groups per-module figures into :data:`STAGES`.
 
     Args:
         subtree: ``{module name: figure of the module and its submodules}``, with the ESC-Net at ``root`` (e.g.
             fvcore's ``by_module()``, or :func:`weights_by_module`).
-        num_blocks: the number of ESC-Blocks.
+        model: the ESC-Net (its blocks and backbone name the stages).
         root: the ESC-Net's name in ``subtree`` ("" when it is the root).
 
     Returns:
@@ -176,10 +195,11 @@ def split_by_stage(subtree: Mapping[str, float], num_blocks: int, root: str = ""
     def total(*names: str) -> float:
         return sum(subtree.get(prefix + name, 0) for name in names)
 
-    blocks = [f"blocks.{i}" for i in range(num_blocks)]
+    blocks = [f"blocks.{i}" for i in range(len(model.blocks))]
+    backbone, image_tower = _tower_names(model)
     stages = OrderedDict()
-    stages["clip_image"] = total("clip.clip.visual")
-    stages["clip_text"] = total("clip.clip") - stages["clip_image"]
+    stages["clip_image"] = total(image_tower)
+    stages["clip_text"] = total(backbone) - stages["clip_image"]
     stages["ppg"] = total(*(f"{b}.prompt_generator" for b in blocks))
     stages["sam"] = total(*(f"{b}.sam" for b in blocks))
     stages["vlf_image"] = total(*(f"{b}.vlf.image_guidance" for b in blocks))
@@ -204,7 +224,7 @@ def count_flops_per_stage(model: nn.Module, image: torch.Tensor, vocabulary: Seq
         ``{stage: flops}`` for every name of :data:`STAGES` (see the module docstring), plus ``"total"``; the
         stages add up to the total exactly.
     """
-    return split_by_stage(count_flops(model, image, vocabulary).by_module(), len(model.blocks), root=_ROOT)
+    return split_by_stage(count_flops(model, image, vocabulary).by_module(), model, root=_ROOT)
 
 
 def weights_by_module(model: nn.Module, trainable_only: bool = False) -> Counter:
@@ -228,4 +248,4 @@ def weights_by_module(model: nn.Module, trainable_only: bool = False) -> Counter
 
 def count_parameters_per_stage(model: nn.Module, trainable_only: bool = False) -> Dict[str, int]:
     """Weights per stage (see :func:`weights_by_module`), plus ``"total"``."""
-    return split_by_stage(weights_by_module(model, trainable_only), len(model.blocks))
+    return split_by_stage(weights_by_module(model, trainable_only), model)

@@ -27,6 +27,7 @@ __all__ = [
     "dominant_class",
     "draw_block_prompts",
     "draw_image_prompts",
+    "put_prompt_pictures",
 ]
 
 _PANEL_INCHES = 2.4
@@ -192,6 +193,23 @@ def draw_block_prompts(image_rgb: np.ndarray, record: BlockPrompts, class_name: 
         ax.set_yticks([])
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def put_prompt_pictures(view_rgb: np.ndarray, recorder: PromptRecorder, class_name: str) -> None:
+    """Puts every block's picture of ``recorder``'s prompts into Detectron2's current EventStorage, as the images
+    ``pseudo_prompts/block<i>`` (TensorBoard shows them).
+
+    Args:
+        view_rgb: [S, S, 3] uint8, the view the model saw.
+    """
+    from detectron2.utils.events import get_event_storage
+
+    storage = get_event_storage()
+    for i, record in enumerate(recorder.records):
+        if record is None:  # a block without SAM draws no prompts
+            continue
+        picture = draw_block_prompts(view_rgb, record, class_name, f"block {i + 1}, iteration {storage.iter}")
+        storage.put_image(f"pseudo_prompts/block{i + 1}", torch.from_numpy(picture).permute(2, 0, 1))
 
 
 def draw_image_prompts(predictor, image_bgr: np.ndarray, class_index: int) -> np.ndarray:

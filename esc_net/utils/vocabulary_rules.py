@@ -1,11 +1,13 @@
-"""The rules of a vocabulary's text: what a class name is and what a list of them must be. Pure string rules,
-imported by the model, the data layer and the demos alike (nothing here reads a dataset catalog)."""
+"""The rules of a vocabulary's text: what a class name is and what a list of them must be, and the one reader of
+a file of class names. Imported by the model, the data layer and the demos alike (nothing here reads a dataset
+catalog)."""
 
+import os
 import unicodedata
 from collections.abc import Iterable
 from typing import List, NamedTuple, Optional, Sequence
 
-__all__ = ["VocabularyLimitError", "VocabularyLimits", "check_vocabulary", "split_synonyms"]
+__all__ = ["VocabularyLimitError", "VocabularyLimits", "check_vocabulary", "read_vocabulary_file", "split_synonyms"]
 
 # Characters of a refused name quoted in the message: enough to recognise it, never the whole text.
 _QUOTED_CHARS = 24
@@ -116,4 +118,21 @@ def check_vocabulary(names: Sequence[str], limits: Optional[VocabularyLimits] = 
         first_position.setdefault(key, i)
     if repeats:
         raise ValueError(f"the vocabulary repeats class names (their scores would be identical): {'; '.join(repeats)}")
+    return names
+
+
+def read_vocabulary_file(path: str) -> List[str]:
+    """The class names of a text file with one class per line (synonyms after commas); blank lines and ``#``
+    comment lines are skipped. The names are returned as written (check them with :func:`check_vocabulary`).
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: the file holds no class name.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"the vocabulary file {path} holds no class name (expected one class per line)")
     return names

@@ -12,7 +12,7 @@ from torch import nn
 
 from esc_net.utils.checkpoint import READ_ERRORS, unreadable_weights_error
 
-__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "is_random_init", "load_weights_file"]
+__all__ = ["WEIGHT_FILE_SUFFIXES", "build_open_clip", "is_random_init", "load_weights_file", "model_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,28 @@ def _plain(value):
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [_plain(v) for v in value]
     return value
+
+
+def model_config(model_name: str, model_cfg: Optional[Mapping]) -> dict:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg, ...) that :func:`build_open_clip` builds:
+    ``model_cfg`` as plain dicts when it is given, else open_clip's own config of ``model_name``.
+
+    Raises:
+        ValueError: ``model_cfg`` lacks one of those keys, or open_clip knows no model ``model_name``.
+    """
+    if model_cfg:
+        cfg = _plain(model_cfg)
+        missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in cfg]
+        if missing:
+            raise ValueError(f"CLIP model config {model_name!r} lacks the keys {missing}; got {sorted(cfg)}")
+        return cfg
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(
+            f"open_clip has no model {model_name!r} (its models: open_clip.list_models()); give MODEL.ESC_NET."
+            "CLIP_MODEL_CFG to define one"
+        )
+    return cfg
 
 
 def _is_weights_path(pretrained: str) -> bool:
@@ -77,7 +99,9 @@ def build_open_clip(
     Args:
         model_name: an open_clip model name (used when ``model_cfg`` is empty), otherwise a label for messages.
         pretrained: an open_clip pretrained tag, a weights file path, or "none" / "" / None for random weights.
-        model_cfg: an open_clip model config (embed_dim, vision_cfg, text_cfg) built with ``open_clip.CLIP``.
+        model_cfg: an open_clip model config (embed_dim, vision_cfg, text_cfg), built with ``open_clip.CLIP``, or
+            with ``open_clip.CustomTextCLIP`` when it sets ``custom_text`` (the form of SigLIP-style models, whose
+            text tower is a module of its own).
         image_size: square input size; the model is built for it and loaded positional embeddings are interpolated
             to its grid by open_clip. Patch dropout is disabled, since dense prediction needs every patch token.
         load_weights: False builds the model ``pretrained`` describes without reading its weights (no download, no
@@ -98,12 +122,10 @@ def build_open_clip(
                 f"CLIP pretrained={pretrained!r} looks like an open_clip pretrained tag, but tags need a named model "
                 "and an explicit model config was given; use a local weights file path or 'none'"
             )
-        cfg = _plain(model_cfg)
-        missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in cfg]
-        if missing:
-            raise ValueError(f"CLIP model config {model_name!r} lacks the keys {missing}; got {sorted(cfg)}")
+        cfg = model_config(model_name, model_cfg)
         cfg["vision_cfg"] = {**cfg["vision_cfg"], "image_size": image_size, "patch_dropout": 0.0}
-        model = open_clip.CLIP(**cfg)
+        model_class = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+        model = model_class(**cfg)
         tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
         preprocess = asdict(PreprocessCfg())
     else:
@@ -141,14 +163,3 @@ def build_open_clip(
         load_weights_file(model, pretrained, model_name)
     # A random CLIP is not warned about here: the model's weights usually load next (ESCNet.from_config knows).
     return model, tokenizer, preprocess
-
-
-def joint_embed_dim(model_name: str, model_cfg: Optional[dict]) -> int:
-    """D, the joint image-text width of the open_clip model that ``model_cfg`` (or, when empty, ``model_name``)
-    describes, read from its config without building it."""
-    if model_cfg:
-        return int(model_cfg["embed_dim"])
-    config = open_clip.get_model_config(model_name)
-    if config is None:
-        raise ValueError(f"{model_name!r} is not an open_clip model name (see open_clip.list_models())")
-    return int(config["embed_dim"])

@@ -1,4 +1,4 @@
-"""CLIP image and text encoders of ESC-Net, on top of open_clip."""
+"""open_clip's CLIP as ESC-Net's vision-language backbone: dense image features and class text embeddings."""
 
 import logging
 from collections import OrderedDict
@@ -6,13 +6,16 @@ from itertools import chain
 from typing import Hashable, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import configurable
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from esc_net.modeling.clip.build import build_open_clip
+from esc_net.modeling.backbone import VL_BACKBONE_REGISTRY, BackboneShape, VisionLanguageBackbone
+from esc_net.modeling.clip.build import build_open_clip, is_random_init, model_config
 from esc_net.modeling.clip.qv_attention import split_qkv_attention
 from esc_net.modeling.clip.text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
+from esc_net.utils.arguments import check_choice
 
 __all__ = ["CLIPEncoder", "DENSE_LAYERS", "FINETUNE_MODES"]
 
@@ -49,15 +52,17 @@ class _LRUCache:
         self._entries.clear()
 
 
-class CLIPEncoder(nn.Module):
-    """Dense CLIP image features and class text embeddings, from any open_clip ViT CLIP.
+@VL_BACKBONE_REGISTRY.register()
+class CLIPEncoder(VisionLanguageBackbone):
+    """open_clip's CLIP as ESC-Net's backbone: dense image features and class text embeddings, from any open_clip
+    CLIP with a ViT image tower (``open_clip.CLIP``, or ``CustomTextCLIP`` for SigLIP-style text towers).
 
     Fine-tuning modes (``finetune``):
         "attention": only the query and value projection weights of every attention layer of the image and text
             towers are trainable, as CAT-Seg fine-tunes CLIP (its q/v biases stay in the frozen packed bias). The key
             projections are buffers (see :class:`SplitQKVAttention`) and every other tensor has
             ``requires_grad=False``, so they stay bit-identical under any optimizer.
-        "attention_with_bias": the same with the q and v biases trainable too (this project's first reading).
+        "attention_with_bias": the same with the q and v biases trainable too.
         "full": every CLIP tensor is trainable. "frozen": none is.
     The state dict is open_clip's CLIP state dict under the prefix ``clip.`` in every mode.
 
@@ -70,25 +75,24 @@ class CLIPEncoder(nn.Module):
             ``ln_post`` and ``proj``. The last block's query and key projections take no part, so they are frozen.
 
     Attributes:
-        clip: the open_clip ``CLIP`` model.
-        embed_dim: D, the joint image-text embedding size.
-        width: C_clip, the width of the image transformer.
-        patch_size: the (square) patch size in pixels.
-        grid_size: (h, w) = (image_size // patch_size,) * 2.
+        clip: the open_clip model.
+        image_size: the side of the square input.
         pixel_mean, pixel_std: 3-tuples in the 0-255 RGB scale (open_clip's preprocessing of the model).
     """
 
+    @configurable
     def __init__(
         self,
-        model_name: str = "ViT-B-16",
-        pretrained: str = "openai",
-        model_cfg: Optional[dict] = None,
-        image_size: int = 384,
-        finetune: str = "attention",
-        skip_layers: Sequence[int] = (3, 7),
-        templates: Sequence[str] = ("A photo of a {} in the scene.",),
-        synonym_mode: str = "first",
-        dense_layer: str = "value",
+        *,
+        model_name: str,
+        pretrained: str,
+        model_cfg: Optional[dict],
+        image_size: int,
+        finetune: str,
+        skip_layers: Sequence[int],
+        templates: Sequence[str],
+        synonym_mode: str,
+        dense_layer: str,
         load_pretrained: bool = True,
         text_batch_size: int = 512,
         text_cache_size: int = 4,
@@ -98,8 +102,9 @@ class CLIPEncoder(nn.Module):
             model_name: an open_clip model name (used when ``model_cfg`` is empty, otherwise only a label).
             pretrained: an open_clip pretrained tag (needs the network or open_clip's cache), a local open_clip
                 state dict file (.bin / .pt / .pth / .safetensors), or "none" / "" for random weights.
-            model_cfg: an open_clip model config dict (embed_dim, vision_cfg, text_cfg), built with
-                ``open_clip.CLIP``; the text uses open_clip's SimpleTokenizer with the config's context length.
+            model_cfg: an open_clip model config dict (embed_dim, vision_cfg, text_cfg; see
+                :func:`~esc_net.modeling.clip.build.build_open_clip`); the text uses open_clip's SimpleTokenizer
+                with the config's context length.
             image_size: square input size; positional embeddings are interpolated to image_size // patch_size.
             finetune: one of FINETUNE_MODES (see the class docstring).
             skip_layers: 0-based indices of image transformer blocks whose patch tokens feed the decoder.
@@ -112,12 +117,9 @@ class CLIPEncoder(nn.Module):
             text_cache_size: how many vocabularies' text embeddings are kept (see :meth:`encode_text`).
         """
         super().__init__()
-        if finetune not in FINETUNE_MODES:
-            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
-        if dense_layer not in DENSE_LAYERS:
-            raise ValueError(f"dense_layer must be one of {DENSE_LAYERS}, got {dense_layer!r}")
-        if synonym_mode not in SYNONYM_MODES:
-            raise ValueError(f"synonym_mode must be one of {SYNONYM_MODES}, got {synonym_mode!r}")
+        check_choice("MODEL.ESC_NET.CLIP_FINETUNE", finetune, FINETUNE_MODES)
+        check_choice("MODEL.ESC_NET.CLIP_DENSE_LAYER", dense_layer, DENSE_LAYERS)
+        check_choice("MODEL.ESC_NET.SYNONYM_MODE", synonym_mode, SYNONYM_MODES)
         if text_batch_size < 1:
             raise ValueError(f"text_batch_size must be positive, got {text_batch_size}")
         self.model_name = model_name
@@ -184,10 +186,13 @@ class CLIPEncoder(nn.Module):
         self.clip = clip
 
         self.image_size = image_size
-        self.patch_size = patch_h
-        self.grid_size = (image_size // patch_h, image_size // patch_h)
-        self.embed_dim = visual.proj.shape[1]
-        self.width = visual.transformer.width
+        self._shape = BackboneShape(
+            embed_dim=visual.proj.shape[1],
+            width=visual.transformer.width,
+            patch_size=patch_h,
+            grid_size=(image_size // patch_h, image_size // patch_h),
+            num_skips=len(self.skip_layers),
+        )
         self.pixel_mean = tuple(255.0 * value for value in preprocess["mean"])
         self.pixel_std = tuple(255.0 * value for value in preprocess["std"])
         self._text_cache = _LRUCache(text_cache_size)
@@ -197,14 +202,71 @@ class CLIPEncoder(nn.Module):
             model_name,
             image_size,
             image_size,
-            self.grid_size,
+            self._shape.grid_size,
             finetune,
             trainable,
         )
+        # Only true when no weights will load: a checkpoint of the whole model (MODEL.WEIGHTS) holds CLIP's tensors.
+        if load_pretrained and is_random_init(pretrained):
+            logger.warning(
+                f"CLIP {model_name} is randomly initialised (MODEL.ESC_NET.CLIP_PRETRAINED {pretrained!r}) and "
+                "MODEL.WEIGHTS is empty"
+            )
+
+    @classmethod
+    def from_config(cls, cfg):
+        m = cfg.MODEL.ESC_NET
+        return {
+            "model_name": m.CLIP_MODEL_NAME,
+            "pretrained": m.CLIP_PRETRAINED,
+            "model_cfg": m.CLIP_MODEL_CFG or None,
+            "image_size": m.CLIP_IMAGE_SIZE,
+            "finetune": m.CLIP_FINETUNE,
+            "skip_layers": m.CLIP_SKIP_LAYERS,
+            "templates": m.PROMPT_TEMPLATES,
+            "synonym_mode": m.SYNONYM_MODE,
+            "dense_layer": m.CLIP_DENSE_LAYER,
+            # MODEL.WEIGHTS holds every tensor, CLIP's included: the CLIP weights are then not read (an offline
+            # machine evaluating a checkpoint needs no CLIP download)
+            "load_pretrained": not cfg.MODEL.WEIGHTS,
+        }
+
+    @classmethod
+    def output_shape_of(
+        cls,
+        *,
+        model_name: str,
+        model_cfg: Optional[dict],
+        image_size: int,
+        skip_layers: Sequence[int],
+        **other_arguments,
+    ) -> BackboneShape:
+        """The :meth:`output_shape` of the CLIPEncoder these arguments build, read from the open_clip model config
+        without building the model (LazyConfig files derive the other modules' sizes from it)."""
+        config = model_config(model_name, model_cfg)
+        patch = config["vision_cfg"]["patch_size"]
+        return BackboneShape(
+            embed_dim=config["embed_dim"],
+            width=config["vision_cfg"]["width"],
+            patch_size=patch,
+            grid_size=(image_size // patch, image_size // patch),
+            num_skips=len(skip_layers),
+        )
+
+    def output_shape(self) -> BackboneShape:
+        return self._shape
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.clip.logit_scale
+
+    @property
+    def image_tower(self) -> nn.Module:
+        return self.clip.visual
 
     def _to_map(self, tokens: Tensor) -> Tensor:
         """[B, h*w, C] patch tokens -> [B, C, h, w]."""
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid_size)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self._shape.grid_size)
 
     def encode_image(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """
@@ -248,7 +310,7 @@ class CLIPEncoder(nn.Module):
 
     def _compute_text(self, class_names: Sequence[str]) -> Tensor:
         prompts, synonym_to_class = build_prompts(class_names, self.templates, self.synonym_mode)
-        device = self.clip.token_embedding.weight.device
+        device = self.clip.logit_scale.device
         tokens = self.tokenizer(prompts).to(device)  # [S * T, context_length]
         embeddings = torch.cat([self.clip.encode_text(chunk) for chunk in tokens.split(self.text_batch_size)])
         return pool_prompt_embeddings(embeddings, synonym_to_class, len(class_names), len(self.templates))
