@@ -27,7 +27,9 @@ SNIPPETS = [
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
+    # a checkout's configs and its model zoo (the laboratory's config reads the aligned projection from it)
     os.symlink(os.path.join(REPO_ROOT, "configs"), root / "configs")
+    os.symlink(os.path.join(REPO_ROOT, "model_zoo"), root / "model_zoo")
     ss.generate_synthetic_shapes(root=str(root / "datasets"), num_train=1, num_val=1)
     cfg = get_cfg()
     esc_net.add_esc_net_config(cfg)
