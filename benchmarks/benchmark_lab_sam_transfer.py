@@ -6,8 +6,9 @@ command's ``output/esc_net_tiny_shapes``, or the ablation benchmark's ``output/a
 
 (a) **SAM-transfer IoU** (``esc_net/evaluation/sam_transfer.py``): the single-point mask IoU of the pre-trained
     SAM's own mask decoder (the run's ``SAM_CHECKPOINT``, with its output heads) on held-out objects when its image
-    embedding is SAM's own encoder's, each ESC-Block's projection of the run's CLIP features, a random projection,
-    a least-squares fitted 1x1 projection (and its R²), or nothing;
+    embedding is SAM's own encoder's, each ESC-Block's projection of the run's CLIP features, the run's aligned
+    start (its ``SAM_PROJECTION_WEIGHTS``, when it has one), a random projection, a least-squares fitted 1x1
+    projection (and its R²), or nothing;
 (b) **knockouts** (``esc_net/evaluation/knockouts.py``, with ``--knockouts``): the three benchmarks evaluated with
     the SAM blocks removed, every class given the next class's prompts, the mask prompt zeroed, the points removed.
 
@@ -66,11 +67,12 @@ def measure_run(run: str, args) -> Dict:
     held_out = render_objects(0, "sam_eval", args.objects, size)
     fit_images = render_objects(0, "transfer_fit", args.fit_images, size).images
     projections = {}
-    if args.aligned:  # the alignment stage's projection, before ESC-Net's training moved it
+    aligned = m.SAM_PROJECTION_WEIGHTS
+    if aligned:  # the run's aligned start (esc-net-pretrain align's output), before ESC-Net's training moved it
         projections["aligned_projection"] = build_image_projection(
             m.SAM_IMAGE_PROJECTION, model.clip.output_shape().embed_dim, m.SAM_EMBED_DIM
         )
-        load_projection_weights(projections["aligned_projection"], read_projection_weights(args.aligned), args.aligned)
+        load_projection_weights(projections["aligned_projection"], read_projection_weights(aligned), aligned)
     figures = {"transfer": transfer_ious(model, sam, held_out, fit_images, projections=projections), "knockouts": {}}
     if args.knockouts:
         for kind in KNOCKOUTS:
@@ -125,9 +127,6 @@ def main():
     parser.add_argument("--objects", type=int, default=300, help="held-out objects prompted")
     parser.add_argument("--fit-images", type=int, default=1000, help="images the least-squares map is fitted on")
     parser.add_argument("--force", action="store_true", help="measure again runs that have sam_transfer.json")
-    parser.add_argument(
-        "--aligned", metavar="FILE", help="also measure this aligned projection (esc-net-pretrain align's output)"
-    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

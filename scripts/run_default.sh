@@ -17,7 +17,7 @@
 # Environment knobs:
 #   ESC_NET_OUTPUT          output folder (default: output/esc_net_tiny_shapes)
 #   ESC_NET_FROM_SCRATCH=1  pre-train CLIP, SAM and the aligned projection again instead of using model_zoo/
-#                           (about 100 minutes on 2 cores: docs/model_zoo.md)
+#                           (about two hours on 2 cores: docs/model_zoo.md)
 #   ESC_NET_PRETRAINED      where ESC_NET_FROM_SCRATCH=1 writes them (default: output/pretrained)
 #   ESC_NET_DEFAULT_ITERS   ESC-Net training iterations (default: the config's SOLVER.MAX_ITER)
 #   ESC_NET_CLIP_STEPS, ESC_NET_SAM_STEPS, ESC_NET_ALIGN_STEPS, ESC_NET_PRETRAIN_IMAGES   pre-training length with
