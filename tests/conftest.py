@@ -84,3 +84,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sam_file(tmp_path_factory):
+    """A whole SAM in the official checkpoint format, of the tiny config's SAM-block sizes (64 px, decoder width
+    32, one two-way layer), with random weights: the alignment and transfer tests' SAM."""
+    from esc_net.pretrain.sam import build_sam
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("sam") / "sam.pth")
+    torch.save(build_sam(64, embed_dim=32, depth=1, mlp_dim=64, num_heads=2).state_dict(), path)
+    return path

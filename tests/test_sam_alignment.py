@@ -13,9 +13,6 @@ from esc_net.data import synthetic_shapes as ss
 from esc_net.modeling.sam_projection import build_image_projection
 from esc_net.pretrain import cli
 from esc_net.pretrain.align import align_projection
-from esc_net.pretrain.sam import build_sam
-
-SAM_SIZES = dict(embed_dim=32, depth=1, mlp_dim=64, num_heads=2)  # the tiny config's SAM block
 
 
 def _inputs(vocabulary=("red circle", "blue bar", "stripes")):
@@ -100,14 +97,6 @@ def shapes_world(tmp_path_factory):
     ss.generate_synthetic_shapes(num_train=24, num_val=4)
     yield root
     del os.environ["DETECTRON2_DATASETS"]
-
-
-@pytest.fixture(scope="module")
-def sam_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("sam") / "sam.pth")
-    torch.save(build_sam(64, **SAM_SIZES).state_dict(), path)
-    return path
 
 
 def test_the_alignment_stage_fits_sams_embedding_and_its_output_loads_through_the_config(

@@ -9,17 +9,7 @@ from conftest import tiny_cfg
 from esc_net.evaluation.knockouts import KNOCKOUTS, knockout
 from esc_net.evaluation.sam_transfer import clip_dense_features, fit_least_squares, sam_embedding, transfer_ious
 from esc_net.pretrain.common import to_model_input
-from esc_net.pretrain.sam import build_sam, render_objects, sam_from_checkpoint, single_point_iou
-
-SAM_SIZES = dict(embed_dim=32, depth=1, mlp_dim=64, num_heads=2)  # the tiny config's SAM block
-
-
-@pytest.fixture(scope="module")
-def sam_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("sam") / "sam.pth")
-    torch.save(build_sam(64, **SAM_SIZES).state_dict(), path)
-    return path
+from esc_net.pretrain.sam import render_objects, sam_from_checkpoint, single_point_iou
 
 
 @pytest.fixture(scope="module")
