@@ -27,8 +27,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import RANDOM_BACKBONES, REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
-from esc_net.config import load_config
+from conftest import REPO_ROOT, TINY_CONFIG, free_port, tiny_cfg
 from esc_net.demo import web as app_module
 from esc_net.demo.browser import headless_chromium, missing_browser
 from esc_net.demo.images import ImageLimits
@@ -272,26 +271,11 @@ def test_two_clients_at_once(server, files):
         assert names and set(names) <= {v.strip() for v in vocabulary.split(";")}
 
 
-def test_no_arguments_trains_the_default_first(monkeypatch, tmp_path, files):
-    """With no checkpoint, `python demo/app.py` runs scripts/run_default.sh in this environment, then serves
-    what it trained."""
-    weights = tmp_path / "output" / "model_final.pth"
-    monkeypatch.setattr(app_module, "DEFAULT_WEIGHTS", str(weights))
-    calls = []
-
-    def fake_run(command, env, check):
-        calls.append((command, env["ESC_NET_SKIP_SETUP"], env["ESC_NET_VENV"]))
-        # what the training would leave behind: weights of the default config (random here)
-        weights.parent.mkdir(parents=True)
-        cfg = load_config(app_module.DEFAULT_CONFIG, RANDOM_BACKBONES)
-        DetectionCheckpointer(build_model(cfg), save_dir=str(weights.parent)).save("model_final")
-
-    monkeypatch.setattr(app_module.subprocess, "run", fake_run)
+def test_no_arguments_serves_the_trained_default_the_model_zoo_ships():
+    """`python demo/app.py` on a fresh clone starts from the shipped trained default, without training anything."""
     app, launch = app_module.create(app_module.parse_args([]))
-    assert calls == [(["bash", os.path.join(REPO_ROOT, "scripts", "run_default.sh")], "1", sys.prefix)]
-    assert "model_final.pth" in json.dumps(app.config)  # the page names the weights it serves, by file name
-    app_module.ensure_default_checkpoint()  # present now: nothing runs again
-    assert len(calls) == 1
+    assert app_module.DEFAULT_WEIGHTS == os.path.join(REPO_ROOT, "model_zoo", "esc_net_tiny_shapes.pth")
+    assert "esc_net_tiny_shapes.pth" in json.dumps(app.config)  # the page names the weights it serves, by file name
 
 
 def test_a_second_page_in_the_same_process_leaves_the_first_one_working(page, client, files):

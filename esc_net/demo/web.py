@@ -3,8 +3,8 @@
 The ``esc-net-web-demo`` command (``python demo/app.py`` in a source checkout runs the same code); it needs the
 ``web`` extra (gradio):
 
-    # the embedded default (the tiny model on the synthetic shapes; trained first by scripts/run_default.sh's
-    # steps if its checkpoint is absent; needs a source checkout), on http://127.0.0.1:7860
+    # the embedded default (the tiny model on the synthetic shapes, as the model zoo ships it trained:
+    # model_zoo/esc_net_tiny_shapes.pth; needs a source checkout), on http://127.0.0.1:7860
     esc-net-web-demo
 
     # any config and weights
@@ -40,8 +40,6 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -79,10 +77,11 @@ from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimit
 
 logger = logging.getLogger("esc_net.web_demo")
 
-# The embedded default lives in the source checkout around this package (configs/, scripts/, output/).
+# The embedded default lives in the source checkout around this package (configs/, model_zoo/).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "esc_net_tiny_shapes.yaml")
-DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "output", "esc_net_tiny_shapes", "model_final.pth")
+# the trained default the model zoo ships (docs/model_zoo.md), so that the page starts without training
+DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "model_zoo", "esc_net_tiny_shapes.pth")
 # Longest side of the pictures the page shows (--display-side); the model predicts at that size.
 DISPLAY_SIDE = 1024
 # A score map shows a class's score where it is among the pixel's SCORE_MAP_TOP_K best classes (0 elsewhere): the
@@ -147,16 +146,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     parser.add_argument("--device", help="run on this device (cpu, cuda); default: the config's MODEL.DEVICE")
     add_opts_argument(parser)
     return parser.parse_args(argv)
-
-
-def ensure_default_checkpoint() -> str:
-    """The embedded default's checkpoint, trained first with ``scripts/run_default.sh`` if it is absent."""
-    if not os.path.isfile(DEFAULT_WEIGHTS):
-        logger.info(f"{DEFAULT_WEIGHTS} not found: training the embedded default first (scripts/run_default.sh)")
-        # This interpreter's environment is the one to use: the script's own set-up step is skipped.
-        env = dict(os.environ, ESC_NET_SKIP_SETUP="1", ESC_NET_VENV=sys.prefix)
-        subprocess.run(["bash", os.path.join(REPO_ROOT, "scripts", "run_default.sh")], env=env, check=True)
-    return DEFAULT_WEIGHTS
 
 
 # The private folders of pages are named with this prefix (and a random part), in their parent folder.
@@ -551,7 +540,7 @@ def create(args: argparse.Namespace) -> Tuple[Any, dict]:
             )
         args.config_file = DEFAULT_CONFIG
         if not any(key == "MODEL.WEIGHTS" for key in opts[::2]):
-            opts = ["MODEL.WEIGHTS", ensure_default_checkpoint()] + opts
+            opts = ["MODEL.WEIGHTS", DEFAULT_WEIGHTS] + opts
     try:
         cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts, device=args.device))
         predictor = ESCNetPredictor(cfg)
