@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import default_cfg
-from esc_net.modeling.prompt_generator import PseudoPromptGenerator, PseudoPrompts
+from esc_net.modeling.prompt_generator import PseudoPromptGenerator, PseudoPrompts, _canonical_order
 
 
 def generator(**changes) -> PseudoPromptGenerator:
@@ -379,3 +379,15 @@ def test_posterior_of_a_slice_equals_the_whole_vocabularys():
     torch.testing.assert_close(parts, whole, rtol=0, atol=0)
     with pytest.raises(ValueError, match="does not match"):
         ppg(maps[:, :1], posterior)
+
+
+def test_the_canonical_order_is_a_stable_sort_by_probability_then_position():
+    """The pseudo points' order, counted from comparisons (an ONNX graph has no stable sort), is the one two stable
+    sorts give: decreasing probability, then raster position, then cluster index; ties and padding included."""
+    generator = torch.Generator().manual_seed(0)
+    peak_prob = torch.randint(0, 4, (500, 6), generator=generator).float() / 4  # many equal probabilities
+    peak_prob[peak_prob == 0] = -1  # empty clusters (padding)
+    peak = torch.randint(0, 5, (500, 6), generator=generator)  # and equal positions
+    order = peak.argsort(dim=1, stable=True)
+    expected = order.gather(1, peak_prob.gather(1, order).argsort(dim=1, descending=True, stable=True))
+    assert torch.equal(_canonical_order(peak_prob, peak), expected)
