@@ -92,6 +92,9 @@ __all__ = [
     "limit_option",
     "label_map",
     "main",
+    "add_backend_argument",
+    "as_array",
+    "build_predictor",
     "palette",
     "parse_args",
     "parse_vocabulary_text",
@@ -131,7 +134,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="an ESC-Net config (configs/*.yaml)")
+    parser.add_argument(
+        "--config-file", metavar="FILE", help="an ESC-Net config (configs/*.yaml); needed by --backend pytorch"
+    )
     parser.add_argument(
         "--input", nargs="+", required=True, metavar="PATH", help="image files, folders of images or glob patterns"
     )
@@ -171,9 +176,61 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         help=f"longest side of the overlays drawn (default {DISPLAY_SIDE})",
     )
     add_limit_arguments(parser)
+    add_backend_argument(parser)
     parser.add_argument("--device", help="run on this device (cpu, cuda, cuda:1); default: the config's MODEL.DEVICE")
     add_opts_argument(parser)
     return parser.parse_args(argv)
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """--backend, shared by the command line and the web page."""
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        default=["pytorch"],
+        metavar="NAME",
+        help="'pytorch' (the model of --config-file and --opts; the default) or 'onnxruntime DIR': the graphs that "
+        "esc-net-export wrote into DIR, on ONNX Runtime (the deploy extra; --config-file, --opts and --device do not "
+        "apply)",
+    )
+
+
+def build_predictor(args: argparse.Namespace, cfg=None):
+    """The predictor ``--backend`` names: :class:`ESCNetPredictor` of ``cfg`` (default: :func:`setup_cfg` of the
+    arguments), or :class:`esc_net_runtime.ONNXPredictor` of an exported folder. Returns it and the config (None
+    for ONNX Runtime).
+
+    Raises:
+        InputError: --backend is neither form, a config is missing or does not apply, or the exported folder is
+            refused (missing files, another format, onnxruntime not installed).
+        OSError, ValueError, KeyError: from building the PyTorch predictor (weights missing or not fitting).
+    """
+    name, *folder = args.backend
+    if name == "pytorch" and not folder:
+        if cfg is None:
+            if args.config_file is None:
+                raise InputError(
+                    "--backend pytorch needs --config-file (or run an exported model: --backend onnxruntime DIR)"
+                )
+            cfg = setup_cfg(args)
+        return ESCNetPredictor(cfg), cfg
+    if name == "onnxruntime" and len(folder) == 1:
+        given = [
+            flag
+            for flag, value in (("--config-file", args.config_file), ("--opts", args.opts), ("--device", args.device))
+            if value
+        ]
+        if given:
+            raise InputError(
+                f"--backend onnxruntime runs the exported graphs of {folder[0]}: {', '.join(given)} do not apply"
+            )
+        from esc_net_runtime import ONNXPredictor
+
+        try:
+            return ONNXPredictor(folder[0]), None
+        except (ImportError, OSError, ValueError) as e:
+            raise InputError(str(e)) from e
+    raise InputError(f"--backend takes 'pytorch' or 'onnxruntime DIR', got {' '.join(args.backend)!r}")
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -286,8 +343,9 @@ def resolve_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
 
 def palette(cfg, dataset: Optional[str] = None) -> Optional[Metadata]:
     """The metadata whose ``stuff_colors`` draw the classes it has (:func:`class_colors`): ``dataset``'s, else
-    that of the dataset the model's default vocabulary comes from; None if neither names one."""
-    if dataset is None:
+    that of the dataset the model's default vocabulary comes from (``cfg``'s; None for an exported model); None if
+    neither names one."""
+    if dataset is None and cfg is not None:
         source, _ = default_vocabulary_source(cfg)
         dataset = source if isinstance(source, str) else None
     return MetadataCatalog.get(dataset) if dataset else None
@@ -375,7 +433,7 @@ def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namesp
     """
     dtype = label_dtype(len(predictor.vocabulary))
     if args.save_scores:
-        scores = predictor(image, output="scores")["sem_seg"].cpu().numpy()
+        scores = as_array(predictor(image, output="scores")["sem_seg"])
         return label_map(scores), scores, None
     full_size = args.save_labels or args.save_top_k
     size = None if full_size else display_size(*image.shape[:2], args.display_side)
@@ -385,16 +443,21 @@ def segment(predictor: ESCNetPredictor, image: np.ndarray, args: argparse.Namesp
         return labels, None, None
     top = {
         "labels": _as_labels(result["sem_seg_topk_labels"], dtype),
-        "scores": result["sem_seg_topk_scores"].cpu().numpy(),
+        "scores": as_array(result["sem_seg_topk_scores"]),
     }
     return labels, None, top
 
 
-def _as_labels(labels: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+def as_array(values) -> np.ndarray:
+    """A PyTorch predictor's tensor (on any device) or an ONNX predictor's array, as a numpy array."""
+    return values.cpu().numpy() if isinstance(values, torch.Tensor) else values
+
+
+def _as_labels(labels, dtype: np.dtype) -> np.ndarray:
     """The model's class indices as an array of the files' ``dtype``, without a copy where the bits are the same:
     indices are never negative, so the model's int16 (more than 255 classes) reads as the files' uint16. The top-k
     labels at the image's size are K x H x W of them (168 MB for K = 5 on a 4096x4096 photo)."""
-    array = labels.cpu().numpy()
+    array = as_array(labels)
     return array.view(dtype) if array.dtype.itemsize == dtype.itemsize else array.astype(dtype)
 
 
@@ -436,10 +499,9 @@ def segment_file(
 def run(args: argparse.Namespace) -> List[str]:
     """Segments every input; returns the paths of the overlays written."""
     paths = collect_inputs(args.input)
-    cfg = setup_cfg(args)
     try:
         vocabulary = resolve_vocabulary(args)
-        predictor = ESCNetPredictor(cfg)
+        predictor, cfg = build_predictor(args)
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A vocabulary that is empty or unknown, weights that are missing or do not fit the config.
         raise InputError(error_text(e)) from e
@@ -453,6 +515,8 @@ def run(args: argparse.Namespace) -> List[str]:
         )
     if not 0 <= args.save_top_k <= len(vocabulary):
         raise InputError(f"--save-top-k must be between 0 and the {len(vocabulary)} classes, got {args.save_top_k}")
+    if args.show_prompts and cfg is None:
+        raise InputError("--show-prompts draws the PyTorch model's pseudo prompts: it needs --backend pytorch")
     prompt_class = prompt_class_index(vocabulary, args.show_prompts) if args.show_prompts else None
     metadata = vocabulary_metadata(vocabulary, class_colors(vocabulary, palette(cfg, args.dataset_vocabulary)))
     os.makedirs(args.output, exist_ok=True)

@@ -55,7 +55,10 @@ from esc_net.data import check_vocabulary
 from esc_net.data.synthetic_shapes import benchmark, render_split_sample
 from esc_net.demo.cli import (
     InputError,
+    add_backend_argument,
     add_limit_arguments,
+    as_array,
+    build_predictor,
     draw_overlay,
     image_limits,
     limit_option,
@@ -134,6 +137,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (MB)")
     add_limit_arguments(parser)
+    add_backend_argument(parser)
     parser.add_argument(
         "--display-side",
         type=int,
@@ -271,7 +275,8 @@ class Segmenter:
     ):
         """
         Args:
-            predictor: the model; its own vocabulary is the page's default.
+            predictor: the model (ESCNetPredictor, or esc_net_runtime.ONNXPredictor of an exported model); its own
+                vocabulary is the page's default.
             limits: the largest image accepted, checked on its header before decoding.
             display_side: longest side of the pictures shown; the model predicts at that size.
             colors: a dataset's metadata whose ``stuff_colors`` draw the classes it has (e.g. grey background);
@@ -357,7 +362,7 @@ class Segmenter:
             result = self.predictor(image, vocabulary, output="labels", top_k=top_k, output_size=size)
         seconds = time.perf_counter() - start
         progress(0.8, desc="drawing")
-        labels = result["sem_seg_labels"].cpu().numpy()  # [h, w] at the display size
+        labels = as_array(result["sem_seg_labels"])  # [h, w] at the display size
         metadata = self.metadata(vocabulary)
         overlay = draw_overlay(image, labels, metadata, self.display_side)[:, :, ::-1]
         legend = legend_html(labels, metadata, seconds)
@@ -390,8 +395,8 @@ def _no_progress(fraction: float, desc: str = "") -> None:
 def class_scores(result: dict, index: int) -> np.ndarray:
     """[h, w] float32 scores of class ``index`` where it is among the pixel's top k, 0 elsewhere, from the model's
     ``"sem_seg_topk_labels"`` / ``"sem_seg_topk_scores"`` [k, h, w]."""
-    labels = result["sem_seg_topk_labels"].cpu().numpy()
-    scores = result["sem_seg_topk_scores"].cpu().numpy().astype(np.float32)
+    labels = as_array(result["sem_seg_topk_labels"])
+    scores = as_array(result["sem_seg_topk_scores"]).astype(np.float32)
     return np.where(labels == index, scores, 0).max(axis=0)
 
 
@@ -527,10 +532,9 @@ def check_port(host: str, port: int) -> None:
             ) from e
 
 
-def create(args: argparse.Namespace) -> Tuple[Any, dict]:
-    """The page for ``args`` (a ``gradio.Blocks``) and the keyword arguments of its ``launch``."""
-    gradio()  # before any model work: without gradio, say so at once
-    check_port(args.host, args.port)  # and so for a port another server holds
+def _pytorch_predictor(args: argparse.Namespace):
+    """The PyTorch predictor of the page's config (default: the embedded default and the weights the model zoo
+    ships) and that config."""
     opts = list(args.opts)
     if args.config_file is None:
         if not os.path.isfile(DEFAULT_CONFIG):
@@ -543,13 +547,24 @@ def create(args: argparse.Namespace) -> Tuple[Any, dict]:
             opts = ["MODEL.WEIGHTS", DEFAULT_WEIGHTS] + opts
     try:
         cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts, device=args.device))
-        predictor = ESCNetPredictor(cfg)
+        return build_predictor(args, cfg)
     except (OSError, ValueError, KeyError) as e:
         raise InputError(str(e)) from e
+
+
+def create(args: argparse.Namespace) -> Tuple[Any, dict]:
+    """The page for ``args`` (a ``gradio.Blocks``) and the keyword arguments of its ``launch``."""
+    gradio()  # before any model work: without gradio, say so at once
+    check_port(args.host, args.port)  # and so for a port another server holds
+    if args.backend[0] == "onnxruntime":
+        predictor, cfg = build_predictor(args)
+        title = f"exported `{os.path.basename(os.path.normpath(args.backend[-1]))}` on ONNX Runtime"
+    else:
+        predictor, cfg = _pytorch_predictor(args)
+        # File names only: the page shows no path of the server's.
+        title = f"`{os.path.basename(args.config_file)}`, weights `{os.path.basename(cfg.MODEL.WEIGHTS) or 'random'}`"
     default_vocabulary = "; ".join(predictor.vocabulary or [])
     examples = write_examples(private_folder())
-    # File names only: the page shows no path of the server's.
-    title = f"`{os.path.basename(args.config_file)}`, weights `{os.path.basename(cfg.MODEL.WEIGHTS) or 'random'}`"
     segmenter = Segmenter(predictor, image_limits(args), args.display_side, palette(cfg), vocabulary_limits(args))
     app = build_app(segmenter, examples, default_vocabulary, title)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
