@@ -15,6 +15,17 @@ PREP = [
     # esc_net/data/prepare/pascal_context_59.py decodes the COCO-style RLE masks (pycocotools.mask).
     "pycocotools",
 ]
+# Exporting ESC-Net to ONNX (esc-net-export) and running the export without PyTorch (esc_net_runtime).
+DEPLOY = [
+    # The exporter's graphs are of opset 20 (torch.onnx.export's default), which ONNX Runtime reads from 1.17.
+    "onnxruntime>=1.17",
+    # torch.onnx.export(dynamo=True) builds its graphs with onnxscript, and PyTorch 2.11+ imports its
+    # _framework_apis.torch_2_11, which onnxscript has from 0.6.0; onnxscript 0.6 needs onnx 1.17.
+    "onnx>=1.17",
+    "onnxscript>=0.6.0",
+    # esc_net_runtime.tokenizer marks CLIP's start and end tokens with AddedToken(special=True), from 0.14.
+    "tokenizers>=0.14",
+]
 # The Gradio page (esc-net-web-demo, demo/app.py). 6.0 moved ``theme`` from ``gr.Blocks`` to ``launch()``, where
 # esc_net.demo.web passes it.
 WEB = ["gradio>=6.0"]
@@ -24,7 +35,7 @@ setup(
     version="0.1.0",
     description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, as a Detectron2 plugin",
     license="MIT",
-    packages=find_packages(include=["esc_net", "esc_net.*"]),
+    packages=find_packages(include=["esc_net", "esc_net.*", "esc_net_runtime", "esc_net_runtime.*"]),
     package_data={"esc_net.data.class_names": ["*.txt"]},
     python_requires=">=3.9",
     install_requires=[
@@ -68,6 +79,8 @@ setup(
         # The web demo; "demo" and "web" are the same (the command-line demo needs only the core requirements).
         "demo": WEB,
         "web": WEB,
+        # ONNX export and the torch-free runtime (pip install 'esc_net[deploy]').
+        "deploy": DEPLOY,
         # The test suite: the runner, what the tests import, and the extras whose code they exercise. The browser
         # test also needs Debian's chromium and chromium-driver (.ci/run installs them); without them it is skipped.
         "test": [
@@ -87,6 +100,7 @@ setup(
             "selenium>=4",
             *PREP,
             *WEB,
+            *DEPLOY,
         ],
     },
     entry_points={

@@ -13,7 +13,7 @@ from matplotlib.colors import hsv_to_rgb
 
 from esc_net.data.vocabulary import resolve_vocabularies
 from esc_net.utils.checkpoint import load_model_weights
-from esc_net.utils.vocabulary_rules import split_synonyms
+from esc_net_runtime.vocabulary_rules import split_synonyms
 
 __all__ = [
     "BACKGROUND_NAMES",
@@ -113,7 +113,7 @@ class ESCNetPredictor:
                 predictor's :attr:`vocabulary` is left unchanged, so that callers in several threads can each pass
                 their own); default :attr:`vocabulary`. No length limit applies here: a service that takes names
                 from its users checks them with ``check_vocabulary(names, VocabularyLimits())`` first, as the
-                demos do (:mod:`esc_net.utils.vocabulary_rules`; tokenising a very long name takes minutes).
+                demos do (:mod:`esc_net_runtime.vocabulary_rules`; tokenising a very long name takes minutes).
             output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
             top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
             output_size: the (H, W) to predict at (Detectron2's "height"/"width" of the input); default the

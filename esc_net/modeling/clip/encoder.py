@@ -16,6 +16,7 @@ from esc_net.modeling.clip.build import build_open_clip, is_random_init, model_c
 from esc_net.modeling.clip.qv_attention import split_qkv_attention
 from esc_net.modeling.clip.text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
 from esc_net.utils.arguments import check_choice
+from esc_net_runtime.prompts import truncated_names
 
 __all__ = ["CLIPEncoder", "DENSE_LAYERS", "FINETUNE_MODES"]
 
@@ -316,12 +317,8 @@ class CLIPEncoder(VisionLanguageBackbone):
         return pool_prompt_embeddings(embeddings, synonym_to_class, len(class_names), len(self.templates))
 
     def truncated_names(self, class_names: Sequence[str]) -> List[str]:
-        """The names of which some prompt (any template, any synonym) fills the text context, so that the
-        tokenizer cuts its end off: such names can end up with the same embedding as another name."""
-        prompts, synonym_to_class = build_prompts(class_names, self.templates, "average")
-        tokens = self.tokenizer(prompts)  # [S * T, context_length], zero-padded
-        full = (tokens[:, -1] != 0).view(len(synonym_to_class), -1).any(dim=1)
-        return [class_names[i] for i in sorted(set(synonym_to_class[full].tolist()))]
+        """The names of which some prompt fills the text context (:func:`esc_net_runtime.prompts.truncated_names`)."""
+        return truncated_names(class_names, self.templates, self.tokenizer)
 
     def encode_text(self, class_names: Sequence[str]) -> Tensor:
         """
