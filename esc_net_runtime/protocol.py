@@ -58,14 +58,22 @@ def check_top_k(top_k: int, num_classes: int) -> None:
         raise ValueError(f"top_k must be in [0, {num_classes}] (the number of classes), got {top_k}")
 
 
-def bilinear_taps(out_size: int, in_size: int, start: int, stop: int) -> Taps:
+def bilinear_taps(out_size: int, in_size: int, start: int, stop: int, fused: bool) -> Taps:
     """For outputs ``start..stop-1`` along one axis: the two input indices (int64) and the weight (float32) of the
-    second, in float32 arithmetic as PyTorch's bilinear kernel uses for float32 tensors."""
+    second, in float32 arithmetic as PyTorch computes them for float32 tensors.
+
+    Args:
+        fused: compute the source position ``scale * (d + 0.5) - 0.5`` as ``F.interpolate``'s CPU kernel does, in
+            one fused multiply-add rounded once (float64 holds the exact product and sum of these float32 values,
+            so one rounding follows them too); else in separate float32 operations, as the bounded-memory
+            resampling of :mod:`esc_net.modeling.full_resolution` does with tensor operations.
+    """
     dst = np.arange(start, stop, dtype=np.float32) + np.float32(0.5)
     scale = np.float32(in_size) / np.float32(out_size)
-    # F.interpolate's CPU kernel (x86-64) computes scale * dst - 0.5 as one fused multiply-add, rounded once to
-    # float32; in float64 the product and the sum of float32 values are exact, so one rounding follows them too.
-    src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(np.float32)
+    if fused:
+        src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(np.float32)
+    else:
+        src = scale * dst - np.float32(0.5)
     src = np.maximum(src, np.float32(0))
     low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     high = np.minimum(low + 1, in_size - 1)
@@ -99,11 +107,11 @@ def resize_image(image: np.ndarray, size: Tuple[int, int], budget: int = DEFAULT
     of the input's width), never a float copy of the whole input.
     """
     (H, W, C), (h, w) = image.shape, size
-    cols = bilinear_taps(w, W, 0, w)
+    cols = bilinear_taps(w, W, 0, w, fused=False)
     band = max(1, budget // (W * C))
     result = np.empty((h, w, C), dtype=np.float32)
     for y0 in range(0, h, band):
-        rows = bilinear_taps(h, H, y0, min(y0 + band, h))
+        rows = bilinear_taps(h, H, y0, min(y0 + band, h), fused=False)
         result[y0 : y0 + band] = _resample(image, rows, cols, axis=0)
     return result
 
@@ -112,7 +120,7 @@ def resize_maps(maps: np.ndarray, size: Tuple[int, int], budget: int = DEFAULT_B
     """[C, h, w] -> [C, H, W] float32 of ``size`` (H, W), in chunks of maps: besides the result, the working memory
     is a few times ``budget`` floats (or one map)."""
     (C, h, w), (H, W) = maps.shape, size
-    rows, cols = bilinear_taps(H, h, 0, H), bilinear_taps(W, w, 0, W)
+    rows, cols = bilinear_taps(H, h, 0, H, fused=True), bilinear_taps(W, w, 0, W, fused=True)
     chunk = max(1, budget // (H * W))
     result = np.empty((C, H, W), dtype=np.float32)
     for c0 in range(0, C, chunk):
@@ -188,13 +196,14 @@ def upsampled_labels(
     chunk = max(1, min(N, MAX_CLASS_CHUNK, budget // W))
     band_rows = max(1, budget // (chunk * W))
     dtype = label_dtype(N)
-    cols = bilinear_taps(W, w, 0, W)
+    # as PyTorch's upsampled_labels: the rows resampled as resize_bilinear does, the columns by F.interpolate
+    cols = bilinear_taps(W, w, 0, W, fused=True)
     labels = np.empty((H, W), dtype=dtype)
     if top_k:
         topk_labels = np.empty((top_k, H, W), dtype=dtype)
         topk_scores = np.empty((top_k, H, W), dtype=np.float16)
     for y0 in range(0, H, band_rows):
-        rows = bilinear_taps(H, h, y0, min(y0 + band_rows, H))
+        rows = bilinear_taps(H, h, y0, min(y0 + band_rows, H), fused=False)
         best = best_index = None
         for c0 in range(0, N, chunk):
             band = _resample(scores[c0 : c0 + chunk], rows, cols, axis=1)  # [chunk, rows, W]

@@ -5,11 +5,14 @@
 split pattern. :class:`ClipTokenizer` (at run time, without PyTorch) encodes prompts with it into the token ids
 open_clip gives: [start] + BPE tokens + [end], cut to the context length with the end token kept last, zero-padded.
 
-open_clip cleans a text with ftfy, unescapes HTML entities, collapses whitespace and lowercases it. The file's
-normaliser does the same with ``tokenizers``' own steps: ftfy's fixes of single characters (curly quotes,
-ligatures, full-width forms, control characters: a table made at export time by ftfy itself), Unicode NFC,
-Python's whitespace, and lowercasing; :class:`ClipTokenizer` unescapes the entities first, with Python's
-``html.unescape``. What this cannot reproduce is listed in :data:`KNOWN_DIFFERENCES`.
+open_clip cleans a text with ftfy, unescapes HTML entities, collapses whitespace and lowercases it, then splits it
+with its pattern. The file's normaliser does the same with ``tokenizers``' own steps: ftfy's fixes of single
+characters (curly quotes, ligatures, full-width forms, control characters: a table that ftfy itself makes at export
+time), Unicode NFC, Python's whitespace, Python's lowercasing (its final sigma included), and a space for each
+character the pattern never matches; its pre-tokeniser splits with open_clip's own pattern. :class:`ClipTokenizer`
+decodes the HTML entities before, as ftfy and open_clip decode them (with Python's ``html``). Every class name of
+the benchmarks in every template, and every assigned character of Unicode alone, are tokenised as open_clip does
+(tests/test_runtime_tokenizer.py); what is not reproduced is listed in :data:`KNOWN_DIFFERENCES`.
 """
 
 import functools
@@ -27,7 +30,7 @@ _UPPERCASE_ENTITY = re.compile(r"&[0-9A-Z]{1,24};")
 
 KNOWN_DIFFERENCES = """\
 Texts on which ClipTokenizer's ids differ from open_clip's SimpleTokenizer (none occurs in the class names of
-esc_net/data/class_names with the project's templates; the tests check those and many other names):
+esc_net/data/class_names in the project's templates):
 - mojibake that ftfy repairs (text decoded with the wrong codec, e.g. "cafÃ©" for "café"): ftfy's guesses depend on
   the whole text and are not reproduced; the text is tokenised as written;
 - ANSI terminal escapes (ESC [ ... letter): only the ESC character is removed, not the whole sequence (a class name
@@ -71,6 +74,7 @@ def _unescape(text: str) -> str:
         text = decoded
 
 
+@functools.lru_cache(maxsize=None)
 def _character_fixes() -> Dict[str, str]:
     """ftfy's fix of each character that it changes on its own (without Unicode normalisation, which the file
     does as a step of its own, nor mojibake repair and HTML entities, which depend on the surrounding text)."""

@@ -87,17 +87,18 @@ def _pair(context_length, folder):
     return reference, ClipTokenizer(path)
 
 
-@pytest.fixture(scope="module", params=[77, 32], ids=["context77", "context32"])
-def tokenizers_pair(request, tmp_path_factory):
-    """open_clip's SimpleTokenizer of a context length (77: CLIP's; 32: the tiny config's) and the runtime's
-    tokenizer written from it."""
-    return _pair(request.param, tmp_path_factory.mktemp("tokenizer"))
-
-
 @pytest.fixture(scope="module")
 def clip_pair(tmp_path_factory):
-    """The pair of CLIP's context length, for texts that no context cuts."""
+    """open_clip's SimpleTokenizer of CLIP's context length (77) and the runtime's tokenizer written from it."""
     return _pair(77, tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module", params=[77, 32], ids=["context77", "context32"])
+def tokenizers_pair(request, tmp_path_factory):
+    """The pair of CLIP's context length, and of the tiny config's (32)."""
+    if request.param == 77:
+        return request.getfixturevalue("clip_pair")
+    return _pair(request.param, tmp_path_factory.mktemp("tokenizer"))
 
 
 def _assert_same_ids(pair, texts):

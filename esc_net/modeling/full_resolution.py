@@ -37,7 +37,7 @@ def label_dtype(num_classes: int) -> torch.dtype:
 
 def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
     """:func:`esc_net_runtime.protocol.bilinear_taps` on ``device``."""
-    return tuple(torch.from_numpy(t).to(device) for t in bilinear_taps(out_size, in_size, start, stop))
+    return tuple(torch.from_numpy(t).to(device) for t in bilinear_taps(out_size, in_size, start, stop, fused=False))
 
 
 def _resample(values: torch.Tensor, rows: Tuple[torch.Tensor, ...], cols: Tuple[torch.Tensor, ...]) -> torch.Tensor:
