@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from esc_net_runtime.inputs import check_bgr_image, check_output_size
 from esc_net_runtime.prompts import SYNONYM_MODES, check_templates, prompt_list, truncated_names, warn_truncated_names
 from esc_net_runtime.protocol import (
     INFERENCE_MODES,
@@ -232,16 +233,7 @@ class ONNXPredictor:
                 [0, N], ``output_size`` is not two positive integers, or the model's scores hold NaN.
             TypeError: ``vocabulary`` is a single string instead of a list, or holds a name that is not a string.
         """
-        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-            shape = getattr(image_bgr, "shape", None)
-            raise ValueError(
-                f"expected a BGR image as an [H, W, 3] numpy array, got {type(image_bgr).__name__} of shape {shape}"
-            )
-        if image_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image (0-255, as cv2.imread gives), got dtype {image_bgr.dtype}")
-        height, width = image_bgr.shape[:2]
-        if height == 0 or width == 0:
-            raise ValueError(f"the image is empty: {height}x{width} pixels (H x W)")
+        height, width = check_bgr_image(image_bgr)
         if vocabulary is None and self._vocabulary is None:
             raise ValueError("the predictor has no vocabulary: call set_vocabulary(names) or pass vocabulary=")
         vocabulary = self._vocabulary if vocabulary is None else self._check_vocabulary(vocabulary)
@@ -251,9 +243,7 @@ class ONNXPredictor:
             raise ValueError(f"the inference output must be one of {OUTPUT_MODES}, got {output!r}")
         check_top_k(top_k, len(vocabulary))
         if output_size is not None:
-            if len(output_size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in output_size):
-                raise ValueError(f"output_size must be two positive integers (height, width), got {output_size!r}")
-            height, width = output_size
+            height, width = check_output_size(output_size)
         text = self._class_embeddings(tuple(vocabulary))
         scores = self._score(self._normalized_input(image_bgr), text)
         return full_resolution_output(scores, (height, width), output, top_k)
