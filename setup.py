@@ -112,6 +112,8 @@ setup(
             "esc-net-web-demo=esc_net.demo.web:main",
             # the laboratory's tiny CLIP and SAM (esc_net.pretrain)
             "esc-net-pretrain=esc_net.pretrain.cli:main",
+            # ONNX graphs and settings for esc_net_runtime.ONNXPredictor (esc_net.export)
+            "esc-net-export=esc_net.export:main",
         ],
     },
 )

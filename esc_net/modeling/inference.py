@@ -122,6 +122,12 @@ class InferenceProtocol:
         """A new protocol with some settings changed (e.g. ``replace(mode="whole", max_classes_per_view=0)``)."""
         return InferenceProtocol(**{**self._settings, **changes})
 
+    @property
+    def settings(self) -> dict:
+        """The protocol's constructor arguments except its geometry (``image_size``, ``out_size``), which the model
+        sets: what a runtime outside PyTorch needs to run the same protocol."""
+        return {k: v for k, v in self._settings.items() if k not in ("image_size", "out_size")}
+
     def _geometry(self) -> "SlidingWindow":
         if self.sliding_window is None:
             raise ValueError(
@@ -170,12 +176,37 @@ class InferenceProtocol:
         """
         dense, skips = model.encode_image(views)
         corr = model.correlation(dense, text)
-        V, N = corr.shape[:2]
         K = self.max_classes_per_view
-        if not K or N <= K:
-            return model.refine(corr, dense, skips, text.expand(V, -1, -1))[0].sigmoid()
-        # Refine only the K classes most correlated with each view; the others keep their plain correlation,
-        # rescaled below the lowest refined score at each pixel so that they never outrank a refined class.
+        if not K or len(text) <= K:
+            return model.refine(corr, dense, skips, text.expand(len(views), -1, -1))[0].sigmoid()
+        return self._score_top_classes(model, corr, dense, skips, text, K)
+
+    def score_views_traceable(self, model: nn.Module, views: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_views` as one graph for any class count N (what ``esc-net-export`` exports).
+
+        With a class cap K, a graph cannot choose between refining every class (N <= K) and the top K: it always
+        refines the top min(K, N). For N <= K those are every class, refined in the order of their correlation
+        instead of the vocabulary's; the blocks treat the classes of a view alike whatever their order, so the
+        scores equal :meth:`score_views`' up to float rounding.
+        """
+        dense, skips = model.encode_image(views)
+        corr = model.correlation(dense, text)
+        K = self.max_classes_per_view
+        if not K:
+            return model.refine(corr, dense, skips, text.expand(len(views), -1, -1))[0].sigmoid()
+        # text.shape[0], not len(text): len() makes a Python int of the traced class count
+        return self._score_top_classes(model, corr, dense, skips, text, torch.sym_min(text.shape[0], K))
+
+    @staticmethod
+    def _score_top_classes(model, corr, dense, skips, text, K) -> torch.Tensor:
+        """Refines only the K classes most correlated with each view; the others keep their plain correlation,
+        rescaled below the lowest refined score at each pixel so that they never outrank a refined class.
+
+        Args:
+            corr: [V, N, h, w]; dense, skips: the views' features; text: [N, D]; K: at most N.
+        Returns:
+            [V, N, out_size, out_size] scores in [0, 1].
+        """
         top = corr.flatten(2).amax(dim=2).topk(K, dim=1).indices  # [V, K]
         h, w = corr.shape[-2:]
         top_corr = corr.gather(1, top[:, :, None, None].expand(-1, -1, h, w))

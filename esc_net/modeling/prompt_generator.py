@@ -304,15 +304,33 @@ class PseudoPromptGenerator(nn.Module):
         member = (assign[:, None] == clusters[:, None]) & kept[:, None]  # [M, K, P]
         # Kept pixels have p > 0, so -1 only wins in empty clusters; the first index wins among equal ones.
         peak_prob, peak = torch.where(member, prob[:, None], -1.0).max(dim=2)  # [M, K]
-        # Canonical order, independent of the cluster numbering: by decreasing probability, ties in raster order,
-        # padding last (two stable sorts, the primary key last).
-        order = peak.argsort(dim=1, stable=True)
-        peak, peak_prob = peak.gather(1, order), peak_prob.gather(1, order)
-        order = peak_prob.argsort(dim=1, descending=True, stable=True)
+        order = _canonical_order(peak_prob, peak)
         peak, real = peak.gather(1, order), peak_prob.gather(1, order) >= 0
         points = torch.where(real[..., None], coords[peak], 0).float()
         labels = torch.where(real, 1, -1)
         return points, labels
+
+
+def _canonical_order(peak_prob: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """The order of every map's clusters that makes its points independent of the cluster numbering: by decreasing
+    probability, ties by raster position, then by cluster index (padding, probability -1, comes last).
+
+    Args:
+        peak_prob: [M, K] float32; peak: [M, K] int64.
+    Returns:
+        [M, K] int64, the cluster at each output position.
+
+    The position of each cluster is its rank, counted from K x K comparisons, rather than a sort: the same
+    permutation as a stable sort on (-probability, position), and one that ONNX can express (it has no stable
+    sort, and a plain sort leaves the order of ties to the runtime).
+    """
+    K = peak.shape[1]
+    index = torch.arange(K, device=peak.device)
+    p_i, p_j, q_i, q_j = peak_prob[:, :, None], peak_prob[:, None, :], peak[:, :, None], peak[:, None, :]
+    tie = (p_i == p_j) & ((q_i < q_j) | ((q_i == q_j) & (index[:, None] < index[None, :])))
+    comes_before = (p_i > p_j) | tie  # [M, K, K]: cluster i is placed before cluster j
+    rank = comes_before.sum(dim=1)  # [M, K]: how many clusters are placed before cluster j
+    return torch.zeros_like(peak).scatter_(1, rank, index.expand_as(peak))
 
 
 def _squared_distance(centres: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

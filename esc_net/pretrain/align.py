@@ -33,8 +33,9 @@ from torch.nn import functional as F
 from esc_net.data import SemanticSegmentationMapper
 from esc_net.data.datasets import incomplete_datasets_allowed
 from esc_net.evaluation.sam_transfer import r_squared, sam_embedding
-from esc_net.pretrain.common import Schedule, finish_stage, fit, provenance, save_report
+from esc_net.pretrain.common import Schedule, finish_stage, fit, save_report
 from esc_net.pretrain.sam import sam_from_checkpoint
+from esc_net.utils.provenance import provenance
 
 logger = logging.getLogger("esc_net.pretrain")
 

@@ -33,11 +33,11 @@ from esc_net.pretrain.common import (
     Schedule,
     finish_stage,
     fit,
-    provenance,
     random_dihedral,
     save_report,
     to_model_input,
 )
+from esc_net.utils.provenance import provenance
 
 logger = logging.getLogger("esc_net.pretrain")
 

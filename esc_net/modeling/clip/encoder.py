@@ -14,7 +14,13 @@ from torch.nn import functional as F
 from esc_net.modeling.backbone import VL_BACKBONE_REGISTRY, BackboneShape, VisionLanguageBackbone
 from esc_net.modeling.clip.build import build_open_clip, is_random_init, model_config
 from esc_net.modeling.clip.qv_attention import split_qkv_attention
-from esc_net.modeling.clip.text_prompts import SYNONYM_MODES, build_prompts, check_templates, pool_prompt_embeddings
+from esc_net.modeling.clip.text_prompts import (
+    SYNONYM_MODES,
+    build_prompts,
+    check_templates,
+    pool_prompt_embeddings,
+    synonym_class_matrix,
+)
 from esc_net.utils.arguments import check_choice
 from esc_net_runtime.prompts import truncated_names
 
@@ -314,7 +320,8 @@ class CLIPEncoder(VisionLanguageBackbone):
         device = self.clip.logit_scale.device
         tokens = self.tokenizer(prompts).to(device)  # [S * T, context_length]
         embeddings = torch.cat([self.clip.encode_text(chunk) for chunk in tokens.split(self.text_batch_size)])
-        return pool_prompt_embeddings(embeddings, synonym_to_class, len(class_names), len(self.templates))
+        synonym_classes = synonym_class_matrix(synonym_to_class.to(device), len(class_names))
+        return pool_prompt_embeddings(embeddings, synonym_classes, len(self.templates))
 
     def truncated_names(self, class_names: Sequence[str]) -> List[str]:
         """The names of which some prompt fills the text context (:func:`esc_net_runtime.prompts.truncated_names`)."""

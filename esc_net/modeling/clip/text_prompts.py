@@ -17,7 +17,14 @@ from torch import Tensor
 from esc_net_runtime.prompts import SYNONYM_MODES, check_templates, prompt_list
 from esc_net_runtime.vocabulary_rules import split_synonyms
 
-__all__ = ["SYNONYM_MODES", "check_templates", "split_synonyms", "build_prompts", "pool_prompt_embeddings"]
+__all__ = [
+    "SYNONYM_MODES",
+    "check_templates",
+    "split_synonyms",
+    "build_prompts",
+    "pool_prompt_embeddings",
+    "synonym_class_matrix",
+]
 
 
 def build_prompts(class_names: Sequence[str], templates: Sequence[str], synonym_mode: str) -> Tuple[List[str], Tensor]:
@@ -27,20 +34,22 @@ def build_prompts(class_names: Sequence[str], templates: Sequence[str], synonym_
     return prompts, torch.tensor(owners, dtype=torch.long)
 
 
-def pool_prompt_embeddings(
-    prompt_embeddings: Tensor, synonym_to_class: Tensor, num_classes: int, num_templates: int
-) -> Tensor:
+def synonym_class_matrix(synonym_to_class: Tensor, num_classes: int) -> Tensor:
+    """[S] class index of each used synonym -> [num_classes, S] float32, 1 where synonym s belongs to class n."""
+    return F.one_hot(synonym_to_class, num_classes).T.float()
+
+
+def pool_prompt_embeddings(prompt_embeddings: Tensor, synonym_classes: Tensor, num_templates: int) -> Tensor:
     """Averages prompt embeddings into class embeddings (the two steps of the module docstring).
 
     Args:
         prompt_embeddings: [S * T, D], in the order of :func:`build_prompts`, not necessarily normalised.
-        synonym_to_class: [S] int64 class index of each synonym.
+        synonym_classes: [N, S] :func:`synonym_class_matrix` (a matrix rather than an index list: the exported text
+            encoder takes it as an input, and the class count stays a dimension of the graph).
     Returns:
-        [num_classes, D], L2-normalised.
+        [N, D], L2-normalised.
     """
-    dim = prompt_embeddings.shape[-1]
-    per_template = F.normalize(prompt_embeddings, dim=-1).view(-1, num_templates, dim)
+    per_template = F.normalize(prompt_embeddings, dim=-1).unflatten(0, (-1, num_templates))
     synonyms = F.normalize(per_template.mean(dim=1), dim=-1)  # [S, D]
     # normalize(mean) == normalize(sum): the per-class synonym count is a positive factor that normalisation removes.
-    summed = synonyms.new_zeros(num_classes, dim).index_add(0, synonym_to_class.to(synonyms.device), synonyms)
-    return F.normalize(summed, dim=-1)
+    return F.normalize(synonym_classes.to(synonyms) @ synonyms, dim=-1)
