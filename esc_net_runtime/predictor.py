@@ -25,10 +25,14 @@ from esc_net_runtime.vocabulary_rules import check_vocabulary
 
 __all__ = ["EXPORT_FILES", "EXPORT_FORMAT", "ONNXPredictor"]
 
-# The files of an export folder and the version of its JSON that this runtime reads.
-METADATA_FILE = "esc_net_export.json"
-EXPORT_FILES = ("text_encoder.onnx", "image_scorer.onnx", "tokenizer.json", METADATA_FILE)
+# The version of an export folder's layout and JSON that this runtime reads (esc-net-export writes it), and its files.
 EXPORT_FORMAT = 1
+EXPORT_FILES = {
+    "image": "image_scorer.onnx",
+    "text": "text_encoder.onnx",
+    "tokenizer": "tokenizer.json",
+    "settings": "esc_net_export.json",
+}
 _METADATA_KEYS = (
     "format",
     "image_size",
@@ -70,13 +74,13 @@ def _read_metadata(folder: str) -> Dict:
         raise FileNotFoundError(
             f"ESC-Net export folder not found: {folder} (esc-net-export --config-file CFG --output {folder} writes one)"
         )
-    missing = [name for name in EXPORT_FILES if not os.path.isfile(os.path.join(folder, name))]
+    missing = [name for name in EXPORT_FILES.values() if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise FileNotFoundError(
             f"the ESC-Net export folder {folder} lacks {', '.join(missing)}; export the model again into it with "
             f"esc-net-export --config-file CFG --output {folder}"
         )
-    path = os.path.join(folder, METADATA_FILE)
+    path = os.path.join(folder, EXPORT_FILES["settings"])
     with open(path, encoding="utf-8") as f:
         try:
             metadata = json.load(f)
@@ -150,8 +154,8 @@ class ONNXPredictor:
         def session(name: str):
             return ort.InferenceSession(os.path.join(folder, name), sess_options=options, providers=providers)
 
-        self._text_encoder, self._image_scorer = session("text_encoder.onnx"), session("image_scorer.onnx")
-        self._tokenizer = ClipTokenizer(os.path.join(folder, "tokenizer.json"))
+        self._text_encoder, self._image_scorer = session(EXPORT_FILES["text"]), session(EXPORT_FILES["image"])
+        self._tokenizer = ClipTokenizer(os.path.join(folder, EXPORT_FILES["tokenizer"]))
         self._metadata = metadata
         self._templates = check_templates(metadata["templates"])
         if metadata["synonym_mode"] not in SYNONYM_MODES:
@@ -171,7 +175,9 @@ class ONNXPredictor:
         self._pixel_mean = np.asarray(metadata["pixel_mean"], dtype=np.float32)
         self._pixel_std = np.asarray(metadata["pixel_std"], dtype=np.float32)
         self._class_embeddings = functools.lru_cache(maxsize=_EMBEDDING_CACHE_SIZE)(self._encode_text)
-        self._vocabulary: Optional[List[str]] = None
+        # the model's default vocabulary, as ESCNetPredictor starts with it
+        default = metadata.get("vocabulary")
+        self._vocabulary: Optional[List[str]] = check_vocabulary(default) if default is not None else None
 
     @property
     def export_metadata(self) -> Dict:
@@ -180,7 +186,8 @@ class ONNXPredictor:
 
     @property
     def vocabulary(self) -> Optional[List[str]]:
-        """The class names scored, in output order (None until :meth:`set_vocabulary`)."""
+        """The class names scored, in output order: the exported model's default vocabulary (the export's
+        ``vocabulary``) until :meth:`set_vocabulary`, None if it had none."""
         return list(self._vocabulary) if self._vocabulary is not None else None
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:

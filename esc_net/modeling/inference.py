@@ -193,7 +193,8 @@ class InferenceProtocol:
         corr = model.correlation(dense, text)
         K = self.max_classes_per_view
         if not K:
-            return model.refine(corr, dense, skips, text.expand(len(views), -1, -1))[0].sigmoid()
+            # views.shape[0], not len(views): len() makes a Python int of the traced view count
+            return model.refine(corr, dense, skips, text.expand(views.shape[0], -1, -1))[0].sigmoid()
         # text.shape[0], not len(text): len() makes a Python int of the traced class count
         return self._score_top_classes(model, corr, dense, skips, text, torch.sym_min(text.shape[0], K))
 
