@@ -137,7 +137,8 @@ class ONNXPredictor:
 
     Raises:
         FileNotFoundError: the folder is missing or lacks one of :data:`EXPORT_FILES` (the message names them).
-        ValueError: its JSON is of another export format or lacks keys; ``threads`` is not a positive integer.
+        ValueError: its JSON is of another export format, lacks keys or contradicts the tokenizer; ``threads`` is not
+            a positive integer.
         ImportError: onnxruntime or tokenizers is not installed (``pip install 'esc_net[deploy]'``).
     """
 
@@ -145,6 +146,19 @@ class ONNXPredictor:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None (ONNX Runtime's default), got {threads!r}")
         metadata = _read_metadata(folder)
+        self._metadata = metadata
+        self._templates = check_templates(metadata["templates"])
+        if metadata["synonym_mode"] not in SYNONYM_MODES:
+            raise ValueError(f"{folder}: synonym_mode must be one of {SYNONYM_MODES}, got {metadata['synonym_mode']!r}")
+        inference = metadata["inference"]
+        if inference["mode"] not in INFERENCE_MODES:
+            raise ValueError(f"{folder}: inference mode must be one of {INFERENCE_MODES}, got {inference['mode']!r}")
+        self._tokenizer = ClipTokenizer(os.path.join(folder, EXPORT_FILES["tokenizer"]))
+        if self._tokenizer.context_length != metadata["context_length"]:
+            raise ValueError(
+                f"{folder}: the tokenizer's context length ({self._tokenizer.context_length}) is not the text "
+                f"encoder's ({metadata['context_length']}); export the model again with esc-net-export"
+            )
         ort = _onnxruntime()
         options = ort.SessionOptions()
         if threads is not None:
@@ -155,14 +169,6 @@ class ONNXPredictor:
             return ort.InferenceSession(os.path.join(folder, name), sess_options=options, providers=providers)
 
         self._text_encoder, self._image_scorer = session(EXPORT_FILES["text"]), session(EXPORT_FILES["image"])
-        self._tokenizer = ClipTokenizer(os.path.join(folder, EXPORT_FILES["tokenizer"]))
-        self._metadata = metadata
-        self._templates = check_templates(metadata["templates"])
-        if metadata["synonym_mode"] not in SYNONYM_MODES:
-            raise ValueError(f"{folder}: synonym_mode must be one of {SYNONYM_MODES}, got {metadata['synonym_mode']!r}")
-        inference = metadata["inference"]
-        if inference["mode"] not in INFERENCE_MODES:
-            raise ValueError(f"{folder}: inference mode must be one of {INFERENCE_MODES}, got {inference['mode']!r}")
         image_size, out_size = metadata["image_size"], metadata["out_size"]
         self._layout = SlidingWindowLayout(
             inference["sliding_resize"],

@@ -366,6 +366,8 @@ def test_missing_incomplete_and_foreign_folders_are_refused(exported, tmp_path):
         json.dump(metadata, f)
     with pytest.raises(ValueError, match=r"lacks the keys \['templates', 'inference.sliding_overlap'\]"):
         ONNXPredictor(broken)
+    with pytest.raises(ValueError, match=r"the tokenizer's context length \(16\) is not the text encoder's \(77\)"):
+        ONNXPredictor(_variant(exported, tmp_path / "context", context_length=77))
     with pytest.raises(ValueError, match="threads must be a positive integer or None"):
         ONNXPredictor(exported[0], threads=0)
 

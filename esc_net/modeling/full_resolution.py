@@ -17,13 +17,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from esc_net_runtime.protocol import (
-    DEFAULT_BUDGET,
-    MAX_CLASS_CHUNK,
-    OUTPUT_MODES,
-    bilinear_taps,
-    check_top_k,
-)
+from esc_net_runtime.protocol import DEFAULT_BUDGET, MAX_CLASS_CHUNK, OUTPUT_MODES, check_top_k
 from esc_net_runtime.protocol import label_dtype as numpy_label_dtype
 
 __all__ = ["OUTPUT_MODES", "full_resolution_output", "label_dtype", "resize_bilinear", "upsampled_labels"]
@@ -36,8 +30,19 @@ def label_dtype(num_classes: int) -> torch.dtype:
 
 
 def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
-    """:func:`esc_net_runtime.protocol.bilinear_taps` on ``device``."""
-    return tuple(torch.from_numpy(t).to(device) for t in bilinear_taps(out_size, in_size, start, stop, fused=False))
+    """For outputs ``start..stop-1`` along one axis: the two input indices and the weight of the second.
+
+    :func:`esc_net_runtime.protocol.bilinear_taps` (``fused=False``) computes the same in numpy; here they are tensor
+    operations, so that a traced model (fvcore's FLOP count) follows sizes that are traced values.
+    """
+    # float32 arithmetic, as PyTorch's bilinear kernel uses for float32 tensors
+    dst = torch.arange(start, stop, device=device, dtype=torch.float32)
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    src = (scale * (dst + 0.5) - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    frac = (src - low).clamp(0, 1)
+    return low, high, frac
 
 
 def _resample(values: torch.Tensor, rows: Tuple[torch.Tensor, ...], cols: Tuple[torch.Tensor, ...]) -> torch.Tensor:
