@@ -15,6 +15,22 @@ PREP = [
     # esc_net/data/prepare/pascal_context_59.py decodes the COCO-style RLE masks (pycocotools.mask).
     "pycocotools",
 ]
+# Exporting ESC-Net to ONNX (esc-net-export) and running the export without PyTorch (esc_net_runtime). Each floor
+# is the oldest release with which tests/test_runtime_predictor.py (an exported tiny ESC-Net against PyTorch) and
+# tests/test_runtime_tokenizer.py pass (2026-12-07, torch 2.14.1, Python 3.11).
+DEPLOY = [
+    # The exported graphs (IR version 10, opset 20): 1.17 reads no IR version 10, and 1.18 and 1.19 have no kernel
+    # for one of the image graph's ArgMax nodes.
+    "onnxruntime>=1.20.1",
+    # torch.onnx.export(dynamo=True) writes the graphs with onnx and onnxscript. PyTorch 2.11+ imports onnxscript's
+    # _framework_apis.torch_2_11 (from 0.6.0), and before 0.7.2 an index_put of the image graph becomes a Where node
+    # that ONNX Runtime refuses at run time (a broadcast of 0 by 4); onnxscript 0.7 needs onnx 1.17.
+    "onnx>=1.17",
+    "onnxscript>=0.7.2",
+    # esc_net_runtime.tokenizer's normaliser, pre-tokeniser, BPE model and post-processor (0.13.2 is the oldest
+    # release with wheels for Python 3.11, the only one tried).
+    "tokenizers>=0.13.2",
+]
 # The Gradio page (esc-net-web-demo, demo/app.py). 6.0 moved ``theme`` from ``gr.Blocks`` to ``launch()``, where
 # esc_net.demo.web passes it.
 WEB = ["gradio>=6.0"]
@@ -24,7 +40,7 @@ setup(
     version="0.1.0",
     description="ESC-Net (Effective SAM Combination) for open-vocabulary semantic segmentation, as a Detectron2 plugin",
     license="MIT",
-    packages=find_packages(include=["esc_net", "esc_net.*"]),
+    packages=find_packages(include=["esc_net", "esc_net.*", "esc_net_runtime", "esc_net_runtime.*"]),
     package_data={"esc_net.data.class_names": ["*.txt"]},
     python_requires=">=3.9",
     install_requires=[
@@ -68,6 +84,8 @@ setup(
         # The web demo; "demo" and "web" are the same (the command-line demo needs only the core requirements).
         "demo": WEB,
         "web": WEB,
+        # ONNX export and the torch-free runtime (pip install 'esc_net[deploy]').
+        "deploy": DEPLOY,
         # The test suite: the runner, what the tests import, and the extras whose code they exercise. The browser
         # test also needs Debian's chromium and chromium-driver (.ci/run installs them); without them it is skipped.
         "test": [
@@ -87,6 +105,7 @@ setup(
             "selenium>=4",
             *PREP,
             *WEB,
+            *DEPLOY,
         ],
     },
     entry_points={

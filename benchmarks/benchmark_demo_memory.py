@@ -69,7 +69,7 @@ def _measure(kind: str, image: str, classes: int, threads: int, top_k: int, name
     from esc_net.demo import cli, web
     from esc_net.demo.images import ImageLimits
     from esc_net.predictor import vocabulary_metadata
-    from esc_net.utils.vocabulary_rules import VocabularyLimits
+    from esc_net_runtime.vocabulary_rules import VocabularyLimits
 
     torch.set_num_threads(threads)
     cfg = load_config(TINY_CONFIG, ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"])
@@ -176,7 +176,7 @@ def main() -> None:
         peak, model, seconds, *refusal = result.stdout.strip().splitlines()[-1].split(" ", 3)
         return float(peak), float(model), float(seconds), " ".join(refusal)
 
-    from esc_net.utils.vocabulary_rules import VocabularyLimits
+    from esc_net_runtime.vocabulary_rules import VocabularyLimits
 
     limits = VocabularyLimits()
     rows = [(classes, 0, str(classes)) for classes in args.classes]

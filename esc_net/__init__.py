@@ -20,7 +20,7 @@ with warnings.catch_warnings():
 from esc_net import data  # noqa: F401,E402  (registers the datasets)
 from esc_net.config import add_esc_net_config, merge_config_file  # noqa: E402
 
-__all__ = ["ESCNetPredictor", "add_esc_net_config", "merge_config_file"]
+__all__ = ["ESCNetPredictor", "ONNXPredictor", "add_esc_net_config", "merge_config_file"]
 
 
 def __getattr__(name: str):
@@ -29,4 +29,9 @@ def __getattr__(name: str):
         from esc_net.predictor import ESCNetPredictor
 
         return ESCNetPredictor
+    if name == "ONNXPredictor":
+        # the predictor of an exported model, on ONNX Runtime (no PyTorch of its own: esc_net_runtime)
+        from esc_net_runtime import ONNXPredictor
+
+        return ONNXPredictor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

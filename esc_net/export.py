@@ -38,20 +38,13 @@ from esc_net.modeling.clip import CLIPEncoder
 from esc_net.modeling.clip.text_prompts import pool_prompt_embeddings
 from esc_net.utils.checkpoint import load_model_weights
 from esc_net.utils.provenance import provenance
+from esc_net_runtime.predictor import EXPORT_FILES, EXPORT_FORMAT
 
 __all__ = ["EXPORT_FILES", "EXPORT_FORMAT", "ImageScorer", "TextEncoder", "export_model", "main"]
 
 logger = logging.getLogger(__name__)
 PROG = "esc-net-export"
 
-# The version of the folder's layout and of esc_net_export.json; a runtime refuses another.
-EXPORT_FORMAT = 1
-EXPORT_FILES = {
-    "image": "image_scorer.onnx",
-    "text": "text_encoder.onnx",
-    "tokenizer": "tokenizer.json",
-    "settings": "esc_net_export.json",
-}
 # Class counts the export checks its graphs at, besides the one it traces with: on both sides of a class cap.
 _EXAMPLE_CLASSES = 3
 

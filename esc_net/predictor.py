@@ -13,7 +13,8 @@ from matplotlib.colors import hsv_to_rgb
 
 from esc_net.data.vocabulary import resolve_vocabularies
 from esc_net.utils.checkpoint import load_model_weights
-from esc_net.utils.vocabulary_rules import split_synonyms
+from esc_net_runtime.inputs import check_bgr_image, check_output_size
+from esc_net_runtime.vocabulary_rules import split_synonyms
 
 __all__ = [
     "BACKGROUND_NAMES",
@@ -113,7 +114,7 @@ class ESCNetPredictor:
                 predictor's :attr:`vocabulary` is left unchanged, so that callers in several threads can each pass
                 their own); default :attr:`vocabulary`. No length limit applies here: a service that takes names
                 from its users checks them with ``check_vocabulary(names, VocabularyLimits())`` first, as the
-                demos do (:mod:`esc_net.utils.vocabulary_rules`; tokenising a very long name takes minutes).
+                demos do (:mod:`esc_net_runtime.vocabulary_rules`; tokenising a very long name takes minutes).
             output: "scores" or "labels"; default ``MODEL.ESC_NET.INFERENCE_OUTPUT`` ("scores").
             top_k: with "labels", also return the k best classes per pixel; default ``INFERENCE_TOP_K`` (0).
             output_size: the (H, W) to predict at (Detectron2's "height"/"width" of the input); default the
@@ -129,26 +130,17 @@ class ESCNetPredictor:
         Raises:
             ValueError: the image is not an [H, W, 3] uint8 array, is empty (a side of 0), no vocabulary is set,
                 ``vocabulary`` is empty or holds an empty name, ``output`` is unknown, ``top_k`` is outside
-                [0, N], or the model's scores hold NaN.
+                [0, N], ``output_size`` is not two positive integers, or the model's scores hold NaN.
             TypeError: ``vocabulary`` is a single string instead of a list, or holds a name that is not a string.
         """
-        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-            shape = getattr(image_bgr, "shape", None)
-            raise ValueError(
-                f"expected a BGR image as an [H, W, 3] numpy array, got {type(image_bgr).__name__} of shape {shape}"
-            )
-        if image_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image (0-255, as cv2.imread gives), got dtype {image_bgr.dtype}")
-        height, width = image_bgr.shape[:2]
-        if height == 0 or width == 0:
-            raise ValueError(f"the image is empty: {height}x{width} pixels (H x W)")
+        height, width = check_bgr_image(image_bgr)
         image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if vocabulary is None and self._vocabulary is None:
             raise ValueError("the predictor has no vocabulary: call set_vocabulary(names) or pass vocabulary=")
         vocabulary = self._vocabulary if vocabulary is None else self.model.check_vocabulary(vocabulary)
         if output_size is not None:
-            height, width = output_size
+            height, width = check_output_size(output_size)
         request = {"image": image, "height": height, "width": width, "vocabulary": vocabulary}
         if output is not None:
             request["output"] = output

@@ -68,15 +68,15 @@ PYEOF
 fi
 
 # The package itself (editable) with the extras the two README commands need: dataset preparation, the web
-# demo and the test suite; in the same pip call as detectron2's requirements, so that one resolution
-# satisfies both (detectron2's numpy<2, for one, decides which OpenCV wheel fits).
+# demo, ONNX export and its runtime, and the test suite; in the same pip call as detectron2's requirements, so
+# that one resolution satisfies both (detectron2's numpy<2, for one, decides which OpenCV and ml_dtypes fit).
 STAMP="$VENV/.esc_net_setup_stamp"
 WANT="$(cat "$ROOT/setup.py" "$ROOT/scripts/setup_env.sh" ${D2_REQS:+"$D2_REQS"} | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   log "installing esc_net and its requirements"
-  "${PIP[@]}" -e "$ROOT[prep,demo,test]" ${D2_REQS:+-r "$D2_REQS"} 2>&1 | filter_pip_noise
+  "${PIP[@]}" -e "$ROOT[prep,demo,deploy,test]" ${D2_REQS:+-r "$D2_REQS"} 2>&1 | filter_pip_noise
   echo "$WANT" > "$STAMP"
 fi
-"$PY" -c "import detectron2.config, open_clip, segment_anything, timm, esc_net" \
+"$PY" -c "import detectron2.config, open_clip, segment_anything, timm, esc_net, onnxruntime, tokenizers" \
   || { log "the environment in $VENV does not import; remove it and run again"; exit 1; }
 log "environment ready: $VENV"

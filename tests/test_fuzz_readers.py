@@ -21,7 +21,7 @@ from esc_net.demo.cli import InputError, parse_vocabulary_text, read_vocabulary_
 from esc_net.demo.images import ImageLimits, UnreadableImageError, read_image
 from esc_net.utils.label_maps import read_label_map
 from esc_net.utils.safe_pickle import load_restricted_pickle
-from esc_net.utils.vocabulary_rules import check_vocabulary
+from esc_net_runtime.vocabulary_rules import check_vocabulary
 
 FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 LIMITS = ImageLimits(max_side=256, max_pixels=256 * 128)

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from esc_net.modeling.inference import SlidingWindow, window_starts
+from esc_net.modeling.inference import SlidingWindow
+from esc_net_runtime.sliding_window import window_starts
 
 
 def test_window_starts_cover_the_image_with_the_requested_overlap():

@@ -19,7 +19,14 @@ import yaml
 
 from conftest import REPO_ROOT, TINY_CONFIG
 
-COMMANDS = {"esc-net-train", "esc-net-prepare", "esc-net-demo", "esc-net-web-demo", "esc-net-pretrain"}
+COMMANDS = {
+    "esc-net-train",
+    "esc-net-prepare",
+    "esc-net-demo",
+    "esc-net-web-demo",
+    "esc-net-pretrain",
+    "esc-net-export",
+}
 
 
 def _setup_kwargs() -> Dict:
@@ -56,10 +63,15 @@ def test_entry_point_resolves_to_a_callable(name):
 def test_metadata_extras_and_license():
     assert SETUP["license"] == "MIT"
     extras = SETUP["extras_require"]
-    assert {"prep", "demo", "web", "test"} <= set(extras)
+    assert {"prep", "demo", "web", "deploy", "test"} <= set(extras)
     assert extras["demo"] == extras["web"] and any(r.startswith("gradio") for r in extras["web"])
-    # the test suite exercises dataset preparation and the web page
-    assert set(extras["prep"]) | set(extras["web"]) <= set(extras["test"])
+    # ONNX export (onnx, onnxscript) and the runtime without PyTorch (onnxruntime, tokenizers)
+    names = {re.split(r"[\s;<>=!~\[]", r, maxsplit=1)[0] for r in extras["deploy"]}
+    assert names == {"onnxruntime", "onnx", "onnxscript", "tokenizers"}
+    # the test suite exercises dataset preparation, the web page, the export and the runtime
+    assert set(extras["prep"]) | set(extras["web"]) | set(extras["deploy"]) <= set(extras["test"])
+    # the runtime is a package of its own beside esc_net
+    assert {"esc_net", "esc_net_runtime"} <= set(SETUP["packages"])
     # detectron2's own requirements are left to detectron2 (the set-up script installs the ones its wheel declares)
     names = {re.split(r"[\s;<>=!~\[]", r, maxsplit=1)[0].lower() for r in SETUP["install_requires"]}
     assert not names & {"detectron2", "yacs", "iopath", "omegaconf", "hydra-core", "black", "termcolor", "cloudpickle"}

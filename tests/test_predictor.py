@@ -127,6 +127,16 @@ def test_no_vocabulary_and_bad_images_are_refused(predictor):
         predictor(_image(32, 32).astype(np.float32))
 
 
+@pytest.mark.parametrize("output", ["scores", "labels"])
+def test_bad_output_sizes_are_refused_in_one_line(predictor, output):
+    """A side of 0 once gave an empty label map, and the others PyTorch's messages about tensor sizes."""
+    for size in [(0, 5), (-3, 4), (5,), (2.5, 3), 7]:
+        with pytest.raises(ValueError, match=r"output_size must be two positive integers \(height, width\), got "):
+            predictor(_image(8, 8), output=output, output_size=size)
+    key = "sem_seg" if output == "scores" else "sem_seg_labels"
+    assert predictor(_image(8, 8), output=output, output_size=(3, 5))[key].shape[-2:] == (3, 5)
+
+
 def test_visualisation_metadata():
     meta = vocabulary_metadata(["sofa, couch", "cat"])
     assert meta.stuff_classes == ["sofa", "cat"]

@@ -1,5 +1,5 @@
 """Vocabulary limits: a class name's characters and a vocabulary's names are bounded before any tokenisation, by
-the rules (esc_net.utils.vocabulary_rules) and by both demos, with a message naming the limit and the option that
+the rules (esc_net_runtime.vocabulary_rules) and by both demos, with a message naming the limit and the option that
 raises it."""
 
 import cv2
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TINY_CONFIG
 from esc_net.demo import cli as demo
-from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits, check_vocabulary
+from esc_net_runtime.vocabulary_rules import VocabularyLimitError, VocabularyLimits, check_vocabulary
 
 NO_DATASETS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
 # A name that tokenises quickly (words) but is far longer than any class name: old code accepted it.

@@ -5,7 +5,7 @@ from esc_net.data import datasets, synthetic_shapes  # noqa: F401  (registers th
 from esc_net.data.dataset_mapper import SemanticSegmentationMapper
 from esc_net.data.datasets import register_sem_seg_folder
 from esc_net.data.vocabulary import get_dataset_vocabulary, resolve_vocabularies
-from esc_net.utils.vocabulary_rules import check_vocabulary
+from esc_net_runtime.vocabulary_rules import check_vocabulary
 
 __all__ = [
     "SemanticSegmentationMapper",

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
-from esc_net.utils.vocabulary_rules import check_vocabulary
+from esc_net_runtime.vocabulary_rules import check_vocabulary
 
 
 def get_dataset_vocabulary(dataset_name: str) -> List[str]:

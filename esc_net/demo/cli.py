@@ -75,10 +75,10 @@ from esc_net.demo.images import (
     resize_to,
 )
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, vocabulary_metadata
-from esc_net.utils import vocabulary_rules
 from esc_net.utils.label_maps import label_dtype
 from esc_net.utils.prompt_vis import draw_image_prompts
-from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits
+from esc_net_runtime import vocabulary_rules
+from esc_net_runtime.vocabulary_rules import VocabularyLimitError, VocabularyLimits
 
 __all__ = [
     "DISPLAY_SIDE",

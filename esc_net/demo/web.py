@@ -76,7 +76,7 @@ from esc_net.demo.images import (
     resize_to,
 )
 from esc_net.predictor import ESCNetPredictor, class_colors, class_index, display_name, vocabulary_metadata
-from esc_net.utils.vocabulary_rules import VocabularyLimitError, VocabularyLimits
+from esc_net_runtime.vocabulary_rules import VocabularyLimitError, VocabularyLimits
 
 logger = logging.getLogger("esc_net.web_demo")
 

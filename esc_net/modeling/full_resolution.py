@@ -17,30 +17,24 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from esc_net.utils.label_maps import MAX_UINT8_CLASSES
+from esc_net_runtime.protocol import DEFAULT_BUDGET, MAX_CLASS_CHUNK, OUTPUT_MODES, check_top_k
+from esc_net_runtime.protocol import label_dtype as numpy_label_dtype
 
 __all__ = ["OUTPUT_MODES", "full_resolution_output", "label_dtype", "resize_bilinear", "upsampled_labels"]
 
-OUTPUT_MODES = ("scores", "labels")
-# Floats held by one band of rows of one class chunk (16 MB in float32).
-DEFAULT_BUDGET = 1 << 22
-_MAX_CLASS_CHUNK = 64
-
 
 def label_dtype(num_classes: int) -> torch.dtype:
-    """uint8 as :func:`esc_net.utils.label_maps.label_dtype` rules (255 is an ignore value), else int16 or int32."""
-    if num_classes <= MAX_UINT8_CLASSES:
-        return torch.uint8
-    return torch.int16 if num_classes <= 1 << 15 else torch.int32
-
-
-def _check_top_k(top_k: int, num_classes: int) -> None:
-    if not 0 <= top_k <= num_classes:
-        raise ValueError(f"top_k must be in [0, {num_classes}] (the number of classes), got {top_k}")
+    """The torch form of :func:`esc_net_runtime.protocol.label_dtype`: uint8 up to 255 classes (255 is an ignore
+    value, as :func:`esc_net.utils.label_maps.label_dtype` rules), else int16 or int32."""
+    return getattr(torch, numpy_label_dtype(num_classes).name)
 
 
 def _taps(out_size: int, in_size: int, start: int, stop: int, device) -> Tuple[torch.Tensor, ...]:
-    """For outputs ``start..stop-1`` along one axis: the two input indices and the weight of the second."""
+    """For outputs ``start..stop-1`` along one axis: the two input indices and the weight of the second.
+
+    :func:`esc_net_runtime.protocol.bilinear_taps` (``fused=False``) computes the same in numpy; here they are tensor
+    operations, so that a traced model (fvcore's FLOP count) follows sizes that are traced values.
+    """
     # float32 arithmetic, as PyTorch's bilinear kernel uses for float32 tensors
     dst = torch.arange(start, stop, device=device, dtype=torch.float32)
     scale = torch.tensor(in_size, dtype=torch.float32) / out_size
@@ -101,11 +95,11 @@ def upsampled_labels(
             f"the model's scores hold NaN ({int(torch.isnan(scores).sum())} of {scores.numel()} values): the "
             "weights or the input are broken; no label can be chosen"
         )
-    _check_top_k(top_k, N)
+    check_top_k(top_k, N)
     # Bands of full-width rows: the rows are interpolated here (two low-resolution rows per output row), the
     # columns by F.interpolate over the whole width, PyTorch's fast kernel (a band keeps its height, so only the
     # width is resampled). A band of a class chunk holds at most max(budget, W) floats.
-    chunk = max(1, min(N, _MAX_CLASS_CHUNK, budget // W))
+    chunk = max(1, min(N, MAX_CLASS_CHUNK, budget // W))
     band_rows = max(1, budget // (chunk * W))
     dtype, device = label_dtype(N), scores.device
     labels = torch.empty(H, W, dtype=dtype, device=device)
@@ -152,7 +146,7 @@ def full_resolution_output(scores: torch.Tensor, size: Tuple[int, int], output: 
     ``output="scores"``: ``{"sem_seg": [N, H, W] float}`` (N x H x W floats). ``output="labels"``: the bounded
     memory result of :func:`upsampled_labels` (label map, and top-k when ``top_k`` > 0).
     """
-    _check_top_k(top_k, len(scores))
+    check_top_k(top_k, len(scores))
     if output == "scores":
         return {"sem_seg": F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]}
     if output == "labels":

@@ -6,7 +6,6 @@ width, C the correlation-embedding width.
 
 import contextlib
 import logging
-import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,7 +28,8 @@ from esc_net.modeling.inference import InferenceProtocol
 from esc_net.modeling.sam_projection import ProjectionAnchor, read_projection_weights
 from esc_net.utils.arguments import check_choice, check_minimum
 from esc_net.utils.prompt_vis import PromptRecorder, dominant_class, put_prompt_pictures
-from esc_net.utils.vocabulary_rules import check_vocabulary
+from esc_net_runtime.prompts import warn_truncated_names
+from esc_net_runtime.vocabulary_rules import check_vocabulary
 
 __all__ = ["IMPLEMENTATIONS", "ESCNet"]
 
@@ -243,17 +243,11 @@ class ESCNet(nn.Module):
     def check_vocabulary(self, class_names: Sequence[str]) -> List[str]:
         """The validated, stripped class names of a vocabulary (names may hold synonyms: "sofa, couch").
 
-        Raises the errors of :func:`esc_net.utils.vocabulary_rules.check_vocabulary`; warns (UserWarning) about
+        Raises the errors of :func:`esc_net_runtime.vocabulary_rules.check_vocabulary`; warns (UserWarning) about
         names too long for this model's text encoder, whose ends are cut off.
         """
         names = check_vocabulary(class_names)
-        truncated = self.clip.truncated_names(names)
-        if truncated:
-            warnings.warn(
-                f"these class names do not fit the text encoder's context once put in a prompt template and are cut "
-                f"off (similar long names may get the same embedding): {truncated}",
-                stacklevel=2,
-            )
+        warn_truncated_names(self.clip.truncated_names(names), stacklevel=2)
         return names
 
     # ------------------------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import numpy as np
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from esc_net_runtime.protocol import MAX_UINT8_CLASSES  # class ids 0..254; 255 is the ignore value
+
 __all__ = ["MAX_UINT8_CLASSES", "ignore_value", "label_dtype", "read_label_map"]
 
-# Class ids 0..254; 255 is the ignore value.
-MAX_UINT8_CLASSES = int(np.iinfo(np.uint8).max)
 _MAX_UINT16_CLASSES = int(np.iinfo(np.uint16).max)
 
 

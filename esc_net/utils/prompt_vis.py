@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from esc_net.utils.vocabulary_rules import split_synonyms
+from esc_net_runtime.vocabulary_rules import split_synonyms
 
 __all__ = [
     "BlockPrompts",

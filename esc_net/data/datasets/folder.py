@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from esc_net.data.datasets.complete_sem_seg import load_complete_sem_seg
 from esc_net.utils.label_maps import ignore_value
-from esc_net.utils.vocabulary_rules import check_vocabulary, read_vocabulary_file
+from esc_net_runtime.vocabulary_rules import check_vocabulary, read_vocabulary_file
 
 __all__ = ["register_sem_seg_folder"]
 

@@ -22,6 +22,7 @@ from esc_net.modeling.clip.text_prompts import (
     synonym_class_matrix,
 )
 from esc_net.utils.arguments import check_choice
+from esc_net_runtime.prompts import truncated_names
 
 __all__ = ["CLIPEncoder", "DENSE_LAYERS", "FINETUNE_MODES"]
 
@@ -323,12 +324,8 @@ class CLIPEncoder(VisionLanguageBackbone):
         return pool_prompt_embeddings(embeddings, synonym_classes, len(self.templates))
 
     def truncated_names(self, class_names: Sequence[str]) -> List[str]:
-        """The names of which some prompt (any template, any synonym) fills the text context, so that the
-        tokenizer cuts its end off: such names can end up with the same embedding as another name."""
-        prompts, synonym_to_class = build_prompts(class_names, self.templates, "average")
-        tokens = self.tokenizer(prompts)  # [S * T, context_length], zero-padded
-        full = (tokens[:, -1] != 0).view(len(synonym_to_class), -1).any(dim=1)
-        return [class_names[i] for i in sorted(set(synonym_to_class[full].tolist()))]
+        """The names of which some prompt fills the text context (:func:`esc_net_runtime.prompts.truncated_names`)."""
+        return truncated_names(class_names, self.templates, self.tokenizer)
 
     def encode_text(self, class_names: Sequence[str]) -> Tensor:
         """

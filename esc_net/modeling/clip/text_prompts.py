@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esc_net.utils.vocabulary_rules import split_synonyms
+from esc_net_runtime.prompts import SYNONYM_MODES, check_templates, prompt_list
+from esc_net_runtime.vocabulary_rules import split_synonyms
 
 __all__ = [
     "SYNONYM_MODES",
@@ -25,43 +26,11 @@ __all__ = [
     "synonym_class_matrix",
 ]
 
-SYNONYM_MODES = ("first", "average")
-
-
-def check_templates(templates: Sequence[str]) -> Tuple[str, ...]:
-    """Returns the templates as a tuple; raises ValueError unless there is at least one and each holds one "{}"."""
-    templates = tuple(templates)
-    if not templates:
-        raise ValueError("At least one prompt template is needed, e.g. 'A photo of a {} in the scene.'")
-    for template in templates:
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise ValueError(
-                f"A prompt template must be a string with exactly one '{{}}' for the class name: {template!r}"
-            )
-    return templates
-
 
 def build_prompts(class_names: Sequence[str], templates: Sequence[str], synonym_mode: str) -> Tuple[List[str], Tensor]:
-    """Expands N class names into prompts.
-
-    Returns:
-        prompts: S * T strings, synonym-major: prompt ``s * T + t`` is template t filled with used synonym s
-            (S = N in mode "first"; S = total number of synonyms in mode "average").
-        synonym_to_class: [S] int64, the class index of each used synonym.
-    """
-    if synonym_mode not in SYNONYM_MODES:
-        raise ValueError(f"synonym_mode must be one of {SYNONYM_MODES}, got {synonym_mode!r}")
-    if len(class_names) == 0:
-        raise ValueError("encode_text needs at least one class name, got an empty list")
-    templates = check_templates(templates)
-    synonyms, owners = [], []
-    for index, name in enumerate(class_names):
-        used = split_synonyms(name)
-        if synonym_mode == "first":
-            used = used[:1]
-        synonyms.extend(used)
-        owners.extend([index] * len(used))
-    prompts = [template.format(synonym) for synonym in synonyms for template in templates]
+    """:func:`esc_net_runtime.prompts.prompt_list`: the S * T prompts, and the class index of each used synonym as
+    an [S] int64 tensor."""
+    prompts, owners = prompt_list(class_names, templates, synonym_mode)
     return prompts, torch.tensor(owners, dtype=torch.long)
 
 

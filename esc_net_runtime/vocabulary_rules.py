@@ -1,6 +1,6 @@
 """The rules of a vocabulary's text: what a class name is and what a list of them must be, and the one reader of
-a file of class names. Imported by the model, the data layer and the demos alike (nothing here reads a dataset
-catalog)."""
+a file of class names. Imported by the model, the data layer, the demos and the ONNX runtime alike (nothing here
+reads a dataset catalog or imports PyTorch)."""
 
 import os
 import unicodedata
@@ -76,8 +76,9 @@ def check_vocabulary(names: Sequence[str], limits: Optional[VocabularyLimits] = 
     character: the demo writes one name per line, after its index and a tab). Two classes with the same synonyms
     (compared without case and spacing) are an error: they would get identical text embeddings and identical
     scores, so the second could never be predicted. Names too long for the text encoder are checked where the
-    tokenizer is known (``ESCNet.check_vocabulary`` warns about them). With ``limits`` (the demos'), the number
-    of names and each stripped name's characters are checked first, before any other rule reads the text.
+    tokenizer is known (``ESCNet.check_vocabulary`` and ``ONNXPredictor`` warn about them). With ``limits`` (the
+    demos'), the number of names and each stripped name's characters are checked first, before any other rule reads
+    the text.
 
     Raises:
         TypeError: ``names`` is one string or not a sequence at all (None, a number), or an entry is not a string.
