@@ -14,7 +14,5 @@ def class_chunks(num_classes: int, chunk: int, device: torch.device) -> List[sli
     multiply kernel launches (4.5x slower at 150 classes on an H100); memory there is bounded by
     ``VIEW_CLASSES_PER_PASS`` instead.
     """
-    if chunk <= 0 or device.type != "cpu":
-        # one slice without a loop over the count: an exported graph keeps the class count dynamic
-        return [slice(0, num_classes)]
-    return [slice(start, min(start + chunk, num_classes)) for start in range(0, num_classes, chunk)]
+    step = chunk if chunk > 0 and device.type == "cpu" else num_classes
+    return [slice(start, min(start + step, num_classes)) for start in range(0, num_classes, max(step, 1))]
