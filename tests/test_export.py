@@ -103,3 +103,20 @@ def test_what_cannot_be_exported_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match=r"^esc-net-export: error: .* is a file; give a folder"):
         main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_backbone_other_than_open_clip_is_refused(monkeypatch):
+    """The export knows open_clip's text tower and tokenizer; another VisionLanguageBackbone is named, not traced."""
+    import esc_net.export
+
+    class OtherBackbone(torch.nn.Module):
+        pass
+
+    class Model(torch.nn.Module):
+        clip = OtherBackbone()
+
+    monkeypatch.setattr(esc_net.export, "build_model", lambda cfg: Model())
+    with pytest.raises(
+        ValueError, match="the export knows open_clip's CLIP .* this config's backbone is OtherBackbone"
+    ):
+        build_export_model(tiny_cfg())
