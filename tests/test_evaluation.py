@@ -18,7 +18,7 @@ from PIL import Image
 
 from esc_net.evaluation import OpenVocabSemSegEvaluator, summarize_benchmarks
 from esc_net.evaluation.iou_chart import MAX_BARS, iou_chart
-from esc_net.evaluation.sem_seg_evaluation import group_means, union_miou
+from esc_net.evaluation.sem_seg_evaluation import group_confusion, group_means, union_miou
 
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
 
@@ -382,6 +382,8 @@ def test_class_groups_give_seen_unseen_and_harmonic_means(tmp_path, register):
     seen, unseen = (75.0 + 100 * 3 / 7) / 2, 100 / 3
     assert metrics["mIoU-seen"] == pytest.approx(seen) and metrics["mIoU-unseen"] == pytest.approx(unseen)
     assert metrics["hIoU"] == pytest.approx(2 * seen * unseen / (seen + unseen))
+    # the groups' confusion: seen pixels (wall, cat: 12) predicted dog: 1; unseen pixels (dog: 2) predicted cat: 1
+    assert metrics["seen-as-unseen"] == pytest.approx(100 / 12) and metrics["unseen-as-seen"] == pytest.approx(50)
 
     plain = register([], ["x", "y"], benchmark="plain")
     table = summarize_benchmarks(
@@ -396,5 +398,20 @@ def test_class_groups_give_seen_unseen_and_harmonic_means(tmp_path, register):
     )
     summary = json.loads((tmp_path / "benchmark_results.json").read_text())["results"]
     assert summary[name]["hIoU"] == pytest.approx(metrics["hIoU"]) and "hIoU" not in summary[plain]
+    assert summary[name]["unseen-as-seen"] == pytest.approx(50) and rows["unseen-as-seen"] == ["50.0", ""]
     with pytest.raises(KeyError, match="rabbit"):
         group_means(metrics, {"unseen": ["rabbit"]})
+    with pytest.raises(KeyError, match="rabbit"):
+        group_confusion(np.zeros((4, 4)), classes, {"unseen": ["rabbit"]})
+
+
+def test_group_confusion_counts_pixels_of_one_group_predicted_as_the_other():
+    """Entry [p, g] of Detectron2's matrix is predicted p, truth g; the ignored row and column do not count, and a
+    group without labelled pixels has NaN shares."""
+    conf = np.zeros((5, 5))
+    conf[0, 0], conf[2, 0], conf[3, 1], conf[1, 1], conf[4, 0] = 6, 2, 1, 3, 50  # [4, 0]: ignored prediction row
+    groups = {"seen": ["a", "b"], "unseen": ["c"], "other": ["d"]}
+    shares = group_confusion(conf, ["a", "b", "c", "d"], groups)
+    assert shares["seen-as-unseen"] == pytest.approx(100 * 2 / 12)
+    assert shares["seen-as-other"] == pytest.approx(100 / 12)
+    assert np.isnan(shares["unseen-as-seen"]) and np.isnan(shares["other-as-unseen"])

@@ -19,8 +19,9 @@ __all__ = ["PAPER_BENCHMARK_ORDER", "summarize_benchmarks"]
 PAPER_BENCHMARK_ORDER = ("A-847", "PC-459", "A-150", "PC-59", "PAS-20", "PAS-20b")
 _SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 # Reported where the evaluator computed them: the other convention for classes absent from the ground truth, and the
-# means of the seen and unseen classes (datasets with class groups).
-_GROUP_METRICS = ("mIoU-union", "mIoU-seen", "mIoU-unseen", "hIoU")
+# means of the seen and unseen classes and the share of each group's pixels taken by the other (datasets with class
+# groups).
+_GROUP_METRICS = ("mIoU-union", "mIoU-seen", "mIoU-unseen", "hIoU", "seen-as-unseen", "unseen-as-seen")
 # How many images each benchmark scored (a dataset accepted incomplete scores fewer than it lists).
 _IMAGES = "images"
 
@@ -56,12 +57,13 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
 
             * ``benchmark_results.json``: ``{"benchmarks": [column order], "results": {dataset_name:
               {"benchmark", "mIoU", "fwIoU", "mACC", "pACC", "images", ["mIoU-union", "mIoU-seen", "mIoU-unseen",
-              "hIoU",] "IoU": {class: value}, "ACC": {class: value}}}}`` (where computed: ``mIoU-union`` by
-              OpenVocabSemSegEvaluator, the group means for datasets with class groups; NaN values, for classes
-              absent from the ground truth, are written as null);
+              "hIoU", "seen-as-unseen", "unseen-as-seen",] "IoU": {class: value}, "ACC": {class: value}}}}``
+              (where computed: ``mIoU-union`` by OpenVocabSemSegEvaluator, the group means and the groups'
+              confusion for datasets with class groups; NaN values, for classes absent from the ground truth, are
+              written as null);
             * ``benchmark_results.csv``: one row per dataset: dataset, benchmark, mIoU, fwIoU, mACC, pACC, the
-              metrics of ``mIoU-union``, ``mIoU-seen``, ``mIoU-unseen``, ``hIoU`` that some dataset has (empty
-              where not computed), images;
+              metrics of ``mIoU-union``, ``mIoU-seen``, ``mIoU-unseen``, ``hIoU``, ``seen-as-unseen``,
+              ``unseen-as-seen`` that some dataset has (empty where not computed), images;
             * ``per_class_iou.csv``: one row per dataset and class: dataset, benchmark, class, IoU, ACC (NaN as
               an empty cell);
             * ``per_class_iou.png``: the per-class IoU as bars, one panel per benchmark, best class first, the
@@ -71,8 +73,8 @@ def summarize_benchmarks(results: Dict[str, Dict], output_dir: Optional[str] = N
     Returns:
         The table: a header row of benchmarks (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b first, when present),
         an "mIoU" row (the paper-comparable convention), where computed rows "mIoU-union" (absent classes that
-        are predicted count as 0), "mIoU-seen", "mIoU-unseen" and "hIoU" (empty cells for the datasets without
-        them), and an "images" row (how many images were scored).
+        are predicted count as 0), "mIoU-seen", "mIoU-unseen", "hIoU", "seen-as-unseen" and "unseen-as-seen"
+        (empty cells for the datasets without them), and an "images" row (how many images were scored).
     """
     rows = []
     for dataset_name, result in results.items():

@@ -23,7 +23,10 @@ how one image's prediction is counted, for the open-vocabulary protocol:
   compared with ``mIoU``; the two differ most on large vocabularies, where many absent classes win a few pixels;
 * a dataset whose metadata hold ``class_groups`` (``{"seen": [names], "unseen": [names]}``, the classes seen and
   unseen in segmentation training) also gets the mean IoU of each group, ``mIoU-<group>``, and their harmonic
-  mean ``hIoU`` (the usual figure of zero-shot segmentation, which rewards neither group alone).
+  mean ``hIoU`` (the usual figure of zero-shot segmentation, which rewards neither group alone), and for every
+  ordered pair of groups the share of one group's pixels predicted as a class of the other, ``<group>-as-<other>``
+  (in percent): the bias of a zero-shot model towards the names it was trained on shows as ``unseen-as-seen``, a
+  model that lets new names spread over what it knows as ``seen-as-unseen``.
 """
 
 import math
@@ -38,7 +41,7 @@ from detectron2.utils.comm import all_gather
 from esc_net.data.vocabulary import get_dataset_vocabulary
 from esc_net.utils.label_maps import read_label_map
 
-__all__ = ["OpenVocabSemSegEvaluator", "group_means", "union_miou"]
+__all__ = ["OpenVocabSemSegEvaluator", "group_confusion", "group_means", "union_miou"]
 
 
 def union_miou(conf_matrix: np.ndarray) -> float:
@@ -77,6 +80,33 @@ def group_means(metrics: Mapping[str, float], groups: Mapping[str, Sequence[str]
     if not (math.isnan(seen) or math.isnan(unseen)):
         means["hIoU"] = 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
     return means
+
+
+def group_confusion(
+    conf_matrix: np.ndarray, class_names: Sequence[str], groups: Mapping[str, Sequence[str]]
+) -> Dict[str, float]:
+    """For every ordered pair of class groups (g, o), the percentage of the labelled pixels of g's classes that are
+    predicted as one of o's classes: ``{"<g>-as-<o>": value}`` (NaN where g has no labelled pixel).
+
+    Args:
+        conf_matrix: Detectron2's [K + 1, K + 1] matrix, entry [p, g] = pixels predicted p with ground truth g.
+        class_names: the K evaluated class names, in matrix order.
+        groups: group name -> class names (each in ``class_names``).
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({n for names in groups.values() for n in names if n not in index})
+    if unknown:
+        raise KeyError(f"class_groups name classes that are not evaluated: {unknown}")
+    counts = conf_matrix[:-1, :-1].astype(float)
+    members = {group: [index[n] for n in names] for group, names in groups.items()}
+    shares = {}
+    for group, truth in members.items():
+        total = counts[:, truth].sum()
+        for other, predicted in members.items():
+            if other != group:
+                taken = counts[np.ix_(predicted, truth)].sum()
+                shares[f"{group}-as-{other}"] = float(100.0 * taken / total) if total > 0 else math.nan
+    return shares
 
 
 class OpenVocabSemSegEvaluator(SemSegEvaluator):
@@ -180,6 +210,7 @@ class OpenVocabSemSegEvaluator(SemSegEvaluator):
         groups = MetadataCatalog.get(self._dataset_name).get("class_groups", None)
         if groups:
             results["sem_seg"].update(group_means(results["sem_seg"], groups))
+            results["sem_seg"].update(group_confusion(self._conf_matrix, self._class_names, groups))
         return results
 
     def _gt_file(self, inp: dict) -> str:
