@@ -42,6 +42,7 @@ PAPER_PROJECTION = [
     "0.0",
 ]
 RANDOM_SAM = ["MODEL.ESC_NET.SAM_CHECKPOINT", "", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]
+NO_TEXT = ["MODEL.ESC_NET.TEXT_GUIDANCE", "[]"]
 POINTS_ONLY = ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]
 MASK_ONLY = ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]
 VARIANTS: Dict[str, tuple] = {
@@ -74,6 +75,19 @@ VARIANTS: Dict[str, tuple] = {
     "no_sam": (
         "no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)",
         ["MODEL.ESC_NET.USE_SAM_BLOCK", "False", "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
+    ),
+    "no_text_guidance": (
+        "no class text in the blocks: a shared learnt token for SAM's text token and the VLF text guidance",
+        [*NO_TEXT],
+    ),
+    "no_text_guidance_no_sam": (
+        "no class text in the blocks, no SAM block",
+        [*NO_TEXT, "MODEL.ESC_NET.USE_SAM_BLOCK", "False", "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
+    ),
+    "no_text_guidance_random_sam": ("no class text in the blocks, SAM from random weights", [*NO_TEXT, *RANDOM_SAM]),
+    "sam_text_only": (
+        "class text only in SAM's text token (the VLF block's text guidance a shared token)",
+        ["MODEL.ESC_NET.TEXT_GUIDANCE", "['sam']"],
     ),
     "points_only": ("prompts: points only (deep supervision 0.4 trains the maps)", [*POINTS_ONLY]),
     "points_only_paper": ("prompts: points only, the paper's projection", [*POINTS_ONLY, *PAPER_PROJECTION]),

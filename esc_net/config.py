@@ -190,6 +190,12 @@ def add_esc_net_config(cfg: CN) -> None:
     # add up; 2 is the heavier reading (docs/performance.md).
     m.SWIN_DEPTH = 1
     m.TEXT_GUIDANCE_DIM = 128
+    # Where the ESC-Blocks read each class's text embedding: "sam" (the SAM block's text token, beside the class's
+    # point tokens) and "vlf" (the text guidance of the VLF block's class attention), the paper's reading. A part
+    # left out reads a learnt token that is the same for every class in its place, so that the blocks tell the
+    # classes apart only by their correlation maps and pseudo prompts: what they learn cannot be tied to the names
+    # of the training vocabulary (the laboratory's A/B rows: docs/laboratory.md, "Text guidance").
+    m.TEXT_GUIDANCE = ["sam", "vlf"]
     # Vocabularies smaller than this are padded to this many tokens in the class attention with a learnt padding
     # token, as CAT-Seg pads to 256, so that a class attends over as many tokens at test (PAS-20: 20 classes) as in
     # training (171); 0 = no padding (the attention averages over the N classes, whatever N is). Must exceed the

@@ -12,12 +12,12 @@ SHAPE = BackboneShape(embed_dim=32, width=48, patch_size=16, grid_size=(16, 16),
 HIDDEN = 16
 
 
-def make_blocks(use_sam=True, prompt_types=("points", "mask"), class_pad=0, num_blocks=2):
-    """Two ESC-Blocks on a 16x16 grid (windows of 8, so that regular and shifted windows differ), small widths."""
+def make_blocks(use_sam=True, prompt_types=("points", "mask"), class_pad=0, num_blocks=2, text=("sam", "vlf")):
+    """Two ESC-Blocks on a 16x16 grid (windows of 8, so that regular and shifted windows differ), small widths;
+    ``text``: the parts that read the class text embeddings (MODEL.ESC_NET.TEXT_GUIDANCE)."""
     torch.manual_seed(0)
-    sam = dict(
-        embed_dim=32, depth=2, mlp_dim=64, num_heads=2, prompt_types=list(prompt_types), image_projection="linear"
-    )
+    sam = dict(embed_dim=32, depth=2, mlp_dim=64, num_heads=2, prompt_types=list(prompt_types))
+    sam.update(image_projection="linear", text_token="sam" in text)
     prompts = dict(num_points=3, threshold_factor=1.0, kmeans_iters=7, mask_mode="posterior")
     return build_esc_blocks(
         input_shape=SHAPE,
@@ -29,7 +29,14 @@ def make_blocks(use_sam=True, prompt_types=("points", "mask"), class_pad=0, num_
         sam=sam if use_sam else None,
         sam_checkpoint="",
         sam_projection_weights="",
-        vlf=dict(num_heads=4, window_size=8, text_guidance_dim=16, swin_depth=2, class_pad=class_pad),
+        vlf=dict(
+            num_heads=4,
+            window_size=8,
+            text_guidance_dim=16,
+            swin_depth=2,
+            class_pad=class_pad,
+            text_guidance="vlf" in text,
+        ),
     )
 
 
@@ -63,7 +70,7 @@ def run(block, inputs, reference):
 
 @pytest.mark.parametrize(
     "class_chunk, variant",
-    [(0, "sam"), (1, "sam"), (3, "sam"), (3, "boxes"), (3, "padded"), (3, "no-sam")],
+    [(0, "sam"), (1, "sam"), (3, "sam"), (3, "boxes"), (3, "padded"), (3, "no-sam"), (3, "no-text")],
 )
 def test_fast_path_equals_the_reference(class_chunk, variant):
     """ESCBlock.forward_fast (SAM's image side once per image, classes in chunks through prompts, SAM, merge and the
@@ -74,6 +81,7 @@ def test_fast_path_equals_the_reference(class_chunk, variant):
         use_sam=variant != "no-sam",
         prompt_types=("points", "boxes", "mask") if variant == "boxes" else ("points", "mask"),
         class_pad=8 if variant == "padded" else 0,
+        text=() if variant == "no-text" else ("sam", "vlf"),
     )
     block = blocks[1]  # the second block of the stack: its windows start shifted where the first's do not
     block.class_chunk = class_chunk
@@ -87,6 +95,38 @@ def test_fast_path_equals_the_reference(class_chunk, variant):
     assert fast_grads.keys() == ref_grads.keys() and len(fast_grads) > 20
     for name, grad in ref_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("text", [(), ("sam",), ("vlf",), ("sam", "vlf")])
+def test_without_text_guidance_a_class_is_known_by_its_correlation_alone(text):
+    """With MODEL.ESC_NET.TEXT_GUIDANCE [] the blocks read no class text embedding: two vocabularies whose names
+    differ but whose correlation maps are the same get the same refinement (nothing the blocks learn can be tied to
+    a training name). Each part that reads the text makes the refinement depend on it."""
+    block = make_blocks(text=text)[0]
+    inputs = make_inputs(1, 5)
+    other_names = dict(inputs, text=make_inputs(1, 5, seed=2)["text"])
+    with torch.no_grad():
+        embed, corr_map = block(**inputs)
+        other_embed, other_map = block(**other_names)
+    names = {n for n, _ in block.named_parameters()}
+    assert any(n.startswith("sam.text_proj.") for n in names) == ("sam" in text)
+    assert any(n.startswith("vlf.text_guidance.text_proj.") for n in names) == ("vlf" in text)
+    if text:
+        assert not torch.allclose(embed, other_embed, atol=1e-4)
+    else:
+        torch.testing.assert_close(embed, other_embed, atol=0, rtol=0)
+        torch.testing.assert_close(corr_map, other_map, atol=0, rtol=0)
+
+
+def test_text_guidance_parts_are_checked():
+    """A part of TEXT_GUIDANCE that does not exist is refused, naming the key and the parts there are."""
+    shape = BackboneShape(embed_dim=32, width=64, patch_size=8, grid_size=(8, 8), num_skips=2)
+    with pytest.raises(
+        ValueError, match=r"MODEL\.ESC_NET\.TEXT_GUIDANCE must be a list of distinct entries of \['sam', 'vlf'\]"
+    ):
+        build_esc_blocks(tiny_cfg("MODEL.ESC_NET.TEXT_GUIDANCE", ["sam", "decoder"]), input_shape=shape)
+    blocks = build_esc_blocks(tiny_cfg("MODEL.ESC_NET.TEXT_GUIDANCE", []), input_shape=shape)
+    assert not hasattr(blocks[0].sam, "text_proj") and not hasattr(blocks[0].vlf.text_guidance, "text_proj")
 
 
 def test_the_reference_reads_like_the_paper():

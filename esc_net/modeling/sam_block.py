@@ -24,6 +24,8 @@ from torch.nn import functional as F
 
 from esc_net.modeling import sam_attention as fast
 from esc_net.modeling.sam_projection import build_image_projection
+from esc_net.modeling.vlf_block import TEXT_GUIDANCE_PARTS
+from esc_net.utils.arguments import check_subset
 
 # Pseudo-mask probabilities are clamped to [eps, 1 - eps] before the logit, so that SAM's mask encoder sees
 # finite logits in [-9.2, 9.2], the range of confident low-resolution mask logits that SAM feeds back to itself.
@@ -56,7 +58,9 @@ class SAMBlock(nn.Module):
 
     Per class, SAM's image embedding is ``image_proj(F_v)`` plus the dense embedding of the class's pseudo mask;
     the prompt tokens are the class's text embedding (projected to E) followed by SAM's sparse tokens (points
-    and/or box corners). The transformer's refined image tokens ("keys") are the output.
+    and/or box corners). The transformer's refined image tokens ("keys") are the output. Without ``text_token``,
+    a learnt token, the same for every class (``query_token``), takes the text token's place: the class is then
+    known to SAM only by its pseudo prompts.
 
     Both projections end in a LayerNorm, so that what enters SAM's pre-trained transformer has the scale it was
     trained on: SAM's image encoder ends in a LayerNorm2d (unit RMS per position, against 0.71 for its dense
@@ -95,6 +99,7 @@ class SAMBlock(nn.Module):
         num_heads: int,
         prompt_types: Sequence[str],
         image_projection: str,
+        text_token: bool = True,
     ):
         """
         Args:
@@ -106,6 +111,8 @@ class SAMBlock(nn.Module):
             prompt_types: the prompt kinds to use, a non-empty subset of :data:`PROMPT_TYPES`.
             image_projection: the form of ``image_proj``, one of :data:`~esc_net.modeling.sam_projection.PROJECTIONS`
                 (see ``sam_projection.py``).
+            text_token: the first token is the class's projected text embedding (the paper's reading); False: a
+                learnt token shared by all classes (``MODEL.ESC_NET.TEXT_GUIDANCE`` without "sam").
         """
         super().__init__()
         kinds = tuple(prompt_types)
@@ -124,7 +131,11 @@ class SAMBlock(nn.Module):
         )
         self.transformer = TwoWayTransformer(depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim)
         self.image_proj = build_image_projection(image_projection, clip_dim, embed_dim)
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.LayerNorm(embed_dim))
+        if text_token:
+            self.text_proj = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.LayerNorm(embed_dim))
+        else:
+            # unit variance per entry: the scale of the LayerNorm'd text token it replaces
+            self.query_token = nn.Parameter(torch.randn(embed_dim))
 
         encoder = self.prompt_encoder
         unused = [self.transformer.final_attn_token_to_image, self.transformer.norm_final_attn]
@@ -158,6 +169,7 @@ class SAMBlock(nn.Module):
             "num_heads": m.SAM_NUM_HEADS,
             "prompt_types": m.PROMPT_TYPES,
             "image_projection": m.SAM_IMAGE_PROJECTION,
+            "text_token": "sam" in check_subset("MODEL.ESC_NET.TEXT_GUIDANCE", m.TEXT_GUIDANCE, TEXT_GUIDANCE_PARTS),
         }
 
     def pretrained_modules(self) -> Tuple[nn.Module, ...]:
@@ -222,16 +234,20 @@ class SAMBlock(nn.Module):
         return self.forward_fast(image_feats, text_embeds, *prompts, image_side=image_side)
 
     def _sparse_tokens(self, text_embeds, points, labels, boxes) -> torch.Tensor:
-        """[B*N, 1 + T, E]: the class's text token, then SAM's sparse prompt tokens. With points and no box, SAM
-        pads the points with one "not a point" token; keeping it gives the pre-trained transformer the token layout
-        it was trained on: [text; N_o points; padding]."""
+        """[B*N, 1 + T, E]: the class's text token (or the shared query token), then SAM's sparse prompt tokens.
+        With points and no box, SAM pads the points with one "not a point" token; keeping it gives the pre-trained
+        transformer the token layout it was trained on: [text; N_o points; padding]."""
         sparse, _ = self.prompt_encoder(
             points=(points, labels) if "points" in self.prompt_types else None,
             boxes=boxes if "boxes" in self.prompt_types else None,
             masks=None,
         )
         M, E = text_embeds.shape[0] * text_embeds.shape[1], self.transformer.embedding_dim
-        return torch.cat([self.text_proj(text_embeds).reshape(M, 1, E), sparse.expand(M, -1, -1)], dim=1)
+        if hasattr(self, "text_proj"):
+            first = self.text_proj(text_embeds).reshape(M, 1, E)
+        else:
+            first = self.query_token.expand(M, 1, E)
+        return torch.cat([first, sparse.expand(M, -1, -1)], dim=1)
 
     def forward_reference(self, image_feats, text_embeds, points, labels, masks, boxes) -> torch.Tensor:
         """The SAM block as the plain composition of segment_anything's modules: every class's image embedding is

@@ -25,7 +25,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from esc_net.modeling.backbone import BackboneShape
-from esc_net.utils.arguments import check_minimum
+from esc_net.utils.arguments import check_minimum, check_subset
+
+# The parts of the ESC-Blocks that can read the class text embeddings (MODEL.ESC_NET.TEXT_GUIDANCE): the SAM block's
+# text token and the VLF block's text guidance.
+TEXT_GUIDANCE_PARTS = ("sam", "vlf")
 
 
 class ConcatLinear(nn.Module):
@@ -176,6 +180,10 @@ class TextGuidance(nn.Module):
     computes the same over chunks of classes in two passes (the attention's class sums first, then every class's
     output).
 
+    Without ``use_text``, the attention is guided by a learnt token that is the same for every class
+    (``shared_guide``) instead of each class's projected text embedding: the classes then attend to each other by
+    their correlation embeddings alone.
+
     With ``pad_to`` > 0, a vocabulary of N < ``pad_to`` classes is padded to ``pad_to`` tokens with a learnt
     padding token (a correlation-embedding token and its text-guidance token, the same at every position), as
     CAT-Seg pads its class attention to 256: every class then attends over the same number of tokens in training
@@ -191,12 +199,17 @@ class TextGuidance(nn.Module):
         num_heads: int,
         *,
         pad_to: int,
+        use_text: bool = True,
         mlp_ratio: float = 4.0,
     ):
         super().__init__()
-        # The LayerNorm puts the projected text tokens on the same scale as the normalised correlation features
-        # they are concatenated with (CLIP text embeddings are unit vectors, i.e. tiny per entry).
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, text_guidance_dim), nn.LayerNorm(text_guidance_dim))
+        if use_text:
+            # The LayerNorm puts the projected text tokens on the same scale as the normalised correlation features
+            # they are concatenated with (CLIP text embeddings are unit vectors, i.e. tiny per entry).
+            self.text_proj = nn.Sequential(nn.Linear(text_dim, text_guidance_dim), nn.LayerNorm(text_guidance_dim))
+        else:
+            # unit variance per entry: the scale of the LayerNorm'd text tokens it replaces
+            self.shared_guide = nn.Parameter(torch.randn(text_guidance_dim))
         self.norm1 = nn.LayerNorm(hidden_dim)
         self.attn = ClassLinearAttention(hidden_dim, text_guidance_dim, num_heads)
         self.norm2 = nn.LayerNorm(hidden_dim)
@@ -230,8 +243,10 @@ class TextGuidance(nn.Module):
 
     def guides(self, text_embeds: torch.Tensor) -> torch.Tensor:
         """The text-guidance token of every class, [B, N, 1, T'] for class embeddings [B, N, T] (broadcast over the
-        positions)."""
-        return self.text_proj(text_embeds).unsqueeze(2)
+        positions); without ``use_text`` the shared token, the same for every class."""
+        if hasattr(self, "text_proj"):
+            return self.text_proj(text_embeds).unsqueeze(2)
+        return self.shared_guide.expand(*text_embeds.shape[:2], 1, -1)
 
     def forward(self, chunks: Sequence[torch.Tensor], guides: torch.Tensor) -> List[torch.Tensor]:
         """:meth:`forward_reference` on a vocabulary given in chunks of classes, the same function
@@ -294,6 +309,8 @@ class VisionLanguageFusion(nn.Module):
             shifted windows alternate through the whole stack of blocks (block 0 starts with regular windows).
         class_pad: pad vocabularies smaller than this to this many tokens in the class attention (0: never; see
             :class:`TextGuidance`).
+        text_guidance: guide the class attention by each class's text embedding (the paper's reading); False: by a
+            learnt token shared by all classes (``MODEL.ESC_NET.TEXT_GUIDANCE`` without "vlf").
         The other arguments are the ``MODEL.ESC_NET`` keys of the same meaning.
     """
 
@@ -310,6 +327,7 @@ class VisionLanguageFusion(nn.Module):
         swin_depth: int,
         block_index: int,
         class_pad: int,
+        text_guidance: bool = True,
     ):
         super().__init__()
         if hidden_dim % num_heads != 0:
@@ -325,7 +343,9 @@ class VisionLanguageFusion(nn.Module):
         # 0: regular windows; None: shifted by half a window
         shifts = [0 if (block_index * swin_depth + j) % 2 == 0 else None for j in range(swin_depth)]
         self.image_guidance = ImageGuidance(hidden_dim, guidance_dim, self.grid_size, num_heads, window_size, shifts)
-        self.text_guidance = TextGuidance(hidden_dim, text_dim, text_guidance_dim, num_heads, pad_to=class_pad)
+        self.text_guidance = TextGuidance(
+            hidden_dim, text_dim, text_guidance_dim, num_heads, pad_to=class_pad, use_text=text_guidance
+        )
 
     @classmethod
     def from_config(cls, cfg):
@@ -337,6 +357,7 @@ class VisionLanguageFusion(nn.Module):
             "text_guidance_dim": m.TEXT_GUIDANCE_DIM,
             "swin_depth": m.SWIN_DEPTH,
             "class_pad": m.CLASS_ATTENTION_PAD,
+            "text_guidance": "vlf" in check_subset("MODEL.ESC_NET.TEXT_GUIDANCE", m.TEXT_GUIDANCE, TEXT_GUIDANCE_PARTS),
         }
 
     def check_inputs(self, corr_embed: torch.Tensor, text_embeds: torch.Tensor) -> None:

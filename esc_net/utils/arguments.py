@@ -6,7 +6,7 @@ YAML user sets; a LazyConfig user sets the argument of the same meaning).
 
 from typing import Any, Sequence
 
-__all__ = ["check_choice", "check_minimum"]
+__all__ = ["check_choice", "check_minimum", "check_subset"]
 
 
 def check_choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -19,3 +19,11 @@ def check_minimum(key: str, value: float, minimum: float) -> None:
     """Raises ValueError naming ``key`` and ``value`` unless ``value >= minimum``."""
     if value < minimum:
         raise ValueError(f"{key} must be at least {minimum}, got {value}")
+
+
+def check_subset(key: str, values: Sequence[Any], allowed: Sequence[Any]) -> Sequence[Any]:
+    """Returns ``values`` if they are distinct entries of ``allowed`` (none at all included); otherwise raises
+    ValueError naming ``key``, ``values`` and the ``allowed`` entries."""
+    if any(v not in allowed for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"{key} must be a list of distinct entries of {list(allowed)}, got {list(values)}")
+    return values
