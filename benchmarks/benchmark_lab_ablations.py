@@ -42,12 +42,12 @@ PAPER_PROJECTION = [
     "0.0",
 ]
 RANDOM_SAM = ["MODEL.ESC_NET.SAM_CHECKPOINT", "", "MODEL.ESC_NET.ALLOW_RANDOM_SAM", "True"]
-NO_TEXT = ["MODEL.ESC_NET.TEXT_GUIDANCE", "[]"]
 POINTS_ONLY = ["MODEL.ESC_NET.PROMPT_TYPES", "['points']", "MODEL.ESC_NET.BLOCK_LOSS_WEIGHT", "0.4"]
 MASK_ONLY = ["MODEL.ESC_NET.PROMPT_TYPES", "['mask']"]
 VARIANTS: Dict[str, tuple] = {
     "default": (
-        "the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks, aligned 3x3-conv projection)",
+        "the embedded default (pre-trained SAM, points + mask, 2 ESC-Blocks, aligned 3x3-conv projection, no class "
+        "text in the blocks)",
         [],
     ),
     "paper_projection": ("the paper's projection: a 1x1 conv, not aligned, no alignment term", [*PAPER_PROJECTION]),
@@ -76,17 +76,12 @@ VARIANTS: Dict[str, tuple] = {
         "no SAM block (prompts and SAM dropped; CAT-Seg-like aggregation)",
         ["MODEL.ESC_NET.USE_SAM_BLOCK", "False", "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
     ),
-    "no_text_guidance": (
-        "no class text in the blocks: a shared learnt token for SAM's text token and the VLF text guidance",
-        [*NO_TEXT],
+    "text_guidance": (
+        "the class text read by SAM's text token and the VLF text guidance (the paper's reading; version 4's default)",
+        ["MODEL.ESC_NET.TEXT_GUIDANCE", "['sam', 'vlf']"],
     ),
-    "no_text_guidance_no_sam": (
-        "no class text in the blocks, no SAM block",
-        [*NO_TEXT, "MODEL.ESC_NET.USE_SAM_BLOCK", "False", "MODEL.ESC_NET.SAM_ALIGN_LOSS_WEIGHT", "0.0"],
-    ),
-    "no_text_guidance_random_sam": ("no class text in the blocks, SAM from random weights", [*NO_TEXT, *RANDOM_SAM]),
     "sam_text_only": (
-        "class text only in SAM's text token (the VLF block's text guidance a shared token)",
+        "the class text read by SAM's text token only (the VLF text guidance a shared token)",
         ["MODEL.ESC_NET.TEXT_GUIDANCE", "['sam']"],
     ),
     "points_only": ("prompts: points only (deep supervision 0.4 trains the maps)", [*POINTS_ONLY]),
