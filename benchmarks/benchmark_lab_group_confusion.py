@@ -13,14 +13,12 @@ into each run folder (and reads it back unless ``--force``); prints mean ± samp
 """
 
 import argparse
-import json
 import os
-import sys
 from collections import defaultdict
 from typing import Dict
 
 import torch
-from benchmark_lab_sam_transfer import _mean_std, load_run
+from benchmark_lab_sam_transfer import _mean_std, load_run, measure_runs, variant_of
 
 from esc_net.engine import Trainer
 
@@ -51,7 +49,7 @@ def summarize(figures: Dict[str, Dict]) -> str:
     """A markdown table: one row per variant and benchmark, mean ± sample standard deviation over its runs."""
     variants = defaultdict(list)
     for run, figure in figures.items():
-        variants[os.path.basename(os.path.dirname(os.path.abspath(run))) or run].append(figure)
+        variants[variant_of(run)].append(figure)
     lines = ["| variant | runs | benchmark | " + " | ".join(h for _, h in METRICS) + " |", "|---|---|---|"]
     lines[1] += "---|" * len(METRICS)
     for variant, runs in variants.items():
@@ -68,22 +66,7 @@ def main():
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    figures = {}
-    for run in args.runs:
-        if not os.path.isfile(os.path.join(run, "model_final.pth")):
-            print(f"skipping {run}: no model_final.pth", file=sys.stderr)
-            continue
-        path = os.path.join(run, "group_confusion.json")
-        if os.path.isfile(path) and not args.force:
-            with open(path) as f:
-                figures[run] = json.load(f)
-            continue
-        figures[run] = measure_run(run, args.opts)
-        with open(path, "w") as f:
-            json.dump(figures[run], f, indent=1)
-        print(f"{run}: {json.dumps(figures[run])}", flush=True)
-    if not figures:
-        sys.exit("no run folder with a model_final.pth")
+    figures = measure_runs(args.runs, "group_confusion.json", lambda run: measure_run(run, args.opts), args.force)
     print(summarize(figures))
 
 

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from collections import defaultdict
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 from detectron2.config import get_cfg
@@ -86,6 +86,42 @@ def measure_run(run: str, args) -> Dict:
     return figures
 
 
+def variant_of(run: str) -> str:
+    """The variant a run folder belongs to: the name of its parent folder (the ablation benchmark's layout)."""
+    return os.path.basename(os.path.dirname(os.path.abspath(run))) or run
+
+
+def measure_runs(
+    runs: List[str],
+    file_name: str,
+    measure: Callable[[str], Dict],
+    force: bool,
+    complete: Callable[[Dict], bool] = lambda figure: True,
+    show: Callable[[Dict], str] = json.dumps,
+) -> Dict[str, Dict]:
+    """{run: figures} for the run folders that hold a model_final.pth: read from ``file_name`` in the folder where it
+    is there and ``complete``, else ``measure(run)``, written there and printed (``show``). Exits when none has a
+    model."""
+    figures = {}
+    for run in runs:
+        if not os.path.isfile(os.path.join(run, "model_final.pth")):
+            print(f"skipping {run}: no model_final.pth", file=sys.stderr)
+            continue
+        path = os.path.join(run, file_name)
+        if os.path.isfile(path) and not force:
+            with open(path) as f:
+                figures[run] = json.load(f)
+            if complete(figures[run]):
+                continue
+        figures[run] = measure(run)
+        with open(path, "w") as f:
+            json.dump(figures[run], f, indent=1)
+        print(f"{run}: {show(figures[run])}", flush=True)
+    if not figures:
+        sys.exit("no run folder with a model_final.pth")
+    return figures
+
+
 def _mean_std(values: List[float]) -> str:
     if not values:
         return "-"
@@ -98,7 +134,7 @@ def summarize(figures: Dict[str, Dict]) -> str:
     """Markdown tables of ``figures`` (run folder -> its figures), one row per variant (the run's parent folder)."""
     variants = defaultdict(list)
     for run, figure in figures.items():
-        variants[os.path.basename(os.path.dirname(os.path.abspath(run))) or run].append(figure)
+        variants[variant_of(run)].append(figure)
     transfer_rows = sorted({row for f in figures.values() for row in f["transfer"]}, key=_transfer_order)
     lines = ["| variant | runs | " + " | ".join(transfer_rows) + " |", "|" + "---|" * (len(transfer_rows) + 2)]
     for variant, runs in variants.items():
@@ -130,23 +166,14 @@ def main():
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    figures = {}
-    for run in args.runs:
-        if not os.path.isfile(os.path.join(run, "model_final.pth")):
-            print(f"skipping {run}: no model_final.pth", file=sys.stderr)
-            continue
-        path = os.path.join(run, "sam_transfer.json")
-        if os.path.isfile(path) and not args.force:
-            with open(path) as f:
-                figures[run] = json.load(f)
-            if not args.knockouts or figures[run]["knockouts"]:
-                continue
-        figures[run] = measure_run(run, args)
-        with open(path, "w") as f:
-            json.dump(figures[run], f, indent=1)
-        print(f"{run}: {json.dumps(figures[run]['transfer'])}", flush=True)
-    if not figures:
-        sys.exit("no run folder with a model_final.pth")
+    figures = measure_runs(
+        args.runs,
+        "sam_transfer.json",
+        lambda run: measure_run(run, args),
+        force=args.force,
+        complete=lambda figure: not args.knockouts or bool(figure["knockouts"]),
+        show=lambda figure: json.dumps(figure["transfer"]),
+    )
     print(summarize(figures))
 
 
